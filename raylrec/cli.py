@@ -1,0 +1,140 @@
+"""The ``raylrec`` command.
+
+    raylrec demo                                   the main job on the embedded default
+    raylrec data prepare --config FILE [k=v ...]   prepare a dataset (dotted overrides)
+    raylrec data stats PATH                        statistics of a prepared dataset
+    raylrec data synth --out PATH [--events N]     write a synthetic interaction log
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+
+from raylrec import __version__
+from raylrec.config import ConfigError, RayConfig, SyntheticSource, load_config
+
+__all__ = ["main"]
+
+log = logging.getLogger("raylrec")
+
+
+def _progress() -> Callable[[str], None]:
+    start = time.perf_counter()
+
+    def say(message: str) -> None:
+        print(f"[raylrec {time.perf_counter() - start:7.1f}s] {message}", flush=True)
+
+    return say
+
+
+def _init_ray(ray_config: RayConfig) -> None:
+    from raylrec.runtime import init_ray
+
+    init_ray(ray_config)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)  # fails here, before Ray starts
+    _init_ray(config.ray)
+    from raylrec.data.prepare import prepare
+    from raylrec.data.stats import dataset_stats, format_stats
+
+    prepare(config.data, _progress())
+    if not args.quiet:
+        print(format_stats(dataset_stats(config.data.output)))
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    _init_ray(RayConfig(address=args.address))
+    from raylrec.data.stats import dataset_stats, format_stats
+
+    stats = dataset_stats(args.path)
+    print(json.dumps(stats, indent=2, default=str) if args.json else format_stats(stats))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    source = SyntheticSource(
+        num_events=args.events, num_users=args.users, num_items=args.items,
+        zipf_exponent=args.zipf, seed=args.seed,
+    )
+    _init_ray(RayConfig(address=args.address))
+    from raylrec.data.synthetic import write_synthetic
+
+    say = _progress()
+    say(f"generating {args.events:,} events for {args.users:,} users and {args.items:,} items")
+    write_synthetic(source, args.out)
+    say(f"wrote {args.out}/events/ and {args.out}/items.parquet")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from raylrec.demo import run_demo
+
+    run_demo(args.out, _progress())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raylrec", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"raylrec {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="the main job end to end on the embedded default")
+    demo.add_argument("--out", default="out/demo", help="where outputs go (local or s3://)")
+    demo.set_defaults(func=cmd_demo)
+
+    data = sub.add_parser("data", help="prepare and inspect datasets").add_subparsers(dest="data_command", required=True)
+    prep = data.add_parser("prepare", help="validate, index, split and build histories")
+    prep.add_argument("--config", "-c", help="YAML config (see configs/)")
+    prep.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. data.kcore=5")
+    prep.add_argument("--quiet", "-q", action="store_true", help="skip the statistics at the end")
+    prep.set_defaults(func=cmd_prepare)
+
+    stats = data.add_parser("stats", help="statistics of a prepared dataset")
+    stats.add_argument("path", help="local path or s3:// URI of a prepared dataset")
+    stats.add_argument("--json", action="store_true")
+    stats.add_argument("--address", help="Ray cluster (default: RAY_ADDRESS or a local instance)")
+    stats.set_defaults(func=cmd_stats)
+
+    synth = data.add_parser("synth", help="write a synthetic Zipf interaction log as Parquet")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--events", type=int, default=1_000_000)
+    synth.add_argument("--users", type=int, default=50_000)
+    synth.add_argument("--items", type=int, default=20_000)
+    synth.add_argument("--zipf", type=float, default=1.1)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--address", help="Ray cluster (default: RAY_ADDRESS or a local instance)")
+    synth.set_defaults(func=cmd_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"raylrec: {e}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as e:
+        # Bad input (SourceError, StorageError, OutputExistsError, ...): one clear line, no trace.
+        print(f"raylrec: error: {_root_cause(e)}", file=sys.stderr)
+        return 1
+
+
+def _root_cause(error: BaseException) -> str:
+    """Ray wraps task errors; show the original message that names the file or field."""
+    cause = getattr(error, "cause", None)
+    return str(cause) if cause is not None else str(error)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,359 @@
+"""Typed configuration: pydantic models loaded from YAML, with dotted command-line overrides.
+
+A config is validated completely before any work starts; an unknown or malformed field fails
+with its dotted path (``data.split.ratios: ...``) and the file it came from.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "ConfigError",
+    "RaylrecConfig",
+    "DataConfig",
+    "load_config",
+    "parse_overrides",
+]
+
+# Seconds since the epoch for 2100-01-01: later timestamps are almost always milliseconds.
+YEAR_2100 = 4_102_444_800
+DEFAULT_COLLM_PATH = "../shared/datasets/collm-ml1m"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the field and the file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- sources -------------------------------------------------------------------------------
+
+
+class ColumnMapping(_Strict):
+    """Which source column holds each canonical field of an interaction log."""
+
+    user_id: str = "user_id"
+    item_id: str = "item_id"
+    timestamp: str = "timestamp"
+    rating: str | None = "rating"
+    label: str | None = None
+
+    @model_validator(mode="after")
+    def _rating_or_label(self) -> ColumnMapping:
+        if self.rating is None and self.label is None:
+            raise ValueError("map at least one of 'rating' or 'label'")
+        return self
+
+    def as_dict(self) -> dict[str, str]:
+        """canonical name -> source column, for the fields that are mapped."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class CsvOptions(_Strict):
+    delimiter: str = ","
+    has_header: bool = True
+    column_names: list[str] | None = Field(
+        default=None, description="names for a file without a header row"
+    )
+    encoding: str = "utf8"
+
+
+class MetadataFile(_Strict):
+    """An item (or user) metadata table: any format the logs accept."""
+
+    path: str
+    id_column: str = "item_id"
+    columns: dict[str, str] = Field(
+        default_factory=lambda: {"title": "title"},
+        description="output name -> source column",
+    )
+    format: Literal["parquet", "csv", "jsonl"] | None = None
+    csv: CsvOptions = CsvOptions()
+
+
+class LogSource(_Strict):
+    """Generic interaction logs: Parquet, CSV or JSON Lines files, local or s3://."""
+
+    type: Literal["logs"] = "logs"
+    paths: list[str] = Field(min_length=1, description="files, directories or globs")
+    format: Literal["parquet", "csv", "jsonl"] | None = Field(
+        default=None, description="inferred from each file's extension when unset"
+    )
+    columns: ColumnMapping = ColumnMapping()
+    csv: CsvOptions = CsvOptions()
+    timestamp_unit: Literal["s", "ms", "us", "ns"] = "s"
+    items: MetadataFile | None = None
+    users: MetadataFile | None = None
+
+    @field_validator("paths", mode="before")
+    @classmethod
+    def _one_path(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class MovieLens100KSource(_Strict):
+    """MovieLens-100K: GroupLens files (u.data, u.item, u.user) at ``path``, or, when ``path``
+    is unset, the copy the ``recbole==1.2.1`` wheel ships (downloaded once into the cache)."""
+
+    type: Literal["movielens_100k"] = "movielens_100k"
+    path: str | None = None
+
+
+class MovieLens1MSource(_Strict):
+    """MovieLens-1M in GroupLens's format (ratings.dat, movies.dat, users.dat)."""
+
+    type: Literal["movielens_1m"] = "movielens_1m"
+    path: str
+
+
+class CoLLMSource(_Strict):
+    """The CoLLM paper's MovieLens-1M split: already split, labelled and with histories."""
+
+    type: Literal["collm_ml1m"] = "collm_ml1m"
+    path: str = DEFAULT_COLLM_PATH
+
+
+class SyntheticSource(_Strict):
+    """Zipf-distributed synthetic logs, generated in parallel chunks (never whole in memory)."""
+
+    type: Literal["synthetic"] = "synthetic"
+    num_events: int = Field(default=100_000, gt=0)
+    num_users: int = Field(default=10_000, gt=0)
+    num_items: int = Field(default=5_000, gt=0)
+    zipf_exponent: float = Field(default=1.1, gt=0)
+    start: int = 1_577_836_800  # 2020-01-01
+    span_days: int = Field(default=365, gt=0)
+    seed: int = 0
+    events_per_chunk: int = Field(default=250_000, gt=0)
+
+
+SourceConfig = Annotated[
+    LogSource | MovieLens100KSource | MovieLens1MSource | CoLLMSource | SyntheticSource,
+    Field(discriminator="type"),
+]
+
+
+# --- preparation steps ---------------------------------------------------------------------
+
+
+class ValidationConfig(_Strict):
+    rating_range: tuple[float, float] | None = Field(
+        default=None, description="inclusive [min, max]; ratings outside are quarantined"
+    )
+    min_timestamp: int = Field(default=1, description="earliest plausible timestamp (seconds)")
+    max_timestamp: int = Field(default=YEAR_2100, description="latest plausible timestamp")
+    on_empty_file: Literal["error", "skip"] = "error"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ValidationConfig:
+        if self.rating_range and self.rating_range[0] > self.rating_range[1]:
+            raise ValueError("rating_range must be [min, max] with min <= max")
+        if self.min_timestamp >= self.max_timestamp:
+            raise ValueError("min_timestamp must be below max_timestamp")
+        return self
+
+
+class LabelConfig(_Strict):
+    threshold: float = Field(default=4.0, description="label = 1 when rating >= threshold")
+
+
+def _to_seconds(value: int | str | dt.date) -> int:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, dt.datetime):
+        when = value
+    elif isinstance(value, dt.date):
+        when = dt.datetime(value.year, value.month, value.day)
+    else:
+        when = dt.datetime.fromisoformat(value)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp())
+
+
+class TemporalFractionSplit(_Strict):
+    """Global temporal split: the earliest ``fractions[0]`` of events train, and so on.
+    Events sharing a timestamp always land in the same split."""
+
+    protocol: Literal["temporal_fraction"] = "temporal_fraction"
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+    @field_validator("fractions")
+    @classmethod
+    def _sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f < 0 for f in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"fractions must be non-negative and sum to 1, got {list(v)}")
+        return v
+
+
+class TemporalWindowSplit(_Strict):
+    """Global temporal split at given instants: train < valid_start <= valid < test_start."""
+
+    protocol: Literal["temporal_window"] = "temporal_window"
+    valid_start: int | str | dt.date
+    test_start: int | str | dt.date
+    end: int | str | dt.date | None = Field(
+        default=None, description="events at or after this instant are quarantined"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TemporalWindowSplit:
+        cuts = [self.valid_start, self.test_start] + ([self.end] if self.end is not None else [])
+        try:
+            secs = [_to_seconds(c) for c in cuts]
+        except ValueError as e:
+            raise ValueError(f"not an ISO date or epoch seconds: {e}") from None
+        if secs != sorted(secs) or len(set(secs)) != len(secs):
+            raise ValueError("need valid_start < test_start (< end)")
+        return self
+
+    def cutoffs(self) -> tuple[int, int, int | None]:
+        end = _to_seconds(self.end) if self.end is not None else None
+        return _to_seconds(self.valid_start), _to_seconds(self.test_start), end
+
+
+class LeaveLastOutSplit(_Strict):
+    """Per user: the last event is test, the one before valid, the rest train."""
+
+    protocol: Literal["leave_last_out"] = "leave_last_out"
+    min_events: int = Field(default=3, ge=1, description="users with fewer events stay in train")
+
+
+class RandomRatioSplit(_Strict):
+    """Per user: events shuffled (seeded) and cut by ratios, RecBole's 'RS' rule."""
+
+    protocol: Literal["random_ratio"] = "random_ratio"
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 2020
+
+    @field_validator("ratios")
+    @classmethod
+    def _sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(r < 0 for r in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"ratios must be non-negative and sum to 1, got {list(v)}")
+        return v
+
+
+class GivenSplit(_Strict):
+    """Keep the split the source already carries (the CoLLM data)."""
+
+    protocol: Literal["given"] = "given"
+
+
+SplitConfig = Annotated[
+    TemporalFractionSplit | TemporalWindowSplit | LeaveLastOutSplit | RandomRatioSplit | GivenSplit,
+    Field(discriminator="protocol"),
+]
+
+
+class HistoryConfig(_Strict):
+    max_len: int = Field(default=50, ge=1, description="last N positive items before the event")
+
+
+class DataConfig(_Strict):
+    source: SourceConfig
+    validation: ValidationConfig = ValidationConfig()
+    label: LabelConfig = LabelConfig()
+    kcore: int | None = Field(default=None, ge=1, description="keep users/items with >= k events")
+    split: SplitConfig = RandomRatioSplit()
+    history: HistoryConfig = HistoryConfig()
+    output: str = Field(description="local path or s3:// URI of the processed dataset")
+    overwrite: bool = False
+
+    @model_validator(mode="after")
+    def _split_fits_source(self) -> DataConfig:
+        given_source = isinstance(self.source, CoLLMSource)
+        given_split = isinstance(self.split, GivenSplit)
+        if given_source != given_split:
+            raise ValueError(
+                "split.protocol 'given' goes with source.type 'collm_ml1m' (and only with it)"
+            )
+        return self
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(
+        default=None, description="cluster to join; RAY_ADDRESS, or a new local instance"
+    )
+    num_cpus: int | None = Field(default=None, ge=1, description="for a new local instance")
+
+
+class RaylrecConfig(_Strict):
+    data: DataConfig
+    ray: RayConfig = RayConfig()
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["data.kcore=5", "data.split.ratios=[0.8,0.1,0.1]"]`` -> nested dict (YAML values)."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected dotted.key=value")
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is already set to a value")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return nested
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        # Discriminated unions add the tag as a path element; keep the user's path readable.
+        lines.append(f"  {loc or '(top level)'}: {e['msg']}")
+    return f"invalid config ({origin}):\n" + "\n".join(lines)
+
+
+def build_config(raw: dict[str, Any], origin: str = "<dict>") -> RaylrecConfig:
+    try:
+        return RaylrecConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, origin)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RaylrecConfig:
+    """Load a YAML config, apply ``dotted.key=value`` overrides, validate everything."""
+    raw: dict[str, Any] = {}
+    origin = "overrides"
+    if path is not None:
+        origin = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    if overrides:
+        raw = _merge(raw, parse_overrides(overrides))
+        origin += " + overrides" if path is not None else ""
+    return build_config(raw, origin)

@@ -1,0 +1,1 @@
+"""Interaction logs in, processed datasets out: sources, validation, splits, histories."""

@@ -1,0 +1,361 @@
+"""The preparation pipeline on Ray Data:
+
+    read -> validate (bad rows quarantined with a reason) -> labels -> optional k-core
+    -> shuffle by user -> de-duplicate -> dense ids -> split -> point-in-time histories
+    -> Parquet per split + vocabularies + metadata + meta.json (written last)
+
+Events stream through Ray; the driver holds only per-id tables (vocabularies, counts) and
+per-block summaries. ``rows in = rows out + rows quarantined`` is checked before committing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from raylrec import __version__, storage
+from raylrec.config import DataConfig, TemporalFractionSplit, TemporalWindowSplit
+from raylrec.data.files import FILE_COLUMN, ROW_COLUMN, SourceError
+from raylrec.data.hashing import arrow_digest, json_digest, row_hashes
+from raylrec.data.history import point_in_time_histories
+from raylrec.data.indexing import Vocabulary, id_counts
+from raylrec.data.output import FORMAT, META_FILE, prepare_output_dir, write_table
+from raylrec.data.sources import LoadedSource, load_source
+from raylrec.data.splits import SPLITS, assign_splits, fraction_cutoffs
+from raylrec.data.validate import RAW, REASON, validate_batch
+
+__all__ = ["PipelineError", "prepare", "OUTPUT_COLUMNS"]
+
+log = logging.getLogger(__name__)
+OUTPUT_COLUMNS = ["uid", "iid", "timestamp", "rating", "label", "history"]
+QUARANTINE_COLUMNS = [FILE_COLUMN, ROW_COLUMN, REASON, RAW, "user_id", "item_id", "timestamp", "rating", "label"]
+ROWS_PER_PARTITION = 400_000
+DUPLICATE = "duplicate event (same user, item and timestamp as an earlier row)"
+
+
+class PipelineError(RuntimeError):
+    """The pipeline's own invariants failed (a bug, never bad input)."""
+
+
+Progress = Callable[[str], None]
+
+
+# --- per-block functions (run inside Ray tasks) -----------------------------------------------
+
+
+def _validate(batch: pa.Table, config, threshold: float, unit: str) -> pa.Table:
+    try:
+        return validate_batch(batch, config, threshold, unit)
+    except SourceError:
+        raise
+    except Exception as e:
+        files = sorted(set(batch[FILE_COLUMN].to_pylist())) if FILE_COLUMN in batch.schema.names else []
+        raise SourceError(
+            f"{', '.join(files) or 'input'}: column types cannot be read as an interaction log "
+            f"({batch.schema}): {e}"
+        ) from None
+
+
+def _good(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.is_null(batch[REASON]))
+
+
+def _bad(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.is_valid(batch[REASON])).select(QUARANTINE_COLUMNS)
+
+
+def _mark_kcore(batch: pa.Table, users: pa.Array, items: pa.Array, k: int) -> pa.Table:
+    """Give rows of too-rare users/items a reason (rows already bad keep theirs)."""
+    live = pc.is_null(batch[REASON]).to_numpy(zero_copy_only=False)
+    rare_user = pc.is_in(batch["user_id"], value_set=users).to_numpy(zero_copy_only=False) & live
+    rare_item = pc.is_in(batch["item_id"], value_set=items).to_numpy(zero_copy_only=False) & live & ~rare_user
+    reasons = batch[REASON].to_numpy(zero_copy_only=False).astype(object)
+    reasons[rare_user] = f"k-core: user has fewer than {k} events"
+    reasons[rare_item] = f"k-core: item has fewer than {k} events"
+    return batch.set_column(batch.schema.get_field_index(REASON), REASON, pa.array(reasons, pa.string()))
+
+
+def _per_user(
+    batch: pa.Table,
+    vocab_refs: tuple[ray.ObjectRef, ray.ObjectRef],
+    split_config: Any,
+    cutoffs: tuple[int, int] | None,
+    end: int | None,
+    max_len: int,
+) -> pa.Table:
+    """All events of a set of users: de-duplicate, index, split, build histories."""
+    users, items = (ray.get(ref) for ref in vocab_refs)
+    uid = pc.add(pc.index_in(batch["user_id"], value_set=users), 1).fill_null(0)
+    iid = pc.add(pc.index_in(batch["item_id"], value_set=items), 1).fill_null(0)
+    table = batch.append_column("uid", uid.cast(pa.int64())).append_column("iid", iid.cast(pa.int64()))
+    order = pc.sort_indices(
+        table,
+        sort_keys=[("uid", "ascending"), ("timestamp", "ascending"), ("iid", "ascending"),
+                   (FILE_COLUMN, "ascending"), (ROW_COLUMN, "ascending")],
+    )
+    table = table.take(order)
+    u = table["uid"].to_numpy()
+    t = table["timestamp"].to_numpy()
+    i = table["iid"].to_numpy()
+    n = len(u)
+    if n and (u == 0).any():
+        raise PipelineError("an id is missing from the vocabulary")
+    duplicate = np.zeros(n, bool)
+    if n > 1:
+        duplicate[1:] = (u[1:] == u[:-1]) & (t[1:] == t[:-1]) & (i[1:] == i[:-1])
+    late = (t >= end) if end is not None else np.zeros(n, bool)
+    reasons = np.full(n, None, dtype=object)
+    reasons[duplicate] = DUPLICATE
+    reasons[late & ~duplicate] = f"timestamp: at or after the split's end ({end})"
+    keep = ~duplicate & ~late
+
+    split = np.full(n, -1, np.int8)
+    split[keep] = assign_splits(split_config, u[keep], i[keep], t[keep], cutoffs)
+    label = table["label"].to_numpy(zero_copy_only=False)
+    history_kept = point_in_time_histories(u[keep], t[keep], i[keep], label[keep] == 1, max_len)
+    # Scatter kept rows' histories back; rows that leave (duplicates) get an empty history.
+    lengths = np.zeros(n, np.int64)
+    lengths[keep] = np.diff(history_kept.offsets.to_numpy())
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32)
+    history = pa.ListArray.from_arrays(pa.array(offsets), history_kept.values)
+
+    split_names = np.array([None, *SPLITS], dtype=object)[split.astype(np.int64) + 1]
+    reason_col = pa.array(reasons, pa.string())
+    return pa.table(
+        {
+            "uid": table["uid"], "iid": table["iid"], "timestamp": table["timestamp"],
+            "rating": table["rating"], "label": table["label"], "history": history,
+            "split": pa.array(split_names, pa.string()),
+            "user_id": table["user_id"], "item_id": table["item_id"],
+            FILE_COLUMN: table[FILE_COLUMN], ROW_COLUMN: table[ROW_COLUMN],
+            REASON: reason_col,
+            RAW: table[RAW],
+        }
+    )
+
+
+def _one_split(batch: pa.Table, split: str) -> pa.Table:
+    mask = pc.and_(pc.is_null(batch[REASON]), pc.equal(batch["split"], split))
+    return batch.filter(mask).select(OUTPUT_COLUMNS)
+
+
+def _summarise(batch: pa.Table) -> pa.Table:
+    """Per block and split: rows, positives and the order-independent content hash."""
+    good = batch.filter(pc.is_null(batch[REASON]))
+    rows = []
+    for split in SPLITS:
+        part = good.filter(pc.equal(good["split"], split)).select(OUTPUT_COLUMNS)
+        with np.errstate(over="ignore"):
+            digest = np.sum(row_hashes(part), dtype=np.uint64) if part.num_rows else np.uint64(0)
+        rows.append((split, part.num_rows, int(pc.sum(part["label"]).as_py() or 0), int(digest)))
+    names = ["split", "rows", "positives", "hash"]
+    return pa.table({k: [r[j] for r in rows] for j, k in enumerate(names)},
+                    schema=pa.schema([("split", pa.string()), ("rows", pa.int64()),
+                                      ("positives", pa.int64()), ("hash", pa.uint64())]))
+
+
+# --- driver-side steps -------------------------------------------------------------------------
+
+
+def _kth_timestamp(ds: ray.data.Dataset, total: int) -> Callable[[int], int]:
+    """Exact k-th smallest timestamp in two streaming passes: an hourly histogram, then the
+    timestamps of the one hour that holds rank k."""
+    bucket = 3600
+
+    def histogram(batch: pa.Table) -> pa.Table:
+        hours, counts = np.unique(batch["timestamp"].to_numpy() // bucket, return_counts=True)
+        return pa.table({"hour": hours, "count": counts})
+
+    hist = pa.concat_tables(
+        list(ds.map_batches(histogram, batch_format="pyarrow", batch_size=None)
+             .iter_batches(batch_format="pyarrow", batch_size=None))
+    ).group_by("hour").aggregate([("count", "sum")]).sort_by("hour")
+    hours = hist["hour"].to_numpy()
+    cumulative = np.cumsum(hist["count_sum"].to_numpy())
+
+    def at(k: int) -> int:
+        b = int(np.searchsorted(cumulative, k, side="right"))
+        before = int(cumulative[b - 1]) if b else 0
+        hour = int(hours[b])
+
+        def in_hour(batch: pa.Table) -> pa.Table:
+            ts = batch["timestamp"]
+            return pa.table({"timestamp": ts.filter(pc.equal(pc.divide(ts, bucket), hour))})
+
+        parts = ds.map_batches(in_hour, batch_format="pyarrow").iter_batches(batch_format="numpy", batch_size=None)
+        values = np.sort(np.concatenate([b["timestamp"] for b in parts] or [np.zeros(0, np.int64)]))
+        return int(values[k - before])
+
+    return at
+
+
+def _kcore(checked: ray.data.Dataset, k: int, progress: Progress) -> ray.data.Dataset:
+    for round_ in range(1, 100):
+        good = checked.map_batches(_good, batch_format="pyarrow")
+        users, items = id_counts(good, "user_id"), id_counts(good, "item_id")
+        rare_users = users.filter(pc.less(users["count"], k))["id"].combine_chunks()
+        rare_items = items.filter(pc.less(items["count"], k))["id"].combine_chunks()
+        progress(f"k-core round {round_}: {len(rare_users)} users and {len(rare_items)} items below {k}")
+        if len(rare_users) == 0 and len(rare_items) == 0:
+            return checked
+        checked = checked.map_batches(
+            _mark_kcore, batch_format="pyarrow",
+            fn_kwargs={"users": rare_users, "items": rare_items, "k": k},
+        ).materialize()
+    raise PipelineError("k-core filtering did not converge in 100 rounds")
+
+
+def _sum_counts(table: pa.Table) -> dict[str, int]:
+    return {str(r["id"]): int(r["count"]) for r in table.to_pylist()}
+
+
+def _attach_metadata(vocab: Vocabulary, raw_name: str, dense_name: str, meta: pa.Table | None) -> pa.Table:
+    table = vocab.to_table(raw_name, dense_name)
+    if meta is None or meta.num_rows == 0:
+        return table
+    meta = meta.group_by(raw_name, use_threads=False).aggregate(
+        [(c, "first") for c in meta.schema.names if c != raw_name]
+    ).rename_columns([raw_name] + [c for c in meta.schema.names if c != raw_name])
+    joined = table.join(meta, raw_name, join_type="left outer")
+    return joined.sort_by(dense_name)
+
+
+def prepare(config: DataConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the whole pipeline for ``config`` and return the ``meta.json`` it committed."""
+    from raylrec.config import CoLLMSource
+
+    say = progress or log.info
+    started = time.perf_counter()
+    if isinstance(config.source, CoLLMSource):
+        from raylrec.data.given import prepare_given
+
+        return prepare_given(config, say)
+
+    out = config.output
+    prepare_output_dir(out, config.overwrite)
+    source: LoadedSource = load_source(config.source, config.validation)
+    say(f"reading {config.source.type} -> validating")
+    checked = source.events.map_batches(
+        _validate, batch_format="pyarrow",
+        fn_kwargs={"config": config.validation, "threshold": config.label.threshold, "unit": source.timestamp_unit},
+    ).materialize()
+    rows_in = checked.count()
+    say(f"read {rows_in:,} rows")
+    if config.kcore:
+        checked = _kcore(checked, config.kcore, say)
+    good = checked.map_batches(_good, batch_format="pyarrow")
+
+    user_counts, item_counts = id_counts(good, "user_id"), id_counts(good, "item_id")
+    users, items = Vocabulary.from_counts(user_counts), Vocabulary.from_counts(item_counts)
+    good_rows = int(pc.sum(user_counts["count"]).as_py() or 0)
+    say(f"{good_rows:,} valid rows; {len(users):,} users, {len(items):,} items")
+    if good_rows == 0:
+        raise SourceError(f"{config.source.type}: no valid rows (see the quarantine reasons)")
+
+    cutoffs = None
+    end = None
+    if isinstance(config.split, TemporalFractionSplit):
+        cutoffs = fraction_cutoffs(_kth_timestamp(good, good_rows), good_rows, config.split.fractions)
+        say(f"temporal cutoffs: valid from {cutoffs[0]}, test from {cutoffs[1]}")
+    elif isinstance(config.split, TemporalWindowSplit):
+        end = config.split.cutoffs()[2]
+
+    partitions = max(1, math.ceil(good_rows / ROWS_PER_PARTITION))
+    say(f"shuffling by user into {partitions} partition(s); splitting ({config.split.protocol}) and building histories")
+    vocab_refs = (ray.put(users.raw), ray.put(items.raw))
+    events = (
+        good.repartition(partitions, keys=["user_id"], sort=True)
+        .map_batches(
+            _per_user, batch_format="pyarrow", batch_size=None,
+            fn_kwargs={"vocab_refs": vocab_refs, "split_config": config.split, "cutoffs": cutoffs,
+                       "end": end, "max_len": config.history.max_len},
+        )
+        .materialize()
+    )
+
+    fs, path = storage.arrow_filesystem(out)
+    summary = pa.concat_tables(
+        list(events.map_batches(_summarise, batch_format="pyarrow", batch_size=None)
+             .iter_batches(batch_format="pyarrow", batch_size=None))
+    )
+    split_counts: dict[str, int] = {}
+    split_hashes: dict[str, str] = {}
+    positives: dict[str, int] = {}
+    for split in SPLITS:
+        part = summary.filter(pc.equal(summary["split"], split))
+        split_counts[split] = int(pc.sum(part["rows"]).as_py() or 0)
+        positives[split] = int(pc.sum(part["positives"]).as_py() or 0)
+        with np.errstate(over="ignore"):
+            split_hashes[split] = f"{int(np.sum(part['hash'].to_numpy(), dtype=np.uint64)):016x}"
+        if split_counts[split]:
+            say(f"writing {split}: {split_counts[split]:,} rows")
+            events.map_batches(_one_split, batch_format="pyarrow", fn_kwargs={"split": split}).write_parquet(
+                storage.join(path, split), filesystem=fs, min_rows_per_file=100_000,
+            )
+
+    quarantine = checked.map_batches(_bad, batch_format="pyarrow").union(
+        events.map_batches(_bad, batch_format="pyarrow")
+    ).materialize()
+    rows_quarantined = quarantine.count()
+    reasons = _sum_counts(id_counts(quarantine, REASON)) if rows_quarantined else {}
+    if rows_quarantined:
+        say(f"quarantined {rows_quarantined:,} rows: {reasons}")
+        quarantine.write_parquet(storage.join(path, "quarantine"), filesystem=fs)
+
+    rows_out = sum(split_counts.values())
+    if rows_in != rows_out + rows_quarantined:
+        raise PipelineError(f"rows in {rows_in} != rows out {rows_out} + quarantined {rows_quarantined}")
+
+    users_table = _attach_metadata(users, "user_id", "uid", source.users)
+    items_table = _attach_metadata(items, "item_id", "iid", source.items)
+    write_table(users_table, out, "users.parquet")
+    write_table(items_table, out, "items.parquet")
+
+    protocol = {
+        "split": config.split.model_dump(mode="json"),
+        "label": config.label.model_dump(mode="json"),
+        "history": config.history.model_dump(mode="json"),
+        "kcore": config.kcore,
+        "validation": config.validation.model_dump(mode="json"),
+        "temporal_cutoffs": list(cutoffs) if cutoffs else None,
+    }
+    counts = {
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "rows_quarantined": rows_quarantined,
+        "quarantine_reasons": reasons,
+        "splits": {s: n for s, n in split_counts.items() if n},
+        "positives": {s: n for s, n in positives.items() if split_counts[s]},
+        "users": len(users),
+        "items": len(items),
+        "num_users": users.size,  # embedding-table sizes, padding row 0 included
+        "num_items": items.size,
+    }
+    content = {
+        "format": FORMAT,
+        "protocol": protocol,
+        "counts": counts,
+        "split_hashes": split_hashes,
+        "users": arrow_digest(users_table),
+        "items": arrow_digest(items_table),
+    }
+    meta = {
+        **{k: v for k, v in content.items() if k not in ("users", "items", "split_hashes")},
+        "source": source.description,
+        "content_hash": json_digest(content),
+        "columns": OUTPUT_COLUMNS,
+        "raylrec_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "elapsed_s": round(time.perf_counter() - started, 2),
+    }
+    storage.write_json(storage.join(out, META_FILE), meta)  # the commit point
+    say(f"committed {out} (content hash {meta['content_hash'][:16]}…) in {meta['elapsed_s']} s")
+    return meta

@@ -1,0 +1,101 @@
+"""Sources of interaction logs, each turned into one Ray Dataset of raw events with canonical
+columns (``user_id``, ``item_id``, ``timestamp``, ``rating`` and/or ``label``, ``_file``,
+``_row``) plus small metadata tables for items and users."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import ray
+
+from raylrec import storage
+from raylrec.config import LogSource, MetadataFile, MovieLens1MSource, MovieLens100KSource, SyntheticSource
+from raylrec.config import ValidationConfig
+from raylrec.data.datasource import TabularFilesDatasource
+from raylrec.data.files import SourceError, TabularFile, infer_format, read_table
+
+__all__ = ["LoadedSource", "load_source", "log_files"]
+
+log = logging.getLogger(__name__)
+_LOG_EXTENSIONS = (".parquet", ".pq", ".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".gz", ".dat", ".data", ".inter", ".txt")
+
+
+@dataclass
+class LoadedSource:
+    events: ray.data.Dataset
+    timestamp_unit: str = "s"
+    items: pa.Table | None = None  # item_id (string) + metadata columns such as title
+    users: pa.Table | None = None  # user_id (string) + metadata columns
+    files: list[str] = field(default_factory=list)
+    description: dict[str, Any] = field(default_factory=dict)
+
+
+def log_files(source: LogSource, validation: ValidationConfig) -> list[TabularFile]:
+    """Expand the configured paths into files; empty files are an error or skipped."""
+    files: list[TabularFile] = []
+    for uri in source.paths:
+        storage.check_reachable(uri)
+        found = storage.list_files(uri, _LOG_EXTENSIONS)
+        if not found:
+            raise SourceError(f"{uri}: no interaction files found (looked for {', '.join(_LOG_EXTENSIONS)})")
+        for path, size in found:
+            if size == 0:
+                if validation.on_empty_file == "error":
+                    raise SourceError(
+                        f"{path}: empty file (0 bytes); remove it or set data.validation.on_empty_file=skip"
+                    )
+                log.warning("skipping empty file %s", path)
+                continue
+            fmt = source.format or infer_format(path)
+            files.append(TabularFile(path, size, fmt, source.csv))
+    if not files:
+        raise SourceError(f"{source.paths}: every file is empty")
+    return files
+
+
+def read_events(files: list[TabularFile], mapping: dict[str, str]) -> ray.data.Dataset:
+    return ray.data.read_datasource(TabularFilesDatasource(files, mapping))
+
+
+def read_metadata(meta: MetadataFile, id_name: str) -> pa.Table:
+    storage.check_reachable(meta.path)
+    found = storage.list_files(meta.path)
+    if not found:
+        raise SourceError(f"{meta.path}: metadata file not found")
+    columns = {id_name: meta.id_column, **meta.columns}
+    tables = [
+        read_table(TabularFile(path, size, meta.format or infer_format(path), meta.csv), columns)
+        for path, size in found
+    ]
+    table = pa.concat_tables(tables, promote_options="permissive")
+    return table.set_column(0, id_name, table[id_name].cast(pa.string()))
+
+
+def _load_logs(source: LogSource, validation: ValidationConfig) -> LoadedSource:
+    files = log_files(source, validation)
+    return LoadedSource(
+        events=read_events(files, source.columns.as_dict()),
+        timestamp_unit=source.timestamp_unit,
+        items=read_metadata(source.items, "item_id") if source.items else None,
+        users=read_metadata(source.users, "user_id") if source.users else None,
+        files=[f.uri for f in files],
+        description={"type": "logs", "paths": source.paths, "files": len(files)},
+    )
+
+
+def load_source(source: Any, validation: ValidationConfig) -> LoadedSource:
+    """Dispatch on the source config's type. (The CoLLM split has its own path: see given.py.)"""
+    from raylrec.data import movielens, synthetic
+
+    if isinstance(source, LogSource):
+        return _load_logs(source, validation)
+    if isinstance(source, MovieLens100KSource):
+        return movielens.load_ml100k(source)
+    if isinstance(source, MovieLens1MSource):
+        return movielens.load_ml1m(source)
+    if isinstance(source, SyntheticSource):
+        return synthetic.load_synthetic(source)
+    raise SourceError(f"no loader for source type {getattr(source, 'type', source)!r}")

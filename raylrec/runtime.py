@@ -1,0 +1,38 @@
+"""Connecting to Ray: the cluster named by the config or ``RAY_ADDRESS``, else a new local
+instance, so that the same entry points run on a laptop and under ``ray job submit``."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from raylrec.config import RayConfig
+
+__all__ = ["init_ray"]
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(config: RayConfig | None = None) -> None:
+    """Idempotent: reuses a Ray instance this process already joined."""
+    if ray.is_initialized():
+        return
+    config = config or RayConfig()
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    # Quiet, single-line progress: Ray Data's bars are per operator and flood logs on CI.
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = os.environ.get("RAYLREC_PROGRESS_BARS", "0") == "1"
+    if address:
+        log.info("joining the Ray cluster at %s", address)
+        ray.init(address=address, log_to_driver=True)
+    else:
+        # A private instance on this machine: token authentication (Ray 2.59+) guards
+        # shared clusters; here it would only demand a token from our own processes.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=True)
+    ray.data.DataContext.get_current().enable_progress_bars = ctx.enable_progress_bars
+    # Ray Data logs every execution plan at INFO; raylrec prints its own one-line progress.
+    if os.environ.get("RAYLREC_RAY_DATA_LOGS") != "1":
+        logging.getLogger("ray.data").setLevel(logging.WARNING)

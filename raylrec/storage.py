@@ -1,0 +1,141 @@
+"""One way to reach local paths and s3:// URIs: fsspec filesystems (s3fs for s3), with the
+endpoint and credentials from the environment (``AWS_ENDPOINT_URL``, the usual AWS variables,
+or an instance role), and pyarrow wrappers of the same objects for Ray Data.
+
+Filesystem objects pickle with their settings, so Ray workers reach the same endpoint as the
+driver whatever their own environment says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from typing import Any
+
+import fsspec
+import pyarrow.fs as pafs
+
+__all__ = [
+    "StorageError",
+    "filesystem",
+    "arrow_filesystem",
+    "join",
+    "is_remote",
+    "check_reachable",
+    "list_files",
+    "write_json",
+    "read_json",
+]
+
+_S3_SCHEMES = ("s3://", "s3a://")
+
+
+class StorageError(OSError):
+    """A path that cannot be reached or read; the message names it."""
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(_S3_SCHEMES)
+
+
+def _s3_options() -> dict[str, Any]:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    options: dict[str, Any] = {
+        # Fail within seconds on an unreachable endpoint instead of retrying for minutes.
+        "config_kwargs": {
+            "connect_timeout": float(os.environ.get("RAYLREC_S3_CONNECT_TIMEOUT", "5")),
+            "read_timeout": 60,
+            "retries": {"max_attempts": 3, "mode": "standard"},
+        },
+        "skip_instance_cache": True,
+    }
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    if os.environ.get("AWS_ACCESS_KEY_ID") is None and os.environ.get("AWS_PROFILE") is None:
+        # No explicit credentials: let botocore find a role; anonymous only if asked.
+        options["anon"] = os.environ.get("RAYLREC_S3_ANON", "") == "1"
+    return options
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for ``uri`` and the path inside it (no scheme)."""
+    if is_remote(uri):
+        import s3fs
+
+        return s3fs.S3FileSystem(**_s3_options()), uri.split("://", 1)[1].rstrip("/")
+    fs = fsspec.filesystem("file")
+    return fs, os.path.abspath(os.path.expanduser(uri))
+
+
+def arrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem over the same fsspec object (what Ray Data's readers take)."""
+    fs, path = filesystem(uri)
+    if not is_remote(uri):
+        return pafs.LocalFileSystem(), path
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def join(uri: str, *parts: str) -> str:
+    if is_remote(uri):
+        return posixpath.join(uri.rstrip("/"), *parts)
+    return os.path.join(uri, *parts)
+
+
+def check_reachable(uri: str, *, for_writing: bool = False) -> None:
+    """Fail early and clearly when ``uri``'s bucket or endpoint cannot be reached."""
+    if not is_remote(uri):
+        return
+    fs, path = filesystem(uri)
+    bucket = path.split("/", 1)[0]
+    endpoint = _s3_options().get("endpoint_url", "the default AWS endpoint")
+    try:
+        exists = fs.exists(bucket)
+    except Exception as e:  # botocore raises many types; all mean "unreachable" here
+        raise StorageError(f"cannot reach s3 endpoint {endpoint} for {uri}: {e}") from None
+    if not exists:
+        if for_writing:
+            raise StorageError(f"bucket {bucket!r} for {uri} does not exist at {endpoint}")
+        raise StorageError(f"{uri}: bucket {bucket!r} does not exist at {endpoint}")
+
+
+def list_files(uri: str, extensions: tuple[str, ...] = ()) -> list[tuple[str, int]]:
+    """Files under ``uri`` (a file, a directory walked recursively, or a glob) with their sizes,
+    sorted by path. Hidden files and markers such as ``_SUCCESS`` are skipped."""
+    fs, path = filesystem(uri)
+    scheme = uri.split("://", 1)[0] + "://" if is_remote(uri) else ""
+    try:
+        if any(ch in path for ch in "*?["):
+            found = fs.glob(path, detail=True)
+        elif fs.isdir(path):
+            found = fs.find(path, detail=True)
+        elif fs.exists(path):
+            found = {path: fs.info(path)}
+        else:
+            raise StorageError(f"no such file or directory: {uri}")
+    except StorageError:
+        raise
+    except Exception as e:
+        raise StorageError(f"cannot list {uri}: {e}") from None
+    files = []
+    for name, info in sorted(found.items()):
+        base = posixpath.basename(name)
+        if info.get("type") == "directory" or base.startswith((".", "_")):
+            continue
+        if extensions and not base.lower().endswith(extensions):
+            continue
+        files.append((scheme + name, int(info.get("size") or 0)))
+    return files
+
+
+def write_json(uri: str, obj: Any) -> None:
+    fs, path = filesystem(uri)
+    with fs.open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def read_json(uri: str) -> Any:
+    fs, path = filesystem(uri)
+    with fs.open(path, "r") as f:
+        return json.load(f)
