@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -119,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # A failing Ray Data task logs its whole stack; the error that reaches us names the
+        # file or field already, and -v shows everything.
+        os.environ.setdefault("RAYLREC_QUIET_RAY_DATA", "1")
     try:
         return args.func(args)
     except ConfigError as e:

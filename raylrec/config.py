@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "ConfigError",
@@ -59,6 +68,7 @@ class ColumnMapping(_Strict):
 
 class CsvOptions(_Strict):
     delimiter: str = ","
+    quote_char: str | None = '"'
     has_header: bool = True
     column_names: list[str] | None = Field(
         default=None, description="names for a file without a header row"
@@ -135,9 +145,26 @@ class SyntheticSource(_Strict):
     events_per_chunk: int = Field(default=250_000, gt=0)
 
 
+def _tag(field: str, default: str | None) -> Any:
+    def get(value: Any) -> str | None:
+        if isinstance(value, dict):
+            return value.get(field, default)
+        return getattr(value, field, default)
+
+    return get
+
+
 SourceConfig = Annotated[
-    LogSource | MovieLens100KSource | MovieLens1MSource | CoLLMSource | SyntheticSource,
-    Field(discriminator="type"),
+    Annotated[LogSource, Tag("logs")]
+    | Annotated[MovieLens100KSource, Tag("movielens_100k")]
+    | Annotated[MovieLens1MSource, Tag("movielens_1m")]
+    | Annotated[CoLLMSource, Tag("collm_ml1m")]
+    | Annotated[SyntheticSource, Tag("synthetic")],
+    Discriminator(
+        _tag("type", None),
+        custom_error_type="source_type",
+        custom_error_message="set 'type' to one of logs, movielens_100k, movielens_1m, collm_ml1m, synthetic",
+    ),
 ]
 
 
@@ -249,8 +276,19 @@ class GivenSplit(_Strict):
 
 
 SplitConfig = Annotated[
-    TemporalFractionSplit | TemporalWindowSplit | LeaveLastOutSplit | RandomRatioSplit | GivenSplit,
-    Field(discriminator="protocol"),
+    Annotated[TemporalFractionSplit, Tag("temporal_fraction")]
+    | Annotated[TemporalWindowSplit, Tag("temporal_window")]
+    | Annotated[LeaveLastOutSplit, Tag("leave_last_out")]
+    | Annotated[RandomRatioSplit, Tag("random_ratio")]
+    | Annotated[GivenSplit, Tag("given")],
+    Discriminator(
+        _tag("protocol", "random_ratio"),
+        custom_error_type="split_protocol",
+        custom_error_message=(
+            "set 'protocol' to one of temporal_fraction, temporal_window, leave_last_out, "
+            "random_ratio, given"
+        ),
+    ),
 ]
 
 
@@ -321,11 +359,17 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Tagged unions insert the tag into an error's path; the user's path has no such element.
+_UNION_TAGS = {
+    "logs", "movielens_100k", "movielens_1m", "collm_ml1m", "synthetic",
+    "temporal_fraction", "temporal_window", "leave_last_out", "random_ratio", "given",
+}
+
+
 def _format_errors(err: ValidationError, origin: str) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
-        # Discriminated unions add the tag as a path element; keep the user's path readable.
+        loc = ".".join(str(p) for p in e["loc"] if str(p) not in _UNION_TAGS)
         lines.append(f"  {loc or '(top level)'}: {e['msg']}")
     return f"invalid config ({origin}):\n" + "\n".join(lines)
 

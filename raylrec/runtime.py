@@ -35,4 +35,5 @@ def init_ray(config: RayConfig | None = None) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = ctx.enable_progress_bars
     # Ray Data logs every execution plan at INFO; raylrec prints its own one-line progress.
     if os.environ.get("RAYLREC_RAY_DATA_LOGS") != "1":
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        quiet = os.environ.get("RAYLREC_QUIET_RAY_DATA") == "1"
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL if quiet else logging.WARNING)

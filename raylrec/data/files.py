@@ -120,10 +120,12 @@ def _csv_batches(f: TabularFile, mapping: dict[str, str]) -> Iterator[pa.Table]:
         autogenerate_column_names=not opts.has_header and opts.column_names is None,
         encoding=opts.encoding,
     )
-    parse = pacsv.ParseOptions(delimiter=opts.delimiter, quote_char='"' if opts.delimiter == "," else False)
+    parse = pacsv.ParseOptions(delimiter=opts.delimiter, quote_char=opts.quote_char or False)
     # Every column as text: a malformed value is quarantined by the validator, not fatal here.
     wanted = list(dict.fromkeys(mapping.values()))
-    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in wanted}, strings_can_be_null=True)
+    convert = pacsv.ConvertOptions(
+        column_types={c: pa.string() for c in wanted}, strings_can_be_null=True, null_values=[""]
+    )
     row = 0
     compression = "gzip" if f.uri.endswith(".gz") else None
     try:

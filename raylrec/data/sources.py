@@ -15,7 +15,7 @@ from raylrec import storage
 from raylrec.config import LogSource, MetadataFile, MovieLens1MSource, MovieLens100KSource, SyntheticSource
 from raylrec.config import ValidationConfig
 from raylrec.data.datasource import TabularFilesDatasource
-from raylrec.data.files import SourceError, TabularFile, infer_format, read_table
+from raylrec.data.files import SourceError, TabularFile, infer_format, read_batches, read_table
 
 __all__ = ["LoadedSource", "load_source", "log_files"]
 
@@ -76,6 +76,9 @@ def read_metadata(meta: MetadataFile, id_name: str) -> pa.Table:
 
 def _load_logs(source: LogSource, validation: ValidationConfig) -> LoadedSource:
     files = log_files(source, validation)
+    # Read the first batch of the first file here, so a wrong column mapping fails at once
+    # with one clear line instead of from inside a Ray task.
+    next(iter(read_batches(files[0], source.columns.as_dict())), None)
     return LoadedSource(
         events=read_events(files, source.columns.as_dict()),
         timestamp_unit=source.timestamp_unit,

@@ -1,0 +1,81 @@
+"""Shared fixtures: one local Ray instance for the session and a real S3-compatible server
+(moto's ThreadedMotoServer) on loopback.
+
+The S3 endpoint is put in the environment before Ray starts, so Ray's worker processes, which
+inherit the driver's environment, reach the same server as the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+S3_PORT = _free_port()
+os.environ.update(
+    {
+        "RAY_AUTH_MODE": "disabled",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "WANDB_MODE": "offline",
+        "RAY_DEDUP_LOGS": "0",
+    }
+)
+os.environ.pop("AWS_PROFILE", None)
+os.environ.pop("RAY_ADDRESS", None)
+
+REPO = Path(__file__).resolve().parents[1]
+COLLM_DIR = REPO.parent / "shared" / "datasets" / "collm-ml1m"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    from raylrec.config import RayConfig
+    from raylrec.runtime import init_ray
+
+    init_ray(RayConfig(num_cpus=2))
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+    server.start()
+    yield os.environ["AWS_ENDPOINT_URL"]
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A fresh, empty bucket on the loopback S3 server; returns ``s3://name``."""
+    import s3fs
+
+    name = f"raylrec-{uuid.uuid4().hex[:10]}"
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server, skip_instance_cache=True)
+    fs.mkdir(name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    """The ML-100K atomic files read out of the recbole wheel (downloaded once, cached)."""
+    from raylrec.data.movielens import recbole_ml100k_dir
+
+    return recbole_ml100k_dir()

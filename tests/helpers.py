@@ -1,0 +1,53 @@
+"""Test helpers: reading a prepared dataset whole and checking its invariants independently."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from raylrec import storage
+from raylrec.config import build_config
+from raylrec.data.output import read_meta
+
+
+def data_config(source: dict, output: str, **data):
+    return build_config({"data": {"source": source, "output": output, **data}}).data
+
+
+def read_all(out: str) -> pa.Table:
+    """Every split of a committed dataset, with a ``split`` column."""
+    meta = read_meta(out)
+    fs, path = storage.arrow_filesystem(out)
+    tables = []
+    for split in meta["counts"]["splits"]:
+        t = pads.dataset(storage.join(path, split), filesystem=fs, format="parquet").to_table()
+        tables.append(t.append_column("split", pa.array([split] * t.num_rows)))
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def assert_point_in_time(table: pa.Table, max_len: int | None = None, max_users: int | None = None) -> int:
+    """Every history item is a positive event of the same user strictly before the event, and
+    the history is exactly the latest such items. Returns the number of rows checked."""
+    if max_users is not None:
+        keep = pa.compute.less_equal(table["uid"], max_users)
+        table = table.filter(keep)
+    rows = table.select(["uid", "iid", "timestamp", "label", "history"]).to_pylist()
+    by_user: dict[int, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_user[r["uid"]].append(r)
+    for events in by_user.values():
+        events.sort(key=lambda r: (r["timestamp"], r["iid"]))
+        for r in events:
+            earlier = [e for e in events if e["timestamp"] < r["timestamp"] and e["label"] == 1]
+            earlier_items = {e["iid"] for e in earlier}
+            assert set(r["history"]) <= earlier_items, (r, "sees an item not positively rated before")
+            if max_len is not None:
+                expected_len = min(len(earlier), max_len)
+                assert len(r["history"]) == expected_len, (r, expected_len)
+                # the last history item is the latest earlier positive (ties broken by item id)
+                if expected_len:
+                    latest_ts = max(e["timestamp"] for e in earlier)
+                    assert r["history"][-1] in {e["iid"] for e in earlier if e["timestamp"] == latest_ts}
+    return len(rows)
