@@ -82,7 +82,7 @@ def join(uri: str, *parts: str) -> str:
     return os.path.join(uri, *parts)
 
 
-def check_reachable(uri: str, *, for_writing: bool = False) -> None:
+def check_reachable(uri: str) -> None:
     """Fail early and clearly when ``uri``'s bucket or endpoint cannot be reached."""
     if not is_remote(uri):
         return
@@ -90,13 +90,13 @@ def check_reachable(uri: str, *, for_writing: bool = False) -> None:
     bucket = path.split("/", 1)[0]
     endpoint = _s3_options().get("endpoint_url", "the default AWS endpoint")
     try:
-        exists = fs.exists(bucket)
+        fs.call_s3("head_bucket", Bucket=bucket)
+    except FileNotFoundError:
+        raise StorageError(f"{uri}: bucket {bucket!r} does not exist at {endpoint}") from None
+    except PermissionError as e:
+        raise StorageError(f"{uri}: access to bucket {bucket!r} at {endpoint} denied: {e}") from None
     except Exception as e:  # botocore raises many types; all mean "unreachable" here
         raise StorageError(f"cannot reach s3 endpoint {endpoint} for {uri}: {e}") from None
-    if not exists:
-        if for_writing:
-            raise StorageError(f"bucket {bucket!r} for {uri} does not exist at {endpoint}")
-        raise StorageError(f"{uri}: bucket {bucket!r} does not exist at {endpoint}")
 
 
 def list_files(uri: str, extensions: tuple[str, ...] = ()) -> list[tuple[str, int]]:

@@ -44,7 +44,7 @@ def _list_words(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     n = len(arr)
     offsets = arr.offsets.to_numpy().astype(np.int64)
-    values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64)
+    values = _column_words(arr.flatten())
     position = np.arange(len(values), dtype=np.int64) - np.repeat(offsets[:-1] - offsets[0], np.diff(offsets))
     with np.errstate(over="ignore"):
         words = splitmix64(values ^ splitmix64(position.astype(np.uint64)))

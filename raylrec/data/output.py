@@ -44,7 +44,7 @@ class IncompleteDatasetError(FileNotFoundError):
 
 def prepare_output_dir(out: str, overwrite: bool) -> None:
     """Refuse to clobber a finished dataset unless asked; clear an interrupted one."""
-    storage.check_reachable(out, for_writing=True)
+    storage.check_reachable(out)
     fs, path = storage.filesystem(out)
     if fs.exists(storage.join(path, META_FILE)):
         if not overwrite:

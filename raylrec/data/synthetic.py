@@ -118,7 +118,7 @@ def write_synthetic(source: SyntheticSource, out: str) -> dict[str, int]:
     """Write a synthetic log as Parquet files (``events/``) plus ``items.parquet``, streaming."""
     import pyarrow.parquet as pq
 
-    storage.check_reachable(out, for_writing=True)
+    storage.check_reachable(out)
     fs, path = storage.arrow_filesystem(out)
     ray.data.read_datasource(SyntheticDatasource(source, tag_rows=False)).write_parquet(
         storage.join(path, "events"), filesystem=fs
