@@ -1,9 +1,9 @@
 """The ``raylrec`` command.
 
-    raylrec demo                                   the main job on the embedded default
-    raylrec data prepare --config FILE [k=v ...]   prepare a dataset (dotted overrides)
-    raylrec data stats PATH                        statistics of a prepared dataset
-    raylrec data synth --out PATH [--events N]     write a synthetic interaction log
+raylrec demo                                   the main job on the embedded default
+raylrec data prepare --config FILE [k=v ...]   prepare a dataset (dotted overrides)
+raylrec data stats PATH                        statistics of a prepared dataset
+raylrec data synth --out PATH [--events N]     write a synthetic interaction log
 """
 
 from __future__ import annotations
@@ -62,8 +62,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     source = SyntheticSource(
-        num_events=args.events, num_users=args.users, num_items=args.items,
-        zipf_exponent=args.zipf, seed=args.seed,
+        num_events=args.events,
+        num_users=args.users,
+        num_items=args.items,
+        zipf_exponent=args.zipf,
+        seed=args.seed,
     )
     _init_ray(RayConfig(address=args.address))
     from raylrec.data.synthetic import write_synthetic
@@ -92,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="where outputs go (local or s3://)")
     demo.set_defaults(func=cmd_demo)
 
-    data = sub.add_parser("data", help="prepare and inspect datasets").add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser("data", help="prepare and inspect datasets").add_subparsers(
+        dest="data_command", required=True
+    )
     prep = data.add_parser("prepare", help="validate, index, split and build histories")
     prep.add_argument("--config", "-c", help="YAML config (see configs/)")
     prep.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. data.kcore=5")
@@ -119,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not args.verbose:
         # A failing Ray Data task logs its whole stack; the error that reaches us names the
         # file or field already, and -v shows everything.

@@ -70,9 +70,7 @@ class CsvOptions(_Strict):
     delimiter: str = ","
     quote_char: str | None = '"'
     has_header: bool = True
-    column_names: list[str] | None = Field(
-        default=None, description="names for a file without a header row"
-    )
+    column_names: list[str] | None = Field(default=None, description="names for a file without a header row")
     encoding: str = "utf8"
 
 
@@ -285,8 +283,7 @@ SplitConfig = Annotated[
         _tag("protocol", "random_ratio"),
         custom_error_type="split_protocol",
         custom_error_message=(
-            "set 'protocol' to one of temporal_fraction, temporal_window, leave_last_out, "
-            "random_ratio, given"
+            "set 'protocol' to one of temporal_fraction, temporal_window, leave_last_out, random_ratio, given"
         ),
     ),
 ]
@@ -311,9 +308,7 @@ class DataConfig(_Strict):
         given_source = isinstance(self.source, CoLLMSource)
         given_split = isinstance(self.split, GivenSplit)
         if given_source != given_split:
-            raise ValueError(
-                "split.protocol 'given' goes with source.type 'collm_ml1m' (and only with it)"
-            )
+            raise ValueError("split.protocol 'given' goes with source.type 'collm_ml1m' (and only with it)")
         return self
 
 
@@ -361,8 +356,16 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 # Tagged unions insert the tag into an error's path; the user's path has no such element.
 _UNION_TAGS = {
-    "logs", "movielens_100k", "movielens_1m", "collm_ml1m", "synthetic",
-    "temporal_fraction", "temporal_window", "leave_last_out", "random_ratio", "given",
+    "logs",
+    "movielens_100k",
+    "movielens_1m",
+    "collm_ml1m",
+    "synthetic",
+    "temporal_fraction",
+    "temporal_window",
+    "leave_last_out",
+    "random_ratio",
+    "given",
 }
 
 

@@ -13,7 +13,9 @@ from raylrec.data.history import point_in_time_histories
 from raylrec.data.splits import TEST, TRAIN, VALID, assign_splits, fraction_cutoffs, ratio_counts
 
 events = st.lists(
-    st.tuples(st.integers(1, 4), st.integers(0, 6), st.integers(1, 9), st.booleans()),  # user, ts, item, positive
+    st.tuples(
+        st.integers(1, 4), st.integers(0, 6), st.integers(1, 9), st.booleans()
+    ),  # user, ts, item, positive
     min_size=0,
     max_size=60,
 )
@@ -104,8 +106,14 @@ def test_fraction_cutoffs_keep_ties_together():
 
 
 def test_row_hash_is_order_independent_and_content_sensitive():
-    table = pa.table({"uid": [1, 2, 3], "rating": [1.0, 2.5, None],
-                      "history": pa.array([[1, 2], [], [3]], pa.list_(pa.int32())), "split": ["a", "b", "c"]})
+    table = pa.table(
+        {
+            "uid": [1, 2, 3],
+            "rating": [1.0, 2.5, None],
+            "history": pa.array([[1, 2], [], [3]], pa.list_(pa.int32())),
+            "split": ["a", "b", "c"],
+        }
+    )
     assert table_digest(table) == table_digest(table.take([2, 0, 1]))
     moved = table.set_column(2, "history", pa.array([[2, 1], [], [3]], pa.list_(pa.int32())))
     assert table_digest(moved) != table_digest(table)

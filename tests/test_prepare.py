@@ -58,15 +58,25 @@ def test_ml100k_histories_never_see_the_future(ml100k_prepared):
 
 def test_grouplens_format_gives_the_same_rows(ml100k_prepared, ml100k_dir, tmp_path):
     """Write the same ratings in GroupLens's own u.data/u.item/u.user and prepare again."""
-    raw = pads.dataset(str(ml100k_dir / "ml-100k.inter"), format=pads.CsvFileFormat(
-        parse_options=pa.csv.ParseOptions(delimiter="\t"))).to_table()
-    lines = ["\t".join(map(str, r)) for r in zip(*(raw[c].to_pylist() for c in raw.schema.names), strict=True)]
+    raw = pads.dataset(
+        str(ml100k_dir / "ml-100k.inter"),
+        format=pads.CsvFileFormat(parse_options=pa.csv.ParseOptions(delimiter="\t")),
+    ).to_table()
+    lines = [
+        "\t".join(map(str, r)) for r in zip(*(raw[c].to_pylist() for c in raw.schema.names), strict=True)
+    ]
     (tmp_path / "u.data").write_text("\n".join(lines) + "\n")
-    (tmp_path / "u.item").write_text("1|Toy Story (1995)|01-Jan-1995||http://x|0|0\n2|GoldenEye (1995)|01-Jan-1995||x|0\n",
-                                     encoding="latin-1")
+    (tmp_path / "u.item").write_text(
+        "1|Toy Story (1995)|01-Jan-1995||http://x|0|0\n2|GoldenEye (1995)|01-Jan-1995||x|0\n",
+        encoding="latin-1",
+    )
     (tmp_path / "u.user").write_text("1|24|M|technician|85711\n")
     out = str(tmp_path / "out")
-    meta = prepare(data_config({"type": "movielens_100k", "path": str(tmp_path)}, out, validation={"rating_range": [1, 5]}))
+    meta = prepare(
+        data_config(
+            {"type": "movielens_100k", "path": str(tmp_path)}, out, validation={"rating_range": [1, 5]}
+        )
+    )
     recbole_out, recbole_meta = ml100k_prepared
     assert meta["counts"]["splits"] == recbole_meta["counts"]["splits"]
     assert table_digest(read_all(out)) == table_digest(read_all(recbole_out))
@@ -76,15 +86,25 @@ def test_grouplens_format_gives_the_same_rows(ml100k_prepared, ml100k_dir, tmp_p
 
 def test_ml1m_grouplens_format_and_leave_last_out(tmp_path):
     rng = np.random.default_rng(0)
-    rows = [(u, i, int(rng.integers(1, 6)), 978300000 + 60 * k) for k, (u, i) in
-            enumerate((u, i) for u in range(1, 31) for i in rng.choice(np.arange(1, 200), 12, replace=False))]
+    rows = [
+        (u, i, int(rng.integers(1, 6)), 978300000 + 60 * k)
+        for k, (u, i) in enumerate(
+            (u, i) for u in range(1, 31) for i in rng.choice(np.arange(1, 200), 12, replace=False)
+        )
+    ]
     (tmp_path / "ratings.dat").write_text("".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in rows))
-    (tmp_path / "movies.dat").write_bytes("".join(
-        f"{i}::Star Wars: Episode {i} (1977)::Action|Sci-Fi\n" for i in range(1, 200)).encode("latin-1"))
+    (tmp_path / "movies.dat").write_bytes(
+        "".join(f"{i}::Star Wars: Episode {i} (1977)::Action|Sci-Fi\n" for i in range(1, 200)).encode(
+            "latin-1"
+        )
+    )
     (tmp_path / "users.dat").write_text("".join(f"{u}::F::1::10::48067\n" for u in range(1, 31)))
     out = str(tmp_path / "out")
-    meta = prepare(data_config({"type": "movielens_1m", "path": str(tmp_path)}, out,
-                               split={"protocol": "leave_last_out"}))
+    meta = prepare(
+        data_config(
+            {"type": "movielens_1m", "path": str(tmp_path)}, out, split={"protocol": "leave_last_out"}
+        )
+    )
     assert meta["counts"]["splits"] == {"train": 300, "valid": 30, "test": 30}
     titles = read_table(out, "items.parquet")["title"].to_pylist()
     assert all(t.startswith("Star Wars: Episode ") for t in titles)  # '::' split, ':' kept
@@ -97,7 +117,13 @@ def test_ml1m_grouplens_format_and_leave_last_out(tmp_path):
 
 
 def test_same_input_same_hash_whatever_the_partitioning(tmp_path, monkeypatch):
-    source = {"type": "synthetic", "num_events": 30_000, "num_users": 800, "num_items": 500, "events_per_chunk": 7_000}
+    source = {
+        "type": "synthetic",
+        "num_events": 30_000,
+        "num_users": 800,
+        "num_items": 500,
+        "events_per_chunk": 7_000,
+    }
     first = prepare(data_config(source, str(tmp_path / "a")))
     monkeypatch.setattr(prepare_module, "ROWS_PER_PARTITION", 4_000)  # 8 shuffle partitions
     second = prepare(data_config(source, str(tmp_path / "b")))
@@ -111,7 +137,11 @@ def test_same_input_same_hash_whatever_the_partitioning(tmp_path, monkeypatch):
 def test_temporal_fraction_split_and_kcore(tmp_path):
     source = {"type": "synthetic", "num_events": 20_000, "num_users": 2_000, "num_items": 3_000}
     out = str(tmp_path / "t")
-    meta = prepare(data_config(source, out, kcore=5, split={"protocol": "temporal_fraction", "fractions": [0.7, 0.15, 0.15]}))
+    meta = prepare(
+        data_config(
+            source, out, kcore=5, split={"protocol": "temporal_fraction", "fractions": [0.7, 0.15, 0.15]}
+        )
+    )
     counts = meta["counts"]
     assert counts["rows_in"] == 20_000 == counts["rows_out"] + counts["rows_quarantined"]
     assert any(r.startswith("k-core") for r in counts["quarantine_reasons"])
@@ -129,13 +159,31 @@ def test_temporal_fraction_split_and_kcore(tmp_path):
 
 
 def test_temporal_window_split_quarantines_events_after_the_end(tmp_path):
-    source = {"type": "synthetic", "num_events": 5_000, "num_users": 300, "num_items": 200,
-              "start": 1_577_836_800, "span_days": 100}
+    source = {
+        "type": "synthetic",
+        "num_events": 5_000,
+        "num_users": 300,
+        "num_items": 200,
+        "start": 1_577_836_800,
+        "span_days": 100,
+    }
     out = str(tmp_path / "w")
-    meta = prepare(data_config(source, out, split={"protocol": "temporal_window", "valid_start": "2020-03-01",
-                                                   "test_start": "2020-03-20", "end": "2020-04-01"}))
+    meta = prepare(
+        data_config(
+            source,
+            out,
+            split={
+                "protocol": "temporal_window",
+                "valid_start": "2020-03-01",
+                "test_start": "2020-03-20",
+                "end": "2020-04-01",
+            },
+        )
+    )
     late = [r for r in meta["counts"]["quarantine_reasons"] if "split's end" in r]
-    assert late and meta["counts"]["rows_in"] == meta["counts"]["rows_out"] + meta["counts"]["rows_quarantined"]
+    assert (
+        late and meta["counts"]["rows_in"] == meta["counts"]["rows_out"] + meta["counts"]["rows_quarantined"]
+    )
     table = read_all(out)
     assert pc.max(table["timestamp"]).as_py() < 1_585_699_200  # 2020-04-01
 
@@ -147,31 +195,38 @@ def _write_messy_logs(root) -> int:
         "uid,iid,ts,stars\n"
         "u1,i1,1600000000,5\n"
         "u1,i2,1600000100,4\n"
-        "u1,i2,1600000100,4\n"      # duplicate event
+        "u1,i2,1600000100,4\n"  # duplicate event
         "u2,i1,1600000200,2\n"
-        ",i3,1600000300,5\n"         # missing user
-        "u2,i3,not-a-time,5\n"       # bad timestamp
-        "u2,i3,-7,5\n"               # negative timestamp
-        "u2,i3,1600000000000,5\n"    # milliseconds where seconds are expected
-        "u3,i1,1600000400,NaN\n"     # NaN rating
-        "u3,i2,1600000500,11\n"      # out of range
-        "u3,i3,1600000600,\n"        # missing rating
+        ",i3,1600000300,5\n"  # missing user
+        "u2,i3,not-a-time,5\n"  # bad timestamp
+        "u2,i3,-7,5\n"  # negative timestamp
+        "u2,i3,1600000000000,5\n"  # milliseconds where seconds are expected
+        "u3,i1,1600000400,NaN\n"  # NaN rating
+        "u3,i2,1600000500,11\n"  # out of range
+        "u3,i3,1600000600,\n"  # missing rating
     )
     (root / "b.jsonl").write_text(
         '{"uid": "u3", "iid": "i4", "ts": 1600000700, "stars": 3}\n'
         '{"uid": "u4", "iid": "i4", "ts": "1600000800", "stars": "five"}\n'
         "this line is not json\n"
     )
-    pq.write_table(pa.table({"uid": ["u4", "u5"], "iid": ["i1", "i2"], "ts": [1600000900, 1600001000],
-                             "stars": [4.0, 1.0]}), root / "c.parquet")
+    pq.write_table(
+        pa.table(
+            {"uid": ["u4", "u5"], "iid": ["i1", "i2"], "ts": [1600000900, 1600001000], "stars": [4.0, 1.0]}
+        ),
+        root / "c.parquet",
+    )
     return 11 + 3 + 2
 
 
 def test_bad_rows_are_quarantined_with_reasons_and_nothing_is_lost(tmp_path):
     n = _write_messy_logs(tmp_path / "logs")
     out = str(tmp_path / "out")
-    source = {"type": "logs", "paths": [str(tmp_path / "logs")],
-              "columns": {"user_id": "uid", "item_id": "iid", "timestamp": "ts", "rating": "stars"}}
+    source = {
+        "type": "logs",
+        "paths": [str(tmp_path / "logs")],
+        "columns": {"user_id": "uid", "item_id": "iid", "timestamp": "ts", "rating": "stars"},
+    }
     meta = prepare(data_config(source, out, validation={"rating_range": [1, 5]}))
     counts = meta["counts"]
     assert counts["rows_in"] == n
@@ -206,14 +261,27 @@ def test_empty_file_is_an_error_naming_it_unless_skipped(tmp_path):
 def test_truncated_parquet_and_wrong_mapping_fail_before_any_output(tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
-    pq.write_table(pa.table({"user_id": ["1"] * 50, "item_id": ["2"] * 50, "timestamp": [1600000000] * 50,
-                             "rating": [5.0] * 50}), logs / "ok.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": ["1"] * 50,
+                "item_id": ["2"] * 50,
+                "timestamp": [1600000000] * 50,
+                "rating": [5.0] * 50,
+            }
+        ),
+        logs / "ok.parquet",
+    )
     (logs / "cut.parquet").write_bytes((logs / "ok.parquet").read_bytes()[:-40])
     with pytest.raises(SourceError, match=r"cut\.parquet: not a readable Parquet file"):
         prepare(data_config({"type": "logs", "paths": [str(logs)]}, str(tmp_path / "o")))
     (logs / "cut.parquet").unlink()
     with pytest.raises(SourceError, match=r"column 'stars' \(for rating\) not found"):
-        prepare(data_config({"type": "logs", "paths": [str(logs)], "columns": {"rating": "stars"}}, str(tmp_path / "o")))
+        prepare(
+            data_config(
+                {"type": "logs", "paths": [str(logs)], "columns": {"rating": "stars"}}, str(tmp_path / "o")
+            )
+        )
     with pytest.raises(IncompleteDatasetError):
         read_meta(str(tmp_path / "o"))
 

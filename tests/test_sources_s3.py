@@ -30,7 +30,9 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 @pytest.mark.skipif(not COLLM_DIR.exists(), reason="../shared/datasets/collm-ml1m is not beside the repo")
 def test_collm_split_is_kept_exactly(tmp_path):
     out = str(tmp_path / "collm")
-    meta = prepare(data_config({"type": "collm_ml1m", "path": str(COLLM_DIR)}, out, split={"protocol": "given"}))
+    meta = prepare(
+        data_config({"type": "collm_ml1m", "path": str(COLLM_DIR)}, out, split={"protocol": "given"})
+    )
     counts = meta["counts"]
     assert counts["splits"] == {"train": 33_891, "valid": 10_401}
     got = read_all(out)
@@ -51,7 +53,9 @@ def test_collm_split_is_kept_exactly(tmp_path):
         assert ours["history"].to_pylist() == expected
     assert counts["warm"]["valid"] == 6609  # the not_cold slice the paper evaluates on
     items = read_table(out, "items.parquet")
-    assert items.filter(pc.equal(items["iid"], 1))["title"].to_pylist() == ["Shawshank Redemption, The (1994)"]
+    assert items.filter(pc.equal(items["iid"], 1))["title"].to_pylist() == [
+        "Shawshank Redemption, The (1994)"
+    ]
 
 
 def test_strip_padding_keeps_titles_aligned():
@@ -105,7 +109,9 @@ def test_missing_bucket_is_named(s3_server, tmp_path):
 
 
 def test_synthetic_generator_is_seeded_skewed_and_streams_to_files(tmp_path):
-    source = SyntheticSource(num_events=40_000, num_users=1_000, num_items=500, events_per_chunk=10_000, seed=3)
+    source = SyntheticSource(
+        num_events=40_000, num_users=1_000, num_items=500, events_per_chunk=10_000, seed=3
+    )
     a, b = generate_chunk(source, 1), generate_chunk(source, 1)
     assert a.equals(b) and not a.equals(generate_chunk(source, 2))
     users = np.bincount(a["user_id"].to_numpy())
@@ -143,3 +149,15 @@ def test_cli_prepare_stats_and_config_errors(tmp_path, capsys):
     # A finished dataset is not overwritten by accident.
     assert main(["data", "prepare", "--config", str(config)]) == 1
     assert "already holds a prepared dataset" in capsys.readouterr().err
+
+
+def test_demo_writes_ml100k_to_s3_and_stats_read_it_back(s3_bucket, capsys):
+    from raylrec.data.stats import dataset_stats
+    from raylrec.demo import run_demo
+
+    run_demo(f"{s3_bucket}/demo", print)
+    out = f"{s3_bucket}/demo/ml100k"
+    stats = dataset_stats(out)
+    assert stats["rows_out"] == 100_000 and stats["users"] == 943
+    assert sum(s["rows"] for s in stats["splits"].values()) == 100_000
+    assert "history lengths" in capsys.readouterr().out

@@ -56,9 +56,16 @@ def _table(rows: list[dict]) -> pa.Table:
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.one_of(good_row.map(lambda r: (r, None)),
-                          st.tuples(good_row, bad_value).map(lambda p: ({**p[0], p[1][0]: p[1][1]}, p[1][2]))),
-                min_size=1, max_size=40))
+@given(
+    st.lists(
+        st.one_of(
+            good_row.map(lambda r: (r, None)),
+            st.tuples(good_row, bad_value).map(lambda p: ({**p[0], p[1][0]: p[1][1]}, p[1][2])),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
 def test_every_bad_row_is_quarantined_with_its_reason(cases):
     rows = [c[0] for c in cases]
     out = validate_batch(_table(rows), CONFIG, threshold=4.0)
@@ -78,12 +85,16 @@ def test_every_bad_row_is_quarantined_with_its_reason(cases):
 
 
 def test_typed_columns_and_iso_timestamps():
-    batch = pa.table({
-        "user_id": pa.array([1.0, 2.0, 3.5]), "item_id": pa.array([10, 11, 12]),
-        "timestamp": pa.array(["2020-01-02T03:04:05", "1577934245", "1577934245.9"]),
-        "rating": pa.array([5, 1, 3], pa.int64()),
-        "_file": pa.array(["f"] * 3), ROW_COLUMN: pa.array([0, 1, 2], pa.int64()),
-    })
+    batch = pa.table(
+        {
+            "user_id": pa.array([1.0, 2.0, 3.5]),
+            "item_id": pa.array([10, 11, 12]),
+            "timestamp": pa.array(["2020-01-02T03:04:05", "1577934245", "1577934245.9"]),
+            "rating": pa.array([5, 1, 3], pa.int64()),
+            "_file": pa.array(["f"] * 3),
+            ROW_COLUMN: pa.array([0, 1, 2], pa.int64()),
+        }
+    )
     out = validate_batch(batch, CONFIG, threshold=4.0).to_pylist()
     assert [r["user_id"] for r in out] == ["1", "2", None]
     assert out[2][REASON] == "user_id: missing"  # 3.5 is no id
@@ -92,12 +103,16 @@ def test_typed_columns_and_iso_timestamps():
 
 
 def test_milliseconds_unit_and_label_column():
-    batch = pa.table({
-        "user_id": ["a", "b", "c"], "item_id": ["x", "y", "z"],
-        "timestamp": pa.array([1_600_000_000_123, 1_600_000_001_000, 5], pa.int64()),
-        "label": ["1", "false", "2"],
-        "_file": ["f"] * 3, ROW_COLUMN: pa.array([0, 1, 2], pa.int64()),
-    })
+    batch = pa.table(
+        {
+            "user_id": ["a", "b", "c"],
+            "item_id": ["x", "y", "z"],
+            "timestamp": pa.array([1_600_000_000_123, 1_600_000_001_000, 5], pa.int64()),
+            "label": ["1", "false", "2"],
+            "_file": ["f"] * 3,
+            ROW_COLUMN: pa.array([0, 1, 2], pa.int64()),
+        }
+    )
     out = validate_batch(batch, ValidationConfig(), threshold=4.0, timestamp_unit="ms").to_pylist()
     assert [r["timestamp"] for r in out[:2]] == [1_600_000_000, 1_600_000_001]
     assert [r["label"] for r in out[:2]] == [1, 0]
@@ -120,7 +135,11 @@ def test_parsers_round_trip_every_row_with_its_row_number(tmp_path_factory, rows
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     if not rows and fmt == "jsonl":
         return  # an empty JSON Lines file is the empty-file rule's business
-    parsed = list(read_batches(TabularFile(str(path), path.stat().st_size, "csv" if fmt == "tsv" else fmt, csv), MAPPING))
+    parsed = list(
+        read_batches(
+            TabularFile(str(path), path.stat().st_size, "csv" if fmt == "tsv" else fmt, csv), MAPPING
+        )
+    )
     got = pa.concat_tables(parsed) if parsed else None
     n = got.num_rows if got is not None else 0
     assert n == len(rows)

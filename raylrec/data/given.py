@@ -51,7 +51,9 @@ def strip_padding(history: pa.ListArray, titles: pa.ListArray) -> tuple[pa.ListA
 
 
 def _convert(batch: pa.Table) -> pa.Table:
-    history, titles = strip_padding(batch["history"].combine_chunks(), batch["history_titles"].combine_chunks())
+    history, titles = strip_padding(
+        batch["history"].combine_chunks(), batch["history_titles"].combine_chunks()
+    )
     return pa.table(
         {
             "uid": batch["user_id"].cast(pa.int64()),
@@ -67,11 +69,14 @@ def _convert(batch: pa.Table) -> pa.Table:
 
 
 def _check(batch: pa.Table, path: str) -> pa.Table:
-    bad = pc.or_(pc.invert(pc.is_in(batch["label"], value_set=pa.array([0, 1], pa.int64()))),
-                 pc.less_equal(batch["user_id"], 0))
+    bad = pc.or_(
+        pc.invert(pc.is_in(batch["label"], value_set=pa.array([0, 1], pa.int64()))),
+        pc.less_equal(batch["user_id"], 0),
+    )
     if pc.any(bad).as_py():
-        raise SourceError(f"{path}: rows with labels outside {{0, 1}} or non-positive user ids; "
-                          "this is not the CoLLM split")
+        raise SourceError(
+            f"{path}: rows with labels outside {{0, 1}} or non-positive user ids; this is not the CoLLM split"
+        )
     return batch
 
 
@@ -79,10 +84,16 @@ def _summary(batch: pa.Table) -> pa.Table:
     with np.errstate(over="ignore"):
         digest = np.sum(row_hashes(batch.select(OUTPUT)), dtype=np.uint64) if batch.num_rows else np.uint64(0)
     titles = batch["iid"].combine_chunks(), batch["title"].combine_chunks()
-    return pa.table({"rows": [batch.num_rows], "positives": [int(pc.sum(batch["label"]).as_py() or 0)],
-                     "warm": [int(pc.sum(batch["not_cold"]).as_py() or 0)],
-                     "hash": pa.array([int(digest)], pa.uint64()),
-                     "items": [titles[0].to_pylist()], "titles": [titles[1].to_pylist()]})
+    return pa.table(
+        {
+            "rows": [batch.num_rows],
+            "positives": [int(pc.sum(batch["label"]).as_py() or 0)],
+            "warm": [int(pc.sum(batch["not_cold"]).as_py() or 0)],
+            "hash": pa.array([int(digest)], pa.uint64()),
+            "items": [titles[0].to_pylist()],
+            "titles": [titles[1].to_pylist()],
+        }
+    )
 
 
 def prepare_given(config: DataConfig, say: Callable[[str], None]) -> dict[str, Any]:
@@ -90,7 +101,11 @@ def prepare_given(config: DataConfig, say: Callable[[str], None]) -> dict[str, A
     root = config.source.path
     storage.check_reachable(root)
     fs, _ = storage.filesystem(root)
-    present = {s: storage.join(root, f) for s, f in SPLIT_FILES.items() if fs.exists(storage.filesystem(storage.join(root, f))[1])}
+    present = {
+        s: storage.join(root, f)
+        for s, f in SPLIT_FILES.items()
+        if fs.exists(storage.filesystem(storage.join(root, f))[1])
+    }
     if "train" not in present:
         raise SourceError(f"{root}: no train.parquet (is this the CoLLM split directory?)")
     prepare_output_dir(config.output, config.overwrite)
@@ -100,17 +115,26 @@ def prepare_given(config: DataConfig, say: Callable[[str], None]) -> dict[str, A
     warm: dict[str, int] = {}
     hashes: dict[str, str] = {}
     titles: dict[int, str] = {}
-    users = items = None
+    users = None
     for split, path in present.items():
         in_fs, in_path = storage.arrow_filesystem(path)
         raw = ray.data.read_parquet(in_path, filesystem=in_fs)
         missing = [c for c in COLLM_COLUMNS if c not in raw.schema().names]
         if missing:
             raise SourceError(f"{path}: missing column(s) {missing}; this is not the CoLLM split")
-        ds = raw.select_columns(COLLM_COLUMNS).map_batches(_check, batch_format="pyarrow", fn_kwargs={"path": path}) \
-            .map_batches(_convert, batch_format="pyarrow").materialize()
-        summary = pa.concat_tables(list(ds.map_batches(_summary, batch_format="pyarrow", batch_size=None)
-                                        .iter_batches(batch_format="pyarrow", batch_size=None)))
+        ds = (
+            raw.select_columns(COLLM_COLUMNS)
+            .map_batches(_check, batch_format="pyarrow", fn_kwargs={"path": path})
+            .map_batches(_convert, batch_format="pyarrow")
+            .materialize()
+        )
+        summary = pa.concat_tables(
+            list(
+                ds.map_batches(_summary, batch_format="pyarrow", batch_size=None).iter_batches(
+                    batch_format="pyarrow", batch_size=None
+                )
+            )
+        )
         counts[split] = int(pc.sum(summary["rows"]).as_py())
         positives[split] = int(pc.sum(summary["positives"]).as_py())
         warm[split] = int(pc.sum(summary["warm"]).as_py())
@@ -118,8 +142,12 @@ def prepare_given(config: DataConfig, say: Callable[[str], None]) -> dict[str, A
             hashes[split] = f"{int(np.sum(summary['hash'].to_numpy(), dtype=np.uint64)):016x}"
         for ids, names in zip(summary["items"].to_pylist(), summary["titles"].to_pylist(), strict=True):
             titles.update(zip(ids, names, strict=True))
-        u = id_counts(ds.map_batches(lambda b: pa.table({"user_id": pc.cast(b["uid"], pa.string())}),
-                                     batch_format="pyarrow"), "user_id")
+        u = id_counts(
+            ds.map_batches(
+                lambda b: pa.table({"user_id": pc.cast(b["uid"], pa.string())}), batch_format="pyarrow"
+            ),
+            "user_id",
+        )
         users = u if users is None else pa.concat_tables([users, u])
         say(f"{split}: {counts[split]:,} rows ({warm[split]:,} warm)")
         ds.write_parquet(storage.join(out_path, split), filesystem=out_fs)
@@ -127,27 +155,47 @@ def prepare_given(config: DataConfig, say: Callable[[str], None]) -> dict[str, A
     user_ids = np.unique(np.array(users["id"].to_pylist(), np.int64))
     item_ids = np.array(sorted(titles), np.int64)
     users_table = pa.table({"user_id": pa.array(user_ids.astype(str)), "uid": user_ids})
-    items_table = pa.table({"item_id": pa.array(item_ids.astype(str)), "iid": item_ids,
-                            "title": [titles[i] for i in item_ids]})
+    items_table = pa.table(
+        {"item_id": pa.array(item_ids.astype(str)), "iid": item_ids, "title": [titles[i] for i in item_ids]}
+    )
     write_table(users_table, config.output, "users.parquet")
     write_table(items_table, config.output, "items.parquet")
     total = sum(counts.values())
     meta_counts = {
-        "rows_in": total, "rows_out": total, "rows_quarantined": 0, "quarantine_reasons": {},
-        "splits": counts, "positives": positives, "warm": warm,
-        "users": len(user_ids), "items": len(item_ids),
+        "rows_in": total,
+        "rows_out": total,
+        "rows_quarantined": 0,
+        "quarantine_reasons": {},
+        "splits": counts,
+        "positives": positives,
+        "warm": warm,
+        "users": len(user_ids),
+        "items": len(item_ids),
         # Embedding tables must cover the largest id: CoLLM's ids are 1-based but not gap-free.
-        "num_users": int(user_ids.max()) + 1, "num_items": int(item_ids.max()) + 1,
+        "num_users": int(user_ids.max()) + 1,
+        "num_items": int(item_ids.max()) + 1,
     }
-    protocol = {"split": {"protocol": "given", "source": "CoLLM train_ood2/valid_ood2 (monthly)"},
-                "label": {"threshold": 4.0}, "history": {"max_len": None, "padding": "stripped"}}
-    content = {"format": FORMAT, "protocol": protocol, "counts": meta_counts, "split_hashes": hashes,
-               "users": arrow_digest(users_table), "items": arrow_digest(items_table)}
+    protocol = {
+        "split": {"protocol": "given", "source": "CoLLM train_ood2/valid_ood2 (monthly)"},
+        "label": {"threshold": 4.0},
+        "history": {"max_len": None, "padding": "stripped"},
+    }
+    content = {
+        "format": FORMAT,
+        "protocol": protocol,
+        "counts": meta_counts,
+        "split_hashes": hashes,
+        "users": arrow_digest(users_table),
+        "items": arrow_digest(items_table),
+    }
     meta = {
-        "format": FORMAT, "protocol": protocol, "counts": meta_counts,
+        "format": FORMAT,
+        "protocol": protocol,
+        "counts": meta_counts,
         "source": {"type": "collm_ml1m", "path": root},
         "content_hash": json_digest(content),
-        "columns": OUTPUT, "raylrec_version": __version__,
+        "columns": OUTPUT,
+        "raylrec_version": __version__,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "elapsed_s": round(time.perf_counter() - started, 2),
     }

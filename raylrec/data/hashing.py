@@ -35,8 +35,10 @@ def _column_words(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
         return values.view(np.uint64)
     if pa.types.is_string(arr.type) or pa.types.is_dictionary(arr.type):
         text = arr.cast(pa.string()).fill_null("\x00").to_pylist()
-        return np.array([int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little") for t in text],
-                        dtype=np.uint64)
+        return np.array(
+            [int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little") for t in text],
+            dtype=np.uint64,
+        )
     return arr.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64)
 
 

@@ -14,7 +14,9 @@ _COMPACT_EVERY = 32
 
 def _block_counts(batch: pa.Table, column: str) -> pa.Table:
     counts = batch.group_by(column).aggregate([([], "count_all")])
-    return counts.rename_columns(["id", "count"]).cast(pa.schema([("id", pa.string()), ("count", pa.int64())]))
+    return counts.rename_columns(["id", "count"]).cast(
+        pa.schema([("id", pa.string()), ("count", pa.int64())])
+    )
 
 
 def id_counts(ds: ray.data.Dataset, column: str) -> pa.Table:
@@ -77,4 +79,6 @@ class Vocabulary:
         return pc.add(index, 1).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
 
     def to_table(self, raw_name: str, dense_name: str) -> pa.Table:
-        return pa.table({raw_name: self.raw, dense_name: pa.array(np.arange(1, len(self.raw) + 1), pa.int64())})
+        return pa.table(
+            {raw_name: self.raw, dense_name: pa.array(np.arange(1, len(self.raw) + 1), pa.int64())}
+        )

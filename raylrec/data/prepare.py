@@ -36,7 +36,17 @@ __all__ = ["PipelineError", "prepare", "OUTPUT_COLUMNS"]
 
 log = logging.getLogger(__name__)
 OUTPUT_COLUMNS = ["uid", "iid", "timestamp", "rating", "label", "history"]
-QUARANTINE_COLUMNS = [FILE_COLUMN, ROW_COLUMN, REASON, RAW, "user_id", "item_id", "timestamp", "rating", "label"]
+QUARANTINE_COLUMNS = [
+    FILE_COLUMN,
+    ROW_COLUMN,
+    REASON,
+    RAW,
+    "user_id",
+    "item_id",
+    "timestamp",
+    "rating",
+    "label",
+]
 ROWS_PER_PARTITION = 400_000
 DUPLICATE = "duplicate event (same user, item and timestamp as an earlier row)"
 
@@ -98,8 +108,13 @@ def _per_user(
     table = batch.append_column("uid", uid.cast(pa.int64())).append_column("iid", iid.cast(pa.int64()))
     order = pc.sort_indices(
         table,
-        sort_keys=[("uid", "ascending"), ("timestamp", "ascending"), ("iid", "ascending"),
-                   (FILE_COLUMN, "ascending"), (ROW_COLUMN, "ascending")],
+        sort_keys=[
+            ("uid", "ascending"),
+            ("timestamp", "ascending"),
+            ("iid", "ascending"),
+            (FILE_COLUMN, "ascending"),
+            (ROW_COLUMN, "ascending"),
+        ],
     )
     table = table.take(order)
     u = table["uid"].to_numpy()
@@ -131,11 +146,17 @@ def _per_user(
     reason_col = pa.array(reasons, pa.string())
     return pa.table(
         {
-            "uid": table["uid"], "iid": table["iid"], "timestamp": table["timestamp"],
-            "rating": table["rating"], "label": table["label"], "history": history,
+            "uid": table["uid"],
+            "iid": table["iid"],
+            "timestamp": table["timestamp"],
+            "rating": table["rating"],
+            "label": table["label"],
+            "history": history,
             "split": pa.array(split_names, pa.string()),
-            "user_id": table["user_id"], "item_id": table["item_id"],
-            FILE_COLUMN: table[FILE_COLUMN], ROW_COLUMN: table[ROW_COLUMN],
+            "user_id": table["user_id"],
+            "item_id": table["item_id"],
+            FILE_COLUMN: table[FILE_COLUMN],
+            ROW_COLUMN: table[ROW_COLUMN],
             REASON: reason_col,
             RAW: table[RAW],
         }
@@ -157,9 +178,12 @@ def _summarise(batch: pa.Table) -> pa.Table:
             digest = np.sum(row_hashes(part), dtype=np.uint64) if part.num_rows else np.uint64(0)
         rows.append((split, part.num_rows, int(pc.sum(part["label"]).as_py() or 0), int(digest)))
     names = ["split", "rows", "positives", "hash"]
-    return pa.table({k: [r[j] for r in rows] for j, k in enumerate(names)},
-                    schema=pa.schema([("split", pa.string()), ("rows", pa.int64()),
-                                      ("positives", pa.int64()), ("hash", pa.uint64())]))
+    return pa.table(
+        {k: [r[j] for r in rows] for j, k in enumerate(names)},
+        schema=pa.schema(
+            [("split", pa.string()), ("rows", pa.int64()), ("positives", pa.int64()), ("hash", pa.uint64())]
+        ),
+    )
 
 
 # --- driver-side steps -------------------------------------------------------------------------
@@ -174,10 +198,18 @@ def _kth_timestamp(ds: ray.data.Dataset, total: int) -> Callable[[int], int]:
         hours, counts = np.unique(batch["timestamp"].to_numpy() // bucket, return_counts=True)
         return pa.table({"hour": hours, "count": counts})
 
-    hist = pa.concat_tables(
-        list(ds.map_batches(histogram, batch_format="pyarrow", batch_size=None)
-             .iter_batches(batch_format="pyarrow", batch_size=None))
-    ).group_by("hour").aggregate([("count", "sum")]).sort_by("hour")
+    hist = (
+        pa.concat_tables(
+            list(
+                ds.map_batches(histogram, batch_format="pyarrow", batch_size=None).iter_batches(
+                    batch_format="pyarrow", batch_size=None
+                )
+            )
+        )
+        .group_by("hour")
+        .aggregate([("count", "sum")])
+        .sort_by("hour")
+    )
     hours = hist["hour"].to_numpy()
     cumulative = np.cumsum(hist["count_sum"].to_numpy())
 
@@ -190,7 +222,9 @@ def _kth_timestamp(ds: ray.data.Dataset, total: int) -> Callable[[int], int]:
             ts = batch["timestamp"]
             return pa.table({"timestamp": ts.filter(pc.equal(pc.divide(ts, bucket), hour))})
 
-        parts = ds.map_batches(in_hour, batch_format="pyarrow").iter_batches(batch_format="numpy", batch_size=None)
+        parts = ds.map_batches(in_hour, batch_format="pyarrow").iter_batches(
+            batch_format="numpy", batch_size=None
+        )
         values = np.sort(np.concatenate([b["timestamp"] for b in parts] or [np.zeros(0, np.int64)]))
         return int(values[k - before])
 
@@ -207,7 +241,8 @@ def _kcore(checked: ray.data.Dataset, k: int, progress: Progress) -> ray.data.Da
         if len(rare_users) == 0 and len(rare_items) == 0:
             return checked
         checked = checked.map_batches(
-            _mark_kcore, batch_format="pyarrow",
+            _mark_kcore,
+            batch_format="pyarrow",
             fn_kwargs={"users": rare_users, "items": rare_items, "k": k},
         ).materialize()
     raise PipelineError("k-core filtering did not converge in 100 rounds")
@@ -221,9 +256,11 @@ def _attach_metadata(vocab: Vocabulary, raw_name: str, dense_name: str, meta: pa
     table = vocab.to_table(raw_name, dense_name)
     if meta is None or meta.num_rows == 0:
         return table
-    meta = meta.group_by(raw_name, use_threads=False).aggregate(
-        [(c, "first") for c in meta.schema.names if c != raw_name]
-    ).rename_columns([raw_name] + [c for c in meta.schema.names if c != raw_name])
+    meta = (
+        meta.group_by(raw_name, use_threads=False)
+        .aggregate([(c, "first") for c in meta.schema.names if c != raw_name])
+        .rename_columns([raw_name] + [c for c in meta.schema.names if c != raw_name])
+    )
     joined = table.join(meta, raw_name, join_type="left outer")
     return joined.sort_by(dense_name)
 
@@ -244,8 +281,13 @@ def prepare(config: DataConfig, progress: Progress | None = None) -> dict[str, A
     source: LoadedSource = load_source(config.source, config.validation)
     say(f"reading {config.source.type} -> validating")
     checked = source.events.map_batches(
-        _validate, batch_format="pyarrow",
-        fn_kwargs={"config": config.validation, "threshold": config.label.threshold, "unit": source.timestamp_unit},
+        _validate,
+        batch_format="pyarrow",
+        fn_kwargs={
+            "config": config.validation,
+            "threshold": config.label.threshold,
+            "unit": source.timestamp_unit,
+        },
     ).materialize()
     rows_in = checked.count()
     say(f"read {rows_in:,} rows")
@@ -269,22 +311,35 @@ def prepare(config: DataConfig, progress: Progress | None = None) -> dict[str, A
         end = config.split.cutoffs()[2]
 
     partitions = max(1, math.ceil(good_rows / ROWS_PER_PARTITION))
-    say(f"shuffling by user into {partitions} partition(s); splitting ({config.split.protocol}) and building histories")
+    say(
+        f"shuffling by user into {partitions} partition(s); "
+        f"splitting ({config.split.protocol}) and building histories"
+    )
     vocab_refs = (ray.put(users.raw), ray.put(items.raw))
     events = (
         good.repartition(partitions, keys=["user_id"], sort=True)
         .map_batches(
-            _per_user, batch_format="pyarrow", batch_size=None,
-            fn_kwargs={"vocab_refs": vocab_refs, "split_config": config.split, "cutoffs": cutoffs,
-                       "end": end, "max_len": config.history.max_len},
+            _per_user,
+            batch_format="pyarrow",
+            batch_size=None,
+            fn_kwargs={
+                "vocab_refs": vocab_refs,
+                "split_config": config.split,
+                "cutoffs": cutoffs,
+                "end": end,
+                "max_len": config.history.max_len,
+            },
         )
         .materialize()
     )
 
     fs, path = storage.arrow_filesystem(out)
     summary = pa.concat_tables(
-        list(events.map_batches(_summarise, batch_format="pyarrow", batch_size=None)
-             .iter_batches(batch_format="pyarrow", batch_size=None))
+        list(
+            events.map_batches(_summarise, batch_format="pyarrow", batch_size=None).iter_batches(
+                batch_format="pyarrow", batch_size=None
+            )
+        )
     )
     split_counts: dict[str, int] = {}
     split_hashes: dict[str, str] = {}
@@ -298,12 +353,16 @@ def prepare(config: DataConfig, progress: Progress | None = None) -> dict[str, A
         if split_counts[split]:
             say(f"writing {split}: {split_counts[split]:,} rows")
             events.map_batches(_one_split, batch_format="pyarrow", fn_kwargs={"split": split}).write_parquet(
-                storage.join(path, split), filesystem=fs, min_rows_per_file=100_000,
+                storage.join(path, split),
+                filesystem=fs,
+                min_rows_per_file=100_000,
             )
 
-    quarantine = checked.map_batches(_bad, batch_format="pyarrow").union(
-        events.map_batches(_bad, batch_format="pyarrow")
-    ).materialize()
+    quarantine = (
+        checked.map_batches(_bad, batch_format="pyarrow")
+        .union(events.map_batches(_bad, batch_format="pyarrow"))
+        .materialize()
+    )
     rows_quarantined = quarantine.count()
     reasons = _sum_counts(id_counts(quarantine, REASON)) if rows_quarantined else {}
     if rows_quarantined:

@@ -12,15 +12,34 @@ import pyarrow as pa
 import ray
 
 from raylrec import storage
-from raylrec.config import LogSource, MetadataFile, MovieLens1MSource, MovieLens100KSource, SyntheticSource
-from raylrec.config import ValidationConfig
+from raylrec.config import (
+    LogSource,
+    MetadataFile,
+    MovieLens1MSource,
+    MovieLens100KSource,
+    SyntheticSource,
+    ValidationConfig,
+)
 from raylrec.data.datasource import TabularFilesDatasource
 from raylrec.data.files import SourceError, TabularFile, infer_format, read_batches, read_table
 
 __all__ = ["LoadedSource", "load_source", "log_files"]
 
 log = logging.getLogger(__name__)
-_LOG_EXTENSIONS = (".parquet", ".pq", ".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".gz", ".dat", ".data", ".inter", ".txt")
+_LOG_EXTENSIONS = (
+    ".parquet",
+    ".pq",
+    ".csv",
+    ".tsv",
+    ".json",
+    ".jsonl",
+    ".ndjson",
+    ".gz",
+    ".dat",
+    ".data",
+    ".inter",
+    ".txt",
+)
 
 
 @dataclass

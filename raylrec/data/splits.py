@@ -20,7 +20,9 @@ SPLITS = ("train", "valid", "test")
 
 
 def _by_time(timestamp: np.ndarray, valid_start: int, test_start: int) -> np.ndarray:
-    return np.where(timestamp < valid_start, TRAIN, np.where(timestamp < test_start, VALID, TEST)).astype(np.int8)
+    return np.where(timestamp < valid_start, TRAIN, np.where(timestamp < test_start, VALID, TEST)).astype(
+        np.int8
+    )
 
 
 def _leave_last_out(position: np.ndarray, count: np.ndarray, min_events: int) -> np.ndarray:
@@ -49,12 +51,17 @@ def ratio_counts(count: np.ndarray, ratios: tuple[float, float, float]) -> tuple
 
 
 def _random_ratio(
-    user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, position_in_user_first: np.ndarray,
-    count: np.ndarray, config: RandomRatioSplit,
+    user: np.ndarray,
+    item: np.ndarray,
+    timestamp: np.ndarray,
+    position_in_user_first: np.ndarray,
+    count: np.ndarray,
+    config: RandomRatioSplit,
 ) -> np.ndarray:
     key = splitmix64(
         splitmix64(user.astype(np.uint64) ^ np.uint64(config.seed))
-        ^ splitmix64(item.astype(np.uint64) * np.uint64(0x9E37)) ^ timestamp.astype(np.uint64)
+        ^ splitmix64(item.astype(np.uint64) * np.uint64(0x9E37))
+        ^ timestamp.astype(np.uint64)
     )
     order = np.lexsort((key, user))  # shuffled within each user, users stay contiguous
     rank = np.empty(len(user), np.int64)
@@ -89,7 +96,9 @@ def assign_splits(
     raise ValueError(f"split protocol {config.protocol!r} is not computed here")
 
 
-def fraction_cutoffs(sorted_timestamps_at: callable, total: int, fractions: tuple[float, float, float]) -> tuple[int, int]:
+def fraction_cutoffs(
+    sorted_timestamps_at: callable, total: int, fractions: tuple[float, float, float]
+) -> tuple[int, int]:
     """Cutoffs (c1, c2) so that train = ts < c1, valid = c1 <= ts < c2, test = ts >= c2, where
     c1 is the timestamp of the event at rank floor(total * f_train) in time order, and so on.
     ``sorted_timestamps_at(k)`` returns the k-th smallest timestamp (0-based)."""

@@ -88,7 +88,8 @@ def format_stats(stats: dict[str, Any]) -> str:
         f"dataset   {stats['path']}",
         f"source    {stats['source'].get('type')}   split: {stats['protocol'].get('protocol')}",
         f"hash      {stats['content_hash']}",
-        f"rows      in {stats['rows_in']:,} = out {stats['rows_out']:,} + quarantined {stats['rows_quarantined']:,}",
+        f"rows      in {stats['rows_in']:,} = out {stats['rows_out']:,}"
+        f" + quarantined {stats['rows_quarantined']:,}",
     ]
     for reason, n in sorted(stats["quarantine_reasons"].items(), key=lambda kv: -kv[1]):
         lines.append(f"            {n:>9,}  {reason}")

@@ -19,10 +19,13 @@ from raylrec.data.sources import LoadedSource
 
 __all__ = ["SyntheticDatasource", "generate_chunk", "item_titles", "load_synthetic", "write_synthetic"]
 
+# fmt: off
 _WORDS = (
-    "night dark river star lost city dream blue last road iron heart secret king summer garden "
-    "ghost storm glass silent wild golden fire winter shadow ocean empire echo broken little"
-).split()
+    "night", "dark", "river", "star", "lost", "city", "dream", "blue", "last", "road", "iron",
+    "heart", "secret", "king", "summer", "garden", "ghost", "storm", "glass", "silent", "wild",
+    "golden", "fire", "winter", "shadow", "ocean", "empire", "echo", "broken", "little",
+)
+# fmt: on
 
 
 def _zipf_cdf(n: int, exponent: float) -> np.ndarray:
@@ -49,8 +52,10 @@ def generate_chunk(source: SyntheticSource, chunk: int) -> pa.Table:
     ]
     timestamps = source.start + rng.integers(0, source.span_days * 86_400, n)
     # A hidden affinity makes ratings learnable: hash(user, item) -> [0, 1).
-    affinity = ((users.astype(np.uint64) * np.uint64(2654435761) ^ items.astype(np.uint64) * np.uint64(40503))
-                % np.uint64(1000)).astype(np.float64) / 1000.0
+    affinity = (
+        (users.astype(np.uint64) * np.uint64(2654435761) ^ items.astype(np.uint64) * np.uint64(40503))
+        % np.uint64(1000)
+    ).astype(np.float64) / 1000.0
     ratings = np.clip(np.round(1 + 4 * (0.7 * affinity + 0.3 * rng.random(n))), 1, 5)
     return pa.table(
         {
@@ -67,7 +72,10 @@ def item_titles(num_items: int, seed: int) -> pa.Table:
     words = np.array(_WORDS)
     first, second = rng.integers(0, len(words), num_items), rng.integers(0, len(words), num_items)
     years = rng.integers(1950, 2026, num_items)
-    titles = [f"The {words[a].title()} {words[b].title()} ({y})" for a, b, y in zip(first, second, years, strict=True)]
+    titles = [
+        f"The {words[a].title()} {words[b].title()} ({y})"
+        for a, b, y in zip(first, second, years, strict=True)
+    ]
     return pa.table({"item_id": pa.array(np.arange(1, num_items + 1).astype(str)), "title": pa.array(titles)})
 
 
@@ -99,7 +107,9 @@ class SyntheticDatasource(Datasource):
             table = generate_chunk(source, chunk)
             if tag:
                 first = chunk * source.events_per_chunk
-                table = table.append_column(FILE_COLUMN, pa.array([f"synthetic:chunk-{chunk}"] * table.num_rows))
+                table = table.append_column(
+                    FILE_COLUMN, pa.array([f"synthetic:chunk-{chunk}"] * table.num_rows)
+                )
                 table = table.append_column(ROW_COLUMN, pa.array(np.arange(first, first + table.num_rows)))
             yield table
 
@@ -123,5 +133,7 @@ def write_synthetic(source: SyntheticSource, out: str) -> dict[str, int]:
     ray.data.read_datasource(SyntheticDatasource(source, tag_rows=False)).write_parquet(
         storage.join(path, "events"), filesystem=fs
     )
-    pq.write_table(item_titles(source.num_items, source.seed), storage.join(path, "items.parquet"), filesystem=fs)
+    pq.write_table(
+        item_titles(source.num_items, source.seed), storage.join(path, "items.parquet"), filesystem=fs
+    )
     return {"events": source.num_events, "items": source.num_items}
