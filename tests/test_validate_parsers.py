@@ -50,7 +50,7 @@ bad_value = st.sampled_from(
 
 def _table(rows: list[dict]) -> pa.Table:
     cols = {k: pa.array([r[k] for r in rows], pa.string()) for k in MAPPING}
-    cols["_file"] = pa.array(["mem"] * len(rows))
+    cols["_file"] = pa.array([0] * len(rows), pa.int32())
     cols[ROW_COLUMN] = pa.array(range(len(rows)), pa.int64())
     return pa.table(cols)
 
@@ -91,7 +91,7 @@ def test_typed_columns_and_iso_timestamps():
             "item_id": pa.array([10, 11, 12]),
             "timestamp": pa.array(["2020-01-02T03:04:05", "1577934245", "1577934245.9"]),
             "rating": pa.array([5, 1, 3], pa.int64()),
-            "_file": pa.array(["f"] * 3),
+            "_file": pa.array([0] * 3, pa.int32()),
             ROW_COLUMN: pa.array([0, 1, 2], pa.int64()),
         }
     )
@@ -109,7 +109,7 @@ def test_milliseconds_unit_and_label_column():
             "item_id": ["x", "y", "z"],
             "timestamp": pa.array([1_600_000_000_123, 1_600_000_001_000, 5], pa.int64()),
             "label": ["1", "false", "2"],
-            "_file": ["f"] * 3,
+            "_file": pa.array([0] * 3, pa.int32()),
             ROW_COLUMN: pa.array([0, 1, 2], pa.int64()),
         }
     )

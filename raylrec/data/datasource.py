@@ -9,7 +9,7 @@ import pyarrow as pa
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from raylrec.data.files import FILE_COLUMN, ROW_COLUMN, TabularFile, open_parquet, read_batches
+from raylrec.data.files import TabularFile, open_parquet, read_batches
 
 __all__ = ["TabularFilesDatasource"]
 
@@ -76,10 +76,3 @@ def _row_group_runs(uri: str) -> list[tuple[list[int], int, int]]:
     if current:
         runs.append((current, start, rows))
     return runs or [([], 0, 0)]
-
-
-def empty_events(mapping: dict[str, str]) -> pa.Table:
-    cols = {k: pa.array([], pa.string()) for k in mapping}
-    cols[FILE_COLUMN] = pa.array([], pa.string())
-    cols[ROW_COLUMN] = pa.array([], pa.int64())
-    return pa.table(cols)

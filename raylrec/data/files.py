@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
@@ -50,6 +51,7 @@ class TabularFile:
     size: int
     format: str
     csv: CsvOptions = CsvOptions()
+    index: int = 0  # position in the source's file list; rows carry it instead of the path
 
 
 def infer_format(uri: str) -> str:
@@ -79,9 +81,9 @@ def _select(table: pa.Table, mapping: dict[str, str], uri: str) -> pa.Table:
     return pa.table({dst: table[src] for dst, src in mapping.items()})
 
 
-def _tag(table: pa.Table, uri: str, first_row: int) -> pa.Table:
+def _tag(table: pa.Table, file_index: int, first_row: int) -> pa.Table:
     n = table.num_rows
-    return table.append_column(FILE_COLUMN, pa.array([uri] * n, pa.string())).append_column(
+    return table.append_column(FILE_COLUMN, pa.array(np.full(n, file_index, np.int32))).append_column(
         ROW_COLUMN, pa.array(range(first_row, first_row + n), pa.int64())
     )
 
@@ -103,7 +105,7 @@ def _parquet_batches(
             batch_size=BATCH_ROWS, row_groups=row_groups, columns=list(dict.fromkeys(mapping.values()))
         ):
             table = _select(pa.Table.from_batches([batch]), mapping, f.uri)
-            yield _tag(table, f.uri, row)
+            yield _tag(table, f.index, row)
             row += batch.num_rows
     except SourceError:
         raise
@@ -140,7 +142,7 @@ def _csv_batches(f: TabularFile, mapping: dict[str, str]) -> Iterator[pa.Table]:
                 )
             for batch in reader:
                 table = _select(pa.Table.from_batches([batch]), mapping, f.uri)
-                yield _tag(table, f.uri, row)
+                yield _tag(table, f.index, row)
                 row += batch.num_rows
     except SourceError:
         raise
@@ -148,7 +150,7 @@ def _csv_batches(f: TabularFile, mapping: dict[str, str]) -> Iterator[pa.Table]:
         raise SourceError(f"{f.uri}: cannot parse as delimited text near data row {row}: {e}") from None
 
 
-def _json_lines_slow(data: bytes, mapping: dict[str, str], uri: str) -> Iterator[pa.Table]:
+def _json_lines_slow(data: bytes, mapping: dict[str, str], uri: str, file_index: int) -> Iterator[pa.Table]:
     """Line by line: used when a file has mixed types or broken lines, so that each bad line
     is quarantined (a row of nulls, which the validator names) instead of failing the file."""
     out: dict[str, list] = {k: [] for k in mapping}
@@ -171,9 +173,10 @@ def _json_lines_slow(data: bytes, mapping: dict[str, str], uri: str) -> Iterator
     missing = [f"{src!r} (for {dst})" for dst, src in mapping.items() if src not in seen]
     if missing:
         raise SourceError(f"{uri}: field {', '.join(missing)} not found on any line; fix the column mapping")
-    out[FILE_COLUMN] = [uri] * len(line_numbers)
     table = pa.table({k: pa.array(v, pa.string()) for k, v in out.items()})
-    table = table.append_column(ROW_COLUMN, pa.array(line_numbers, pa.int64()))
+    table = _tag(table, file_index, 0).set_column(
+        len(out) + 1, ROW_COLUMN, pa.array(line_numbers, pa.int64())
+    )
     for start in range(0, table.num_rows, BATCH_ROWS):
         yield table.slice(start, BATCH_ROWS)
 
@@ -186,11 +189,11 @@ def _jsonl_batches(f: TabularFile, mapping: dict[str, str]) -> Iterator[pa.Table
     try:
         table = pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(block_size=8 << 20))
     except pa.ArrowInvalid:
-        yield from _json_lines_slow(data, mapping, f.uri)
+        yield from _json_lines_slow(data, mapping, f.uri, f.index)
         return
     table = _select(table, mapping, f.uri)
     for start in range(0, table.num_rows, BATCH_ROWS):
-        yield _tag(table.slice(start, BATCH_ROWS), f.uri, start)
+        yield _tag(table.slice(start, BATCH_ROWS), f.index, start)
 
 
 def read_batches(

@@ -21,7 +21,6 @@ from raylrec import __version__, storage
 from raylrec.config import DataConfig
 from raylrec.data.files import SourceError
 from raylrec.data.hashing import arrow_digest, json_digest, row_hashes
-from raylrec.data.indexing import id_counts
 from raylrec.data.output import FORMAT, META_FILE, prepare_output_dir, write_table
 
 __all__ = ["COLLM_COLUMNS", "prepare_given", "strip_padding"]
@@ -91,6 +90,7 @@ def _summary(batch: pa.Table) -> pa.Table:
             "warm": [int(pc.sum(batch["not_cold"]).as_py() or 0)],
             "hash": pa.array([int(digest)], pa.uint64()),
             "items": [titles[0].to_pylist()],
+            "users": [np.unique(batch["uid"].to_numpy()).tolist()],
             "titles": [titles[1].to_pylist()],
         }
     )
@@ -115,7 +115,7 @@ def prepare_given(config: DataConfig, say: Callable[[str], None]) -> dict[str, A
     warm: dict[str, int] = {}
     hashes: dict[str, str] = {}
     titles: dict[int, str] = {}
-    users = None
+    users: set[int] = set()
     for split, path in present.items():
         in_fs, in_path = storage.arrow_filesystem(path)
         raw = ray.data.read_parquet(in_path, filesystem=in_fs)
@@ -142,17 +142,11 @@ def prepare_given(config: DataConfig, say: Callable[[str], None]) -> dict[str, A
             hashes[split] = f"{int(np.sum(summary['hash'].to_numpy(), dtype=np.uint64)):016x}"
         for ids, names in zip(summary["items"].to_pylist(), summary["titles"].to_pylist(), strict=True):
             titles.update(zip(ids, names, strict=True))
-        u = id_counts(
-            ds.map_batches(
-                lambda b: pa.table({"user_id": pc.cast(b["uid"], pa.string())}), batch_format="pyarrow"
-            ),
-            "user_id",
-        )
-        users = u if users is None else pa.concat_tables([users, u])
+        users.update(int(u) for block in summary["users"].to_pylist() for u in block)
         say(f"{split}: {counts[split]:,} rows ({warm[split]:,} warm)")
         ds.write_parquet(storage.join(out_path, split), filesystem=out_fs)
 
-    user_ids = np.unique(np.array(users["id"].to_pylist(), np.int64))
+    user_ids = np.array(sorted(users), np.int64)
     item_ids = np.array(sorted(titles), np.int64)
     users_table = pa.table({"user_id": pa.array(user_ids.astype(str)), "uid": user_ids})
     items_table = pa.table(

@@ -12,32 +12,50 @@ __all__ = ["id_counts", "Vocabulary"]
 _COMPACT_EVERY = 32
 
 
-def _block_counts(batch: pa.Table, column: str) -> pa.Table:
-    counts = batch.group_by(column).aggregate([([], "count_all")])
-    return counts.rename_columns(["id", "count"]).cast(
-        pa.schema([("id", pa.string()), ("count", pa.int64())])
-    )
+def _block_counts(batch: pa.Table, columns: list[str]) -> pa.Table:
+    parts = []
+    for column in columns:
+        counts = batch.group_by(column).aggregate([([], "count_all")])
+        parts.append(
+            pa.table(
+                {
+                    "column": pa.array([column] * counts.num_rows, pa.string()),
+                    "id": counts[column].cast(pa.string()),
+                    "count": counts["count_all"].cast(pa.int64()),
+                }
+            )
+        )
+    return pa.concat_tables(parts)
 
 
-def id_counts(ds: ray.data.Dataset, column: str) -> pa.Table:
-    """Events per distinct value of ``column``: counted per block by Ray, merged on the driver,
-    which holds one row per distinct id (never the events themselves)."""
+def id_counts(ds: ray.data.Dataset, columns: list[str]) -> dict[str, pa.Table]:
+    """Events per distinct value of each of ``columns``, in one pass: counted per block by Ray,
+    merged on the driver, which holds one row per distinct id (never the events themselves)."""
     partial = ds.map_batches(
-        _block_counts, batch_format="pyarrow", batch_size=None, fn_kwargs={"column": column}
+        _block_counts, batch_format="pyarrow", batch_size=None, fn_kwargs={"columns": columns}
     )
     merged: list[pa.Table] = []
     for batch in partial.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=2):
         merged.append(batch)
         if len(merged) >= _COMPACT_EVERY:
             merged = [_merge(merged)]
-    if not merged:
-        return pa.table({"id": pa.array([], pa.string()), "count": pa.array([], pa.int64())})
-    return _merge(merged)
+    table = _merge(merged) if merged else None
+    out = {}
+    for column in columns:
+        if table is None:
+            out[column] = pa.table({"id": pa.array([], pa.string()), "count": pa.array([], pa.int64())})
+        else:
+            out[column] = table.filter(pc.equal(table["column"], column)).select(["id", "count"])
+    return out
 
 
 def _merge(tables: list[pa.Table]) -> pa.Table:
     table = pa.concat_tables(tables)
-    return table.group_by("id").aggregate([("count", "sum")]).rename_columns(["id", "count"])
+    return (
+        table.group_by(["column", "id"])
+        .aggregate([("count", "sum")])
+        .rename_columns(["column", "id", "count"])
+    )
 
 
 def _sort_key(ids: pa.Array) -> np.ndarray:

@@ -61,15 +61,15 @@ Progress = Callable[[str], None]
 # --- per-block functions (run inside Ray tasks) -----------------------------------------------
 
 
-def _validate(batch: pa.Table, config, threshold: float, unit: str) -> pa.Table:
+def _validate(batch: pa.Table, config, threshold: float, unit: str, files: list[str]) -> pa.Table:
     try:
         return validate_batch(batch, config, threshold, unit)
     except SourceError:
         raise
     except Exception as e:
-        files = sorted(set(batch[FILE_COLUMN].to_pylist())) if FILE_COLUMN in batch.schema.names else []
+        names = sorted({files[i] for i in set(batch[FILE_COLUMN].to_pylist())})
         raise SourceError(
-            f"{', '.join(files) or 'input'}: column types cannot be read as an interaction log "
+            f"{', '.join(names) or 'input'}: column types cannot be read as an interaction log "
             f"({batch.schema}): {e}"
         ) from None
 
@@ -93,36 +93,38 @@ def _mark_kcore(batch: pa.Table, users: pa.Array, items: pa.Array, k: int) -> pa
     return batch.set_column(batch.schema.get_field_index(REASON), REASON, pa.array(reasons, pa.string()))
 
 
+def _to_dense(batch: pa.Table, vocab_refs: tuple[ray.ObjectRef, ray.ObjectRef]) -> pa.Table:
+    """Good rows with raw ids replaced by dense indices: the narrow rows the user shuffle moves."""
+    users, items = (ray.get(ref) for ref in vocab_refs)
+    good = batch.filter(pc.is_null(batch[REASON]))
+    uid = pc.add(pc.index_in(good["user_id"], value_set=users), 1)
+    iid = pc.add(pc.index_in(good["item_id"], value_set=items), 1)
+    if uid.null_count or iid.null_count:
+        raise PipelineError("an id is missing from the vocabulary")
+    return pa.table(
+        {
+            "uid": uid.cast(pa.int64()),
+            "iid": iid.cast(pa.int64()),
+            **{c: good[c] for c in ("timestamp", "rating", "label", FILE_COLUMN, ROW_COLUMN)},
+        }
+    )
+
+
 def _per_user(
     batch: pa.Table,
-    vocab_refs: tuple[ray.ObjectRef, ray.ObjectRef],
     split_config: Any,
     cutoffs: tuple[int, int] | None,
     end: int | None,
     max_len: int,
 ) -> pa.Table:
-    """All events of a set of users: de-duplicate, index, split, build histories."""
-    users, items = (ray.get(ref) for ref in vocab_refs)
-    uid = pc.add(pc.index_in(batch["user_id"], value_set=users), 1).fill_null(0)
-    iid = pc.add(pc.index_in(batch["item_id"], value_set=items), 1).fill_null(0)
-    table = batch.append_column("uid", uid.cast(pa.int64())).append_column("iid", iid.cast(pa.int64()))
-    order = pc.sort_indices(
-        table,
-        sort_keys=[
-            ("uid", "ascending"),
-            ("timestamp", "ascending"),
-            ("iid", "ascending"),
-            (FILE_COLUMN, "ascending"),
-            (ROW_COLUMN, "ascending"),
-        ],
+    """All events of a set of users: de-duplicate, split, build histories."""
+    columns = {c: batch[c].to_numpy() for c in ("uid", "timestamp", "iid", FILE_COLUMN, ROW_COLUMN)}
+    order = np.lexsort(
+        (columns[ROW_COLUMN], columns[FILE_COLUMN], columns["iid"], columns["timestamp"], columns["uid"])
     )
-    table = table.take(order)
-    u = table["uid"].to_numpy()
-    t = table["timestamp"].to_numpy()
-    i = table["iid"].to_numpy()
+    table = batch.take(order)
+    u, t, i = (columns[c][order] for c in ("uid", "timestamp", "iid"))
     n = len(u)
-    if n and (u == 0).any():
-        raise PipelineError("an id is missing from the vocabulary")
     duplicate = np.zeros(n, bool)
     if n > 1:
         duplicate[1:] = (u[1:] == u[:-1]) & (t[1:] == t[:-1]) & (i[1:] == i[:-1])
@@ -141,26 +143,35 @@ def _per_user(
     lengths[keep] = np.diff(history_kept.offsets.to_numpy())
     offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32)
     history = pa.ListArray.from_arrays(pa.array(offsets), history_kept.values)
-
     split_names = np.array([None, *SPLITS], dtype=object)[split.astype(np.int64) + 1]
-    reason_col = pa.array(reasons, pa.string())
+    return (
+        table.append_column("history", history)
+        .append_column("split", pa.array(split_names, pa.string()))
+        .append_column(REASON, pa.array(reasons, pa.string()))
+    )
+
+
+def _dropped(batch: pa.Table, vocab_refs: tuple[ray.ObjectRef, ray.ObjectRef]) -> pa.Table:
+    """Rows the per-user step dropped, in the quarantine's schema (raw ids looked up again)."""
+    users, items = (ray.get(ref) for ref in vocab_refs)
+    bad = batch.filter(pc.is_valid(batch[REASON]))
     return pa.table(
         {
-            "uid": table["uid"],
-            "iid": table["iid"],
-            "timestamp": table["timestamp"],
-            "rating": table["rating"],
-            "label": table["label"],
-            "history": history,
-            "split": pa.array(split_names, pa.string()),
-            "user_id": table["user_id"],
-            "item_id": table["item_id"],
-            FILE_COLUMN: table[FILE_COLUMN],
-            ROW_COLUMN: table[ROW_COLUMN],
-            REASON: reason_col,
-            RAW: table[RAW],
+            FILE_COLUMN: bad[FILE_COLUMN],
+            ROW_COLUMN: bad[ROW_COLUMN],
+            REASON: bad[REASON],
+            RAW: pa.nulls(bad.num_rows, pa.string()),
+            "user_id": users.take(pc.subtract(bad["uid"], 1)),
+            "item_id": items.take(pc.subtract(bad["iid"], 1)),
+            **{c: bad[c] for c in ("timestamp", "rating", "label")},
         }
-    )
+    ).select(QUARANTINE_COLUMNS)
+
+
+def _name_files(batch: pa.Table, files: list[str]) -> pa.Table:
+    """Quarantine rows carry a file index in flight; on disk they name the file."""
+    paths = pa.array(files, pa.string()).take(batch[FILE_COLUMN])
+    return batch.set_column(batch.schema.get_field_index(FILE_COLUMN), FILE_COLUMN, paths)
 
 
 def _one_split(batch: pa.Table, split: str) -> pa.Table:
@@ -234,7 +245,8 @@ def _kth_timestamp(ds: ray.data.Dataset, total: int) -> Callable[[int], int]:
 def _kcore(checked: ray.data.Dataset, k: int, progress: Progress) -> ray.data.Dataset:
     for round_ in range(1, 100):
         good = checked.map_batches(_good, batch_format="pyarrow")
-        users, items = id_counts(good, "user_id"), id_counts(good, "item_id")
+        counts = id_counts(good, ["user_id", "item_id"])
+        users, items = counts["user_id"], counts["item_id"]
         rare_users = users.filter(pc.less(users["count"], k))["id"].combine_chunks()
         rare_items = items.filter(pc.less(items["count"], k))["id"].combine_chunks()
         progress(f"k-core round {round_}: {len(rare_users)} users and {len(rare_items)} items below {k}")
@@ -287,6 +299,7 @@ def prepare(config: DataConfig, progress: Progress | None = None) -> dict[str, A
             "config": config.validation,
             "threshold": config.label.threshold,
             "unit": source.timestamp_unit,
+            "files": source.files,
         },
     ).materialize()
     rows_in = checked.count()
@@ -295,7 +308,8 @@ def prepare(config: DataConfig, progress: Progress | None = None) -> dict[str, A
         checked = _kcore(checked, config.kcore, say)
     good = checked.map_batches(_good, batch_format="pyarrow")
 
-    user_counts, item_counts = id_counts(good, "user_id"), id_counts(good, "item_id")
+    counts_by_column = id_counts(good, ["user_id", "item_id"])
+    user_counts, item_counts = counts_by_column["user_id"], counts_by_column["item_id"]
     users, items = Vocabulary.from_counts(user_counts), Vocabulary.from_counts(item_counts)
     good_rows = int(pc.sum(user_counts["count"]).as_py() or 0)
     say(f"{good_rows:,} valid rows; {len(users):,} users, {len(items):,} items")
@@ -317,13 +331,15 @@ def prepare(config: DataConfig, progress: Progress | None = None) -> dict[str, A
     )
     vocab_refs = (ray.put(users.raw), ray.put(items.raw))
     events = (
-        good.repartition(partitions, keys=["user_id"], sort=True)
+        checked.map_batches(_to_dense, batch_format="pyarrow", fn_kwargs={"vocab_refs": vocab_refs})
+        # One block per partition holds all of a user's events (Ray's own map_groups relies on
+        # this); _per_user sorts inside the block, so the shuffle need not.
+        .repartition(partitions, keys=["uid"], sort=False)
         .map_batches(
             _per_user,
             batch_format="pyarrow",
             batch_size=None,
             fn_kwargs={
-                "vocab_refs": vocab_refs,
                 "split_config": config.split,
                 "cutoffs": cutoffs,
                 "end": end,
@@ -360,11 +376,12 @@ def prepare(config: DataConfig, progress: Progress | None = None) -> dict[str, A
 
     quarantine = (
         checked.map_batches(_bad, batch_format="pyarrow")
-        .union(events.map_batches(_bad, batch_format="pyarrow"))
+        .union(events.map_batches(_dropped, batch_format="pyarrow", fn_kwargs={"vocab_refs": vocab_refs}))
+        .map_batches(_name_files, batch_format="pyarrow", fn_kwargs={"files": source.files})
         .materialize()
     )
     rows_quarantined = quarantine.count()
-    reasons = _sum_counts(id_counts(quarantine, REASON)) if rows_quarantined else {}
+    reasons = _sum_counts(id_counts(quarantine, [REASON])[REASON]) if rows_quarantined else {}
     if rows_quarantined:
         say(f"quarantined {rows_quarantined:,} rows: {reasons}")
         quarantine.write_parquet(storage.join(path, "quarantine"), filesystem=fs)

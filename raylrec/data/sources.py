@@ -69,7 +69,7 @@ def log_files(source: LogSource, validation: ValidationConfig) -> list[TabularFi
                 log.warning("skipping empty file %s", path)
                 continue
             fmt = source.format or infer_format(path)
-            files.append(TabularFile(path, size, fmt, source.csv))
+            files.append(TabularFile(path, size, fmt, source.csv, index=len(files)))
     if not files:
         raise SourceError(f"{source.paths}: every file is empty")
     return files

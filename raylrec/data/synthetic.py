@@ -107,9 +107,7 @@ class SyntheticDatasource(Datasource):
             table = generate_chunk(source, chunk)
             if tag:
                 first = chunk * source.events_per_chunk
-                table = table.append_column(
-                    FILE_COLUMN, pa.array([f"synthetic:chunk-{chunk}"] * table.num_rows)
-                )
+                table = table.append_column(FILE_COLUMN, pa.array(np.full(table.num_rows, chunk, np.int32)))
                 table = table.append_column(ROW_COLUMN, pa.array(np.arange(first, first + table.num_rows)))
             yield table
 
@@ -120,6 +118,7 @@ def load_synthetic(source: SyntheticSource) -> LoadedSource:
     return LoadedSource(
         events=ray.data.read_datasource(SyntheticDatasource(source)),
         items=item_titles(source.num_items, source.seed),
+        files=[f"synthetic:chunk-{i}" for i in range(-(-source.num_events // source.events_per_chunk))],
         description={"type": "synthetic", **source.model_dump(exclude={"type"})},
     )
 
