@@ -39,23 +39,32 @@ def _column_words(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
             [int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little") for t in text],
             dtype=np.uint64,
         )
-    return arr.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64)
+    values = arr.fill_null(0).to_numpy(zero_copy_only=False)
+    return values.astype(np.int64, copy=False).view(np.uint64)
 
 
 def _list_words(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     n = len(arr)
     offsets = arr.offsets.to_numpy().astype(np.int64)
-    values = _column_words(arr.flatten())
-    position = np.arange(len(values), dtype=np.int64) - np.repeat(offsets[:-1] - offsets[0], np.diff(offsets))
+    flat = arr.flatten()
+    if pa.types.is_integer(flat.type) and flat.null_count == 0:
+        values = flat.to_numpy().astype(np.uint64)  # the common case: item ids
+    else:
+        values = _column_words(flat)
+    lengths = np.diff(offsets)
+    position = np.arange(len(values), dtype=np.uint64)
+    position -= np.repeat((offsets[:-1] - offsets[0]).astype(np.uint64), lengths)
+    # Elements are many, rows few: a cheap position-aware word per element, the strong mixer
+    # once per row after summing.
     with np.errstate(over="ignore"):
-        words = splitmix64(values ^ splitmix64(position.astype(np.uint64)))
+        words = (values * _M1) ^ (position * _M2 + _GOLDEN)
     # Per-row sum; rows with empty lists get 0, then the length is folded in.
-    csum = np.r_[np.uint64(0), np.cumsum(words, dtype=np.uint64)]
+    csum = np.concatenate([np.zeros(1, np.uint64), np.cumsum(words, dtype=np.uint64)])
     rel = offsets - offsets[0]
     with np.errstate(over="ignore"):
         sums = csum[rel[1:]] - csum[rel[:-1]]
-    return splitmix64(sums ^ np.diff(offsets).astype(np.uint64)) if n else np.zeros(0, np.uint64)
+    return splitmix64(sums ^ lengths.astype(np.uint64)) if n else np.zeros(0, np.uint64)
 
 
 def row_hashes(table: pa.Table) -> np.ndarray:
