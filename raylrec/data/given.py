@@ -17,11 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from raylrec import __version__, storage
+from raylrec import storage
 from raylrec.config import DataConfig
 from raylrec.data.files import SourceError
-from raylrec.data.hashing import arrow_digest, json_digest, row_hashes
-from raylrec.data.output import FORMAT, META_FILE, prepare_output_dir, write_table
+from raylrec.data.hashing import row_hashes
+from raylrec.data.output import commit, prepare_output_dir
 
 __all__ = ["COLLM_COLUMNS", "prepare_given", "strip_padding"]
 
@@ -82,7 +82,14 @@ def _check(batch: pa.Table, path: str) -> pa.Table:
 def _summary(batch: pa.Table) -> pa.Table:
     with np.errstate(over="ignore"):
         digest = np.sum(row_hashes(batch.select(OUTPUT)), dtype=np.uint64) if batch.num_rows else np.uint64(0)
-    titles = batch["iid"].combine_chunks(), batch["title"].combine_chunks()
+    # Item titles from the targets and, where a row's lists align, from its history.
+    ids, names = [batch["iid"].combine_chunks()], [batch["title"].combine_chunks()]
+    history, history_titles = batch["history"].combine_chunks(), batch["history_titles"].combine_chunks()
+    aligned = pc.equal(pc.list_value_length(history), pc.list_value_length(history_titles))
+    if pc.any(aligned).as_py():
+        ids.append(pc.list_flatten(history.filter(aligned)).cast(pa.int64()))
+        names.append(pc.list_flatten(history_titles.filter(aligned)))
+    titles = pa.concat_arrays(ids), pa.concat_arrays(names)
     return pa.table(
         {
             "rows": [batch.num_rows],
@@ -152,8 +159,6 @@ def prepare_given(config: DataConfig, say: Callable[[str], None]) -> dict[str, A
     items_table = pa.table(
         {"item_id": pa.array(item_ids.astype(str)), "iid": item_ids, "title": [titles[i] for i in item_ids]}
     )
-    write_table(users_table, config.output, "users.parquet")
-    write_table(items_table, config.output, "items.parquet")
     total = sum(counts.values())
     meta_counts = {
         "rows_in": total,
@@ -174,25 +179,16 @@ def prepare_given(config: DataConfig, say: Callable[[str], None]) -> dict[str, A
         "label": {"threshold": 4.0},
         "history": {"max_len": None, "padding": "stripped"},
     }
-    content = {
-        "format": FORMAT,
-        "protocol": protocol,
-        "counts": meta_counts,
-        "split_hashes": hashes,
-        "users": arrow_digest(users_table),
-        "items": arrow_digest(items_table),
-    }
-    meta = {
-        "format": FORMAT,
-        "protocol": protocol,
-        "counts": meta_counts,
-        "source": {"type": "collm_ml1m", "path": root},
-        "content_hash": json_digest(content),
-        "columns": OUTPUT,
-        "raylrec_version": __version__,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "elapsed_s": round(time.perf_counter() - started, 2),
-    }
-    storage.write_json(storage.join(config.output, META_FILE), meta)
+    meta = commit(
+        config.output,
+        protocol=protocol,
+        counts=meta_counts,
+        split_hashes=hashes,
+        users=users_table,
+        items=items_table,
+        source={"type": "collm_ml1m", "path": root},
+        columns=OUTPUT,
+        started=started,
+    )
     say(f"committed {config.output} (content hash {meta['content_hash'][:16]}…)")
     return meta

@@ -10,14 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["group_starts", "point_in_time_histories"]
-
-
-def group_starts(keys: np.ndarray) -> np.ndarray:
-    """Index of the first row of each run of equal ``keys`` (``keys`` sorted)."""
-    if len(keys) == 0:
-        return np.zeros(0, np.int64)
-    return np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+__all__ = ["point_in_time_histories"]
 
 
 def point_in_time_histories(

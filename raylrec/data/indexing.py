@@ -76,13 +76,6 @@ class Vocabulary:
     def from_counts(cls, counts: pa.Table) -> Vocabulary:
         return cls(counts["id"].combine_chunks())
 
-    @classmethod
-    def from_table(cls, table: pa.Table, raw_column: str) -> Vocabulary:
-        vocab = cls.__new__(cls)
-        order = pc.sort_indices(table, sort_keys=[(table.schema.names[1], "ascending")])
-        vocab.raw = table[raw_column].take(order).combine_chunks().cast(pa.string())
-        return vocab
-
     def __len__(self) -> int:
         return len(self.raw)
 

@@ -11,18 +11,21 @@ A directory without ``meta.json`` is incomplete (an interrupted run) and is neve
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from raylrec import storage
+from raylrec import __version__, storage
+from raylrec.data.hashing import arrow_digest, json_digest
 
 __all__ = [
     "META_FILE",
     "OutputExistsError",
     "IncompleteDatasetError",
+    "commit",
     "prepare_output_dir",
     "write_table",
     "read_meta",
@@ -61,6 +64,47 @@ def prepare_output_dir(out: str, overwrite: bool) -> None:
 def write_table(table: pa.Table, out: str, name: str) -> None:
     fs, path = storage.arrow_filesystem(out)
     pq.write_table(table, storage.join(path, name), filesystem=fs, compression="zstd")
+
+
+def commit(
+    out: str,
+    *,
+    protocol: dict[str, Any],
+    counts: dict[str, Any],
+    split_hashes: dict[str, str],
+    users: pa.Table,
+    items: pa.Table,
+    source: dict[str, Any],
+    columns: list[str],
+    started: float,
+) -> dict[str, Any]:
+    """Write the vocabularies, then ``meta.json`` last: the dataset exists from that moment.
+
+    The content hash covers what a model would see (protocol, counts, every row of every split,
+    the vocabularies and metadata), not where it came from or when it was made."""
+    write_table(users, out, "users.parquet")
+    write_table(items, out, "items.parquet")
+    content = {
+        "format": FORMAT,
+        "protocol": protocol,
+        "counts": counts,
+        "split_hashes": split_hashes,
+        "users": arrow_digest(users),
+        "items": arrow_digest(items),
+    }
+    meta = {
+        "format": FORMAT,
+        "protocol": protocol,
+        "counts": counts,
+        "source": source,
+        "content_hash": json_digest(content),
+        "columns": columns,
+        "raylrec_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "elapsed_s": round(time.perf_counter() - started, 2),
+    }
+    storage.write_json(storage.join(out, META_FILE), meta)
+    return meta
 
 
 def read_meta(out: str) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """The preparation pipeline on Ray Data:
 
     read -> validate (bad rows quarantined with a reason) -> labels -> optional k-core
-    -> shuffle by user -> de-duplicate -> dense ids -> split -> point-in-time histories
-    -> Parquet per split + vocabularies + metadata + meta.json (written last)
+    -> vocabularies, dense ids -> shuffle by user -> de-duplicate -> split
+    -> point-in-time histories -> Parquet per split + vocabularies + metadata
+    -> meta.json (written last: the commit)
 
 Events stream through Ray; the driver holds only per-id tables (vocabularies, counts) and
 per-block summaries. ``rows in = rows out + rows quarantined`` is checked before committing.
@@ -21,13 +22,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from raylrec import __version__, storage
-from raylrec.config import DataConfig, TemporalFractionSplit, TemporalWindowSplit
+from raylrec import storage
+from raylrec.config import CoLLMSource, DataConfig, TemporalFractionSplit, TemporalWindowSplit
 from raylrec.data.files import FILE_COLUMN, ROW_COLUMN, SourceError
-from raylrec.data.hashing import arrow_digest, json_digest, row_hashes
+from raylrec.data.given import prepare_given
+from raylrec.data.hashing import row_hashes
 from raylrec.data.history import point_in_time_histories
 from raylrec.data.indexing import Vocabulary, id_counts
-from raylrec.data.output import FORMAT, META_FILE, prepare_output_dir, write_table
+from raylrec.data.output import commit, prepare_output_dir
 from raylrec.data.sources import LoadedSource, load_source
 from raylrec.data.splits import SPLITS, assign_splits, fraction_cutoffs
 from raylrec.data.validate import RAW, REASON, validate_batch
@@ -277,20 +279,8 @@ def _attach_metadata(vocab: Vocabulary, raw_name: str, dense_name: str, meta: pa
     return joined.sort_by(dense_name)
 
 
-def prepare(config: DataConfig, progress: Progress | None = None) -> dict[str, Any]:
-    """Run the whole pipeline for ``config`` and return the ``meta.json`` it committed."""
-    from raylrec.config import CoLLMSource
-
-    say = progress or log.info
-    started = time.perf_counter()
-    if isinstance(config.source, CoLLMSource):
-        from raylrec.data.given import prepare_given
-
-        return prepare_given(config, say)
-
-    out = config.output
-    prepare_output_dir(out, config.overwrite)
-    source: LoadedSource = load_source(config.source, config.validation)
+def _validated(config: DataConfig, source: LoadedSource, say: Progress) -> tuple[ray.data.Dataset, int]:
+    """Every input row, typed, with ``_reason`` set on the bad ones (kept in the object store)."""
     say(f"reading {config.source.type} -> validating")
     checked = source.events.map_batches(
         _validate,
@@ -306,31 +296,29 @@ def prepare(config: DataConfig, progress: Progress | None = None) -> dict[str, A
     say(f"read {rows_in:,} rows")
     if config.kcore:
         checked = _kcore(checked, config.kcore, say)
-    good = checked.map_batches(_good, batch_format="pyarrow")
+    return checked, rows_in
 
-    counts_by_column = id_counts(good, ["user_id", "item_id"])
-    user_counts, item_counts = counts_by_column["user_id"], counts_by_column["item_id"]
-    users, items = Vocabulary.from_counts(user_counts), Vocabulary.from_counts(item_counts)
-    good_rows = int(pc.sum(user_counts["count"]).as_py() or 0)
-    say(f"{good_rows:,} valid rows; {len(users):,} users, {len(items):,} items")
-    if good_rows == 0:
-        raise SourceError(f"{config.source.type}: no valid rows (see the quarantine reasons)")
 
-    cutoffs = None
-    end = None
+def _split_bounds(config: DataConfig, good: ray.data.Dataset, rows: int, say: Progress):
+    """(cutoffs, end): global time bounds where the split protocol needs them."""
     if isinstance(config.split, TemporalFractionSplit):
-        cutoffs = fraction_cutoffs(_kth_timestamp(good, good_rows), good_rows, config.split.fractions)
+        cutoffs = fraction_cutoffs(_kth_timestamp(good, rows), rows, config.split.fractions)
         say(f"temporal cutoffs: valid from {cutoffs[0]}, test from {cutoffs[1]}")
-    elif isinstance(config.split, TemporalWindowSplit):
-        end = config.split.cutoffs()[2]
+        return cutoffs, None
+    if isinstance(config.split, TemporalWindowSplit):
+        return None, config.split.cutoffs()[2]
+    return None, None
 
-    partitions = max(1, math.ceil(good_rows / ROWS_PER_PARTITION))
+
+def _events_by_user(
+    config: DataConfig, checked: ray.data.Dataset, vocab_refs, rows: int, cutoffs, end, say: Progress
+) -> ray.data.Dataset:
+    partitions = max(1, math.ceil(rows / ROWS_PER_PARTITION))
     say(
         f"shuffling by user into {partitions} partition(s); "
         f"splitting ({config.split.protocol}) and building histories"
     )
-    vocab_refs = (ray.put(users.raw), ray.put(items.raw))
-    events = (
+    return (
         checked.map_batches(_to_dense, batch_format="pyarrow", fn_kwargs={"vocab_refs": vocab_refs})
         # One block per partition holds all of a user's events (Ray's own map_groups relies on
         # this); _per_user sorts inside the block, so the shuffle need not.
@@ -349,6 +337,9 @@ def prepare(config: DataConfig, progress: Progress | None = None) -> dict[str, A
         .materialize()
     )
 
+
+def _write_splits(events: ray.data.Dataset, out: str, say: Progress) -> dict[str, dict[str, Any]]:
+    """Parquet per split; returns rows, positives and the content hash of each split."""
     fs, path = storage.arrow_filesystem(out)
     summary = pa.concat_tables(
         list(
@@ -357,44 +348,76 @@ def prepare(config: DataConfig, progress: Progress | None = None) -> dict[str, A
             )
         )
     )
-    split_counts: dict[str, int] = {}
-    split_hashes: dict[str, str] = {}
-    positives: dict[str, int] = {}
+    splits: dict[str, dict[str, Any]] = {}
     for split in SPLITS:
         part = summary.filter(pc.equal(summary["split"], split))
-        split_counts[split] = int(pc.sum(part["rows"]).as_py() or 0)
-        positives[split] = int(pc.sum(part["positives"]).as_py() or 0)
+        rows = int(pc.sum(part["rows"]).as_py() or 0)
+        if not rows:
+            continue
         with np.errstate(over="ignore"):
-            split_hashes[split] = f"{int(np.sum(part['hash'].to_numpy(), dtype=np.uint64)):016x}"
-        if split_counts[split]:
-            say(f"writing {split}: {split_counts[split]:,} rows")
-            events.map_batches(_one_split, batch_format="pyarrow", fn_kwargs={"split": split}).write_parquet(
-                storage.join(path, split),
-                filesystem=fs,
-                min_rows_per_file=100_000,
-            )
+            digest = f"{int(np.sum(part['hash'].to_numpy(), dtype=np.uint64)):016x}"
+        splits[split] = {
+            "rows": rows,
+            "positives": int(pc.sum(part["positives"]).as_py() or 0),
+            "hash": digest,
+        }
+        say(f"writing {split}: {rows:,} rows")
+        events.map_batches(_one_split, batch_format="pyarrow", fn_kwargs={"split": split}).write_parquet(
+            storage.join(path, split), filesystem=fs, min_rows_per_file=100_000
+        )
+    return splits
 
+
+def _write_quarantine(
+    checked: ray.data.Dataset, events: ray.data.Dataset, vocab_refs, files: list[str], out: str, say: Progress
+) -> tuple[int, dict[str, int]]:
     quarantine = (
         checked.map_batches(_bad, batch_format="pyarrow")
         .union(events.map_batches(_dropped, batch_format="pyarrow", fn_kwargs={"vocab_refs": vocab_refs}))
-        .map_batches(_name_files, batch_format="pyarrow", fn_kwargs={"files": source.files})
+        .map_batches(_name_files, batch_format="pyarrow", fn_kwargs={"files": files})
         .materialize()
     )
-    rows_quarantined = quarantine.count()
-    reasons = _sum_counts(id_counts(quarantine, [REASON])[REASON]) if rows_quarantined else {}
-    if rows_quarantined:
-        say(f"quarantined {rows_quarantined:,} rows: {reasons}")
-        quarantine.write_parquet(storage.join(path, "quarantine"), filesystem=fs)
+    rows = quarantine.count()
+    if not rows:
+        return 0, {}
+    reasons = _sum_counts(id_counts(quarantine, [REASON])[REASON])
+    say(f"quarantined {rows:,} rows: {reasons}")
+    fs, path = storage.arrow_filesystem(out)
+    quarantine.write_parquet(storage.join(path, "quarantine"), filesystem=fs)
+    return rows, reasons
 
-    rows_out = sum(split_counts.values())
+
+def prepare(config: DataConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the whole pipeline for ``config`` and return the ``meta.json`` it committed."""
+    say = progress or log.info
+    started = time.perf_counter()
+    if isinstance(config.source, CoLLMSource):
+        return prepare_given(config, say)
+
+    out = config.output
+    prepare_output_dir(out, config.overwrite)
+    source = load_source(config.source, config.validation)
+    checked, rows_in = _validated(config, source, say)
+
+    good = checked.map_batches(_good, batch_format="pyarrow")
+    counts = id_counts(good, ["user_id", "item_id"])
+    users, items = Vocabulary.from_counts(counts["user_id"]), Vocabulary.from_counts(counts["item_id"])
+    good_rows = int(pc.sum(counts["user_id"]["count"]).as_py() or 0)
+    say(f"{good_rows:,} valid rows; {len(users):,} users, {len(items):,} items")
+    if good_rows == 0:
+        raise SourceError(f"{config.source.type}: no valid rows (see the quarantine reasons)")
+
+    cutoffs, end = _split_bounds(config, good, good_rows, say)
+    vocab_refs = (ray.put(users.raw), ray.put(items.raw))
+    events = _events_by_user(config, checked, vocab_refs, good_rows, cutoffs, end, say)
+    splits = _write_splits(events, out, say)
+    rows_quarantined, reasons = _write_quarantine(checked, events, vocab_refs, source.files, out, say)
+    rows_out = sum(s["rows"] for s in splits.values())
     if rows_in != rows_out + rows_quarantined:
         raise PipelineError(f"rows in {rows_in} != rows out {rows_out} + quarantined {rows_quarantined}")
 
     users_table = _attach_metadata(users, "user_id", "uid", source.users)
     items_table = _attach_metadata(items, "item_id", "iid", source.items)
-    write_table(users_table, out, "users.parquet")
-    write_table(items_table, out, "items.parquet")
-
     protocol = {
         "split": config.split.model_dump(mode="json"),
         "label": config.label.model_dump(mode="json"),
@@ -403,35 +426,28 @@ def prepare(config: DataConfig, progress: Progress | None = None) -> dict[str, A
         "validation": config.validation.model_dump(mode="json"),
         "temporal_cutoffs": list(cutoffs) if cutoffs else None,
     }
-    counts = {
+    counts_meta = {
         "rows_in": rows_in,
         "rows_out": rows_out,
         "rows_quarantined": rows_quarantined,
         "quarantine_reasons": reasons,
-        "splits": {s: n for s, n in split_counts.items() if n},
-        "positives": {s: n for s, n in positives.items() if split_counts[s]},
+        "splits": {s: v["rows"] for s, v in splits.items()},
+        "positives": {s: v["positives"] for s, v in splits.items()},
         "users": len(users),
         "items": len(items),
         "num_users": users.size,  # embedding-table sizes, padding row 0 included
         "num_items": items.size,
     }
-    content = {
-        "format": FORMAT,
-        "protocol": protocol,
-        "counts": counts,
-        "split_hashes": split_hashes,
-        "users": arrow_digest(users_table),
-        "items": arrow_digest(items_table),
-    }
-    meta = {
-        **{k: v for k, v in content.items() if k not in ("users", "items", "split_hashes")},
-        "source": source.description,
-        "content_hash": json_digest(content),
-        "columns": OUTPUT_COLUMNS,
-        "raylrec_version": __version__,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "elapsed_s": round(time.perf_counter() - started, 2),
-    }
-    storage.write_json(storage.join(out, META_FILE), meta)  # the commit point
+    meta = commit(
+        out,
+        protocol=protocol,
+        counts=counts_meta,
+        split_hashes={s: v["hash"] for s, v in splits.items()},
+        users=users_table,
+        items=items_table,
+        source=source.description,
+        columns=OUTPUT_COLUMNS,
+        started=started,
+    )
     say(f"committed {out} (content hash {meta['content_hash'][:16]}…) in {meta['elapsed_s']} s")
     return meta
