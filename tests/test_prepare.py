@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -12,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import assert_point_in_time, data_config, read_all
 
+from raylrec.config import load_config
 from raylrec.data import prepare as prepare_module
 from raylrec.data.files import SourceError
 from raylrec.data.hashing import table_digest
@@ -301,3 +307,42 @@ def test_finished_output_is_protected_and_interrupted_output_is_redone(tmp_path)
     assert again["content_hash"] == first["content_hash"]
     assert not (out / "train" / "stray-partial.parquet").exists()
     assert prepare(data_config(source, str(out), overwrite=True))["content_hash"] == first["content_hash"]
+
+
+def test_killed_run_leaves_nothing_that_looks_complete_and_the_rerun_succeeds(tmp_path):
+    """SIGKILL a real `raylrec data prepare` (driver and its own Ray instance) while it writes
+    the splits: the directory must not read as a dataset, and the same command then succeeds."""
+    out = tmp_path / "out"
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "data:\n"
+        "  source: {type: synthetic, num_events: 1000000, num_users: 20000, num_items: 5000}\n"
+        f"  output: {out}\n"
+        "ray: {num_cpus: 1}\n"
+    )
+    cmd = [sys.executable, "-m", "raylrec.cli", "data", "prepare", "--config", str(config), "-q"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if "writing train" in line:
+                time.sleep(0.5)  # inside the write of the first split
+                break
+        else:
+            pytest.fail("the run ended before writing:\n" + "".join(seen[-20:]))
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert out.exists() and not (out / "meta.json").exists()
+    with pytest.raises(IncompleteDatasetError):
+        read_meta(str(out))
+    meta = prepare(load_config(config).data)
+    assert (
+        meta["counts"]["rows_in"]
+        == 1_000_000
+        == meta["counts"]["rows_out"] + meta["counts"]["rows_quarantined"]
+    )
+    assert pq.ParquetDataset(out / "train").read().num_rows == meta["counts"]["splits"]["train"]

@@ -18,6 +18,7 @@ from helpers import assert_point_in_time, data_config, read_all
 from raylrec import storage
 from raylrec.cli import main
 from raylrec.config import SyntheticSource
+from raylrec.data.files import SourceError
 from raylrec.data.given import strip_padding
 from raylrec.data.hashing import table_digest
 from raylrec.data.output import read_meta, read_table
@@ -161,3 +162,40 @@ def test_demo_writes_ml100k_to_s3_and_stats_read_it_back(s3_bucket, capsys):
     assert stats["rows_out"] == 100_000 and stats["users"] == 943
     assert sum(s["rows"] for s in stats["splits"].values()) == 100_000
     assert "history lengths" in capsys.readouterr().out
+
+
+def test_movielens_1m_grouplens_files_on_s3(s3_bucket):
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    root = f"{s3_bucket}/raw/ml-1m"
+    bucket_path = root.removeprefix("s3://")
+    ratings = "".join(
+        f"{u}::{i}::{1 + (u * i) % 5}::{978300000 + 7 * u + i}\n" for u in range(1, 21) for i in range(1, 16)
+    )
+    with fs.open(f"{bucket_path}/ratings.dat", "w") as f:
+        f.write(ratings)
+    with fs.open(f"{bucket_path}/movies.dat", "wb") as f:
+        f.write("".join(f"{i}::Movie: Part {i} (1999)::Drama\n" for i in range(1, 16)).encode("latin-1"))
+    out = f"{s3_bucket}/processed/ml1m"
+    meta = prepare(
+        data_config({"type": "movielens_1m", "path": root}, out, split={"protocol": "leave_last_out"})
+    )
+    assert meta["counts"]["splits"] == {"train": 260, "valid": 20, "test": 20}
+    assert read_table(out, "items.parquet")["title"].to_pylist()[0] == "Movie: Part 1 (1999)"
+
+
+def test_a_column_of_the_wrong_type_names_the_file(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    pq.write_table(
+        pa.table({"user_id": [[1, 2]], "item_id": ["a"], "timestamp": [1600000000], "rating": [4.0]}),
+        logs / "events.parquet",
+    )
+    with pytest.raises(
+        SourceError, match=r"events\.parquet: column types cannot be read as an interaction log"
+    ):
+        prepare(data_config({"type": "logs", "paths": [str(logs)]}, str(tmp_path / "o")))
+    # The same problem in a later file surfaces from inside a Ray task, still as one clear error.
+    good = pa.table({"user_id": ["u"], "item_id": ["a"], "timestamp": [1600000000], "rating": [4.0]})
+    pq.write_table(good, logs / "a-first.parquet")
+    with pytest.raises(SourceError, match=r"events\.parquet: column types cannot be read .*user_id \(list"):
+        prepare(data_config({"type": "logs", "paths": [str(logs)]}, str(tmp_path / "o2")))

@@ -11,16 +11,19 @@ per-block summaries. ``rows in = rows out + rows quarantined`` is checked before
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+from ray.exceptions import RayError
 
 from raylrec import storage
 from raylrec.config import CoLLMSource, DataConfig, TemporalFractionSplit, TemporalWindowSplit
@@ -70,9 +73,10 @@ def _validate(batch: pa.Table, config, threshold: float, unit: str, files: list[
         raise
     except Exception as e:
         names = sorted({files[i] for i in set(batch[FILE_COLUMN].to_pylist())})
+        fields = [f"{f.name} ({f.type})" for f in batch.schema if f.name not in (FILE_COLUMN, ROW_COLUMN)]
         raise SourceError(
-            f"{', '.join(names) or 'input'}: column types cannot be read as an interaction log "
-            f"({batch.schema}): {e}"
+            f"{', '.join(names) or 'input'}: column types cannot be read as an interaction log: "
+            f"{', '.join(fields)}: {e}"
         ) from None
 
 
@@ -282,16 +286,15 @@ def _attach_metadata(vocab: Vocabulary, raw_name: str, dense_name: str, meta: pa
 def _validated(config: DataConfig, source: LoadedSource, say: Progress) -> tuple[ray.data.Dataset, int]:
     """Every input row, typed, with ``_reason`` set on the bad ones (kept in the object store)."""
     say(f"reading {config.source.type} -> validating")
-    checked = source.events.map_batches(
-        _validate,
-        batch_format="pyarrow",
-        fn_kwargs={
-            "config": config.validation,
-            "threshold": config.label.threshold,
-            "unit": source.timestamp_unit,
-            "files": source.files,
-        },
-    ).materialize()
+    validation = {
+        "config": config.validation,
+        "threshold": config.label.threshold,
+        "unit": source.timestamp_unit,
+        "files": source.files,
+    }
+    if source.sample is not None:
+        _validate(source.sample, **validation)  # a file-level type error fails here, unwrapped
+    checked = source.events.map_batches(_validate, batch_format="pyarrow", fn_kwargs=validation).materialize()
     rows_in = checked.count()
     say(f"read {rows_in:,} rows")
     if config.kcore:
@@ -387,8 +390,49 @@ def _write_quarantine(
     return rows, reasons
 
 
+@contextlib.contextmanager
+def _input_errors_unwrapped() -> Iterator[None]:
+    """Bad input found inside a Ray task reaches the driver wrapped in Ray's exceptions; raise
+    the original error, whose message names the file, row or field."""
+    try:
+        yield
+    except Exception as error:
+        original = _input_error_in(error)
+        if original is None or original is error:
+            raise
+        raise original from None
+
+
+def _input_error_in(error: BaseException) -> BaseException | None:
+    """The SourceError/StorageError a (possibly Ray-wrapped) exception was caused by."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, (SourceError, storage.StorageError)) and not isinstance(current, RayError):
+            return current
+        pending += [getattr(current, "cause", None), current.__cause__, current.__context__]
+    # Ray Data pickles a task's exception without its __cause__: only its text is left.
+    found = re.search(r"raylrec\.[\w.]*\.(SourceError|StorageError): (.+)", str(error))
+    if found:
+        return (
+            SourceError(found.group(2))
+            if found.group(1) == "SourceError"
+            else storage.StorageError(found.group(2))
+        )
+    return None
+
+
 def prepare(config: DataConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Run the whole pipeline for ``config`` and return the ``meta.json`` it committed."""
+    with _input_errors_unwrapped():
+        return _prepare(config, progress)
+
+
+def _prepare(config: DataConfig, progress: Progress | None) -> dict[str, Any]:
     say = progress or log.info
     started = time.perf_counter()
     if isinstance(config.source, CoLLMSource):

@@ -49,6 +49,7 @@ class LoadedSource:
     items: pa.Table | None = None  # item_id (string) + metadata columns such as title
     users: pa.Table | None = None  # user_id (string) + metadata columns
     files: list[str] = field(default_factory=list)
+    sample: pa.Table | None = None  # the first batch of the first file, read on the driver
     description: dict[str, Any] = field(default_factory=dict)
 
 
@@ -95,10 +96,12 @@ def read_metadata(meta: MetadataFile, id_name: str) -> pa.Table:
 
 def _load_logs(source: LogSource, validation: ValidationConfig) -> LoadedSource:
     files = log_files(source, validation)
-    # Read the first batch of the first file here, so a wrong column mapping fails at once
-    # with one clear line instead of from inside a Ray task.
-    next(iter(read_batches(files[0], source.columns.as_dict())), None)
+    # Read the first batch of the first file here, so a wrong column mapping (or, validated by
+    # the pipeline, a wrong column type) fails at once with one clear line instead of from
+    # inside a Ray task.
+    sample = next(iter(read_batches(files[0], source.columns.as_dict())), None)
     return LoadedSource(
+        sample=sample,
         events=read_events(files, source.columns.as_dict()),
         timestamp_unit=source.timestamp_unit,
         items=read_metadata(source.items, "item_id") if source.items else None,
