@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -204,19 +205,21 @@ def _to_seconds(value: int | str | dt.date) -> int:
     return int(when.timestamp())
 
 
+def _shares(v: tuple[float, float, float]) -> tuple[float, float, float]:
+    if any(x < 0 for x in v) or abs(sum(v) - 1.0) > 1e-6:
+        raise ValueError(f"train/valid/test shares must be non-negative and sum to 1, got {list(v)}")
+    return v
+
+
+Shares = Annotated[tuple[float, float, float], AfterValidator(_shares)]
+
+
 class TemporalFractionSplit(_Strict):
     """Global temporal split: the earliest ``fractions[0]`` of events train, and so on.
     Events sharing a timestamp always land in the same split."""
 
     protocol: Literal["temporal_fraction"] = "temporal_fraction"
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-
-    @field_validator("fractions")
-    @classmethod
-    def _sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
-        if any(f < 0 for f in v) or abs(sum(v) - 1.0) > 1e-6:
-            raise ValueError(f"fractions must be non-negative and sum to 1, got {list(v)}")
-        return v
+    fractions: Shares = (0.8, 0.1, 0.1)
 
 
 class TemporalWindowSplit(_Strict):
@@ -256,15 +259,8 @@ class RandomRatioSplit(_Strict):
     """Per user: events shuffled (seeded) and cut by ratios, RecBole's 'RS' rule."""
 
     protocol: Literal["random_ratio"] = "random_ratio"
-    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    ratios: Shares = (0.8, 0.1, 0.1)
     seed: int = 2020
-
-    @field_validator("ratios")
-    @classmethod
-    def _sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
-        if any(r < 0 for r in v) or abs(sum(v) - 1.0) > 1e-6:
-            raise ValueError(f"ratios must be non-negative and sum to 1, got {list(v)}")
-        return v
 
 
 class GivenSplit(_Strict):

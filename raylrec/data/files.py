@@ -70,14 +70,19 @@ def open_parquet(uri: str) -> pq.ParquetFile:
         raise SourceError(f"{uri}: not a readable Parquet file (truncated or corrupt?): {e}") from None
 
 
-def _select(table: pa.Table, mapping: dict[str, str], uri: str) -> pa.Table:
-    """Rename mapped source columns to canonical names; name the missing ones clearly."""
-    missing = [f"{src!r} (for {dst})" for dst, src in mapping.items() if src not in table.schema.names]
+def _require_columns(names: list[str], mapping: dict[str, str], uri: str) -> None:
+    """Name every mapped column the file lacks, and what it has instead."""
+    missing = [f"{src!r} (for {dst})" for dst, src in mapping.items() if src not in names]
     if missing:
         raise SourceError(
-            f"{uri}: column {', '.join(missing)} not found; the file has {table.schema.names}. "
-            "Fix the column mapping in the config."
+            f"{uri}: column {', '.join(missing)} not found; the file has {names}. "
+            "Fix the column mapping (or csv.column_names) in the config."
         )
+
+
+def _select(table: pa.Table, mapping: dict[str, str], uri: str) -> pa.Table:
+    """Rename mapped source columns to canonical names."""
+    _require_columns(table.schema.names, mapping, uri)
     return pa.table({dst: table[src] for dst, src in mapping.items()})
 
 
@@ -92,13 +97,7 @@ def _parquet_batches(
     f: TabularFile, mapping: dict[str, str], row_groups: list[int] | None, first_row: int
 ) -> Iterator[pa.Table]:
     pf = open_parquet(f.uri)
-    names = pf.schema_arrow.names
-    missing = [f"{src!r} (for {dst})" for dst, src in mapping.items() if src not in names]
-    if missing:
-        raise SourceError(
-            f"{f.uri}: column {', '.join(missing)} not found; the file has {names}. "
-            "Fix the column mapping in the config."
-        )
+    _require_columns(pf.schema_arrow.names, mapping, f.uri)
     row = first_row
     try:
         for batch in pf.iter_batches(
@@ -133,13 +132,7 @@ def _csv_batches(f: TabularFile, mapping: dict[str, str]) -> Iterator[pa.Table]:
     try:
         with fs.open(path, "rb", compression=compression) as raw:
             reader = pacsv.open_csv(raw, read_options=read, parse_options=parse, convert_options=convert)
-            names = reader.schema.names
-            missing = [f"{src!r} (for {dst})" for dst, src in mapping.items() if src not in names]
-            if missing:
-                raise SourceError(
-                    f"{f.uri}: column {', '.join(missing)} not found; the file has {names}. "
-                    "Fix the column mapping (or csv.column_names) in the config."
-                )
+            _require_columns(reader.schema.names, mapping, f.uri)
             for batch in reader:
                 table = _select(pa.Table.from_batches([batch]), mapping, f.uri)
                 yield _tag(table, f.index, row)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -102,87 +103,94 @@ def _exists(uri: str) -> bool:
     return fs.exists(path)
 
 
-def _load_ml100k_grouplens(root: str) -> LoadedSource:
-    data = storage.join(root, "u.data")
-    csv = CsvOptions(
-        delimiter="\t", has_header=False, column_names=["user_id", "item_id", "rating", "timestamp"]
-    )
-    events = read_events([TabularFile(data, _require(data), "csv", csv)], _identity())
-    item_uri = storage.join(root, "u.item")
-    items = _table_from_lines(_read_lines(item_uri), "|", ["item_id", "title", "release_date"], item_uri)
-    user_uri = storage.join(root, "u.user")
-    users = None
-    if _exists(user_uri):
-        users = _table_from_lines(
-            _read_lines(user_uri), "|", ["user_id", "age", "gender", "occupation", "zip_code"], user_uri
-        )
-    return LoadedSource(
-        events,
-        items=items,
-        users=users,
-        files=[data],
-        description={"type": "movielens_100k", "format": "grouplens", "path": root},
-    )
+@dataclass(frozen=True)
+class _Layout:
+    """Where a MovieLens distribution keeps its ratings, items and users, and how."""
+
+    ratings: str
+    ratings_csv: CsvOptions
+    ratings_columns: dict[str, str]
+    items: str
+    users: str
+    separator: str  # of the item and user files
+    item_columns: list[str]
+    user_columns: list[str]
+    header_lines: int = 0
 
 
-def _load_ml100k_recbole(root: Path) -> LoadedSource:
-    inter = str(root / "ml-100k.inter")
-    csv = CsvOptions(delimiter="\t", has_header=True)
-    mapping = {
-        "user_id": "user_id:token",
-        "item_id": "item_id:token",
-        "rating": "rating:float",
-        "timestamp": "timestamp:float",
-    }
-    events = read_events([TabularFile(inter, os.path.getsize(inter), "csv", csv)], mapping)
-    item_uri = str(root / "ml-100k.item")
+_RATINGS = ["user_id", "item_id", "rating", "timestamp"]
+_IDENTITY = {c: c for c in _RATINGS}
+_USER_COLUMNS_100K = ["user_id", "age", "gender", "occupation", "zip_code"]
+GROUPLENS_100K = _Layout(
+    ratings="u.data",
+    ratings_csv=CsvOptions(delimiter="\t", has_header=False, column_names=_RATINGS),
+    ratings_columns=_IDENTITY,
+    items="u.item",
+    users="u.user",
+    separator="|",
+    item_columns=["item_id", "title", "release_date"],
+    user_columns=_USER_COLUMNS_100K,
+)
+RECBOLE_100K = _Layout(
+    ratings="ml-100k.inter",
+    ratings_csv=CsvOptions(delimiter="\t"),
+    ratings_columns={
+        f: f"{f}:{t}" for f, t in zip(_RATINGS, ("token", "token", "float", "float"), strict=True)
+    },
+    items="ml-100k.item",
+    users="ml-100k.user",
+    separator="\t",
+    item_columns=["item_id", "title", "release_year", "genres"],
+    user_columns=_USER_COLUMNS_100K,
+    header_lines=1,
+)
+# "u::i::r::t" read with ':' as the delimiter puts the values in every other column, which keeps
+# the fast vectorised CSV reader (ratings hold no other colons; titles in movies.dat do).
+GROUPLENS_1M = _Layout(
+    ratings="ratings.dat",
+    ratings_csv=CsvOptions(
+        delimiter=":",
+        has_header=False,
+        column_names=["user_id", "_a", "item_id", "_b", "rating", "_c", "timestamp"],
+    ),
+    ratings_columns=_IDENTITY,
+    items="movies.dat",
+    users="users.dat",
+    separator="::",
+    item_columns=["item_id", "title", "genres"],
+    user_columns=["user_id", "gender", "age", "occupation", "zip_code"],
+)
+
+
+def _load(root: str, layout: _Layout, description: dict[str, str]) -> LoadedSource:
+    ratings = storage.join(root, layout.ratings)
+    events = read_events(
+        [TabularFile(ratings, _require(ratings), "csv", layout.ratings_csv)], layout.ratings_columns
+    )
+    items_uri, users_uri = storage.join(root, layout.items), storage.join(root, layout.users)
     items = _table_from_lines(
-        _read_lines(item_uri), "\t", ["item_id", "title", "release_year", "genres"], item_uri, skip=1
+        _read_lines(items_uri), layout.separator, layout.item_columns, items_uri, skip=layout.header_lines
     )
-    user_uri = str(root / "ml-100k.user")
-    users = _table_from_lines(
-        _read_lines(user_uri), "\t", ["user_id", "age", "gender", "occupation", "zip_code"], user_uri, skip=1
-    )
-    return LoadedSource(
-        events,
-        items=items,
-        users=users,
-        files=[inter],
-        description={"type": "movielens_100k", "format": "recbole", "wheel": RECBOLE_WHEEL},
-    )
+    users = None
+    if _exists(users_uri):  # optional: only metadata
+        users = _table_from_lines(
+            _read_lines(users_uri), layout.separator, layout.user_columns, users_uri, skip=layout.header_lines
+        )
+    return LoadedSource(events, items=items, users=users, files=[ratings], description=description)
 
 
 def load_ml100k(source: MovieLens100KSource) -> LoadedSource:
     if source.path is None:
-        return _load_ml100k_recbole(recbole_ml100k_dir())
+        root = str(recbole_ml100k_dir())
+        return _load(
+            root, RECBOLE_100K, {"type": "movielens_100k", "format": "recbole", "wheel": RECBOLE_WHEEL}
+        )
     storage.check_reachable(source.path)
-    return _load_ml100k_grouplens(source.path)
+    return _load(
+        source.path, GROUPLENS_100K, {"type": "movielens_100k", "format": "grouplens", "path": source.path}
+    )
 
 
 def load_ml1m(source: MovieLens1MSource) -> LoadedSource:
     storage.check_reachable(source.path)
-    ratings = storage.join(source.path, "ratings.dat")
-    # "u::i::r::t": with ':' as the delimiter the values sit in every other column, which keeps
-    # the fast vectorised CSV reader (ratings hold no other colons).
-    names = ["user_id", "_a", "item_id", "_b", "rating", "_c", "timestamp"]
-    csv = CsvOptions(delimiter=":", has_header=False, column_names=names)
-    events = read_events([TabularFile(ratings, _require(ratings), "csv", csv)], _identity())
-    movies = storage.join(source.path, "movies.dat")
-    items = _table_from_lines(_read_lines(movies), "::", ["item_id", "title", "genres"], movies)
-    users_uri = storage.join(source.path, "users.dat")
-    users = None
-    if _exists(users_uri):
-        users = _table_from_lines(
-            _read_lines(users_uri), "::", ["user_id", "gender", "age", "occupation", "zip_code"], users_uri
-        )
-    return LoadedSource(
-        events,
-        items=items,
-        users=users,
-        files=[ratings],
-        description={"type": "movielens_1m", "path": source.path},
-    )
-
-
-def _identity() -> dict[str, str]:
-    return {c: c for c in ("user_id", "item_id", "rating", "timestamp")}
+    return _load(source.path, GROUPLENS_1M, {"type": "movielens_1m", "path": source.path})
