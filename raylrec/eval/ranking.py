@@ -1,0 +1,108 @@
+"""Full-ranking top-K metrics over the whole catalogue: Recall@K, NDCG@K, HitRate@K, MRR@K.
+
+Scores come in user chunks (``[users, items]``, torch), so memory stays bounded for any number
+of users. Items a user interacted with in training are masked before ranking, and so is the
+padding item 0. Users without test items are skipped.
+
+Recall's denominator differs between papers, so it is an explicit option that every report
+names: ``"test_items"`` (|test items|, RecBole and LightGCN) or ``"min_k"``
+(min(K, |test items|), which some LLM-recommender papers use).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+__all__ = ["ItemSets", "RankingAccumulator", "RecallDenominator"]
+
+RecallDenominator = Literal["test_items", "min_k"]
+
+
+@dataclass(frozen=True)
+class ItemSets:
+    """Each user's set of items, as CSR arrays (row u holds indices[indptr[u]:indptr[u+1]])."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+
+    @classmethod
+    def from_pairs(cls, users: np.ndarray, items: np.ndarray, num_users: int) -> ItemSets:
+        users = np.asarray(users, np.int64)
+        order = np.argsort(users, kind="stable")
+        counts = np.bincount(users, minlength=num_users)
+        return cls(np.r_[0, np.cumsum(counts)].astype(np.int64), np.asarray(items, np.int64)[order])
+
+    @property
+    def num_users(self) -> int:
+        return len(self.indptr) - 1
+
+    def sizes(self, start: int, stop: int) -> np.ndarray:
+        return np.diff(self.indptr[start : stop + 1])
+
+    def dense(
+        self, start: int, stop: int, num_items: int, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        """A boolean ``[stop - start, num_items]`` membership matrix for users start..stop-1."""
+        lo, hi = self.indptr[start], self.indptr[stop]
+        rows = np.repeat(np.arange(stop - start), self.sizes(start, stop))
+        mask = torch.zeros(stop - start, num_items, dtype=torch.bool, device=device)
+        mask[torch.as_tensor(rows, device=device), torch.as_tensor(self.indices[lo:hi], device=device)] = True
+        return mask
+
+
+@dataclass
+class RankingAccumulator:
+    ks: tuple[int, ...] = (10, 20)
+    recall_denominator: RecallDenominator = "test_items"
+    _sums: dict[str, float] = field(default_factory=dict, repr=False)
+    _users: int = 0
+
+    def update(self, scores: torch.Tensor, first_user: int, train: ItemSets, test: ItemSets) -> None:
+        """Scores of users ``first_user .. first_user + len(scores) - 1`` against every item."""
+        n_users, n_items = scores.shape
+        stop = first_user + n_users
+        n_test = torch.as_tensor(test.sizes(first_user, stop), device=scores.device)
+        keep = n_test > 0
+        if not keep.any():
+            return
+        scores = scores.float().clone()
+        scores[train.dense(first_user, stop, n_items, scores.device)] = -torch.inf
+        scores[:, 0] = -torch.inf  # padding
+        k_max = min(max(self.ks), n_items - 1)
+        top = torch.topk(scores[keep], k_max, dim=1).indices
+        hits = torch.gather(test.dense(first_user, stop, n_items, scores.device)[keep], 1, top).float()
+        n_test = n_test[keep].float()
+        discount = 1.0 / torch.log2(torch.arange(2, k_max + 2, device=scores.device, dtype=torch.float32))
+        first_hit = torch.where(hits.any(1), hits.argmax(1), torch.full_like(n_test, k_max, dtype=torch.long))
+        for k in self.ks:
+            kk = min(k, k_max)
+            hit_k = hits[:, :kk]
+            found = hit_k.sum(1)
+            denominator = n_test if self.recall_denominator == "test_items" else torch.clamp(n_test, max=kk)
+            ideal = torch.cumsum(discount[:kk], 0)[torch.clamp(n_test, max=kk).long() - 1]
+            reciprocal = torch.where(
+                first_hit < kk, 1.0 / (first_hit.float() + 1.0), torch.zeros_like(n_test)
+            )
+            self._add(f"recall@{k}", (found / denominator).sum())
+            self._add(f"ndcg@{k}", ((hit_k * discount[:kk]).sum(1) / ideal).sum())
+            self._add(f"hit@{k}", (found > 0).float().sum())
+            self._add(f"mrr@{k}", reciprocal.sum())
+        self._users += int(keep.sum())
+
+    def _add(self, name: str, value: torch.Tensor) -> None:
+        self._sums[name] = self._sums.get(name, 0.0) + float(value)
+
+    def compute(self) -> dict[str, float]:
+        if not self._users:
+            raise ValueError("no user with test items was evaluated")
+        out = {name: total / self._users for name, total in self._sums.items()}
+        out["users"] = self._users
+        return out
+
+    def describe(self) -> str:
+        rule = "|test items|" if self.recall_denominator == "test_items" else "min(K, |test items|)"
+        return f"full ranking, training items masked, recall denominator {rule}"
