@@ -315,9 +315,70 @@ class RayConfig(_Strict):
     num_cpus: int | None = Field(default=None, ge=1, description="for a new local instance")
 
 
+class CFConfig(_Strict):
+    """A collaborative-filtering encoder and its objective."""
+
+    model: Literal["mf", "lightgcn", "sasrec"] = "mf"
+    dim: int = Field(default=64, ge=1)
+    loss: Literal["bce", "bpr"] = Field(
+        default="bce", description="bce on CTR labels, or bpr with one sampled negative per positive"
+    )
+    implicit: bool = Field(
+        default=False, description="bpr: every training row is a positive, not only label 1"
+    )
+    reg_weight: float = Field(default=0.0, ge=0, description="L2 on the embeddings a step touches")
+    layers: int = Field(default=3, ge=1, description="lightgcn propagation layers")
+    combine: Literal["mean", "sum"] = "mean"
+    max_len: int = Field(default=25, ge=1, description="sasrec history length")
+    blocks: int = Field(default=2, ge=1)
+    heads: int = Field(default=4, ge=1)
+    dropout: float = Field(default=0.2, ge=0, lt=1)
+
+
+class TrainConfig(_Strict):
+    """How any model trains: optimiser, schedule, scale, checkpoints, early stopping."""
+
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=2048, ge=1, description="per worker")
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    seed: int = 2020
+    metric: str = Field(default="valid/auc", description="early stopping and best-checkpoint metric")
+    mode: Literal["max", "min"] = "max"
+    patience: int = Field(default=5, ge=1, description="evaluations without improvement before stopping")
+    eval_every: int = Field(default=1, ge=1, description="epochs between evaluations")
+    checkpoint_every_steps: int | None = Field(default=None, ge=1, description="besides every evaluation")
+    num_workers: int = Field(default=1, ge=0, description="Ray Train workers; 0 = Train's local mode")
+    cpus_per_worker: float = Field(default=1, gt=0)
+    use_gpu: bool = False
+    max_failures: int = Field(default=2, ge=0, description="worker failures to recover from")
+    storage_path: str = Field(default="out/runs", description="checkpoints and run state, local or s3://")
+    run_name: str | None = Field(default=None, description="re-running a name resumes that run")
+    wandb_project: str = "raylrec"
+
+
+class EvalConfig(_Strict):
+    ks: list[int] = Field(default_factory=lambda: [10, 20])
+    recall_denominator: Literal["test_items", "min_k"] = "test_items"
+    uauc_weighting: Literal["user", "impressions"] = "user"
+    users_per_chunk: int = Field(default=1024, ge=1)
+
+
 class RaylrecConfig(_Strict):
-    data: DataConfig
+    data: DataConfig | None = None
+    dataset: str | None = Field(default=None, description="a prepared dataset (default: data.output)")
+    cf: CFConfig = CFConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    output: str | None = Field(default=None, description="where the trained bundle goes")
     ray: RayConfig = RayConfig()
+
+    def dataset_path(self) -> str:
+        if self.dataset:
+            return self.dataset
+        if self.data is not None:
+            return self.data.output
+        raise ConfigError("set 'dataset' (a prepared dataset) or a 'data' section to prepare one")
 
 
 # --- loading -------------------------------------------------------------------------------

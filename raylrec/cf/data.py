@@ -1,0 +1,80 @@
+"""Model-ready arrays from a processed dataset: ids, labels, left-padded histories, warm flags.
+
+``to_arrays`` is the one conversion, used on whole splits in a plain process and on Ray Data
+batches inside Ray Train workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from raylrec import storage
+from raylrec.data.output import read_meta
+
+__all__ = ["Split", "load_split", "to_arrays", "pad_histories", "sample_negatives"]
+
+
+def pad_histories(history: pa.ListArray | pa.ChunkedArray, length: int) -> np.ndarray:
+    """``[rows, length]`` int64, the newest item last, left-padded with 0 (vectorised)."""
+    if isinstance(history, pa.ChunkedArray):
+        history = history.combine_chunks()
+    n = len(history)
+    out = np.zeros((n, length), np.int64)
+    if n == 0:
+        return out
+    offsets = history.offsets.to_numpy().astype(np.int64)
+    values = history.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    sizes = np.diff(offsets)
+    kept = np.minimum(sizes, length)
+    # For each row, its last `kept` values go to the last `kept` columns.
+    rows = np.repeat(np.arange(n), kept)
+    within = np.arange(kept.sum()) - np.repeat(np.cumsum(kept) - kept, kept)
+    source = np.repeat(offsets[1:] - offsets[0] - kept, kept) + within
+    out[rows, length - kept[rows] + within] = values[source]
+    return out
+
+
+def to_arrays(table: pa.Table, history_len: int = 0) -> dict[str, np.ndarray]:
+    """The columns a CF encoder trains and scores on, as numpy arrays."""
+    out = {
+        "uid": table["uid"].to_numpy().astype(np.int64),
+        "iid": table["iid"].to_numpy().astype(np.int64),
+        "label": table["label"].to_numpy().astype(np.float32),
+    }
+    if history_len:
+        out["history"] = pad_histories(table["history"], history_len)
+    if "not_cold" in table.schema.names:
+        out["warm"] = table["not_cold"].to_numpy().astype(bool)
+    return out
+
+
+def sample_negatives(rng: np.random.Generator, num_items: int, size: int) -> np.ndarray:
+    """Uniform item ids in 1..num_items-1 (0 is padding)."""
+    return rng.integers(1, num_items, size=size, dtype=np.int64)
+
+
+@dataclass
+class Split:
+    arrays: dict[str, np.ndarray]
+    num_users: int
+    num_items: int
+
+    def __len__(self) -> int:
+        return len(self.arrays["uid"])
+
+
+def load_split(path: str, split: str, history_len: int = 0, positives_only: bool = False) -> Split:
+    """One split of a prepared dataset, whole, for a plain process (tests, small data, GPU boxes
+    without Ray). Ray workers read the same files through Ray Data instead."""
+    meta = read_meta(path)
+    fs, root = storage.arrow_filesystem(path)
+    table = pads.dataset(storage.join(root, split), filesystem=fs, format="parquet").to_table()
+    if positives_only:
+        table = table.filter(pc.equal(table["label"], 1))
+    counts = meta["counts"]
+    return Split(to_arrays(table, history_len), counts["num_users"], counts["num_items"])

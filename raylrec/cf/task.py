@@ -1,0 +1,126 @@
+"""A CF encoder as a training task: how to build it, its loss, its evaluation, its batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from raylrec.cf.data import Split, sample_negatives
+from raylrec.cf.models import MF, CFEncoder, LightGCN, SASRec, normalized_adjacency
+from raylrec.config import CFConfig, EvalConfig
+from raylrec.eval import CTRAccumulator, ItemSets, RankingAccumulator
+
+__all__ = ["CFTask", "build_encoder", "epoch_batches", "evaluate_ctr", "evaluate_ranking", "positives"]
+
+
+def positives(split: Split, implicit: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(users, items) a top-K model learns from: every row if implicit, else label-1 rows."""
+    keep = np.ones(len(split), bool) if implicit else split.arrays["label"] > 0.5
+    return split.arrays["uid"][keep], split.arrays["iid"][keep]
+
+
+def build_encoder(config: CFConfig, train: Split) -> CFEncoder:
+    if config.model == "mf":
+        return MF(train.num_users, train.num_items, config.dim)
+    if config.model == "lightgcn":
+        users, items = positives(train, config.implicit or config.loss == "bce")
+        adjacency = normalized_adjacency(users, items, train.num_users, train.num_items)
+        return LightGCN(
+            train.num_users, train.num_items, adjacency, config.dim, config.layers, config.combine
+        )
+    return SASRec(
+        train.num_users,
+        train.num_items,
+        config.dim,
+        config.max_len,
+        config.blocks,
+        config.heads,
+        config.dropout,
+    )
+
+
+def epoch_batches(
+    split: Split, batch_size: int, seed: int, epoch: int, config: CFConfig, drop_last: bool = True
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Shuffled batches of one epoch (seeded by (seed, epoch): a resumed run sees the same
+    order); BPR batches hold the positives and one sampled negative each."""
+    rng = np.random.default_rng([seed, epoch])
+    arrays = split.arrays
+    if config.loss == "bpr":
+        users, items = positives(split, config.implicit)
+        arrays = {"uid": users, "iid": items}
+    n = len(arrays["uid"])
+    order = rng.permutation(n)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        index = order[start : start + batch_size]
+        batch = {k: torch.from_numpy(v[index]) for k, v in arrays.items() if k != "warm"}
+        if config.loss == "bpr":
+            batch["neg"] = torch.from_numpy(sample_negatives(rng, split.num_items, len(index)))
+        yield batch
+
+
+def evaluate_ctr(
+    model: CFEncoder, split: Split, config: EvalConfig, prefix: str, batch_size: int = 8192
+) -> dict[str, float]:
+    acc = CTRAccumulator(weighting=config.uauc_weighting)
+    arrays = split.arrays
+    device = next(model.parameters()).device
+    for start in range(0, len(split), batch_size):
+        batch = {
+            k: torch.from_numpy(v[start : start + batch_size]).to(device)
+            for k, v in arrays.items()
+            if k != "warm"
+        }
+        probs = torch.sigmoid(model.score(batch)).float().cpu().numpy()
+        warm = arrays["warm"][start : start + batch_size] if "warm" in arrays else None
+        acc.update(batch["uid"].cpu().numpy(), batch["label"].cpu().numpy(), probs, warm)
+    return {f"{prefix}/{k.removeprefix('all/')}": v for k, v in acc.compute().items()}
+
+
+def evaluate_ranking(
+    model: CFEncoder, known: ItemSets, target: ItemSets, config: EvalConfig, prefix: str
+) -> dict[str, float]:
+    """Full ranking of every user with target items; ``known`` items are masked."""
+    acc = RankingAccumulator(tuple(config.ks), config.recall_denominator)
+    device = next(model.parameters()).device
+    for start in range(0, target.num_users, config.users_per_chunk):
+        stop = min(start + config.users_per_chunk, target.num_users)
+        batch = {"uid": torch.arange(start, stop, device=device)}
+        acc.update(model.full_scores(batch), start, known, target)
+    return {f"{prefix}/{k}": v for k, v in acc.compute().items()}
+
+
+class CFTask:
+    def __init__(
+        self, model: CFEncoder, config: CFConfig, eval_config: EvalConfig, train: Split, valid: Split
+    ):
+        self.model = model
+        self.config = config
+        self.eval_config = eval_config
+        self.valid = valid
+        if config.loss == "bpr":
+            self.known = ItemSets.from_pairs(*positives(train, config.implicit), train.num_users)
+            self.target = ItemSets.from_pairs(*positives(valid, config.implicit), train.num_users)
+
+    @property
+    def encoder(self) -> CFEncoder:
+        return self.model.module if hasattr(self.model, "module") else self.model
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.config.loss == "bce":
+            return F.binary_cross_entropy_with_logits(self.model(batch), batch["label"].float())
+        users, pos, neg = self.model(batch, batch["iid"], batch["neg"])
+        loss = -F.logsigmoid((users * pos).sum(-1) - (users * neg).sum(-1)).mean()
+        if self.config.reg_weight:
+            items = torch.cat([batch["iid"], batch["neg"]])
+            loss = loss + self.config.reg_weight * self.encoder.regularisation(batch, items)
+        return loss
+
+    def evaluate(self) -> dict[str, float]:
+        if self.config.loss == "bce":
+            return evaluate_ctr(self.encoder, self.valid, self.eval_config, "valid")
+        return evaluate_ranking(self.encoder, self.known, self.target, self.eval_config, "valid")
