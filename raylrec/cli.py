@@ -41,6 +41,8 @@ def _init_ray(ray_config: RayConfig) -> None:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)  # fails here, before Ray starts
+    if config.data is None:
+        raise ConfigError(f"{args.config}: no 'data' section to prepare")
     _init_ray(config.ray)
     from raylrec.data.prepare import prepare
     from raylrec.data.stats import dataset_stats, format_stats
@@ -78,6 +80,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_cf(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    config.dataset_path()  # fails before any work when neither dataset nor data is set
+    if not args.local:
+        _init_ray(config.ray)
+    from raylrec.cf.train import train_cf
+
+    train_cf(config, _progress(), use_ray=not args.local)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from raylrec.demo import run_demo
 
@@ -94,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main job end to end on the embedded default")
     demo.add_argument("--out", default="out/demo", help="where outputs go (local or s3://)")
     demo.set_defaults(func=cmd_demo)
+
+    train_cf = sub.add_parser(
+        "train-cf", help="train a CF encoder (MF, LightGCN, SASRec) and export its bundle"
+    )
+    train_cf.add_argument("--config", "-c", required=True, help="YAML config (see configs/)")
+    train_cf.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=5"
+    )
+    train_cf.add_argument("--local", action="store_true", help="a plain process, no Ray (same training code)")
+    train_cf.set_defaults(func=cmd_train_cf)
 
     data = sub.add_parser("data", help="prepare and inspect datasets").add_subparsers(
         dest="data_command", required=True

@@ -21,6 +21,7 @@ __all__ = [
     "filesystem",
     "arrow_filesystem",
     "join",
+    "absolute",
     "is_remote",
     "check_reachable",
     "list_files",
@@ -74,6 +75,11 @@ def arrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     if not is_remote(uri):
         return pafs.LocalFileSystem(), path
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def absolute(uri: str) -> str:
+    """A local path made absolute (Ray workers run in other directories); URIs unchanged."""
+    return uri if is_remote(uri) else os.path.abspath(os.path.expanduser(uri))
 
 
 def join(uri: str, *parts: str) -> str:

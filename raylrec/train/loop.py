@@ -138,8 +138,9 @@ def fit(
         _snapshot(task, optimizer, state)
         shown = {k: v for k, v in metrics.items() if k.count("/") == 1 and k.startswith("valid/")}
         shown = {k: v for k, v in shown.items() if k.endswith(("auc", "logloss")) or "@" in k}
+        rate = metrics["train/samples_per_s"]
         reporter.log(
-            f"epoch {epoch}: loss {metrics['train/loss']:.4f}, {metrics['train/samples_per_s']:,.0f} samples/s"
+            f"epoch {epoch}: loss {metrics['train/loss']:.4f}, {rate:,.0f} samples/s"
             + "".join(f", {k} {v:.4f}" for k, v in shown.items())
         )
         reporter.report(metrics, state)

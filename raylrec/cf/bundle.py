@@ -1,0 +1,127 @@
+"""The CF bundle: what the LLM methods and scoring load from a trained CF encoder.
+
+    <bundle>/config.json          CF config, dataset reference (path + content hash), sizes, metrics
+    <bundle>/model.safetensors    the encoder's state dict
+    <bundle>/embeddings.safetensors  "users" [num_users, dim] and "items" [num_items, dim]:
+                                  final user/item vectors (LightGCN: after propagation). SASRec's
+                                  users are each user's vector from their latest training history.
+
+``config.json`` is written last: a bundle without it is incomplete.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from raylrec import storage
+from raylrec.cf.data import Split
+from raylrec.cf.models import MF, CFEncoder, SASRec
+from raylrec.config import CFConfig, RaylrecConfig
+
+__all__ = ["save_cf_bundle", "load_cf_bundle", "CFBundle"]
+
+CONFIG_FILE = "config.json"
+
+
+def _latest_histories(train: Split, history_len: int) -> np.ndarray:
+    """Each user's most recent training history (rows are per event; take the last per user)."""
+    arrays = train.arrays
+    histories = np.zeros((train.num_users, history_len), np.int64)
+    order = np.argsort(arrays["uid"], kind="stable")  # rows come time-ordered within a user
+    last = np.r_[arrays["uid"][order][1:] != arrays["uid"][order][:-1], True]
+    rows = order[last]
+    histories[arrays["uid"][rows]] = arrays["history"][rows]
+    return histories
+
+
+def _tables(model: CFEncoder, train: Split, config: CFConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    with torch.no_grad():
+        if isinstance(model, SASRec):
+            histories = torch.from_numpy(_latest_histories(train, config.max_len))
+            users = torch.cat([model.user_vectors({"history": h}) for h in histories.split(4096)])
+        else:
+            users = model.user_vectors({"uid": torch.arange(train.num_users)})
+        return users.contiguous(), model.item_vectors().contiguous()
+
+
+def save_cf_bundle(
+    out: str,
+    model: CFEncoder,
+    config: RaylrecConfig,
+    meta: dict[str, Any],
+    metrics: dict[str, float],
+    train: Split,
+) -> str:
+    users, items = _tables(model, train, config.cf)
+    fs, path = storage.filesystem(out)
+    fs.makedirs(path, exist_ok=True)
+    if fs.exists(storage.join(path, CONFIG_FILE)):
+        fs.rm(storage.join(path, CONFIG_FILE))  # uncommit the old bundle before replacing it
+    with tempfile.TemporaryDirectory() as tmp:
+        state = {
+            k: v.contiguous()
+            for k, v in model.state_dict().items()
+            if not v.is_sparse and v.layout == torch.strided
+        }
+        save_file(state, os.path.join(tmp, "model.safetensors"))
+        save_file({"users": users, "items": items}, os.path.join(tmp, "embeddings.safetensors"))
+        for name in ("model.safetensors", "embeddings.safetensors"):
+            fs.put_file(os.path.join(tmp, name), storage.join(path, name))
+    description = {
+        "format": "raylrec.cf_bundle/1",
+        "cf": config.cf.model_dump(mode="json"),
+        "dataset": {"path": config.dataset_path(), "content_hash": meta["content_hash"]},
+        "num_users": train.num_users,
+        "num_items": train.num_items,
+        "dim": int(items.shape[1]),
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+    }
+    storage.write_json(storage.join(out, CONFIG_FILE), description)
+    return out
+
+
+class CFBundle:
+    """A loaded bundle: the frozen tables, and the encoder rebuilt for sequential models."""
+
+    def __init__(self, config: dict[str, Any], users: torch.Tensor, items: torch.Tensor, encoder: CFEncoder):
+        self.config = config
+        self.users = users
+        self.items = items
+        self.encoder = encoder
+
+    def user_representation(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.encoder.user_representation(batch)
+
+
+def load_cf_bundle(path: str) -> CFBundle:
+    fs, root = storage.filesystem(path)
+    if not fs.exists(storage.join(root, CONFIG_FILE)):
+        raise FileNotFoundError(
+            f"{path} is not a CF bundle (no {CONFIG_FILE}: missing or interrupted export)"
+        )
+    config = storage.read_json(storage.join(path, CONFIG_FILE))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("model.safetensors", "embeddings.safetensors"):
+            fs.get_file(storage.join(root, name), os.path.join(tmp, name))
+        tables = load_file(os.path.join(tmp, "embeddings.safetensors"))
+        state = load_file(os.path.join(tmp, "model.safetensors"))
+    cf = CFConfig.model_validate(config["cf"])
+    if cf.model == "sasrec":
+        encoder: CFEncoder = SASRec(
+            config["num_users"], config["num_items"], cf.dim, cf.max_len, cf.blocks, cf.heads, cf.dropout
+        )
+        encoder.load_state_dict(state)
+    else:
+        # MF and LightGCN serve their final tables: an MF over them scores identically.
+        encoder = MF(config["num_users"], config["num_items"], config["dim"])
+        encoder.users.weight.data.copy_(tables["users"])
+        encoder.items.weight.data.copy_(tables["items"])
+    encoder.eval()
+    return CFBundle(config, tables["users"], tables["items"], encoder)

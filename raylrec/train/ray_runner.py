@@ -1,0 +1,97 @@
+"""Running a training function on Ray Train (V2 API): scaling from the config, checkpoints in
+``storage_path/run_name``, automatic recovery from worker failures, and resume on re-running
+the same run name (a different configuration under an existing name is refused)."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from raylrec import storage
+from raylrec.config import TrainConfig
+from raylrec.train.loop import TrainState
+from raylrec.train.reporting import STATE_FILE, load_state
+
+__all__ = ["default_run_name", "run_on_ray"]
+
+
+def default_run_name(kind: str) -> str:
+    """Unique by construction: a reused name resumes that run, so reuse must be deliberate."""
+    return f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+def run_on_ray(
+    worker_loop: Callable[[dict[str, Any]], None],
+    loop_config: dict[str, Any],
+    train: TrainConfig,
+    run_name: str,
+    fingerprint: str,
+    datasets: dict[str, ray.data.Dataset],
+) -> TrainState:
+    """Fit and return the final ``TrainState`` (from the last checkpoint)."""
+    if storage.is_remote(train.storage_path):
+        storage_fs, storage_path = storage.arrow_filesystem(train.storage_path)
+    else:
+        storage_fs, storage_path = None, os.path.abspath(train.storage_path)
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={**loop_config, "run_name": run_name, "fingerprint": fingerprint},
+        scaling_config=ScalingConfig(
+            num_workers=train.num_workers,
+            use_gpu=train.use_gpu,
+            resources_per_worker={"CPU": train.cpus_per_worker} if train.num_workers else None,
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=FailureConfig(max_failures=train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=datasets,
+    )
+    refuse_changed_run(train.storage_path, run_name, fingerprint)
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {run_name!r} finished without a checkpoint")
+    with result.checkpoint.as_directory() as directory:
+        return load_state(directory, fingerprint, run_name)
+
+
+def refuse_changed_run(storage_path: str, run_name: str, fingerprint: str) -> None:
+    """A reused run name resumes that run; under a different configuration it would silently
+    mix two runs, so it fails here, before any worker starts."""
+    fs, root = storage.filesystem(storage.join(storage_path, run_name))
+    if not fs.exists(root):
+        return
+    checkpoints = sorted(
+        p for p in fs.ls(root, detail=False) if p.rsplit("/", 1)[-1].startswith("checkpoint_")
+    )
+    for checkpoint in reversed(checkpoints):
+        state_file = f"{checkpoint}/{STATE_FILE}"
+        if fs.exists(state_file):
+            with fs.open(state_file, "rb") as f:
+                stored = torch.load(io.BytesIO(f.read()), weights_only=False)["fingerprint"]
+            if stored != fingerprint:
+                raise ValueError(
+                    f"run {run_name!r} already exists with a different configuration ({stored} != "
+                    f"{fingerprint}); use a new train.run_name to start a new run"
+                )
+            return
+
+
+def resume_state(fingerprint: str, run_name: str) -> TrainState | None:
+    """Inside a worker: the state of the latest checkpoint of this run, if any."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return load_state(directory, fingerprint, run_name)

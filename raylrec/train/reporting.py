@@ -1,0 +1,101 @@
+"""Reporters: where the training loop's metrics and checkpoints go.
+
+``LocalReporter`` prints and keeps the state in memory (a plain process, no Ray).
+``RayReporter`` sends metrics and checkpoints through ``ray.train.report`` so that Ray Train
+can resume a failed or re-run job from the last one, and logs to wandb from rank 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from raylrec.train.loop import TrainState
+
+__all__ = ["LocalReporter", "RayReporter", "STATE_FILE", "load_state", "config_fingerprint"]
+
+STATE_FILE = "train_state.pt"
+
+
+def config_fingerprint(config: dict[str, Any]) -> str:
+    """What must not change when a run resumes (model, data, objective, optimisation)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_state(directory: str, fingerprint: str, run_name: str) -> TrainState:
+    payload = torch.load(os.path.join(directory, STATE_FILE), weights_only=False)
+    if payload["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"run {run_name!r} already exists with a different configuration "
+            f"({payload['fingerprint']} != {fingerprint}); use a new train.run_name to start a new run"
+        )
+    return TrainState.from_dict(payload["state"])
+
+
+class LocalReporter:
+    def __init__(self, prefix: str = "[train]"):
+        self.prefix = prefix
+        self.started = time.perf_counter()
+        self.history: list[dict[str, float]] = []
+
+    def report(self, metrics: dict[str, float], state: TrainState | None) -> None:
+        self.history.append(metrics)
+
+    def log(self, message: str) -> None:
+        print(f"{self.prefix} {time.perf_counter() - self.started:7.1f}s {message}", flush=True)
+
+
+class RayReporter(LocalReporter):
+    """Every rank calls ``ray.train.report`` (Ray Train requires it); rank 0 attaches the
+    checkpoint and writes to wandb."""
+
+    def __init__(
+        self, fingerprint: str, run_name: str, wandb_project: str | None, wandb_config: dict[str, Any]
+    ):
+        import ray.train
+
+        self.rank = ray.train.get_context().get_world_rank()
+        super().__init__(prefix=f"[train rank {self.rank}]")
+        self.fingerprint = fingerprint
+        self._wandb = None
+        if self.rank == 0 and wandb_project and os.environ.get("WANDB_MODE", "offline") != "disabled":
+            import wandb
+
+            os.environ.setdefault("WANDB_MODE", "offline")  # no network unless asked for
+            self._wandb = wandb.init(
+                project=wandb_project,
+                name=run_name,
+                group=run_name,
+                config=wandb_config,
+                reinit="finish_previous",
+            )
+
+    def report(self, metrics: dict[str, float], state: TrainState | None) -> None:
+        import ray.train
+
+        super().report(metrics, state)
+        numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        if self._wandb is not None:
+            self._wandb.log(numeric, step=int(numeric.get("step", 0)))
+        if state is None or self.rank != 0:
+            ray.train.report(numeric)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(
+                {"fingerprint": self.fingerprint, "state": state.to_dict()}, os.path.join(tmp, STATE_FILE)
+            )
+            ray.train.report(numeric, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    def log(self, message: str) -> None:
+        if self.rank == 0:
+            super().log(message)
+
+    def finish(self) -> None:
+        if self._wandb is not None:
+            self._wandb.finish()
