@@ -347,7 +347,10 @@ class TrainConfig(_Strict):
     mode: Literal["max", "min"] = "max"
     patience: int = Field(default=5, ge=1, description="evaluations without improvement before stopping")
     eval_every: int = Field(default=1, ge=1, description="epochs between evaluations")
-    checkpoint_every_steps: int | None = Field(default=None, ge=1, description="besides every evaluation")
+    checkpoint_every: int = Field(
+        default=1, ge=1, description="epochs between checkpoints (also at each improvement and at the end)"
+    )
+    checkpoint_every_steps: int | None = Field(default=None, ge=1, description="mid-epoch checkpoints")
     num_workers: int = Field(default=1, ge=0, description="Ray Train workers; 0 = Train's local mode")
     cpus_per_worker: float = Field(default=1, gt=0)
     use_gpu: bool = False

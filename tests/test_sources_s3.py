@@ -156,7 +156,7 @@ def test_demo_writes_ml100k_to_s3_and_stats_read_it_back(s3_bucket, capsys):
     from raylrec.data.stats import dataset_stats
     from raylrec.demo import run_demo
 
-    run_demo(f"{s3_bucket}/demo", print)
+    run_demo(f"{s3_bucket}/demo", print, train=False)
     out = f"{s3_bucket}/demo/ml100k"
     stats = dataset_stats(out)
     assert stats["rows_out"] == 100_000 and stats["users"] == 943

@@ -135,7 +135,6 @@ def fit(
             else:
                 state.stale_evals += 1
         state.history.append(metrics)
-        _snapshot(task, optimizer, state)
         shown = {k: v for k, v in metrics.items() if k.count("/") == 1 and k.startswith("valid/")}
         shown = {k: v for k, v in shown.items() if k.endswith(("auc", "logloss")) or "@" in k}
         rate = metrics["train/samples_per_s"]
@@ -143,7 +142,14 @@ def fit(
             f"epoch {epoch}: loss {metrics['train/loss']:.4f}, {rate:,.0f} samples/s"
             + "".join(f", {k} {v:.4f}" for k, v in shown.items())
         )
-        reporter.report(metrics, state)
+        # A checkpoint every `checkpoint_every` epochs, at an improvement and at the end; metrics
+        # every epoch. (Persisting a checkpoint costs Ray Train a synchronised write.)
+        last = epoch == config.epochs or state.stale_evals >= config.patience
+        if last or state.best_epoch == epoch or epoch % config.checkpoint_every == 0:
+            _snapshot(task, optimizer, state)
+            reporter.report(metrics, state)
+        else:
+            reporter.report(metrics, None)
     if state.stale_evals >= config.patience:
         reporter.log(f"early stop: {config.metric} did not improve for {config.patience} evaluations")
     return state
