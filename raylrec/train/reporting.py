@@ -83,7 +83,12 @@ class RayReporter(LocalReporter):
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         if self._wandb is not None:
             self._wandb.log(numeric, step=int(numeric.get("step", 0)))
-        if state is None or self.rank != 0:
+        if state is None:
+            # Ray Train's report blocks until its controller takes the result (seconds per
+            # call), so only checkpoints go through it; every epoch's metrics are in wandb and
+            # in the state's history. The decision is the same on every rank.
+            return
+        if self.rank != 0:
             ray.train.report(numeric)
             return
         with tempfile.TemporaryDirectory() as tmp:
