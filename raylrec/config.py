@@ -348,7 +348,7 @@ class TrainConfig(_Strict):
     patience: int = Field(default=5, ge=1, description="evaluations without improvement before stopping")
     eval_every: int = Field(default=1, ge=1, description="epochs between evaluations")
     checkpoint_every: int = Field(
-        default=1, ge=1, description="epochs between checkpoints (also at each improvement and at the end)"
+        default=1, ge=1, description="epochs between checkpoints (and one at the end)"
     )
     checkpoint_every_steps: int | None = Field(default=None, ge=1, description="mid-epoch checkpoints")
     num_workers: int = Field(default=1, ge=0, description="Ray Train workers; 0 = Train's local mode")
