@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from raylrec import storage
@@ -68,13 +67,11 @@ class Split:
         return len(self.arrays["uid"])
 
 
-def load_split(path: str, split: str, history_len: int = 0, positives_only: bool = False) -> Split:
+def load_split(path: str, split: str, history_len: int = 0) -> Split:
     """One split of a prepared dataset, whole, for a plain process (tests, small data, GPU boxes
     without Ray). Ray workers read the same files through Ray Data instead."""
     meta = read_meta(path)
     fs, root = storage.arrow_filesystem(path)
     table = pads.dataset(storage.join(root, split), filesystem=fs, format="parquet").to_table()
-    if positives_only:
-        table = table.filter(pc.equal(table["label"], 1))
     counts = meta["counts"]
     return Split(to_arrays(table, history_len), counts["num_users"], counts["num_items"])

@@ -12,6 +12,7 @@ from raylrec.cf.data import Split, sample_negatives
 from raylrec.cf.models import MF, CFEncoder, LightGCN, SASRec, normalized_adjacency
 from raylrec.config import CFConfig, EvalConfig
 from raylrec.eval import CTRAccumulator, ItemSets, RankingAccumulator
+from raylrec.train.loop import unwrap
 
 __all__ = ["CFTask", "build_encoder", "epoch_batches", "evaluate_ctr", "evaluate_ranking", "positives"]
 
@@ -108,7 +109,7 @@ class CFTask:
 
     @property
     def encoder(self) -> CFEncoder:
-        return self.model.module if hasattr(self.model, "module") else self.model
+        return unwrap(self.model)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.config.loss == "bce":

@@ -20,7 +20,7 @@ from raylrec.cf.models import CFEncoder
 from raylrec.cf.task import CFTask, build_encoder, epoch_batches, evaluate_ctr, evaluate_ranking, positives
 from raylrec.config import RaylrecConfig
 from raylrec.data.output import read_meta
-from raylrec.eval import ItemSets, format_report
+from raylrec.eval import ItemSets, RankingAccumulator, format_report
 from raylrec.train.loop import TrainState, fit
 from raylrec.train.reporting import LocalReporter, RayReporter, config_fingerprint
 
@@ -202,8 +202,7 @@ def train_cf(config: RaylrecConfig, say: Callable[[str], None] = print, use_ray:
     protocol = (
         f"CTR, UAUC averaged per {config.eval.uauc_weighting}"
         if config.cf.loss == "bce"
-        else f"full ranking, training items masked, recall denominator "
-        f"{'|test items|' if config.eval.recall_denominator == 'test_items' else 'min(K, |test items|)'}"
+        else RankingAccumulator(tuple(config.eval.ks), config.eval.recall_denominator).describe()
     )
     say(format_report(f"{config.cf.model} on {dataset}", metrics, protocol))
     bundle = None

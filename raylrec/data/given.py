@@ -107,11 +107,9 @@ def prepare_given(config: DataConfig, say: Callable[[str], None]) -> dict[str, A
     started = time.perf_counter()
     root = config.source.path
     storage.check_reachable(root)
-    fs, _ = storage.filesystem(root)
+    fs, root_path = storage.filesystem(root)
     present = {
-        s: storage.join(root, f)
-        for s, f in SPLIT_FILES.items()
-        if fs.exists(storage.filesystem(storage.join(root, f))[1])
+        s: storage.join(root, f) for s, f in SPLIT_FILES.items() if fs.exists(storage.join(root_path, f))
     }
     if "train" not in present:
         raise SourceError(f"{root}: no train.parquet (is this the CoLLM split directory?)")

@@ -17,7 +17,7 @@ from torch import nn
 
 from raylrec.config import TrainConfig
 
-__all__ = ["Task", "Reporter", "TrainState", "fit", "is_better"]
+__all__ = ["Task", "Reporter", "TrainState", "fit", "is_better", "unwrap"]
 
 Batch = dict[str, torch.Tensor]
 
@@ -68,7 +68,8 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel (or similar) wrapper."""
     return model.module if hasattr(model, "module") else model
 
 
@@ -85,7 +86,7 @@ def fit(
     state, whose ``best_model`` holds the weights of the best evaluation."""
     state = state or TrainState()
     if state.model:
-        _unwrap(task.model).load_state_dict(state.model)
+        unwrap(task.model).load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
         reporter.log(
             f"resumed after epoch {state.epoch} (step {state.step}, best {config.metric} {state.best_metric})"
@@ -131,7 +132,7 @@ def fit(
             value = metrics.get(config.metric, float("nan"))
             if is_better(value, state.best_metric, config.mode):
                 state.best_metric, state.best_epoch, state.stale_evals = value, epoch, 0
-                state.best_model = copy.deepcopy(_unwrap(task.model).state_dict())
+                state.best_model = copy.deepcopy(unwrap(task.model).state_dict())
             else:
                 state.stale_evals += 1
         state.history.append(metrics)
@@ -157,5 +158,5 @@ def fit(
 
 
 def _snapshot(task: Task, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
-    state.model = copy.deepcopy(_unwrap(task.model).state_dict())
+    state.model = copy.deepcopy(unwrap(task.model).state_dict())
     state.optimizer = copy.deepcopy(optimizer.state_dict())
