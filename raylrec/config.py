@@ -378,6 +378,17 @@ class TrainConfig(_Strict):
     storage_path: str = Field(default="out/runs", description="checkpoints and run state, local or s3://")
     run_name: str | None = Field(default=None, description="re-running a name resumes that run")
     wandb_project: str = "raylrec"
+    optimizer: Literal["adam", "adamw"] = "adam"
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        default="constant", description="learning-rate decay after warmup"
+    )
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1, description="share of all steps spent warming up")
+    max_grad_norm: float | None = Field(default=None, gt=0)
+    strategy: Literal["ddp", "deepspeed"] = Field(
+        default="ddp", description="ddp (CF default) or DeepSpeed ZeRO (LLM default) across Ray Train workers"
+    )
+    zero_stage: int = Field(default=2, ge=0, le=3, description="DeepSpeed ZeRO stage")
+    log_every_s: float = Field(default=10.0, gt=0, description="seconds between progress lines")
 
 
 class EvalConfig(_Strict):

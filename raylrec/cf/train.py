@@ -21,6 +21,7 @@ from raylrec.cf.task import CFTask, build_encoder, epoch_batches, evaluate_ctr, 
 from raylrec.config import RaylrecConfig
 from raylrec.data.output import read_meta
 from raylrec.eval import ItemSets, RankingAccumulator, format_report
+from raylrec.train.engines import TorchEngine
 from raylrec.train.loop import TrainState, fit
 from raylrec.train.reporting import LocalReporter, RayReporter, config_fingerprint
 
@@ -40,10 +41,6 @@ def _history_len(config: RaylrecConfig) -> int:
     return config.cf.max_len if config.cf.model == "sasrec" else 0
 
 
-def _optimizer(model: torch.nn.Module, config: RaylrecConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
-
-
 def _fingerprint(config: RaylrecConfig) -> str:
     return config_fingerprint(
         {
@@ -51,7 +48,18 @@ def _fingerprint(config: RaylrecConfig) -> str:
             "cf": config.cf.model_dump(),
             # What defines the trajectory; epochs and patience may grow when a run is extended.
             "train": config.train.model_dump(
-                include={"batch_size", "lr", "weight_decay", "seed", "metric", "mode"}
+                include={
+                    "batch_size",
+                    "lr",
+                    "weight_decay",
+                    "seed",
+                    "metric",
+                    "mode",
+                    "optimizer",
+                    "schedule",
+                    "warmup_ratio",
+                    "max_grad_norm",
+                }
             ),
         }
     )
@@ -70,7 +78,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from raylrec.train.ray_runner import resume_state
+    from raylrec.train.ray_runner import resume
 
     config = RaylrecConfig.model_validate(loop_config["config"])
     torch.manual_seed(config.train.seed)
@@ -93,7 +101,9 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
         config.train.wandb_project,
         {"cf": config.cf.model_dump(), "train": config.train.model_dump()},
     )
-    state = resume_state(loop_config["fingerprint"], loop_config["run_name"])
+    steps_per_epoch = len(mine) // config.train.batch_size
+    engine = TorchEngine(task.model, config.train, config.train.epochs * steps_per_epoch)
+    state = resume(engine, loop_config["fingerprint"], loop_config["run_name"])
     cf = config.cf.model_copy(update={"implicit": True}) if config.cf.loss == "bpr" else config.cf
     rank = ray.train.get_context().get_world_rank()
     fit(
@@ -101,9 +111,9 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
         lambda epoch: epoch_batches(mine, config.train.batch_size, config.train.seed + rank, epoch, cf),
         config.train,
         reporter,
-        _optimizer(model, config),
+        engine,
         state,
-        steps_per_epoch=len(mine) // config.train.batch_size,
+        steps_per_epoch=steps_per_epoch,
     )
     reporter.finish()
 
@@ -139,13 +149,14 @@ def _train_local(config: RaylrecConfig, train: Split, valid: Split) -> TrainStat
     torch.manual_seed(config.train.seed)
     model = build_encoder(config.cf, train)
     task = CFTask(model, config.cf, config.eval, train, valid)
+    steps_per_epoch = len(train) // config.train.batch_size
     return fit(
         task,
         lambda epoch: epoch_batches(train, config.train.batch_size, config.train.seed, epoch, config.cf),
         config.train,
         LocalReporter(),
-        _optimizer(model, config),
-        steps_per_epoch=len(train) // config.train.batch_size,
+        TorchEngine(model, config.train, config.train.epochs * steps_per_epoch),
+        steps_per_epoch=steps_per_epoch,
     )
 
 

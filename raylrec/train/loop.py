@@ -5,7 +5,6 @@ only the ``Reporter`` (where metrics and checkpoints go) and where batches come 
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from raylrec.config import TrainConfig
+from raylrec.train.engines import Engine
 
 __all__ = ["Task", "Reporter", "TrainState", "fit", "is_better", "unwrap"]
 
@@ -33,24 +33,23 @@ class Task(Protocol):
 
 
 class Reporter(Protocol):
-    """Where the loop sends metrics and checkpoints."""
+    """Where the loop sends metrics and checkpoints (``engine`` given: a checkpoint)."""
 
-    def report(self, metrics: dict[str, float], state: TrainState | None) -> None: ...
+    def report(self, metrics: dict[str, float], state: TrainState, engine: Engine | None) -> None: ...
 
     def log(self, message: str) -> None: ...
 
 
 @dataclass
 class TrainState:
-    """Everything needed to resume: position, optimiser, best result so far."""
+    """Position and best result so far; the engine saves weights and optimiser beside it."""
 
     epoch: int = 0  # epochs completed
     step: int = 0
     best_metric: float | None = None
     best_epoch: int | None = None
     stale_evals: int = 0
-    model: dict[str, Any] = field(default_factory=dict)
-    optimizer: dict[str, Any] = field(default_factory=dict)
+    epoch_step: int = 0  # steps done in an unfinished epoch (a mid-epoch checkpoint)
     best_model: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -78,16 +77,16 @@ def fit(
     batches: Callable[[int], Iterable[Batch]],
     config: TrainConfig,
     reporter: Reporter,
-    optimizer: torch.optim.Optimizer,
+    engine: Engine,
     state: TrainState | None = None,
     steps_per_epoch: int | None = None,
 ) -> TrainState:
-    """Train ``task.model`` from ``state`` (a resumed run) or from scratch; returns the final
-    state, whose ``best_model`` holds the weights of the best evaluation."""
+    """Train ``task.model`` with ``engine`` from ``state`` (a resumed run: the engine is already
+    restored) or from scratch; returns the final state, whose ``best_model`` holds the weights
+    of the best evaluation. Every rank makes the same decisions (evaluations return the same
+    metrics everywhere), so collectives inside the engine stay in lockstep."""
     state = state or TrainState()
-    if state.model:
-        unwrap(task.model).load_state_dict(state.model)
-        optimizer.load_state_dict(state.optimizer)
+    if state.step:
         reporter.log(
             f"resumed after epoch {state.epoch} (step {state.step}, best {config.metric} {state.best_metric})"
         )
@@ -95,29 +94,34 @@ def fit(
         epoch = state.epoch + 1
         task.model.train()
         started, samples, total_loss, steps = time.perf_counter(), 0, 0.0, 0
-        for batch in batches(epoch):
+        last_log = started
+        skip, state.epoch_step = state.epoch_step, 0
+        for index, batch in enumerate(batches(epoch)):
+            if index < skip:
+                continue  # done before a mid-epoch checkpoint; batches are seeded per epoch
             loss = task.loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            engine.step(loss)
             state.step += 1
+            state.epoch_step = index + 1
             steps += 1
             samples += len(next(iter(batch.values())))
             total_loss += float(loss.detach())
-            if steps % 50 == 0 or steps == steps_per_epoch:
-                elapsed = time.perf_counter() - started
-                eta = f", ETA {(steps_per_epoch - steps) * elapsed / steps:.0f}s" if steps_per_epoch else ""
+            now = time.perf_counter()
+            if now - last_log >= config.log_every_s or index + 1 == steps_per_epoch:
+                last_log, elapsed = now, now - started
+                left = (
+                    f", ETA {(steps_per_epoch - index - 1) * elapsed / steps:.0f}s" if steps_per_epoch else ""
+                )
                 reporter.log(
-                    f"epoch {epoch} step {steps}/{steps_per_epoch or '?'} loss {total_loss / steps:.4f} "
-                    f"{samples / max(elapsed, 1e-9):,.0f} samples/s{eta}"
+                    f"epoch {epoch} step {index + 1}/{steps_per_epoch or '?'} loss {total_loss / steps:.4f} "
+                    f"{samples / max(elapsed, 1e-9):,.1f} samples/s{left}"
                 )
             if config.checkpoint_every_steps and state.step % config.checkpoint_every_steps == 0:
-                _snapshot(task, optimizer, state)
                 reporter.report(
-                    {"step": state.step, "epoch": epoch - 1, "train/loss": total_loss / steps}, state
+                    {"step": state.step, "epoch": epoch - 1, "train/loss": total_loss / steps}, state, engine
                 )
         seconds = time.perf_counter() - started
-        state.epoch = epoch
+        state.epoch, state.epoch_step = epoch, 0
         metrics: dict[str, float] = {
             "epoch": epoch,
             "step": state.step,
@@ -132,7 +136,7 @@ def fit(
             value = metrics.get(config.metric, float("nan"))
             if is_better(value, state.best_metric, config.mode):
                 state.best_metric, state.best_epoch, state.stale_evals = value, epoch, 0
-                state.best_model = copy.deepcopy(unwrap(task.model).state_dict())
+                state.best_model = engine.weights()
             else:
                 state.stale_evals += 1
         state.history.append(metrics)
@@ -147,16 +151,8 @@ def fit(
         # inside it); metrics every epoch. A Ray Train checkpoint costs a synchronised write
         # and a wait for the controller, seconds on small models.
         last = epoch == config.epochs or state.stale_evals >= config.patience
-        if last or epoch % config.checkpoint_every == 0:
-            _snapshot(task, optimizer, state)
-            reporter.report(metrics, state)
-        else:
-            reporter.report(metrics, None)
+        checkpoint = last or epoch % config.checkpoint_every == 0
+        reporter.report(metrics, state, engine if checkpoint else None)
     if state.stale_evals >= config.patience:
         reporter.log(f"early stop: {config.metric} did not improve for {config.patience} evaluations")
     return state
-
-
-def _snapshot(task: Task, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
-    state.model = copy.deepcopy(unwrap(task.model).state_dict())
-    state.optimizer = copy.deepcopy(optimizer.state_dict())

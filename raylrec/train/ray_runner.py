@@ -17,10 +17,11 @@ from ray.train.torch import TorchTrainer
 
 from raylrec import storage
 from raylrec.config import TrainConfig
+from raylrec.train.engines import Engine
 from raylrec.train.loop import TrainState
 from raylrec.train.reporting import STATE_FILE, load_state
 
-__all__ = ["default_run_name", "run_on_ray"]
+__all__ = ["default_run_name", "resume", "run_on_ray"]
 
 
 def default_run_name(kind: str) -> str:
@@ -88,10 +89,13 @@ def refuse_changed_run(storage_path: str, run_name: str, fingerprint: str) -> No
             return
 
 
-def resume_state(fingerprint: str, run_name: str) -> TrainState | None:
-    """Inside a worker: the state of the latest checkpoint of this run, if any."""
+def resume(engine: Engine, fingerprint: str, run_name: str) -> TrainState | None:
+    """Inside a worker: restore ``engine`` from the latest checkpoint of this run and return its
+    state; None for a fresh run."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        return load_state(directory, fingerprint, run_name)
+        state = load_state(directory, fingerprint, run_name)
+        engine.load(directory)
+        return state

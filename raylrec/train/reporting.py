@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from raylrec.train.engines import Engine
 from raylrec.train.loop import TrainState
 
 __all__ = ["LocalReporter", "RayReporter", "STATE_FILE", "load_state", "config_fingerprint"]
@@ -44,7 +45,7 @@ class LocalReporter:
         self.started = time.perf_counter()
         self.history: list[dict[str, float]] = []
 
-    def report(self, metrics: dict[str, float], state: TrainState | None) -> None:
+    def report(self, metrics: dict[str, float], state: TrainState, engine: Engine | None) -> None:
         self.history.append(metrics)
 
     def log(self, message: str) -> None:
@@ -76,26 +77,28 @@ class RayReporter(LocalReporter):
                 reinit="finish_previous",
             )
 
-    def report(self, metrics: dict[str, float], state: TrainState | None) -> None:
+    def report(self, metrics: dict[str, float], state: TrainState, engine: Engine | None) -> None:
         import ray.train
 
-        super().report(metrics, state)
+        super().report(metrics, state, engine)
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         if self._wandb is not None:
             self._wandb.log(numeric, step=int(numeric.get("step", 0)))
-        if state is None:
+        if engine is None:
             # Ray Train's report blocks until its controller takes the result (seconds per
             # call), so only checkpoints go through it; every epoch's metrics are in wandb and
             # in the state's history. The decision is the same on every rank.
             return
-        if self.rank != 0:
-            ray.train.report(numeric)
-            return
         with tempfile.TemporaryDirectory() as tmp:
-            torch.save(
-                {"fingerprint": self.fingerprint, "state": state.to_dict()}, os.path.join(tmp, STATE_FILE)
-            )
-            ray.train.report(numeric, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            # Every rank saves (DeepSpeed writes one optimiser partition per rank, a collective);
+            # Ray Train merges the ranks' files into one checkpoint directory.
+            engine.save(tmp, self.rank)
+            if self.rank == 0:
+                torch.save(
+                    {"fingerprint": self.fingerprint, "state": state.to_dict()}, os.path.join(tmp, STATE_FILE)
+                )
+            checkpoint = ray.train.Checkpoint.from_directory(tmp) if os.listdir(tmp) else None
+            ray.train.report(numeric, checkpoint=checkpoint)
 
     def log(self, message: str) -> None:
         if self.rank == 0:
