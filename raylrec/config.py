@@ -355,6 +355,63 @@ class BackboneConfig(_Strict):
     )
 
 
+class LoRAConfig(_Strict):
+    r: int = Field(default=8, ge=1)
+    alpha: float = Field(default=16, gt=0)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+
+
+class PromptConfig(_Strict):
+    template: str | None = Field(
+        default=None, description="a name (tallrec, collm, reclora) or a template text; default: the method's"
+    )
+    max_tokens: int = Field(
+        default=256, ge=16, description="token budget; history is cut from the oldest side"
+    )
+    history_items: int = Field(default=10, ge=0, description="recent positive titles in the prompt")
+
+
+class SampleConfig(_Strict):
+    """Which rows the LLM sees (Few2Many: the CF encoder saw all of train, the LLM a sample)."""
+
+    train_fraction: float = Field(default=1.0, gt=0, le=1, description="hash sample of train, by (uid, iid)")
+    max_train: int | None = Field(default=None, ge=1)
+    max_valid: int | None = Field(default=2000, ge=1, description="validation rows scored per evaluation")
+    seed: int = 2020
+
+
+class MethodConfig(_Strict):
+    """An LLM recommender: which method, its CF bundle and its own hyperparameters."""
+
+    name: Literal["tallrec", "collm", "reclora"]
+    cf_bundle: str | None = Field(default=None, description="a CF bundle (CoLLM, RecLoRA need one)")
+    score: Literal["yes_logit", "yes_no"] | None = Field(
+        default=None,
+        description="the Yes logit (TALLRec, CoLLM) or Yes-vs-No log-odds = softmax over both (RecLoRA)",
+    )
+    lora: LoRAConfig = LoRAConfig()
+    # CoLLM
+    projector_expansion: int = Field(
+        default=10, ge=1, description="projector: Linear(d, k*d) -> ReLU -> Linear"
+    )
+    stage1_epochs: int = Field(
+        default=1, ge=0, description="CoLLM stage 1 (LoRA on the text prompt); 0 skips"
+    )
+    tune_cf: bool = Field(default=False, description="CoLLM stage 2 also tunes the CF embeddings")
+    # RecLoRA
+    experts: int = Field(default=8, ge=1, description="meta-LoRAs per adapted module")
+    router_hidden: int = Field(default=60, ge=1)
+    router_temperature: float = Field(default=5.0, gt=0)
+    router_dropout: float = Field(default=0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _needs_cf(self) -> MethodConfig:
+        if self.name in ("collm", "reclora") and not self.cf_bundle:
+            raise ValueError(f"method {self.name} needs cf_bundle (train one with raylrec train-cf)")
+        return self
+
+
 class TrainConfig(_Strict):
     """How any model trains: optimiser, schedule, scale, checkpoints, early stopping."""
 
@@ -402,6 +459,10 @@ class RaylrecConfig(_Strict):
     data: DataConfig | None = None
     dataset: str | None = Field(default=None, description="a prepared dataset (default: data.output)")
     cf: CFConfig = CFConfig()
+    backbone: BackboneConfig = BackboneConfig()
+    method: MethodConfig | None = None
+    prompt: PromptConfig = PromptConfig()
+    sample: SampleConfig = SampleConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     output: str | None = Field(default=None, description="where the trained bundle goes")

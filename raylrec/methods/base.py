@@ -1,0 +1,132 @@
+"""The interface every LLM recommender implements.
+
+A method is an ``nn.Module`` built from (method config, backbone, CF bundle). It scores a batch
+of tokenised prompts with one logit per sample (``sigmoid`` of it is P(like)), says which of its
+parameters train in each stage, and saves/loads only its own weights (adapters, projector,
+router, generator, ID embeddings, ...), never the frozen backbone. The hooks cover the methods
+that come next: CoRA (a generator producing per-sample LoRA factors: ``condition`` +
+``raylrec.adapters``), CLLM4Rec (new ID-token tables: ``input_embeddings``; an item head:
+override ``score``), RLMRec (a CF-side alignment loss: override ``loss``).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raylrec.cf.bundle import CFBundle
+from raylrec.config import MethodConfig
+
+__all__ = ["RecMethod", "Stage", "Batch"]
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training phase: its prompt template and which parameter groups train."""
+
+    name: str
+    template: str
+    trainable: tuple[str, ...]
+    epochs: int | None = None  # None: train.epochs
+
+
+class RecMethod(nn.Module):
+    name: ClassVar[str]
+    default_score: ClassVar[str] = "yes_logit"
+
+    def __init__(self, config: MethodConfig, backbone, cf: CFBundle | None):
+        super().__init__()
+        self.config = config
+        self.lm = backbone.model
+        for p in self.lm.parameters():
+            p.requires_grad_(False)
+        self.yes_id, self.no_id = backbone.yes_no_token_ids()
+        self.score_kind = config.score or self.default_score
+        self.cf = cf.encoder if cf is not None else None
+        if self.cf is not None:
+            for p in self.cf.parameters():
+                p.requires_grad_(False)
+
+    # --- what each method defines -------------------------------------------------------------
+
+    def stages(self) -> list[Stage]:
+        raise NotImplementedError
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named groups of the method's own parameters (``Stage.trainable`` picks among them)."""
+        raise NotImplementedError
+
+    def input_embeddings(self, batch: Batch) -> torch.Tensor | None:
+        """Input embeddings to use instead of ``input_ids`` (None: the token ids as they are)."""
+        return None
+
+    def condition(self, batch: Batch) -> torch.Tensor | None:
+        """A per-sample condition for per-sample adapters (None: no per-sample adapters)."""
+        return None
+
+    # --- shared machinery ---------------------------------------------------------------------
+
+    def set_stage(self, stage: Stage) -> None:
+        groups = self.parameter_groups()
+        unknown = set(stage.trainable) - set(groups)
+        if unknown:
+            raise ValueError(f"{self.name}: stage {stage.name} trains unknown groups {sorted(unknown)}")
+        for name, params in groups.items():
+            for p in params:
+                p.requires_grad_(name in stage.trainable)
+
+    def method_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every parameter of every group (all stages), by its name in ``named_parameters``."""
+        own = {id(p) for params in self.parameter_groups().values() for p in params}
+        return {n: p.detach().cpu() for n, p in self.named_parameters() if id(p) in own}
+
+    def load_method_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+        params = dict(self.named_parameters())
+        expected = set(self.method_state_dict())
+        missing, unknown = expected - set(state), set(state) - expected
+        if unknown or (strict and missing):
+            raise ValueError(
+                f"{self.name} weights do not match the model: missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unknown)[:5]}"
+            )
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value)
+
+    def cf_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {k: batch[k] for k in ("uid", "iid", "history") if k in batch}
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """One logit per sample, read at the answer position (the last column: prompts are
+        left-padded). The LM head runs on that position only."""
+        mask = batch["attention_mask"]
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        embeds = self.input_embeddings(batch)
+        decoder = self.lm.get_decoder()
+        condition = self.condition(batch)
+        context = self.adapter_context() if condition is not None else None
+        with context.use(condition) if context is not None else nullcontext():
+            hidden = decoder(
+                input_ids=None if embeds is not None else batch["input_ids"],
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=False,
+            ).last_hidden_state[:, -1]
+        # Calling the head module (not indexing its weight) lets ZeRO-3 gather it.
+        logits = self.lm.get_output_embeddings()(hidden).float()
+        yes = logits[:, self.yes_id]
+        return yes if self.score_kind == "yes_logit" else yes - logits[:, self.no_id]
+
+    def adapter_context(self):
+        raise NotImplementedError
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(self(batch), batch["label"].float())

@@ -1,0 +1,60 @@
+"""CoLLM: frozen CF embeddings projected into the token-embedding space, one token per ID.
+
+The prompt's ``{user_id}`` and ``{item_id}`` slots hold placeholder tokens whose input
+embeddings are replaced by ``projector(cf user vector)`` and ``projector(cf item vector)``.
+Two stages: LoRA on the text-only prompt (TALLRec), then the projector alone with LoRA and CF
+frozen (``tune_cf`` also tunes the CF encoder in stage 2).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from raylrec.cf.bundle import CFBundle
+from raylrec.config import MethodConfig
+from raylrec.llm.prompts import SLOT_ITEM, SLOT_USER
+from raylrec.methods.base import Batch, RecMethod, Stage
+from raylrec.methods.tallrec import add_lora
+
+__all__ = ["CoLLM"]
+
+
+class CoLLM(RecMethod):
+    name = "collm"
+
+    def __init__(self, config: MethodConfig, backbone, cf: CFBundle | None):
+        super().__init__(config, backbone, cf)
+        if self.cf is None:
+            raise ValueError("CoLLM needs a CF bundle")
+        hidden = self.lm.get_input_embeddings().embedding_dim
+        dim = int(cf.config["dim"])
+        self.projector = nn.Sequential(
+            nn.Linear(dim, config.projector_expansion * dim),
+            nn.ReLU(),
+            nn.Linear(config.projector_expansion * dim, hidden),
+        )
+        self.lora = add_lora(self.lm, config)
+
+    def stages(self) -> list[Stage]:
+        stage2 = Stage("projector", "collm", ("projector", "cf") if self.config.tune_cf else ("projector",))
+        if self.config.stage1_epochs == 0:
+            return [stage2]
+        return [Stage("lora", "tallrec", ("lora",), epochs=self.config.stage1_epochs), stage2]
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {
+            "lora": self.lora,
+            "projector": list(self.projector.parameters()),
+            "cf": list(self.cf.parameters()),
+        }
+
+    def input_embeddings(self, batch: Batch) -> torch.Tensor | None:
+        slots = batch.get("slots")
+        if slots is None or not bool((slots != 0).any()):
+            return None  # a text-only prompt (stage 1)
+        embeds = self.lm.get_input_embeddings()(batch["input_ids"])
+        users = self.projector(self.cf.user_vectors(self.cf_inputs(batch)).to(embeds.dtype))
+        items = self.projector(self.cf.item_vectors(batch["iid"]).to(embeds.dtype))
+        embeds = torch.where((slots == SLOT_USER)[..., None], users[:, None, :], embeds)
+        return torch.where((slots == SLOT_ITEM)[..., None], items[:, None, :], embeds)
