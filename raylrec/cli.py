@@ -4,6 +4,8 @@ raylrec demo                                   the main job on the embedded defa
 raylrec data prepare --config FILE [k=v ...]   prepare a dataset (dotted overrides)
 raylrec data stats PATH                        statistics of a prepared dataset
 raylrec data synth --out PATH [--events N]     write a synthetic interaction log
+raylrec train-cf --config FILE [--local]       train a CF encoder, export its CF bundle
+raylrec train --config FILE [--local]          train an LLM method, export its model bundle
 """
 
 from __future__ import annotations
@@ -91,6 +93,19 @@ def cmd_train_cf(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    if config.method is None:
+        raise ConfigError(f"{args.config}: no 'method' section (tallrec, collm or reclora)")
+    config.dataset_path()
+    if not args.local:
+        _init_ray(config.ray)
+    from raylrec.methods.train import train_method
+
+    train_method(config, _progress(), use_ray=not args.local)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from raylrec.demo import run_demo
 
@@ -117,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train_cf.add_argument("--local", action="store_true", help="a plain process, no Ray (same training code)")
     train_cf.set_defaults(func=cmd_train_cf)
+
+    train = sub.add_parser(
+        "train", help="fine-tune an LLM method (TALLRec, CoLLM, RecLoRA) and export its model bundle"
+    )
+    train.add_argument("--config", "-c", required=True, help="YAML config (see configs/)")
+    train.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=1"
+    )
+    train.add_argument(
+        "--local", action="store_true", help="a plain process, no Ray or DeepSpeed (same model and loop)"
+    )
+    train.set_defaults(func=cmd_train)
 
     data = sub.add_parser("data", help="prepare and inspect datasets").add_subparsers(
         dest="data_command", required=True

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections import defaultdict
+from pathlib import Path
 
+import psutil
 import pyarrow as pa
 import pyarrow.dataset as pads
 
@@ -51,3 +56,16 @@ def assert_point_in_time(table: pa.Table, max_len: int | None = None, max_users:
                     latest_ts = max(e["timestamp"] for e in earlier)
                     assert r["history"][-1] in {e["iid"] for e in earlier if e["timestamp"] == latest_ts}
     return len(rows)
+
+
+def kill_a_training_worker_after_first_checkpoint(run_dir: Path, killed: list[int]) -> None:
+    """SIGKILL one Ray Train worker process as soon as ``run_dir`` holds a checkpoint."""
+    deadline = time.time() + 300
+    while time.time() < deadline and not killed:
+        if run_dir.exists() and any(p.name.startswith("checkpoint_") for p in run_dir.iterdir()):
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                if "ray::RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+                    os.kill(proc.info["pid"], signal.SIGKILL)
+                    killed.append(proc.info["pid"])
+                    return
+        time.sleep(0.2)

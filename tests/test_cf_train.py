@@ -3,16 +3,12 @@ resume on re-run, a refused config change under a reused name, and a real worker
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
-import time
 
 import numpy as np
-import psutil
 import pytest
 import torch
-from helpers import data_config
+from helpers import data_config, kill_a_training_worker_after_first_checkpoint
 
 from raylrec.cf.bundle import load_cf_bundle
 from raylrec.cf.data import load_split, pad_histories
@@ -116,24 +112,12 @@ def test_ray_train_two_workers_resume_and_refuse_a_changed_config(tiny_dataset, 
         train_cf(changed)
 
 
-def _kill_a_training_worker_after_first_checkpoint(run_dir, killed: list[int]) -> None:
-    deadline = time.time() + 240
-    while time.time() < deadline and not killed:
-        if run_dir.exists() and any(p.name.startswith("checkpoint_") for p in run_dir.iterdir()):
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                if "ray::RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
-                    os.kill(proc.info["pid"], signal.SIGKILL)
-                    killed.append(proc.info["pid"])
-                    return
-        time.sleep(0.2)
-
-
 def test_sigkilled_worker_resumes_and_matches_an_uninterrupted_run(tiny_dataset, tmp_path):
     train = {"epochs": 8, "run_name": "mf-killed", "batch_size": 128}
     config = _config(tiny_dataset, tmp_path, train=train)
     killed: list[int] = []
     killer = threading.Thread(
-        target=_kill_a_training_worker_after_first_checkpoint, args=(tmp_path / "runs" / "mf-killed", killed)
+        target=kill_a_training_worker_after_first_checkpoint, args=(tmp_path / "runs" / "mf-killed", killed)
     )
     killer.start()
     interrupted = train_cf(config)

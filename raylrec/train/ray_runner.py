@@ -36,6 +36,7 @@ def run_on_ray(
     run_name: str,
     fingerprint: str,
     datasets: dict[str, ray.data.Dataset],
+    data_config: ray.train.DataConfig | None = None,
 ) -> TrainState:
     """Fit and return the final ``TrainState`` (from the last checkpoint)."""
     if storage.is_remote(train.storage_path):
@@ -58,6 +59,7 @@ def run_on_ray(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
         datasets=datasets,
+        dataset_config=data_config,
     )
     refuse_changed_run(train.storage_path, run_name, fingerprint)
     result = trainer.fit()

@@ -1,0 +1,116 @@
+"""The model bundle: everything batch scoring needs, in one directory (local or s3://).
+
+    <bundle>/config.json          method, prompt and backbone config, backbone identity, metrics
+    <bundle>/method.safetensors   the method's own weights (adapters, projector, router, ...)
+    <bundle>/cf/                  the CF bundle it was trained with (a copy)
+    <bundle>/items.parquet        item ids and titles (prompts are built from them)
+
+``config.json`` is written last: a bundle without it is incomplete and refuses to load.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file, save_file
+
+from raylrec import storage
+from raylrec.cf.bundle import load_cf_bundle
+from raylrec.config import BackboneConfig, MethodConfig, PromptConfig, RaylrecConfig
+from raylrec.data.output import read_table
+from raylrec.llm.prompts import PromptBuilder
+from raylrec.llm.samples import template_text
+from raylrec.methods import RecMethod, build_method
+
+__all__ = ["save_model_bundle", "load_model_bundle", "ModelBundle", "CONFIG_FILE"]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "method.safetensors"
+
+
+def save_model_bundle(
+    out: str,
+    config: RaylrecConfig,
+    weights: dict[str, torch.Tensor],
+    identity: dict[str, Any],
+    metrics: dict[str, float],
+    run: str,
+) -> str:
+    fs, path = storage.filesystem(out)
+    fs.makedirs(path, exist_ok=True)
+    if fs.exists(storage.join(path, CONFIG_FILE)):
+        fs.rm(storage.join(path, CONFIG_FILE))  # uncommit the old bundle before replacing it
+    with tempfile.TemporaryDirectory() as tmp:
+        save_file({k: v.contiguous() for k, v in weights.items()}, os.path.join(tmp, WEIGHTS_FILE))
+        pq.write_table(read_table(config.dataset_path(), "items.parquet"), os.path.join(tmp, "items.parquet"))
+        for name in (WEIGHTS_FILE, "items.parquet"):
+            fs.put_file(os.path.join(tmp, name), storage.join(path, name))
+    if config.method.cf_bundle:
+        _copy_tree(config.method.cf_bundle, storage.join(out, "cf"))
+    storage.write_json(
+        storage.join(out, CONFIG_FILE),
+        {
+            "format": "raylrec.model_bundle/1",
+            "method": config.method.model_dump(mode="json", exclude={"cf_bundle"}),
+            "prompt": config.prompt.model_dump(mode="json"),
+            "backbone": config.backbone.model_dump(mode="json"),
+            "backbone_identity": identity,
+            "dataset": config.dataset_path(),
+            "cf_bundle_source": config.method.cf_bundle,
+            "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+            "run": run,
+        },
+    )
+    return out
+
+
+def _copy_tree(source: str, target: str) -> None:
+    src_fs, src = storage.filesystem(source)
+    dst_fs, dst = storage.filesystem(target)
+    dst_fs.makedirs(dst, exist_ok=True)
+    names = sorted(p.rsplit("/", 1)[-1] for p in src_fs.ls(src, detail=False))
+    # config.json last: the copied CF bundle is complete only once it is there
+    for name in sorted(names, key=lambda n: n == "config.json"):
+        with src_fs.open(f"{src}/{name}", "rb") as fin, dst_fs.open(f"{dst}/{name}", "wb") as fout:
+            fout.write(fin.read())
+
+
+@dataclass
+class ModelBundle:
+    method: RecMethod
+    prompts: PromptBuilder
+    config: dict[str, Any]
+
+
+def load_model_bundle(path: str, device: str | torch.device = "cpu") -> ModelBundle:
+    """Rebuild the method from the bundle alone (backbone by its recorded config) and load its
+    weights; ``prompts`` builds its template for scoring."""
+    from raylrec.llm.backbone import load_backbone
+
+    fs, root = storage.filesystem(path)
+    if not fs.exists(storage.join(root, CONFIG_FILE)):
+        raise FileNotFoundError(f"{path} is not a model bundle (no {CONFIG_FILE}: missing or interrupted)")
+    description = storage.read_json(storage.join(path, CONFIG_FILE))
+    method_config = MethodConfig.model_validate(
+        {**description["method"], "cf_bundle": storage.join(path, "cf") if fs.exists(f"{root}/cf") else None}
+    )
+    backbone = load_backbone(BackboneConfig.model_validate(description["backbone"]), device)
+    cf = load_cf_bundle(method_config.cf_bundle) if method_config.cf_bundle else None
+    method = build_method(method_config, backbone, cf)
+    with tempfile.TemporaryDirectory() as tmp:
+        fs.get_file(storage.join(root, WEIGHTS_FILE), os.path.join(tmp, WEIGHTS_FILE))
+        fs.get_file(storage.join(root, "items.parquet"), os.path.join(tmp, "items.parquet"))
+        method.load_method_state_dict(load_file(os.path.join(tmp, WEIGHTS_FILE)))
+        items = pq.read_table(os.path.join(tmp, "items.parquet"))
+    titles = dict(zip(items["iid"].to_pylist(), items["title"].to_pylist(), strict=True))
+    prompt = PromptConfig.model_validate(description["prompt"])
+    template = method.stages()[-1].template if prompt.template is None else prompt.template
+    builder = PromptBuilder(
+        backbone.tokenizer, template_text(template), titles, prompt.max_tokens, prompt.history_items
+    )
+    return ModelBundle(method.to(device).eval(), builder, description)

@@ -1,0 +1,289 @@
+"""Training an LLM method end to end: samples (Ray Data) -> each stage on Ray Train with
+DeepSpeed ZeRO (or a plain process) -> best weights -> model bundle.
+
+A stage is one Ray Train run named ``<run>-<stage>``; re-running the same run name resumes the
+unfinished stage and skips finished ones (their checkpoints hold the best weights).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from raylrec import storage
+from raylrec.config import RaylrecConfig
+from raylrec.data.output import read_meta
+from raylrec.methods.base import Stage
+from raylrec.methods.task import LLMTask, epoch_batches
+from raylrec.train.loop import TrainState, fit
+from raylrec.train.reporting import LocalReporter, RayReporter, config_fingerprint
+
+__all__ = ["MethodResult", "train_method"]
+
+
+@dataclass
+class MethodResult:
+    run_name: str
+    states: dict[str, TrainState]
+    metrics: dict[str, float]
+    bundle: str | None
+    seconds: float
+
+
+def _absolute(config: RaylrecConfig) -> RaylrecConfig:
+    """Workers run elsewhere: every path they read must not depend on the driver's cwd."""
+    method = config.method
+    if method.cf_bundle:
+        method = method.model_copy(update={"cf_bundle": storage.absolute(method.cf_bundle)})
+    return config.model_copy(
+        update={
+            "dataset": storage.absolute(config.dataset_path()),
+            "method": method,
+            "train": config.train.model_copy(
+                update={"storage_path": storage.absolute(config.train.storage_path)}
+            ),
+        }
+    )
+
+
+def _cf_history(config: RaylrecConfig) -> int:
+    if not config.method.cf_bundle:
+        return 0
+    cf = storage.read_json(storage.join(config.method.cf_bundle, "config.json"))["cf"]
+    return int(cf["max_len"]) if cf["model"] == "sasrec" else 0
+
+
+def _stage_template(config: RaylrecConfig, stage: Stage, last: bool) -> str:
+    return config.prompt.template if (last and config.prompt.template) else stage.template
+
+
+def _fingerprint(config: RaylrecConfig, stage: Stage) -> str:
+    return config_fingerprint(
+        {
+            "dataset": config.dataset_path(),
+            "backbone": config.backbone.model_dump(),
+            "method": config.method.model_dump(),
+            "prompt": config.prompt.model_dump(),
+            "sample": config.sample.model_dump(),
+            "stage": stage.name,
+            "train": config.train.model_dump(
+                include={
+                    "batch_size", "lr", "weight_decay", "seed", "metric", "mode", "optimizer",
+                    "schedule", "warmup_ratio", "max_grad_norm", "strategy", "zero_stage",
+                }
+            ),
+        }
+    )  # fmt: skip
+
+
+def _build(config: RaylrecConfig, stage: Stage, init: dict[str, torch.Tensor], device: torch.device):
+    from raylrec.cf.bundle import load_cf_bundle
+    from raylrec.llm.backbone import load_backbone
+    from raylrec.methods import build_method
+
+    backbone = load_backbone(config.backbone, device)
+    cf = load_cf_bundle(config.method.cf_bundle) if config.method.cf_bundle else None
+    method = build_method(config.method, backbone, cf)
+    if init:
+        method.load_method_state_dict(init, strict=False)
+    method.set_stage(stage)
+    return method.to(device), backbone
+
+
+def _stage_config(config: RaylrecConfig, stage: Stage) -> RaylrecConfig:
+    if stage.epochs is None:
+        return config
+    return config.model_copy(update={"train": config.train.model_copy(update={"epochs": stage.epochs})})
+
+
+def _collect(shard) -> dict[str, np.ndarray]:
+    parts = list(shard.iter_batches(batch_format="numpy", batch_size=4096))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+
+
+def _worker_loop(loop_config: dict[str, Any]) -> None:
+    """``train_loop_per_worker``: build the method, wrap it in the engine, hand it to fit()."""
+    import ray.train
+    import ray.train.torch
+
+    from raylrec.train.engines import build_engine
+    from raylrec.train.ray_runner import resume
+
+    config = RaylrecConfig.model_validate(loop_config["config"])
+    stage = Stage(**loop_config["stage"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(config.train.seed)
+    device = ray.train.torch.get_device()
+    init = {k: torch.from_numpy(v) for k, v in loop_config["init"].items()}
+    method, _ = _build(config, stage, init, device)
+    train = _collect(ray.train.get_dataset_shard("train"))
+    valid = _collect(ray.train.get_dataset_shard("valid"))
+    steps_per_epoch = len(train["uid"]) // config.train.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"rank {rank} got {len(train['uid'])} training rows, fewer than one batch of "
+            f"{config.train.batch_size}: lower train.batch_size or sample more rows"
+        )
+    engine = build_engine(
+        method, config.train, config.train.epochs * steps_per_epoch, world, full_state=False
+    )
+    reporter = RayReporter(
+        loop_config["fingerprint"],
+        loop_config["run_name"],
+        config.train.wandb_project,
+        {"method": config.method.model_dump(), "train": config.train.model_dump(), "stage": stage.name},
+    )
+    state = resume(engine, loop_config["fingerprint"], loop_config["run_name"])
+    task = LLMTask(engine.model, valid, config.eval, config.train.batch_size, device, rank, world)
+    fit(
+        task,
+        lambda epoch: epoch_batches(train, config.train.batch_size, config.train.seed + rank, epoch, device),
+        config.train,
+        reporter,
+        engine,
+        state,
+        steps_per_epoch=steps_per_epoch,
+    )
+    reporter.finish()
+
+
+def _run_stage_ray(
+    config: RaylrecConfig, stage: Stage, template: str, run_name: str, init: dict[str, torch.Tensor], say
+) -> TrainState:
+    from raylrec.llm.samples import build_samples
+    from raylrec.train.ray_runner import run_on_ray
+
+    cf_history = _cf_history(config)
+    started = time.perf_counter()
+    # Tokenise before the workers start (they would hold every CPU a tokenising actor needs).
+    train = build_samples(config, "train", template, cf_history).materialize()
+    valid = build_samples(config, "valid", template, cf_history).materialize()
+    say(
+        f"stage {stage.name}: {train.count():,} training and {valid.count():,} validation prompts "
+        f"tokenised in {time.perf_counter() - started:.1f}s (template {template})"
+    )
+    from ray.train import DataConfig
+
+    return run_on_ray(
+        _worker_loop,
+        {
+            "config": config.model_dump(mode="json"),
+            "stage": stage.__dict__,
+            "init": {k: v.numpy() for k, v in init.items()},
+        },
+        config.train,
+        run_name,
+        _fingerprint(config, stage),
+        {"train": train, "valid": valid},
+        # every rank gets all validation rows and scores its own slice of them
+        data_config=DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def _run_stage_local(
+    config: RaylrecConfig, stage: Stage, template: str, init: dict[str, torch.Tensor], say
+) -> TrainState:
+    from raylrec.llm.samples import local_samples
+    from raylrec.train.engines import TorchEngine
+
+    device = torch.device("cuda" if torch.cuda.is_available() and config.train.use_gpu else "cpu")
+    torch.manual_seed(config.train.seed)
+    method, backbone = _build(config, stage, init, device)
+    cf_history = _cf_history(config)
+    train = local_samples(config, "train", template, cf_history, backbone.tokenizer)
+    valid = local_samples(config, "valid", template, cf_history, backbone.tokenizer)
+    say(f"stage {stage.name}: {len(train['uid']):,} training and {len(valid['uid']):,} validation prompts")
+    steps_per_epoch = len(train["uid"]) // config.train.batch_size
+    params = [p for p in method.parameters() if p.requires_grad]
+    engine = TorchEngine(
+        method, config.train, config.train.epochs * steps_per_epoch, params, full_state=False
+    )
+    task = LLMTask(method, valid, config.eval, config.train.batch_size, device)
+    return fit(
+        task,
+        lambda epoch: epoch_batches(train, config.train.batch_size, config.train.seed, epoch, device),
+        config.train,
+        LocalReporter(),
+        engine,
+        steps_per_epoch=steps_per_epoch,
+    )
+
+
+def _stages(config: RaylrecConfig) -> list[Stage]:
+    from raylrec.methods import METHODS
+
+    cls = METHODS[config.method.name]
+    # stages() only reads the config: a bare instance avoids loading the backbone on the driver
+    probe = cls.__new__(cls)
+    probe.config = config.method
+    return cls.stages(probe)
+
+
+def train_method(
+    config: RaylrecConfig, say: Callable[[str], None] = print, use_ray: bool = True
+) -> MethodResult:
+    """Train ``config.method`` stage by stage; the best weights of each stage start the next.
+    Exports the model bundle to ``config.output`` when set."""
+    from raylrec.train.ray_runner import default_run_name
+
+    if config.method is None:
+        raise ValueError("set a 'method' section (name: tallrec | collm | reclora)")
+    started = time.perf_counter()
+    config = _absolute(config)
+    meta = read_meta(config.dataset_path())
+    if "valid" not in meta["counts"]["splits"]:
+        raise ValueError(f"{config.dataset_path()} has no valid split to select the best epoch on")
+    run_name = config.train.run_name or default_run_name(config.method.name)
+    stages = _stages(config)
+    say(
+        f"training {config.method.name} on {config.backbone.name} over {config.dataset_path()}: "
+        f"stages {[s.name for s in stages]}, run {run_name}"
+    )
+    weights: dict[str, torch.Tensor] = {}
+    states: dict[str, TrainState] = {}
+    for i, stage in enumerate(stages):
+        stage_config = _stage_config(config, stage)
+        template = _stage_template(config, stage, last=i == len(stages) - 1)
+        if use_ray:
+            state = _run_stage_ray(stage_config, stage, template, f"{run_name}-{stage.name}", weights, say)
+        else:
+            state = _run_stage_local(stage_config, stage, template, weights, say)
+        best = f"{config.train.metric} {state.best_metric:.4f}"
+        say(f"stage {stage.name}: best epoch {state.best_epoch} ({best})")
+        weights = {**weights, **state.best_model}
+        states[stage.name] = state
+    final = states[stages[-1].name]
+    metrics = next((h for h in final.history if h.get("epoch") == final.best_epoch), {})
+    metrics = {k: v for k, v in metrics.items() if k.startswith("valid/")}
+    say("best validation: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if "/" in k))
+    bundle = None
+    if config.output:
+        bundle = _export(config, weights, metrics, run_name)
+        say(f"model bundle written to {bundle}")
+    return MethodResult(run_name, states, metrics, bundle, time.perf_counter() - started)
+
+
+def _export(config: RaylrecConfig, weights: dict[str, torch.Tensor], metrics, run_name: str) -> str:
+    """Check the weights against a freshly built method (every tensor present, full shape) and
+    write the bundle."""
+    from raylrec.methods.bundle import save_model_bundle
+
+    method, backbone = _build(config, _stages(config)[-1], {}, torch.device("cpu"))
+    expected = method.method_state_dict()
+    for name, tensor in expected.items():
+        got = weights.get(name)
+        if got is None or tuple(got.shape) != tuple(tensor.shape):
+            raise RuntimeError(
+                f"trained weights for {name}: {None if got is None else tuple(got.shape)}, "
+                f"expected {tuple(tensor.shape)} (a ZeRO-3 partition saved without gathering?)"
+            )
+    method.load_method_state_dict({k: weights[k] for k in expected})
+    return save_model_bundle(
+        config.output, config, method.method_state_dict(), backbone.identity, metrics, run_name
+    )
