@@ -204,7 +204,9 @@ def _prepare_tokenizer(tokenizer: transformers.PreTrainedTokenizerBase) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def _identity(model: transformers.PreTrainedModel, name: str, source: str, fingerprint: str) -> dict:
+def _identity(
+    model: transformers.PreTrainedModel, name: str, source: str, fingerprint: str
+) -> dict[str, Any]:
     cfg = model.config
     return {
         "name": name,
@@ -300,8 +302,9 @@ def _smollm2_dir(cache: Path) -> Path:
         gguf = smollm2_gguf(cache)
         start = time.perf_counter()
         _progress(f"converting {gguf.name} to safetensors in {target} (once, ~20-60 s)")
+        for leftover in target.parent.glob(f"{target.name}.*.partial"):  # from interrupted runs
+            shutil.rmtree(leftover, ignore_errors=True)
         tmp = target.with_name(f"{target.name}.{os.getpid()}.partial")
-        shutil.rmtree(tmp, ignore_errors=True)
         _convert_gguf(gguf, tmp)
         shutil.rmtree(target, ignore_errors=True)  # an unmarked leftover of an interrupted run
         tmp.rename(target)
@@ -319,7 +322,8 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         del config.quantization_config
     config.architectures = [type(loaded).__name__]
     state = loaded.state_dict()
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with _no_init_weights():  # every weight is overwritten below: skip 3 s of random init
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     result = fresh.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise BackboneError(
@@ -331,6 +335,14 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     fresh.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     (out / MARKER).write_text(json.dumps({"source": f"{SMOLLM2_WHEEL}:{SMOLLM2_GGUF}"}) + "\n")
+
+
+def _no_init_weights() -> Any:
+    try:
+        from transformers.initialization import no_init_weights  # transformers 5
+    except ImportError:
+        from transformers.modeling_utils import no_init_weights
+    return no_init_weights()
 
 
 # ----------------------------------------------------------------------------- s3://
