@@ -7,7 +7,7 @@ on every run and every partitioning, and streams without a shuffle.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +19,7 @@ from raylrec.config import RaylrecConfig
 from raylrec.data.output import read_meta, read_table
 from raylrec.llm.prompts import TEMPLATES, PromptBuilder
 
-__all__ = ["sample_mask", "encode_rows", "PromptEncoder", "sample_fraction", "item_titles", "build_samples"]
+__all__ = ["sample_mask", "encode_rows", "sample_fraction", "item_titles", "build_samples"]
 
 
 def sample_mask(uid: np.ndarray, iid: np.ndarray, seed: int, fraction: float) -> np.ndarray:
@@ -84,25 +84,26 @@ def encode_rows(
     return out
 
 
-class PromptEncoder:
-    """A Ray Data ``map_batches`` callable: loads the tokenizer and titles once per actor."""
+@functools.lru_cache(maxsize=4)
+def _builder(config_json: str, template: str) -> PromptBuilder:
+    """One prompt builder (tokenizer + titles) per worker process and configuration: Ray Data
+    reuses its worker processes across tasks, so the tokenizer loads once per process."""
+    from raylrec.llm.backbone import load_backbone
 
-    def __init__(self, config: dict[str, Any], template: str, cf_history: int, fraction: float):
-        from raylrec.llm.backbone import load_backbone
+    config = RaylrecConfig.model_validate_json(config_json)
+    return PromptBuilder(
+        load_backbone(config.backbone).tokenizer,
+        template_text(template),
+        item_titles(config.dataset_path()),
+        config.prompt.max_tokens,
+        config.prompt.history_items,
+    )
 
-        self.config = RaylrecConfig.model_validate(config)
-        tokenizer = load_backbone(self.config.backbone).tokenizer
-        self.builder = PromptBuilder(
-            tokenizer,
-            template_text(template),
-            item_titles(self.config.dataset_path()),
-            self.config.prompt.max_tokens,
-            self.config.prompt.history_items,
-        )
-        self.cf_history, self.fraction = cf_history, fraction
 
-    def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
-        return encode_rows(table, self.builder, self.cf_history, self.fraction, self.config.sample.seed)
+def _encode_task(
+    table: pa.Table, config_json: str, template: str, cf_history: int, fraction: float, seed: int
+) -> dict[str, np.ndarray]:
+    return encode_rows(table, _builder(config_json, template), cf_history, fraction, seed)
 
 
 def split_rows(dataset: str, split: str) -> int:
@@ -117,16 +118,16 @@ def build_samples(config: RaylrecConfig, split: str, template: str, cf_history: 
     fs, root = storage.arrow_filesystem(dataset)
     fraction = sample_fraction(config, split, split_rows(dataset, split))
     return ray.data.read_parquet(storage.join(root, split), filesystem=fs).map_batches(
-        PromptEncoder,
+        _encode_task,
         batch_format="pyarrow",
         batch_size=1024,
-        fn_constructor_kwargs={
-            "config": config.model_dump(mode="json"),
+        fn_kwargs={
+            "config_json": config.model_dump_json(include={"dataset", "data", "backbone", "prompt"}),
             "template": template,
             "cf_history": cf_history,
             "fraction": fraction,
+            "seed": config.sample.seed,
         },
-        compute=ray.data.ActorPoolStrategy(size=1),
     )
 
 

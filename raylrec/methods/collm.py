@@ -43,11 +43,10 @@ class CoLLM(RecMethod):
         return [Stage("lora", "tallrec", ("lora",), epochs=self.config.stage1_epochs), stage2]
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {
-            "lora": self.lora,
-            "projector": list(self.projector.parameters()),
-            "cf": list(self.cf.parameters()),
-        }
+        groups = {"lora": self.lora, "projector": list(self.projector.parameters())}
+        if self.config.tune_cf:  # otherwise the CF weights are the CF bundle's, kept there
+            groups["cf"] = list(self.cf.parameters())
+        return groups
 
     def input_embeddings(self, batch: Batch) -> torch.Tensor | None:
         slots = batch.get("slots")

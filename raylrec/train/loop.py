@@ -93,7 +93,7 @@ def fit(
     while state.epoch < config.epochs and state.stale_evals < config.patience:
         epoch = state.epoch + 1
         task.model.train()
-        started, samples, total_loss, steps = time.perf_counter(), 0, 0.0, 0
+        started, samples, tokens, total_loss, steps = time.perf_counter(), 0, 0, 0.0, 0
         last_log = started
         skip, state.epoch_step = state.epoch_step, 0
         for index, batch in enumerate(batches(epoch)):
@@ -105,6 +105,8 @@ def fit(
             state.epoch_step = index + 1
             steps += 1
             samples += len(next(iter(batch.values())))
+            if "attention_mask" in batch:  # language models: tokens actually processed
+                tokens += int(batch["attention_mask"].sum())
             total_loss += float(loss.detach())
             now = time.perf_counter()
             if now - last_log >= config.log_every_s or index + 1 == steps_per_epoch:
@@ -129,6 +131,8 @@ def fit(
             "train/samples_per_s": samples / max(seconds, 1e-9),
             "train/epoch_s": seconds,
         }
+        if tokens:
+            metrics["train/tokens_per_s"] = tokens / max(seconds, 1e-9)
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             task.model.eval()
             with torch.no_grad():
