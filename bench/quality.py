@@ -32,6 +32,10 @@ from raylrec.config import build_config  # noqa: E402
 SLICES = ("", "warm/", "cold/")
 
 
+def _bundle(name: str) -> str:
+    return str(REPO / "out" / "bench_quality" / "bundles" / name)
+
+
 def _llm_config(args, method: dict, run: str):
     lr = {"reclora": 5e-4}.get(method["name"], 1e-3)
     return build_config(
@@ -59,6 +63,7 @@ def _llm_config(args, method: dict, run: str):
                 "run_name": f"quality-{run}-{args.tag}",
                 "wandb_project": "raylrec-bench",
             },
+            "output": _bundle(run),
         }
     )
 
@@ -111,12 +116,19 @@ def main() -> None:
         init_ray(RayConfig())
     methods = {
         "tallrec": {"name": "tallrec"},
-        # stage 1 is TALLRec's LoRA, stage 2 the projector of the frozen MF embeddings
-        "collm": {"name": "collm", "cf_bundle": args.mf_bundle, "stage1_epochs": args.epochs},
+        # CoLLM's stage 1 is TALLRec: start from its bundle, train the projector (stage 2)
+        "collm": {
+            "name": "collm",
+            "cf_bundle": args.mf_bundle,
+            "stage1_epochs": 0,
+            "init_from": _bundle("tallrec"),
+        },
         "reclora": {"name": "reclora", "cf_bundle": args.mf_bundle, "experts": 8},
     }
+    if "collm" in args.methods and "tallrec" not in args.methods and not Path(_bundle("tallrec")).exists():
+        parser.error("collm starts from the TALLRec bundle: include tallrec in --methods")
     results: dict[str, tuple[dict[str, float], float]] = {"MF (dim 256)": (mf_metrics(args), 0.0)}
-    for name in args.methods:
+    for name in sorted(args.methods, key=["tallrec", "collm", "reclora"].index):
         started = time.perf_counter()
         result = train_method(_llm_config(args, methods[name], name), use_ray=not args.local)
         results[{"collm": "CoLLM-MF", "reclora": "RecLoRA (MF router)", "tallrec": "TALLRec"}[name]] = (

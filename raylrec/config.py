@@ -391,6 +391,10 @@ class MethodConfig(_Strict):
         description="the Yes logit (TALLRec, CoLLM) or Yes-vs-No log-odds = softmax over both (RecLoRA)",
     )
     lora: LoRAConfig = LoRAConfig()
+    init_from: str | None = Field(
+        default=None,
+        description="a model bundle whose matching weights start this run (e.g. CoLLM from a TALLRec bundle)",
+    )
     # CoLLM
     projector_expansion: int = Field(
         default=10, ge=1, description="projector: Linear(d, k*d) -> ReLU -> Linear"

@@ -91,6 +91,9 @@ class RecMethod(nn.Module):
         params = dict(self.named_parameters())
         expected = set(self.method_state_dict())
         missing, unknown = expected - set(state), set(state) - expected
+        if not strict:  # another method's weights: take what both have
+            state = {k: v for k, v in state.items() if k in expected}
+            unknown = set()
         if unknown or (strict and missing):
             raise ValueError(
                 f"{self.name} weights do not match the model: missing {sorted(missing)[:5]}, "

@@ -38,8 +38,9 @@ class MethodResult:
 def _absolute(config: RaylrecConfig) -> RaylrecConfig:
     """Workers run elsewhere: every path they read must not depend on the driver's cwd."""
     method = config.method
-    if method.cf_bundle:
-        method = method.model_copy(update={"cf_bundle": storage.absolute(method.cf_bundle)})
+    for field in ("cf_bundle", "init_from"):
+        if getattr(method, field):
+            method = method.model_copy(update={field: storage.absolute(getattr(method, field))})
     return config.model_copy(
         update={
             "dataset": storage.absolute(config.dataset_path()),
@@ -225,6 +226,34 @@ def _stages(config: RaylrecConfig) -> list[Stage]:
     return cls.stages(probe)
 
 
+def _initial_weights(config: RaylrecConfig, say) -> dict[str, torch.Tensor]:
+    """Weights of ``method.init_from`` (a model bundle) that this method also has, e.g. the
+    LoRA of a TALLRec bundle as CoLLM's first stage."""
+    if not config.method.init_from:
+        return {}
+    import os
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    from raylrec.methods.bundle import CONFIG_FILE, WEIGHTS_FILE
+
+    fs, root = storage.filesystem(config.method.init_from)
+    if not fs.exists(storage.join(root, CONFIG_FILE)):
+        raise FileNotFoundError(f"method.init_from: {config.method.init_from} is not a model bundle")
+    source = storage.read_json(storage.join(config.method.init_from, CONFIG_FILE))
+    if source["backbone"]["name"] != config.backbone.name:
+        raise ValueError(
+            f"method.init_from was trained on {source['backbone']['name']}, "
+            f"this run uses {config.backbone.name}"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        fs.get_file(storage.join(root, WEIGHTS_FILE), os.path.join(tmp, WEIGHTS_FILE))
+        weights = load_file(os.path.join(tmp, WEIGHTS_FILE))
+    say(f"starting from {len(weights)} tensors of {config.method.init_from} ({source['method']['name']})")
+    return weights
+
+
 def train_method(
     config: RaylrecConfig, say: Callable[[str], None] = print, use_ray: bool = True
 ) -> MethodResult:
@@ -245,7 +274,7 @@ def train_method(
         f"training {config.method.name} on {config.backbone.name} over {config.dataset_path()}: "
         f"stages {[s.name for s in stages]}, run {run_name}"
     )
-    weights: dict[str, torch.Tensor] = {}
+    weights = _initial_weights(config, say)
     states: dict[str, TrainState] = {}
     for i, stage in enumerate(stages):
         stage_config = _stage_config(config, stage)

@@ -148,7 +148,7 @@ def fit(
         shown = {k: v for k, v in shown.items() if k.endswith(("auc", "logloss")) or "@" in k}
         rate = metrics["train/samples_per_s"]
         reporter.log(
-            f"epoch {epoch}: loss {metrics['train/loss']:.4f}, {rate:,.0f} samples/s"
+            f"epoch {epoch}: loss {metrics['train/loss']:.4f}, {rate:,.1f} samples/s"
             + "".join(f", {k} {v:.4f}" for k, v in shown.items())
         )
         # A checkpoint every `checkpoint_every` epochs and at the end (the best weights travel

@@ -75,6 +75,7 @@ class RayReporter(LocalReporter):
                 group=run_name,
                 config=wandb_config,
                 reinit="finish_previous",
+                settings=wandb.Settings(console="off"),  # Ray already forwards worker output
             )
 
     def report(self, metrics: dict[str, float], state: TrainState, engine: Engine | None) -> None:
