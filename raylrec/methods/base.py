@@ -56,8 +56,14 @@ class RecMethod(nn.Module):
 
     # --- what each method defines -------------------------------------------------------------
 
-    def stages(self) -> list[Stage]:
+    @classmethod
+    def stages_for(cls, config: MethodConfig) -> list[Stage]:
+        """The training stages, from the config alone (the driver plans runs without building
+        the model)."""
         raise NotImplementedError
+
+    def stages(self) -> list[Stage]:
+        return self.stages_for(self.config)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Named groups of the method's own parameters (``Stage.trainable`` picks among them)."""

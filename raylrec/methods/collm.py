@@ -36,11 +36,12 @@ class CoLLM(RecMethod):
         )
         self.lora = add_lora(self.lm, config)
 
-    def stages(self) -> list[Stage]:
-        stage2 = Stage("projector", "collm", ("projector", "cf") if self.config.tune_cf else ("projector",))
-        if self.config.stage1_epochs == 0:
+    @classmethod
+    def stages_for(cls, config: MethodConfig) -> list[Stage]:
+        stage2 = Stage("projector", "collm", ("projector", "cf") if config.tune_cf else ("projector",))
+        if config.stage1_epochs == 0:
             return [stage2]
-        return [Stage("lora", "tallrec", ("lora",), epochs=self.config.stage1_epochs), stage2]
+        return [Stage("lora", "tallrec", ("lora",), epochs=config.stage1_epochs), stage2]
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         groups = {"lora": self.lora, "projector": list(self.projector.parameters())}

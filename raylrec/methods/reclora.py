@@ -42,7 +42,8 @@ class RecLoRA(RecMethod):
             self.lm, lora.targets, mixture, self._context, lora.alpha / lora.r, lora.dropout
         )
 
-    def stages(self) -> list[Stage]:
+    @classmethod
+    def stages_for(cls, config: MethodConfig) -> list[Stage]:
         return [Stage("mixture", "reclora", ("mixture",))]
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:

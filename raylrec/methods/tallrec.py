@@ -30,7 +30,8 @@ class TALLRec(RecMethod):
         super().__init__(config, backbone, None)  # text only: no CF
         self.lora = add_lora(self.lm, config)
 
-    def stages(self) -> list[Stage]:
+    @classmethod
+    def stages_for(cls, config: MethodConfig) -> list[Stage]:
         return [Stage("lora", "tallrec", ("lora",))]
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:

@@ -219,11 +219,7 @@ def _run_stage_local(
 def _stages(config: RaylrecConfig) -> list[Stage]:
     from raylrec.methods import METHODS
 
-    cls = METHODS[config.method.name]
-    # stages() only reads the config: a bare instance avoids loading the backbone on the driver
-    probe = cls.__new__(cls)
-    probe.config = config.method
-    return cls.stages(probe)
+    return METHODS[config.method.name].stages_for(config.method)
 
 
 def _initial_weights(config: RaylrecConfig, say) -> dict[str, torch.Tensor]:
