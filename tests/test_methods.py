@@ -89,10 +89,12 @@ def test_method_trains_under_zero_with_two_workers(dataset_and_cf, tmp_path, met
         assert tensor.numel() > 0 and tensor.shape == expected[name].shape, name
 
 
-def test_bundle_reloads_to_identical_scores(dataset_and_cf, tmp_path):
+def test_bundle_on_s3_reloads_to_identical_scores(dataset_and_cf, tmp_path, s3_bucket):
     dataset, cf = dataset_and_cf
     config = _config(dataset, cf, tmp_path, {"name": "reclora"}, num_workers=0, epochs=1)
+    config = config.model_copy(update={"output": f"{s3_bucket}/bundles/reclora"})
     result = train_method(config, use_ray=False)
+    assert result.bundle.startswith("s3://")
     first = load_model_bundle(result.bundle)
     second = load_model_bundle(result.bundle)
     samples = local_samples(config, "valid", "reclora", 0, first.prompts.tokenizer)

@@ -136,9 +136,19 @@ def deepspeed_config(config: TrainConfig, world_size: int, use_gpu: bool) -> dic
         ds["gradient_clipping"] = config.max_grad_norm
     if use_gpu:
         ds["bf16"] = {"enabled": True}
+    # DeepSpeed's default buckets (5e8 elements, 2 GB in fp32) are sized for full fine-tuning;
+    # adapters are a few million parameters at most.
+    bucket = int(5e7)
+    ds["zero_optimization"].update({"reduce_bucket_size": bucket, "allgather_bucket_size": bucket})
     if stage == 3:
-        # Gather small parameters eagerly and keep nothing persistent: correctness first.
-        ds["zero_optimization"].update({"stage3_param_persistence_threshold": 0})
+        # Partition even small parameters (nothing persistent): every weight takes the gather path.
+        ds["zero_optimization"].update(
+            {
+                "stage3_param_persistence_threshold": 0,
+                "stage3_prefetch_bucket_size": bucket,
+                "stage3_max_live_parameters": 2 * bucket,
+            }
+        )
     return ds
 
 
