@@ -73,6 +73,7 @@ def encode_rows(
         "uid": uid,
         "iid": iid,
         "label": table["label"].to_numpy().astype(np.float32),
+        "timestamp": table["timestamp"].to_numpy().astype(np.int64),
         "input_ids": prompts.input_ids,
         "attention_mask": prompts.attention_mask,
         "slots": prompts.slots,

@@ -107,6 +107,13 @@ def _collect(shard) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
 
+def _canonical_order(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rows sorted by (uid, timestamp, iid): every rank scores its slice of the same sequence
+    and the gathered scores line up with the labels, whatever order the blocks arrived in."""
+    order = np.lexsort((arrays["iid"], arrays["timestamp"], arrays["uid"]))
+    return {k: v[order] for k, v in arrays.items()}
+
+
 def _worker_loop(loop_config: dict[str, Any]) -> None:
     """``train_loop_per_worker``: build the method, wrap it in the engine, hand it to fit()."""
     import ray.train
@@ -124,7 +131,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     init = {k: torch.from_numpy(v) for k, v in loop_config["init"].items()}
     method, _ = _build(config, stage, init, device)
     train = _collect(ray.train.get_dataset_shard("train"))
-    valid = _collect(ray.train.get_dataset_shard("valid"))
+    valid = _canonical_order(_collect(ray.train.get_dataset_shard("valid")))
     steps_per_epoch = len(train["uid"]) // config.train.batch_size
     if steps_per_epoch == 0:
         raise ValueError(
