@@ -327,6 +327,10 @@ class CFConfig(_Strict):
         default=False, description="bpr: every training row is a positive, not only label 1"
     )
     reg_weight: float = Field(default=0.0, ge=0, description="L2 on the embeddings a step touches")
+    negatives: Literal["unseen", "uniform"] = Field(
+        default="unseen", description="bpr: redraw negatives the user interacted with in training, or not"
+    )
+    init: Literal["normal", "xavier"] = Field(default="normal", description="mf: N(0, 0.1) or xavier normal")
     layers: int = Field(default=3, ge=1, description="lightgcn propagation layers")
     combine: Literal["mean", "sum"] = "mean"
     max_len: int = Field(default=25, ge=1, description="sasrec history length")

@@ -29,7 +29,7 @@ DEMO_CONFIG = {
         "output": "PLACEHOLDER",
         "overwrite": True,
     },
-    "cf": {"model": "mf", "dim": 64, "loss": "bpr", "implicit": True},
+    "cf": {"model": "mf", "dim": 64, "loss": "bpr", "implicit": True, "init": "xavier"},
     "train": {
         "epochs": 100,
         "batch_size": 2048,

@@ -15,7 +15,7 @@ import pyarrow.dataset as pads
 from raylrec import storage
 from raylrec.data.output import read_meta
 
-__all__ = ["Split", "load_split", "to_arrays", "pad_histories", "sample_negatives"]
+__all__ = ["Split", "SeenPairs", "load_split", "to_arrays", "pad_histories", "sample_negatives"]
 
 
 def pad_histories(history: pa.ListArray | pa.ChunkedArray, length: int) -> np.ndarray:
@@ -52,9 +52,35 @@ def to_arrays(table: pa.Table, history_len: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
-def sample_negatives(rng: np.random.Generator, num_items: int, size: int) -> np.ndarray:
-    """Uniform item ids in 1..num_items-1 (0 is padding)."""
-    return rng.integers(1, num_items, size=size, dtype=np.int64)
+def sample_negatives(
+    rng: np.random.Generator, num_items: int, size: int, users: np.ndarray | None = None, seen=None
+) -> np.ndarray:
+    """Uniform item ids in 1..num_items-1 (0 is padding); given ``users`` and ``seen`` (a
+    ``SeenPairs``), items the user has interacted with are drawn again, as RecBole does (a
+    sampled "negative" that is a real positive teaches the wrong thing)."""
+    items = rng.integers(1, num_items, size=size, dtype=np.int64)
+    if seen is None or users is None:
+        return items
+    clash = seen.contains(users, items)
+    for _ in range(100):  # each round redraws only the clashes; a user with every item is absurd
+        if not clash.any():
+            break
+        items[clash] = rng.integers(1, num_items, size=int(clash.sum()), dtype=np.int64)
+        clash[clash] = seen.contains(users[clash], items[clash])
+    return items
+
+
+class SeenPairs:
+    """The (user, item) pairs of a training split as sorted int64 keys, for vectorised lookups."""
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, num_items: int):
+        self.num_items = num_items
+        self.keys = np.unique(users.astype(np.int64) * num_items + items.astype(np.int64))
+
+    def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        keys = users.astype(np.int64) * self.num_items + items
+        where = np.searchsorted(self.keys, keys)
+        return (where < len(self.keys)) & (self.keys[np.minimum(where, len(self.keys) - 1)] == keys)
 
 
 @dataclass

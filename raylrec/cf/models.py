@@ -64,13 +64,16 @@ class CFEncoder(nn.Module):
 class MF(CFEncoder):
     """Matrix factorisation: dot product of user and item embeddings."""
 
-    def __init__(self, num_users: int, num_items: int, dim: int = 64, init_std: float = 0.1):
+    def __init__(self, num_users: int, num_items: int, dim: int = 64, init: str = "normal"):
         super().__init__()
         self.num_users, self.num_items, self.dim = num_users, num_items, dim
         self.users = nn.Embedding(num_users, dim, padding_idx=0)
         self.items = nn.Embedding(num_items, dim, padding_idx=0)
         for table in (self.users, self.items):
-            nn.init.normal_(table.weight, std=init_std)
+            if init == "xavier":  # RecBole's BPR: std sqrt(2 / (rows + dim))
+                nn.init.xavier_normal_(table.weight)
+            else:
+                nn.init.normal_(table.weight, std=0.1)
             with torch.no_grad():
                 table.weight[0].zero_()
 

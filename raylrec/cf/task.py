@@ -8,13 +8,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raylrec.cf.data import Split, sample_negatives
+from raylrec.cf.data import SeenPairs, Split, sample_negatives
 from raylrec.cf.models import MF, CFEncoder, LightGCN, SASRec, normalized_adjacency
 from raylrec.config import CFConfig, EvalConfig
 from raylrec.eval import CTRAccumulator, ItemSets, RankingAccumulator
 from raylrec.train.loop import unwrap
 
-__all__ = ["CFTask", "build_encoder", "epoch_batches", "evaluate_ctr", "evaluate_ranking", "positives"]
+__all__ = [
+    "CFTask",
+    "build_encoder",
+    "epoch_batches",
+    "evaluate_ctr",
+    "evaluate_ranking",
+    "positives",
+    "seen_pairs",
+]
 
 
 def positives(split: Split, implicit: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -25,7 +33,7 @@ def positives(split: Split, implicit: bool) -> tuple[np.ndarray, np.ndarray]:
 
 def build_encoder(config: CFConfig, train: Split) -> CFEncoder:
     if config.model == "mf":
-        return MF(train.num_users, train.num_items, config.dim)
+        return MF(train.num_users, train.num_items, config.dim, config.init)
     if config.model == "lightgcn":
         users, items = positives(train, config.implicit or config.loss == "bce")
         adjacency = normalized_adjacency(users, items, train.num_users, train.num_items)
@@ -43,11 +51,25 @@ def build_encoder(config: CFConfig, train: Split) -> CFEncoder:
     )
 
 
+def seen_pairs(train: Split, config: CFConfig) -> SeenPairs | None:
+    """What BPR must not sample as a negative: every training interaction of the user (the
+    whole split, also on a worker that trains on a shard of it)."""
+    if config.loss != "bpr" or config.negatives == "uniform":
+        return None
+    return SeenPairs(train.arrays["uid"], train.arrays["iid"], train.num_items)
+
+
 def epoch_batches(
-    split: Split, batch_size: int, seed: int, epoch: int, config: CFConfig, drop_last: bool = True
+    split: Split,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    config: CFConfig,
+    drop_last: bool = True,
+    seen: SeenPairs | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Shuffled batches of one epoch (seeded by (seed, epoch): a resumed run sees the same
-    order); BPR batches hold the positives and one sampled negative each."""
+    order); BPR batches hold the positives and one sampled negative each (not in ``seen``)."""
     rng = np.random.default_rng([seed, epoch])
     arrays = split.arrays
     if config.loss == "bpr":
@@ -60,7 +82,8 @@ def epoch_batches(
         index = order[start : start + batch_size]
         batch = {k: torch.from_numpy(v[index]) for k, v in arrays.items() if k != "warm"}
         if config.loss == "bpr":
-            batch["neg"] = torch.from_numpy(sample_negatives(rng, split.num_items, len(index)))
+            users = arrays["uid"][index]
+            batch["neg"] = torch.from_numpy(sample_negatives(rng, split.num_items, len(index), users, seen))
         yield batch
 
 

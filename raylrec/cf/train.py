@@ -17,7 +17,15 @@ from raylrec import storage
 from raylrec.cf.bundle import save_cf_bundle
 from raylrec.cf.data import Split, load_split, to_arrays
 from raylrec.cf.models import CFEncoder
-from raylrec.cf.task import CFTask, build_encoder, epoch_batches, evaluate_ctr, evaluate_ranking, positives
+from raylrec.cf.task import (
+    CFTask,
+    build_encoder,
+    epoch_batches,
+    evaluate_ctr,
+    evaluate_ranking,
+    positives,
+    seen_pairs,
+)
 from raylrec.config import RaylrecConfig
 from raylrec.data.output import read_meta
 from raylrec.eval import ItemSets, RankingAccumulator, format_report
@@ -106,9 +114,17 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     state = resume(engine, loop_config["fingerprint"], loop_config["run_name"])
     cf = config.cf.model_copy(update={"implicit": True}) if config.cf.loss == "bpr" else config.cf
     rank = ray.train.get_context().get_world_rank()
+    seen = seen_pairs(full_train, cf)  # the whole split's pairs: this rank trains on a shard
     fit(
         task,
-        lambda epoch: epoch_batches(mine, config.train.batch_size, config.train.seed + rank, epoch, cf),
+        lambda epoch: epoch_batches(
+            mine,
+            config.train.batch_size,
+            config.train.seed + rank,
+            epoch,
+            cf,
+            seen=seen,
+        ),
         config.train,
         reporter,
         engine,
@@ -150,9 +166,12 @@ def _train_local(config: RaylrecConfig, train: Split, valid: Split) -> TrainStat
     model = build_encoder(config.cf, train)
     task = CFTask(model, config.cf, config.eval, train, valid)
     steps_per_epoch = len(train) // config.train.batch_size
+    seen = seen_pairs(train, config.cf)
     return fit(
         task,
-        lambda epoch: epoch_batches(train, config.train.batch_size, config.train.seed, epoch, config.cf),
+        lambda epoch: epoch_batches(
+            train, config.train.batch_size, config.train.seed, epoch, config.cf, seen=seen
+        ),
         config.train,
         LocalReporter(),
         TorchEngine(model, config.train, config.train.epochs * steps_per_epoch),
