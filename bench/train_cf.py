@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from raylrec.cf.data import load_split  # noqa: E402
-from raylrec.cf.task import build_encoder, epoch_batches  # noqa: E402
+from raylrec.cf.task import build_encoder, epoch_batches, seen_pairs  # noqa: E402
 from raylrec.config import RaylrecConfig, build_config  # noqa: E402
 
 CONFIGS = {
@@ -94,10 +94,13 @@ def plain_loop(config: RaylrecConfig) -> tuple[float, float, float]:
         model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
     )
     rates, seconds = [], 0.0
+    seen = seen_pairs(train, config.cf)  # the same negative sampler (RecBole's: unseen items)
     for epoch in range(1, config.train.epochs + 1):
         model.train()
         epoch_started, samples = time.perf_counter(), 0
-        for batch in epoch_batches(train, config.train.batch_size, config.train.seed, epoch, config.cf):
+        for batch in epoch_batches(
+            train, config.train.batch_size, config.train.seed, epoch, config.cf, seen=seen
+        ):
             users, pos, neg = model(batch, batch["iid"], batch["neg"])
             loss = -F.logsigmoid((users * pos).sum(-1) - (users * neg).sum(-1)).mean()
             if config.cf.reg_weight:
