@@ -103,8 +103,15 @@ def _builder(config_json: str, template: str) -> PromptBuilder:
 
 def _encode_task(
     table: pa.Table, config_json: str, template: str, cf_history: int, fraction: float, seed: int
-) -> dict[str, np.ndarray]:
-    return encode_rows(table, _builder(config_json, template), cf_history, fraction, seed)
+) -> pa.Table:
+    from ray.data.extensions import ArrowTensorArray
+
+    arrays = encode_rows(table, _builder(config_json, template), cf_history, fraction, seed)
+    # Tensor columns built explicitly: Ray's own conversion falls back to pickled objects for
+    # a batch the sample left empty, and the blocks would then disagree on the column type.
+    return pa.table(
+        {k: ArrowTensorArray.from_numpy(v) if v.ndim > 1 else pa.array(v) for k, v in arrays.items()}
+    )
 
 
 def split_rows(dataset: str, split: str) -> int:
