@@ -31,7 +31,7 @@ from raylrec.data.output import read_meta
 from raylrec.eval import ItemSets, RankingAccumulator, format_report
 from raylrec.train.engines import TorchEngine
 from raylrec.train.loop import TrainState, fit
-from raylrec.train.reporting import LocalReporter, RayReporter, config_fingerprint
+from raylrec.train.reporting import LocalReporter, config_fingerprint
 
 __all__ = ["CFResult", "train_cf"]
 
@@ -86,16 +86,14 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from raylrec.train.ray_runner import resume
+    from raylrec.train.ray_runner import fit_in_worker, shard_arrays
 
     config = RaylrecConfig.model_validate(loop_config["config"])
     torch.manual_seed(config.train.seed)
     history_len = _history_len(config)
     full_train = load_split(config.dataset_path(), "train", history_len)
     valid = load_split(config.dataset_path(), "valid", history_len)
-    shard = ray.train.get_dataset_shard("train")
-    parts = list(shard.iter_batches(batch_format="numpy", batch_size=65_536))
-    arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    arrays = shard_arrays("train")
     if config.cf.loss == "bpr":
         arrays["label"] = np.ones(len(arrays["uid"]), np.float32)  # positives only, see above
     mine = Split(arrays, full_train.num_users, full_train.num_items)
@@ -103,35 +101,22 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     model = build_encoder(config.cf, full_train)
     task = CFTask(model, config.cf, config.eval, full_train, valid)
     task.model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
-    reporter = RayReporter(
-        loop_config["fingerprint"],
-        loop_config["run_name"],
-        config.train.wandb_project,
-        {"cf": config.cf.model_dump(), "train": config.train.model_dump()},
-    )
     steps_per_epoch = len(mine) // config.train.batch_size
     engine = TorchEngine(task.model, config.train, config.train.epochs * steps_per_epoch)
-    state = resume(engine, loop_config["fingerprint"], loop_config["run_name"])
     cf = config.cf.model_copy(update={"implicit": True}) if config.cf.loss == "bpr" else config.cf
     rank = ray.train.get_context().get_world_rank()
     seen = seen_pairs(full_train, cf)  # the whole split's pairs: this rank trains on a shard
-    fit(
+    fit_in_worker(
         task,
         lambda epoch: epoch_batches(
-            mine,
-            config.train.batch_size,
-            config.train.seed + rank,
-            epoch,
-            cf,
-            seen=seen,
+            mine, config.train.batch_size, config.train.seed + rank, epoch, cf, seen=seen
         ),
-        config.train,
-        reporter,
         engine,
-        state,
-        steps_per_epoch=steps_per_epoch,
+        config.train,
+        loop_config,
+        {"cf": config.cf.model_dump(), "train": config.train.model_dump()},
+        steps_per_epoch,
     )
-    reporter.finish()
 
 
 def _train_ray(config: RaylrecConfig, run_name: str, fingerprint: str) -> TrainState:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from raylrec import storage
 from raylrec.config import CsvOptions, MovieLens1MSource, MovieLens100KSource
 from raylrec.data.files import SourceError, TabularFile
 from raylrec.data.sources import LoadedSource, read_events
+from raylrec.wheels import fetch_wheel
 
 __all__ = ["cache_dir", "recbole_ml100k_dir", "load_ml100k", "load_ml1m"]
 
@@ -38,25 +37,7 @@ def recbole_ml100k_dir() -> Path:
     target = cache_dir() / "datasets" / "ml-100k-recbole"
     if (target / "ml-100k.inter").exists():
         return target
-    wheels = cache_dir() / "wheels"
-    wheel = next(iter(sorted(wheels.glob("recbole-1.2.1-*.whl"))), None)
-    if wheel is None:
-        log.info("downloading %s (once) into %s", RECBOLE_WHEEL, wheels)
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--quiet",
-            RECBOLE_WHEEL,
-            "-d",
-            str(wheels),
-        ]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        wheel = next(iter(sorted(wheels.glob("recbole-1.2.1-*.whl"))), None)
-        if done.returncode != 0 or wheel is None:
-            raise SourceError(f"could not download {RECBOLE_WHEEL} with pip: {done.stderr.strip()[-500:]}")
+    wheel = fetch_wheel(RECBOLE_WHEEL, "recbole-1.2.1-*.whl", cache_dir() / "wheels", log.info, SourceError)
     tmp = target.with_name(target.name + ".partial")
     with zipfile.ZipFile(wheel) as zf:
         for name in zf.namelist():

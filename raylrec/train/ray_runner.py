@@ -7,9 +7,10 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import ray
 import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -18,10 +19,10 @@ from ray.train.torch import TorchTrainer
 from raylrec import storage
 from raylrec.config import TrainConfig
 from raylrec.train.engines import Engine
-from raylrec.train.loop import TrainState
-from raylrec.train.reporting import STATE_FILE, load_state
+from raylrec.train.loop import Batch, Task, TrainState, fit
+from raylrec.train.reporting import STATE_FILE, RayReporter, load_state
 
-__all__ = ["default_run_name", "resume", "run_on_ray"]
+__all__ = ["default_run_name", "fit_in_worker", "resume", "run_on_ray", "shard_arrays"]
 
 
 def default_run_name(kind: str) -> str:
@@ -101,3 +102,29 @@ def resume(engine: Engine, fingerprint: str, run_name: str) -> TrainState | None
         state = load_state(directory, fingerprint, run_name)
         engine.load(directory)
         return state
+
+
+def shard_arrays(name: str) -> dict[str, np.ndarray]:
+    """Inside a worker: this rank's rows of dataset ``name``, whole, as numpy columns (small
+    enough to hold; batches are then cut per epoch with a seeded order, so resume is exact)."""
+    parts = list(ray.train.get_dataset_shard(name).iter_batches(batch_format="numpy", batch_size=65_536))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+
+
+def fit_in_worker(
+    task: Task,
+    batches: Callable[[int], Iterable[Batch]],
+    engine: Engine,
+    train: TrainConfig,
+    loop_config: dict[str, Any],
+    wandb_config: dict[str, Any],
+    steps_per_epoch: int,
+) -> TrainState:
+    """Inside a worker: resume ``engine`` from this run's last checkpoint (if any) and fit, with
+    metrics and checkpoints going through Ray Train and wandb."""
+    fingerprint, run_name = loop_config["fingerprint"], loop_config["run_name"]
+    reporter = RayReporter(fingerprint, run_name, train.wandb_project, wandb_config)
+    state = resume(engine, fingerprint, run_name)
+    state = fit(task, batches, train, reporter, engine, state, steps_per_epoch=steps_per_epoch)
+    reporter.finish()
+    return state
