@@ -6,6 +6,11 @@ raylrec data stats PATH                        statistics of a prepared dataset
 raylrec data synth --out PATH [--events N]     write a synthetic interaction log
 raylrec train-cf --config FILE [--local]       train a CF encoder, export its CF bundle
 raylrec train --config FILE [--local]          train an LLM method, export its model bundle
+raylrec score --config FILE [--date D]         top-K recommendations for every user, published
+raylrec nightly --config FILE --date D         prepare -> refresh CF -> score -> publish, idempotent
+raylrec recs read ROOT [--date D] [--user U]   read published recommendations
+raylrec recs eval ROOT --dataset D [--split S]  Recall/NDCG@K of published lists vs held-out items
+raylrec recs dates ROOT                        the published dates under ROOT
 """
 
 from __future__ import annotations
@@ -106,11 +111,87 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    _init_ray(config.ray)
+    from raylrec.scoring.job import run_scoring
+
+    run_scoring(config, args.date, args.run_id, _progress())
+    return 0
+
+
+def cmd_nightly(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    from raylrec.nightly import nightly_config, run_nightly
+
+    nightly_config(config, args.date)  # config errors before Ray starts
+    _init_ray(config.ray)
+    run_nightly(config, args.date, _progress(), force=args.force)
+    return 0
+
+
+def cmd_recs_read(args: argparse.Namespace) -> int:
+    import pyarrow.compute as pc
+
+    from raylrec.scoring import published_dates, read_manifest, read_recommendations
+
+    date = args.date or (published_dates(args.root) or [None])[-1]
+    if date is None:
+        raise FileNotFoundError(f"no published recommendations under {args.root}")
+    table = read_recommendations(args.root, date, verify=args.verify)
+    if args.user is not None:
+        table = table.filter(pc.equal(table["user_id"], args.user))
+    if args.json:
+        for row in table.slice(0, args.limit).to_pylist():
+            print(json.dumps(row))
+        return 0
+    manifest = read_manifest(args.root, date)
+    print(
+        f"{args.root} date={date}: {manifest['rows']:,} rows for {manifest['users']:,} users, "
+        f"model {manifest['model']}, run {manifest['run_id']}"
+    )
+    print(table.slice(0, args.limit).to_pandas().to_string(index=False))
+    return 0
+
+
+def cmd_recs_eval(args: argparse.Namespace) -> int:
+    from raylrec.eval.report import format_report
+    from raylrec.scoring import published_dates
+    from raylrec.scoring.quality import evaluate_published
+
+    date = args.date or (published_dates(args.root) or [None])[-1]
+    if date is None:
+        raise FileNotFoundError(f"no published recommendations under {args.root}")
+    metrics = evaluate_published(
+        args.root, date, args.dataset, args.split, tuple(args.k), args.recall_denominator, args.implicit
+    )
+    truth = "interactions" if args.implicit else "positives"
+    protocol = f"published top-K lists vs {args.split} {truth}, recall denominator {args.recall_denominator}"
+    print(format_report(f"{args.root} date={date}", metrics, protocol))
+    if args.json:
+        print(json.dumps(metrics))
+    return 0
+
+
+def cmd_recs_dates(args: argparse.Namespace) -> int:
+    from raylrec.scoring import published_dates
+
+    for date in published_dates(args.root):
+        print(date)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from raylrec.demo import run_demo
 
     run_demo(args.out, _progress())
     return 0
+
+
+def _today() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).date().isoformat()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +225,49 @@ def build_parser() -> argparse.ArgumentParser:
         "--local", action="store_true", help="a plain process, no Ray or DeepSpeed (same model and loop)"
     )
     train.set_defaults(func=cmd_train)
+
+    score = sub.add_parser("score", help="batch-score every user: CF retrieval, LLM rerank, publish top K")
+    score.add_argument("--config", "-c", required=True, help="YAML config with a 'score' section")
+    score.add_argument(
+        "--date", default=_today(), help="the partition to (re)publish, YYYY-MM-DD (default: today, UTC)"
+    )
+    score.add_argument("--run-id", help="default: <date>-<time>-<random>")
+    score.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. score.k=20")
+    score.set_defaults(func=cmd_score)
+
+    nightly = sub.add_parser("nightly", help="the nightly pipeline for one date (each step idempotent)")
+    nightly.add_argument(
+        "--config", "-c", required=True, help="YAML config with 'nightly' and 'score' sections"
+    )
+    nightly.add_argument("--date", default=_today(), help="YYYY-MM-DD (default: today, UTC)")
+    nightly.add_argument("--force", action="store_true", help="re-score a date that is already published")
+    nightly.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
+    nightly.set_defaults(func=cmd_nightly)
+
+    recs = sub.add_parser("recs", help="read published recommendations").add_subparsers(
+        dest="recs_command", required=True
+    )
+    read = recs.add_parser("read", help="print a published date's recommendations")
+    read.add_argument("root", help="score.output: local path or s3:// URI")
+    read.add_argument("--date", help="default: the latest published date")
+    read.add_argument("--user", help="one user's rows")
+    read.add_argument("--limit", type=int, default=50, help="rows to print")
+    read.add_argument("--verify", action="store_true", help="check every file's sha256 against the manifest")
+    read.add_argument("--json", action="store_true", help="one JSON object per row")
+    read.set_defaults(func=cmd_recs_read)
+    evaluate = recs.add_parser("eval", help="Recall/NDCG@K of a published date against a held-out split")
+    evaluate.add_argument("root")
+    evaluate.add_argument("--dataset", required=True, help="a prepared dataset holding the held-out split")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--date", help="default: the latest published date")
+    evaluate.add_argument("--k", type=int, nargs="+", default=[10])
+    evaluate.add_argument("--recall-denominator", choices=["test_items", "min_k"], default="test_items")
+    evaluate.add_argument("--implicit", action="store_true", help="every held-out interaction is relevant")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(func=cmd_recs_eval)
+    dates = recs.add_parser("dates", help="list published dates")
+    dates.add_argument("root")
+    dates.set_defaults(func=cmd_recs_dates)
 
     data = sub.add_parser("data", help="prepare and inspect datasets").add_subparsers(
         dest="data_command", required=True

@@ -463,6 +463,55 @@ class EvalConfig(_Strict):
     users_per_chunk: int = Field(default=1024, ge=1)
 
 
+class ScoreConfig(_Strict):
+    """Batch scoring: CF retrieval of ``candidates`` items per user, an optional LLM rerank,
+    the top ``k`` written to ``output`` under a date partition."""
+
+    model_bundle: str | None = Field(default=None, description="LLM reranker bundle; None: CF only")
+    cf_bundle: str | None = Field(
+        default=None, description="retrieval CF bundle (default: the model bundle's own CF copy)"
+    )
+    dataset: str | None = Field(
+        default=None, description="prepared interactions for histories (default: the top-level dataset)"
+    )
+    users: str | None = Field(
+        default=None, description="a Parquet/CSV/JSONL table with user_id to score (default: every user)"
+    )
+    splits: list[str] | None = Field(
+        default=None, description="splits that count as known interactions (default: all)"
+    )
+    output: str | None = Field(default=None, description="recommendations root, local or s3://")
+    model_name: str | None = Field(default=None, description="the 'model' column (default: bundle dir name)")
+    candidates: int = Field(default=50, ge=1, description="retrieved per user, then reranked")
+    k: int = Field(default=10, ge=1, description="recommendations written per user")
+    exclude_seen: bool = Field(default=True, description="never recommend an item the user interacted with")
+    index: Literal["exact", "faiss"] = "exact"
+    item_chunk: int = Field(default=65_536, ge=1, description="items per exact-search matmul")
+    users_per_batch: int = Field(default=64, ge=1, description="users per actor call")
+    rerank_rows: int = Field(default=256, ge=1, description="candidate rows per LLM forward pass")
+    actors: int | None = Field(default=None, ge=1, description="scoring actors (default: from resources)")
+    gpus_per_actor: float | None = Field(default=None, ge=0, description="default: 1 when GPUs exist")
+    cpus_per_actor: float = Field(default=1, gt=0)
+
+    @model_validator(mode="after")
+    def _k_within_candidates(self) -> ScoreConfig:
+        if self.k > self.candidates:
+            raise ValueError(f"k ({self.k}) must not exceed candidates ({self.candidates})")
+        return self
+
+
+class NightlyConfig(_Strict):
+    """``jobs/nightly.py --date D``: prepare -> (refresh CF) -> score -> publish, per date.
+
+    ``{date}`` in ``data.source`` paths is replaced by D, so a source can name the day's logs.
+    """
+
+    root: str | None = Field(
+        default=None, description="dated outputs: <root>/datasets/date=D, <root>/cf/date=D"
+    )
+    refresh_cf: bool = Field(default=False, description="retrain the retrieval CF encoder on D's data")
+
+
 class RaylrecConfig(_Strict):
     data: DataConfig | None = None
     dataset: str | None = Field(default=None, description="a prepared dataset (default: data.output)")
@@ -474,6 +523,8 @@ class RaylrecConfig(_Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     output: str | None = Field(default=None, description="where the trained bundle goes")
+    score: ScoreConfig = ScoreConfig()
+    nightly: NightlyConfig = NightlyConfig()
     ray: RayConfig = RayConfig()
 
     def dataset_path(self) -> str:

@@ -8,6 +8,7 @@ driver whatever their own environment says.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -135,10 +136,44 @@ def list_files(uri: str, extensions: tuple[str, ...] = ()) -> list[tuple[str, in
 
 
 def write_json(uri: str, obj: Any) -> None:
+    """Readers see the old file or the new one, never a part: one PUT on object storage, a
+    rename on local disk."""
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
     fs, path = filesystem(uri)
-    with fs.open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
+    if is_remote(uri):
+        fs.pipe_file(path, text.encode())
+        return
+    fs.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    partial = f"{path}.{os.getpid()}.partial"
+    with open(partial, "w") as f:
+        f.write(text)
+    os.replace(partial, path)
+
+
+def sha256(uri: str) -> str:
+    fs, path = filesystem(uri)
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_digests(root: str, names: list[str]) -> dict[str, dict[str, Any]]:
+    """{name: {bytes, sha256}} of files under ``root``: what a bundle records to verify itself."""
+    fs, path = filesystem(root)
+    return {n: {"bytes": int(fs.size(join(path, n))), "sha256": sha256(join(root, n))} for n in names}
+
+
+def verify_digests(root: str, digests: dict[str, dict[str, Any]], what: str) -> None:
+    """Raise naming the first file under ``root`` that is missing or differs from ``digests``."""
+    fs, path = filesystem(root)
+    for name, expected in sorted(digests.items()):
+        location = join(root, name)
+        if not fs.exists(join(path, name)):
+            raise StorageError(f"{what} {root} is incomplete: {name} is missing")
+        if int(fs.size(join(path, name))) != expected["bytes"] or sha256(location) != expected["sha256"]:
+            raise StorageError(f"{what} {root} is corrupted: {name} does not match its recorded checksum")
 
 
 def read_json(uri: str) -> Any:

@@ -5,8 +5,10 @@
     <bundle>/embeddings.safetensors  "users" [num_users, dim] and "items" [num_items, dim]:
                                   final user/item vectors (LightGCN: after propagation). SASRec's
                                   users are each user's vector from their latest training history.
+    <bundle>/users.parquet, items.parquet  raw id <-> dense id (user_id/uid, item_id/iid)
 
-``config.json`` is written last: a bundle without it is incomplete.
+``config.json`` is written last, with each file's size and sha256: a bundle without it is
+incomplete, and ``check_cf_bundle`` finds a corrupted one without loading it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import tempfile
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -23,10 +26,12 @@ from raylrec import storage
 from raylrec.cf.data import Split
 from raylrec.cf.models import MF, CFEncoder, SASRec
 from raylrec.config import CFConfig, RaylrecConfig
+from raylrec.data.output import read_table
 
-__all__ = ["save_cf_bundle", "load_cf_bundle", "CFBundle"]
+__all__ = ["save_cf_bundle", "load_cf_bundle", "check_cf_bundle", "cf_vocabularies", "CFBundle"]
 
 CONFIG_FILE = "config.json"
+BUNDLE_FILES = ("model.safetensors", "embeddings.safetensors", "users.parquet", "items.parquet")
 
 
 def _latest_histories(train: Split, history_len: int) -> np.ndarray:
@@ -72,7 +77,11 @@ def save_cf_bundle(
         }
         save_file(state, os.path.join(tmp, "model.safetensors"))
         save_file({"users": users, "items": items}, os.path.join(tmp, "embeddings.safetensors"))
-        for name in ("model.safetensors", "embeddings.safetensors"):
+        users_table = read_table(config.dataset_path(), "users.parquet").select(["user_id", "uid"])
+        items_table = read_table(config.dataset_path(), "items.parquet").select(["item_id", "iid"])
+        pq.write_table(users_table, os.path.join(tmp, "users.parquet"))
+        pq.write_table(items_table, os.path.join(tmp, "items.parquet"))
+        for name in BUNDLE_FILES:
             fs.put_file(os.path.join(tmp, name), storage.join(path, name))
     description = {
         "format": "raylrec.cf_bundle/1",
@@ -82,6 +91,7 @@ def save_cf_bundle(
         "num_items": train.num_items,
         "dim": int(items.shape[1]),
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        "files": storage.file_digests(out, list(BUNDLE_FILES)),
     }
     storage.write_json(storage.join(out, CONFIG_FILE), description)
     return out
@@ -100,13 +110,44 @@ class CFBundle:
         return self.encoder.user_representation(batch)
 
 
-def load_cf_bundle(path: str) -> CFBundle:
+def _description(path: str) -> dict[str, Any]:
     fs, root = storage.filesystem(path)
     if not fs.exists(storage.join(root, CONFIG_FILE)):
         raise FileNotFoundError(
             f"{path} is not a CF bundle (no {CONFIG_FILE}: missing or interrupted export)"
         )
-    config = storage.read_json(storage.join(path, CONFIG_FILE))
+    try:
+        return storage.read_json(storage.join(path, CONFIG_FILE))
+    except ValueError as e:
+        raise storage.StorageError(f"CF bundle {path}: {CONFIG_FILE} is not valid JSON ({e})") from None
+
+
+def check_cf_bundle(path: str) -> dict[str, Any]:
+    """Verify every file of the bundle against its recorded checksum; returns its description."""
+    description = _description(path)
+    storage.verify_digests(path, description.get("files", {}), "CF bundle")
+    return description
+
+
+def cf_vocabularies(path: str):
+    """(users, items) ``Vocabulary`` of the bundle: its own tables, else its dataset's."""
+    from raylrec.scoring.vocab import Vocabulary
+
+    fs, root = storage.filesystem(path)
+    if fs.exists(storage.join(root, "users.parquet")):
+        with fs.open(storage.join(root, "users.parquet"), "rb") as f:
+            users = pq.read_table(f)
+        with fs.open(storage.join(root, "items.parquet"), "rb") as f:
+            items = pq.read_table(f)
+    else:  # a bundle from before the tables were copied in: its dataset's
+        dataset = _description(path)["dataset"]["path"]
+        users, items = read_table(dataset, "users.parquet"), read_table(dataset, "items.parquet")
+    return Vocabulary.from_table(users, "user_id", "uid"), Vocabulary.from_table(items, "item_id", "iid")
+
+
+def load_cf_bundle(path: str) -> CFBundle:
+    fs, root = storage.filesystem(path)
+    config = _description(path)
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("model.safetensors", "embeddings.safetensors"):
             fs.get_file(storage.join(root, name), os.path.join(tmp, name))

@@ -19,7 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TEMPLATES", "SLOT_NONE", "SLOT_USER", "SLOT_ITEM", "PromptBuilder", "EncodedPrompts"]
+__all__ = [
+    "TEMPLATES",
+    "SLOT_NONE",
+    "SLOT_USER",
+    "SLOT_ITEM",
+    "PromptBuilder",
+    "EncodedPrompts",
+    "SharedPrompts",
+]
 
 _QUESTION = (
     "#Question: A user has given high ratings to the following movies: {history}. "
@@ -48,6 +56,17 @@ _PIECE = re.compile(r"\{(" + "|".join(_SLOTS) + r")\}")
 
 
 @dataclass
+class SharedPrompts:
+    """One user's prompts for many candidates: a prefix (instructions, history) and suffixes."""
+
+    prefix: list[int]
+    prefix_slots: list[int]
+    suffixes: list[list[int]]
+    suffix_slots: list[list[int]]
+    history_items: int
+
+
+@dataclass
 class EncodedPrompts:
     input_ids: np.ndarray  # [rows, max_tokens] int64, left-padded
     attention_mask: np.ndarray  # [rows, max_tokens] int8
@@ -71,6 +90,8 @@ class PromptBuilder:
             raise ValueError("a prompt template needs {history} and {target}")
         if names[-1] != "target" and names[-1] not in ("user_id", "item_id"):
             raise ValueError("{target} must be the last title in a template (candidates share the prefix)")
+        if names.index("history") > names.index("target"):
+            raise ValueError("{history} must come before {target} (candidates share the prefix)")
         self.tokenizer = tokenizer
         self.titles = titles
         self.max_tokens = max_tokens
@@ -100,11 +121,12 @@ class PromptBuilder:
             ids = self._cache[iid] = self._encode(f'"{self.titles.get(int(iid), f"item {iid}")}"')
         return ids
 
-    def encode(self, history: Sequence[int], target: int) -> tuple[list[int], list[int], int]:
-        """One prompt: (ids, slots, history titles used)."""
+    def _fit_history(self, history: Sequence[int], title_tokens: int, target: int) -> tuple[list[int], int]:
+        """The newest history titles that fit beside a target title of ``title_tokens`` tokens,
+        joined oldest first: (ids, titles kept)."""
         recent = [int(i) for i in history if i][-self.max_history :]
         fixed = sum(len(p) if isinstance(p, list) else 0 for p in self.parts)
-        fixed += len(self._title(target)) + sum(p in ("user_id", "item_id") for p in self.parts)
+        fixed += title_tokens + sum(p in ("user_id", "item_id") for p in self.parts)
         budget = self.max_tokens - fixed
         kept: list[list[int]] = []
         for iid in reversed(recent):  # newest first; drop from the oldest side
@@ -121,9 +143,14 @@ class PromptBuilder:
         history_ids: list[int] = []
         for i, title in enumerate(reversed(kept)):
             history_ids += (self.separator if i else []) + title
+        return history_ids, len(kept)
+
+    def _assemble(
+        self, parts: list[str | list[int]], history_ids: list[int], target: int
+    ) -> tuple[list[int], list[int]]:
         ids: list[int] = []
         slots: list[int] = []
-        for part in self.parts:
+        for part in parts:
             if part == "history":
                 piece, slot = history_ids, [SLOT_NONE] * len(history_ids)
             elif part == "target":
@@ -135,7 +162,26 @@ class PromptBuilder:
                 piece, slot = part, [SLOT_NONE] * len(part)
             ids += piece
             slots += slot
-        return ids, slots, len(kept)
+        return ids, slots
+
+    def encode(self, history: Sequence[int], target: int) -> tuple[list[int], list[int], int]:
+        """One prompt: (ids, slots, history titles used)."""
+        history_ids, kept = self._fit_history(history, len(self._title(target)), target)
+        ids, slots = self._assemble(self.parts, history_ids, target)
+        return ids, slots, kept
+
+    def encode_shared(self, history: Sequence[int], targets: Sequence[int]) -> SharedPrompts:
+        """One user's prompts for many candidates as a shared prefix plus one suffix per
+        candidate; prefix + suffix is exactly the full prompt. The history is fitted beside
+        the longest candidate title, so every candidate sees the same history."""
+        if not len(targets):
+            raise ValueError("encode_shared needs at least one candidate")
+        longest = max(targets, key=lambda t: len(self._title(t)))
+        history_ids, kept = self._fit_history(history, len(self._title(longest)), longest)
+        cut = self.parts.index("target")
+        prefix, prefix_slots = self._assemble(self.parts[:cut], history_ids, 0)
+        suffixes = [self._assemble(self.parts[cut:], history_ids, int(t)) for t in targets]
+        return SharedPrompts(prefix, prefix_slots, [s[0] for s in suffixes], [s[1] for s in suffixes], kept)
 
     def encode_batch(self, histories: Sequence[Sequence[int]], targets: Sequence[int]) -> EncodedPrompts:
         n = len(targets)

@@ -112,27 +112,45 @@ class RecMethod(nn.Module):
     def cf_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {k: batch[k] for k in ("uid", "iid", "history") if k in batch}
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        """One logit per sample, read at the answer position (the last column: prompts are
-        left-padded). The LM head runs on that position only."""
-        mask = batch["attention_mask"]
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    def decode(
+        self,
+        batch: Batch,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values=None,
+    ):
+        """The decoder over ``batch`` with the method's input embeddings and adapters.
+
+        Plain use reads the mask and positions from the batch. Scoring with a cached prefix
+        passes ``past_key_values`` (the prefix's cache), the mask over prefix + batch, and the
+        positions that continue the prefix's."""
+        mask = batch["attention_mask"] if attention_mask is None else attention_mask
+        if position_ids is None:
+            position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
         embeds = self.input_embeddings(batch)
-        decoder = self.lm.get_decoder()
         condition = self.condition(batch)
         context = self.adapter_context() if condition is not None else None
         with context.use(condition) if context is not None else nullcontext():
-            hidden = decoder(
+            return self.lm.get_decoder()(
                 input_ids=None if embeds is not None else batch["input_ids"],
                 inputs_embeds=embeds,
                 attention_mask=mask,
-                position_ids=positions,
-                use_cache=False,
-            ).last_hidden_state[:, -1]
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=past_key_values is not None,
+            )
+
+    def answer_logit(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[rows, hidden] states at the answer position -> one logit per row."""
         # Calling the head module (not indexing its weight) lets ZeRO-3 gather it.
         logits = self.lm.get_output_embeddings()(hidden).float()
         yes = logits[:, self.yes_id]
         return yes if self.score_kind == "yes_logit" else yes - logits[:, self.no_id]
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """One logit per sample, read at the answer position (the last column: prompts are
+        left-padded). The LM head runs on that position only."""
+        return self.answer_logit(self.decode(batch).last_hidden_state[:, -1])
 
     def adapter_context(self):
         raise NotImplementedError

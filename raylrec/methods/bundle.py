@@ -5,7 +5,8 @@
     <bundle>/cf/                  the CF bundle it was trained with (a copy)
     <bundle>/items.parquet        item ids and titles (prompts are built from them)
 
-``config.json`` is written last: a bundle without it is incomplete and refuses to load.
+``config.json`` is written last, with each file's size and sha256: a bundle without it is
+incomplete and refuses to load, and ``check_model_bundle`` finds a corrupted one cheaply.
 """
 
 from __future__ import annotations
@@ -15,19 +16,20 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
 from raylrec import storage
-from raylrec.cf.bundle import load_cf_bundle
+from raylrec.cf.bundle import check_cf_bundle, load_cf_bundle
 from raylrec.config import BackboneConfig, MethodConfig, PromptConfig, RaylrecConfig
 from raylrec.data.output import read_table
 from raylrec.llm.prompts import PromptBuilder
 from raylrec.llm.samples import template_text
 from raylrec.methods import RecMethod, build_method
 
-__all__ = ["save_model_bundle", "load_model_bundle", "ModelBundle", "CONFIG_FILE"]
+__all__ = ["save_model_bundle", "load_model_bundle", "check_model_bundle", "ModelBundle", "CONFIG_FILE"]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "method.safetensors"
@@ -64,6 +66,7 @@ def save_model_bundle(
             "cf_bundle_source": config.method.cf_bundle,
             "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
             "run": run,
+            "files": storage.file_digests(out, [WEIGHTS_FILE, "items.parquet"]),
         },
     )
     return out
@@ -80,11 +83,33 @@ def _copy_tree(source: str, target: str) -> None:
             fout.write(fin.read())
 
 
+def _description(path: str) -> dict[str, Any]:
+    fs, root = storage.filesystem(path)
+    if not fs.exists(storage.join(root, CONFIG_FILE)):
+        raise FileNotFoundError(f"{path} is not a model bundle (no {CONFIG_FILE}: missing or interrupted)")
+    try:
+        return storage.read_json(storage.join(path, CONFIG_FILE))
+    except ValueError as e:
+        raise storage.StorageError(f"model bundle {path}: {CONFIG_FILE} is not valid JSON ({e})") from None
+
+
+def check_model_bundle(path: str) -> dict[str, Any]:
+    """Verify the bundle's files (and its CF copy) against their checksums without loading the
+    model: what a job runs before it writes anything. Returns the bundle's description."""
+    description = _description(path)
+    storage.verify_digests(path, description.get("files", {}), "model bundle")
+    fs, root = storage.filesystem(path)
+    if fs.exists(f"{root}/cf"):
+        check_cf_bundle(storage.join(path, "cf"))
+    return description
+
+
 @dataclass
 class ModelBundle:
     method: RecMethod
     prompts: PromptBuilder
     config: dict[str, Any]
+    items: pa.Table  # iid, item_id, title, ...: the id space the method scores in
 
 
 def load_model_bundle(path: str, device: str | torch.device = "cpu") -> ModelBundle:
@@ -93,9 +118,7 @@ def load_model_bundle(path: str, device: str | torch.device = "cpu") -> ModelBun
     from raylrec.llm.backbone import load_backbone
 
     fs, root = storage.filesystem(path)
-    if not fs.exists(storage.join(root, CONFIG_FILE)):
-        raise FileNotFoundError(f"{path} is not a model bundle (no {CONFIG_FILE}: missing or interrupted)")
-    description = storage.read_json(storage.join(path, CONFIG_FILE))
+    description = _description(path)
     method_config = MethodConfig.model_validate(
         {**description["method"], "cf_bundle": storage.join(path, "cf") if fs.exists(f"{root}/cf") else None}
     )
@@ -113,4 +136,4 @@ def load_model_bundle(path: str, device: str | torch.device = "cpu") -> ModelBun
     builder = PromptBuilder(
         backbone.tokenizer, template_text(template), titles, prompt.max_tokens, prompt.history_items
     )
-    return ModelBundle(method.to(device).eval(), builder, description)
+    return ModelBundle(method.to(device).eval(), builder, description, items)

@@ -293,16 +293,24 @@ def _export(config: RaylrecConfig, weights: dict[str, torch.Tensor], metrics, ru
     write the bundle."""
     from raylrec.methods.bundle import save_model_bundle
 
+    torch.manual_seed(config.train.seed)  # the initial values the workers built
     method, backbone = _build(config, _stages(config)[-1], {}, torch.device("cpu"))
     expected = method.method_state_dict()
+    # A group no stage trains (CoLLM's LoRA with stage1_epochs 0 and no init_from) keeps the
+    # seeded initial values every worker also used.
+    trained = {name for stage in _stages(config) for name in stage.trainable}
+    own = {id(p) for group in trained for p in method.parameter_groups()[group]}
+    required = {n for n, p in method.named_parameters() if id(p) in own}
     for name, tensor in expected.items():
         got = weights.get(name)
-        if got is None or tuple(got.shape) != tuple(tensor.shape):
+        if (got is None and name in required) or (
+            got is not None and tuple(got.shape) != tuple(tensor.shape)
+        ):
             raise RuntimeError(
                 f"trained weights for {name}: {None if got is None else tuple(got.shape)}, "
                 f"expected {tuple(tensor.shape)} (a ZeRO-3 partition saved without gathering?)"
             )
-    method.load_method_state_dict({k: weights[k] for k in expected})
+    method.load_method_state_dict({k: weights.get(k, v) for k, v in expected.items()})
     return save_model_bundle(
         config.output, config, method.method_state_dict(), backbone.identity, metrics, run_name
     )

@@ -1,0 +1,8 @@
+"""Entry point for `ray job submit -- python jobs/nightly.py --config configs/... --date YYYY-MM-DD [k=v]`."""
+
+import sys
+
+from raylrec.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["nightly", *sys.argv[1:]]))

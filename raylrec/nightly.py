@@ -1,0 +1,141 @@
+"""The nightly pipeline for one date: prepare the logs, optionally refresh the CF encoder,
+score and publish. Each step is skipped when its committed output for the date exists
+(``meta.json``, a CF bundle's ``config.json``, the partition's ``_MANIFEST.json``), so a rerun
+after a failure continues where it stopped and a second run of a finished date does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from raylrec import storage
+from raylrec.config import ConfigError, RaylrecConfig, build_config
+from raylrec.scoring import publish as recs
+
+__all__ = ["run_nightly", "NightlySummary", "nightly_config"]
+
+
+@dataclass
+class NightlySummary:
+    date: str
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, step: str, status: str, seconds: float, output: str, **extra: Any) -> None:
+        self.steps.append(
+            {"step": step, "status": status, "seconds": round(seconds, 1), "output": output, **extra}
+        )
+
+    def format(self) -> str:
+        lines = [f"nightly {self.date}:"]
+        for s in self.steps:
+            extra = ", ".join(
+                f"{k} {v}" for k, v in s.items() if k not in ("step", "status", "seconds", "output")
+            )
+            lines.append(
+                f"  {s['step']:<8} {s['status']:<8} {s['seconds']:>7.1f}s  {s['output']}"
+                + (f"  ({extra})" if extra else "")
+            )
+        return "\n".join(lines)
+
+
+def _substitute(value: Any, date: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("{date}", date)
+    if isinstance(value, list):
+        return [_substitute(v, date) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, date) for k, v in value.items()}
+    return value
+
+
+def nightly_config(config: RaylrecConfig, date: str) -> RaylrecConfig:
+    """``config`` with the date's paths: data source ``{date}`` placeholders, the dated
+    dataset and CF bundle under ``nightly.root``, and scoring pointed at both."""
+    recs.check_date(date)
+    if not config.nightly.root:
+        raise ConfigError("set nightly.root (where the dated datasets and CF bundles go)")
+    if not config.score.output:
+        raise ConfigError("set score.output (where recommendations are published)")
+    root = storage.absolute(config.nightly.root)
+    raw = config.model_dump(mode="json", exclude_none=True)
+    dataset = storage.join(root, "datasets", f"date={date}")
+    if config.data is not None:
+        raw["data"] = {**raw["data"], "source": _substitute(raw["data"]["source"], date), "output": dataset}
+        raw["data"]["overwrite"] = True  # only ever replaces an uncommitted attempt (see run_nightly)
+        raw["dataset"] = dataset
+    if config.nightly.refresh_cf:
+        raw["output"] = storage.join(root, "cf", f"date={date}")
+        raw["train"] = {**raw.get("train", {}), "run_name": f"nightly-cf-{date}"}
+        raw["score"] = {**raw["score"], "cf_bundle": raw["output"]}
+    raw["score"] = {**raw["score"], "dataset": raw.get("dataset") or raw["score"].get("dataset")}
+    return build_config(raw, f"nightly config for {date}")
+
+
+def _exists(uri: str) -> bool:
+    fs, path = storage.filesystem(uri)
+    return fs.exists(path)
+
+
+def run_nightly(
+    config: RaylrecConfig, date: str, say: Callable[[str], None] = print, force: bool = False
+) -> NightlySummary:
+    """Run (or finish) the nightly pipeline for ``date``; ``force`` re-scores a published date."""
+    config = nightly_config(config, date)
+    summary = NightlySummary(date)
+
+    started = time.perf_counter()
+    if config.data is None:
+        summary.add("prepare", "none", 0.0, config.score.dataset or "(score.dataset)")
+    elif _exists(storage.join(config.data.output, "meta.json")):
+        summary.add("prepare", "skipped", 0.0, config.data.output)
+    else:
+        from raylrec.data.prepare import prepare
+
+        say(f"[{date}] preparing {config.data.output}")
+        meta = prepare(config.data, say)
+        summary.add(
+            "prepare",
+            "ran",
+            time.perf_counter() - started,
+            config.data.output,
+            rows=meta["counts"]["rows_out"],
+        )
+
+    started = time.perf_counter()
+    if not config.nightly.refresh_cf:
+        summary.add("cf", "kept", 0.0, config.score.cf_bundle or "(the model bundle's CF)")
+    elif _exists(storage.join(config.output, "config.json")):
+        summary.add("cf", "skipped", 0.0, config.output)
+    else:
+        from raylrec.cf.train import train_cf
+
+        say(f"[{date}] refreshing the CF encoder -> {config.output}")
+        train_cf(config, say)
+        summary.add("cf", "ran", time.perf_counter() - started, config.output)
+
+    started = time.perf_counter()
+    partition = recs.partition(config.score.output, date)
+    if recs.read_manifest(config.score.output, date) is not None and not force:
+        summary.add("score", "skipped", 0.0, partition)
+    else:
+        from raylrec.scoring.job import run_scoring
+
+        say(f"[{date}] scoring -> {partition}")
+        manifest = run_scoring(config, date, say=say)
+        summary.add(
+            "score",
+            "ran",
+            time.perf_counter() - started,
+            partition,
+            users=manifest["users"],
+            rows=manifest["rows"],
+        )
+    manifest = recs.read_manifest(config.score.output, date)
+    summary.add("publish", "done", 0.0, partition, run=manifest["run_id"], users=manifest["users"])
+    say(summary.format())
+    say(json.dumps({"nightly": date, "steps": summary.steps}))
+    return summary

@@ -1,0 +1,159 @@
+"""The batch-scoring job: profiles -> actor pool (retrieve, rerank) -> staged Parquet -> publish.
+
+Everything that can fail cheaply fails before anything is written: the output bucket must be
+reachable, the bundles must pass their checksums, the dataset and splits must exist.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import posixpath
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from raylrec import storage
+from raylrec.cf.bundle import check_cf_bundle
+from raylrec.config import ConfigError, RaylrecConfig
+from raylrec.data.output import read_meta
+from raylrec.scoring import publish as recs
+from raylrec.scoring.profiles import item_popularity, known_splits, user_profiles
+from raylrec.scoring.recommender import Recommender, ScoringPlan
+from raylrec.scoring.vocab import Vocabulary
+
+__all__ = ["run_scoring", "new_run_id"]
+
+_POPULAR_EXTRA = 1000  # popular items beyond k, so the fallback survives excluding seen ones
+
+
+def new_run_id(date: str) -> str:
+    return f"{date}-{dt.datetime.now(dt.UTC):%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+def _resolve(config: RaylrecConfig) -> tuple[str, str | None, str, dict[str, Any], dict[str, Any] | None]:
+    """(output, model bundle, retrieval CF bundle, its description, the model's), all checked."""
+    from raylrec.methods.bundle import check_model_bundle
+
+    score = config.score
+    if not score.output:
+        raise ConfigError("set score.output (where recommendations go: a local path or s3://)")
+    output = storage.absolute(score.output)
+    storage.check_reachable(output)
+    model_bundle = storage.absolute(score.model_bundle) if score.model_bundle else None
+    model_description = check_model_bundle(model_bundle) if model_bundle else None
+    if score.cf_bundle:
+        cf_bundle = storage.absolute(score.cf_bundle)
+    elif model_bundle and model_description.get("cf_bundle_source"):
+        cf_bundle = storage.join(model_bundle, "cf")
+    else:
+        raise ConfigError("set score.cf_bundle (retrieval needs a CF bundle; this model bundle has none)")
+    return output, model_bundle, cf_bundle, check_cf_bundle(cf_bundle), model_description
+
+
+def _history_length(cf: dict[str, Any], model: dict[str, Any] | None) -> int:
+    lengths = [50]
+    if cf["cf"]["model"] == "sasrec":
+        lengths.append(int(cf["cf"]["max_len"]))
+    if model is not None:
+        lengths.append(int(model["prompt"]["history_items"]))
+    return max(lengths)
+
+
+def _actor_resources(config: RaylrecConfig) -> tuple[int, float, float]:
+    import ray
+
+    score = config.score
+    resources = ray.cluster_resources()
+    gpus = score.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
+    if score.actors:
+        return score.actors, gpus, score.cpus_per_actor
+    if gpus:
+        return max(1, int(resources["GPU"] // gpus)), gpus, score.cpus_per_actor
+    # Leave a CPU for reading profiles and writing files.
+    return max(1, min(8, int(resources.get("CPU", 1) // score.cpus_per_actor) - 1)), 0.0, score.cpus_per_actor
+
+
+def run_scoring(
+    config: RaylrecConfig, date: str, run_id: str | None = None, say: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Score every requested user and publish ``date``; returns the manifest."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    recs.check_date(date)
+    output, model_bundle, cf_bundle, cf_description, model_description = _resolve(config)
+    score = config.score
+    dataset = storage.absolute(score.dataset or config.dataset or cf_description["dataset"]["path"])
+    read_meta(dataset)  # a clear error for a missing or unfinished dataset
+    splits = known_splits(dataset, score.splits)
+    run_id = run_id or new_run_id(date)
+    model_name = score.model_name or posixpath.basename((model_bundle or cf_bundle).rstrip("/"))
+
+    stale = recs.remove_unpublished(output, date)
+    if stale:
+        say(f"removed {len(stale)} unpublished run(s) of {date}: {', '.join(stale)}")
+    say(f"profiles of the users to score from {dataset} (splits {', '.join(splits)})")
+    profiles = user_profiles(dataset, splits, score.users, _history_length(cf_description, model_description))
+    profiles = profiles.materialize()
+    users = profiles.count()
+    popular_ids, popular_scores = item_popularity(dataset, splits, score.k + _POPULAR_EXTRA)
+    from raylrec.data.output import read_table
+
+    items = Vocabulary.from_table(read_table(dataset, "items.parquet"), "item_id", "iid")
+    plan = ScoringPlan(
+        dataset=dataset,
+        cf_bundle=cf_bundle,
+        model_bundle=model_bundle,
+        model_name=model_name,
+        run_id=run_id,
+        k=score.k,
+        candidates=score.candidates,
+        exclude_seen=score.exclude_seen,
+        index=score.index,
+        item_chunk=score.item_chunk,
+        rerank_rows=score.rerank_rows,
+        popular_items=tuple(items.to_raw(popular_ids).tolist()),
+        popular_scores=tuple(float(s) for s in popular_scores),
+    )
+    actors, gpus, cpus = _actor_resources(config)
+    stage = "CF retrieval + LLM rerank" if model_bundle else "CF retrieval"
+    say(
+        f"scoring {users:,} users ({stage}, {score.candidates} candidates, top {score.k})"
+        f" on {actors} actor(s)"
+    )
+    recommendations = profiles.map_batches(
+        Recommender,
+        fn_constructor_kwargs={"plan": plan},
+        batch_size=score.users_per_batch,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(min_size=1, max_size=actors),
+        num_gpus=gpus,
+        num_cpus=cpus,
+    )
+    prefix = recs.run_prefix(output, date, run_id)
+    fs, root = storage.arrow_filesystem(prefix)
+    recommendations.write_parquet(root, filesystem=fs)
+    say(f"wrote run {run_id}; verifying and publishing {recs.partition(output, date)}")
+    manifest = recs.publish(
+        output,
+        date,
+        run_id,
+        users,
+        {
+            "model": model_name,
+            "model_bundle": model_bundle,
+            "cf_bundle": cf_bundle,
+            "dataset": dataset,
+            "splits": splits,
+            "k": score.k,
+            "candidates": score.candidates,
+            "ray": {"actors": actors, "gpus_per_actor": gpus, "nodes": len(ray.nodes())},
+        },
+    )
+    say(
+        f"published {manifest['rows']:,} rows for {manifest['users']:,} users"
+        f" in {len(manifest['files'])} file(s)"
+    )
+    return manifest

@@ -1,0 +1,144 @@
+"""Per-user scoring inputs from a prepared dataset, on Ray Data.
+
+A profile is one row per requested user: ``user_id`` (raw), ``history`` (their most recent
+positive items, oldest first; ties in time ordered by item id) and ``seen`` (every item they
+interacted with), item ids in the dataset's dense numbering. Requested users join their
+interactions in one hash shuffle: the user table's rows go in as markers beside the events, and
+each group emits a profile only if it holds a marker, so a requested user with no events still
+gets a (cold) profile and events of users nobody asked for are dropped.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from raylrec import storage
+from raylrec.data.output import read_meta, read_table
+from raylrec.scoring.vocab import Vocabulary
+
+__all__ = ["user_profiles", "item_popularity", "PROFILE_SCHEMA"]
+
+PROFILE_SCHEMA = pa.schema(
+    [("user_id", pa.string()), ("history", pa.list_(pa.int64())), ("seen", pa.list_(pa.int64()))]
+)
+_EVENT_COLUMNS = ["uid", "iid", "timestamp", "label"]
+_MARKER = -1
+
+
+@functools.lru_cache(maxsize=4)
+def _user_vocabulary(dataset: str) -> Vocabulary:
+    return Vocabulary.from_table(read_table(dataset, "users.parquet"), "user_id", "uid")
+
+
+def _events_with_raw_users(batch: pa.Table, dataset: str) -> pa.Table:
+    raw = _user_vocabulary(dataset).to_raw(batch["uid"].to_numpy())
+    return pa.table(
+        {
+            "user_id": pa.array(raw.tolist(), pa.string()),
+            "iid": batch["iid"].cast(pa.int64()),
+            "timestamp": batch["timestamp"].cast(pa.int64()),
+            "label": batch["label"].cast(pa.int8()),
+        }
+    )
+
+
+def _markers(batch: pa.Table) -> pa.Table:
+    n = batch.num_rows
+    return pa.table(
+        {
+            "user_id": batch["user_id"].cast(pa.string()),
+            "iid": pa.array(np.full(n, _MARKER, np.int64)),
+            "timestamp": pa.array(np.zeros(n, np.int64)),
+            "label": pa.array(np.zeros(n, np.int8)),
+        }
+    )
+
+
+def _profile(group: pa.Table, history_len: int) -> pa.Table:
+    iid = group["iid"].to_numpy()
+    if not (iid == _MARKER).any():
+        return PROFILE_SCHEMA.empty_table()
+    events = group.filter(pc.not_equal(group["iid"], _MARKER))
+    # (timestamp, item): the same order whatever order the files and blocks arrived in
+    order = np.lexsort((events["iid"].to_numpy(), events["timestamp"].to_numpy()))
+    items = events["iid"].to_numpy()[order]
+    positive = events["label"].to_numpy()[order] > 0
+    history = items[positive][-history_len:] if history_len else items[:0]
+    return pa.Table.from_pylist(
+        [
+            {
+                "user_id": group["user_id"][0].as_py(),
+                "history": history.tolist(),
+                "seen": np.unique(items).tolist(),
+            }
+        ],
+        schema=PROFILE_SCHEMA,
+    )
+
+
+def _read_users(users: str | None, dataset: str) -> ray.data.Dataset:
+    if users is None:
+        fs, root = storage.arrow_filesystem(dataset)
+        return ray.data.read_parquet(storage.join(root, "users.parquet"), filesystem=fs, columns=["user_id"])
+    fs, root = storage.arrow_filesystem(users)
+    lower = users.lower()
+    if lower.endswith((".csv", ".tsv")):
+        ds = ray.data.read_csv(root, filesystem=fs)
+    elif lower.endswith((".json", ".jsonl")):
+        ds = ray.data.read_json(root, filesystem=fs)
+    else:
+        ds = ray.data.read_parquet(root, filesystem=fs)
+    if "user_id" not in ds.columns():
+        raise ValueError(f"score.users {users}: no 'user_id' column (has {ds.columns()})")
+    return ds.select_columns(["user_id"])
+
+
+def known_splits(dataset: str, splits: list[str] | None) -> list[str]:
+    present = sorted(read_meta(dataset)["counts"]["splits"])
+    if splits is None:
+        return present
+    unknown = sorted(set(splits) - set(present))
+    if unknown:
+        raise ValueError(f"score.splits: {unknown} not in dataset {dataset} (it has {present})")
+    return splits
+
+
+def _read_events(dataset: str, splits: list[str]) -> ray.data.Dataset:
+    fs, root = storage.arrow_filesystem(dataset)
+    return ray.data.read_parquet(
+        [storage.join(root, s) for s in splits], filesystem=fs, columns=_EVENT_COLUMNS
+    )
+
+
+def user_profiles(
+    dataset: str, splits: list[str], users: str | None, history_len: int, partitions: int = 8
+) -> ray.data.Dataset:
+    """One profile row per distinct requested user (see the module docstring)."""
+    events = _read_events(dataset, splits).map_batches(
+        _events_with_raw_users, batch_format="pyarrow", fn_kwargs={"dataset": dataset}
+    )
+    markers = _read_users(users, dataset).map_batches(_markers, batch_format="pyarrow")
+    return (
+        events.union(markers)
+        .groupby("user_id", num_partitions=partitions)
+        .map_groups(_profile, batch_format="pyarrow", fn_kwargs={"history_len": history_len})
+    )
+
+
+def item_popularity(dataset: str, splits: list[str], top: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``top`` items by positive interactions in ``splits``: (dense ids, share of positives).
+    Counted per block by Ray, merged on the driver (one row per item)."""
+    from raylrec.data.indexing import id_counts
+
+    positives = _read_events(dataset, splits).filter(expr="label > 0")
+    counts = id_counts(positives, ["iid"])["iid"]
+    ids = counts["id"].to_numpy(zero_copy_only=False).astype(np.int64)
+    count = counts["count"].to_numpy()
+    order = np.lexsort((ids, -count))[:top]  # ties: lower id first, so runs agree
+    total = max(int(count.sum()), 1)
+    return ids[order], (count[order] / total).astype(np.float32)

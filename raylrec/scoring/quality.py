@@ -1,0 +1,86 @@
+"""Top-K quality of published recommendations against a held-out split.
+
+The ground truth is each user's positive items in ``split`` of a prepared dataset, matched by
+raw ids. Metrics follow ``raylrec.eval.ranking`` (Recall with an explicit denominator, NDCG
+with binary gains); users with no positives in the split are skipped, and a user the run did
+not score counts with zero hits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from raylrec import storage
+from raylrec.data.output import read_table
+from raylrec.eval.ranking import RecallDenominator
+from raylrec.scoring.publish import read_recommendations
+from raylrec.scoring.vocab import Vocabulary
+
+__all__ = ["held_out_positives", "list_metrics", "evaluate_published"]
+
+
+def held_out_positives(dataset: str, split: str, implicit: bool = False) -> dict[str, set[str]]:
+    """raw user id -> raw ids of their positive items in ``split`` (``implicit``: every
+    interaction counts, as in RecBole's protocol)."""
+    fs, root = storage.arrow_filesystem(dataset)
+    table = pads.dataset(storage.join(root, split), filesystem=fs, format="parquet").to_table(
+        columns=["uid", "iid", "label"]
+    )
+    if not implicit:
+        table = table.filter(pc.greater(table["label"], 0))
+    users = Vocabulary.from_table(read_table(dataset, "users.parquet"), "user_id", "uid")
+    items = Vocabulary.from_table(read_table(dataset, "items.parquet"), "item_id", "iid")
+    truth: dict[str, set[str]] = {}
+    for user, item in zip(
+        users.to_raw(table["uid"].to_numpy()), items.to_raw(table["iid"].to_numpy()), strict=True
+    ):
+        truth.setdefault(user, set()).add(item)
+    return truth
+
+
+def list_metrics(
+    recommended: dict[str, list[str]],
+    truth: dict[str, set[str]],
+    ks: tuple[int, ...] = (10, 20),
+    recall_denominator: RecallDenominator = "test_items",
+) -> dict[str, float]:
+    """Recall@K / NDCG@K / HitRate@K of ranked lists (best first) over the users in ``truth``."""
+    if not truth:
+        raise ValueError("no user has held-out positives")
+    discount = 1.0 / np.log2(np.arange(2, max(ks) + 2))
+    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg", "hit")}
+    for user, relevant in truth.items():
+        hits = np.array([item in relevant for item in recommended.get(user, [])[: max(ks)]], float)
+        hits = np.pad(hits, (0, max(ks) - len(hits)))
+        for k in ks:
+            found = hits[:k].sum()
+            denominator = len(relevant) if recall_denominator == "test_items" else min(k, len(relevant))
+            ideal = discount[: min(k, len(relevant))].sum()
+            sums[f"recall@{k}"] += found / denominator
+            sums[f"ndcg@{k}"] += (hits[:k] * discount[:k]).sum() / ideal
+            sums[f"hit@{k}"] += float(found > 0)
+    metrics = {name: total / len(truth) for name, total in sums.items()}
+    metrics["users"] = len(truth)
+    return metrics
+
+
+def evaluate_published(
+    root: str,
+    date: str,
+    dataset: str,
+    split: str,
+    ks: tuple[int, ...] = (10,),
+    recall_denominator: RecallDenominator = "test_items",
+    implicit: bool = False,
+) -> dict[str, float]:
+    """Metrics of the users the run scored that have positives in ``split``."""
+    table = read_recommendations(root, date)
+    recommended: dict[str, list[str]] = {}
+    for user, item in zip(table["user_id"].to_pylist(), table["item_id"].to_pylist(), strict=True):
+        recommended.setdefault(user, []).append(item)  # rows come sorted by (user, rank)
+    truth = {
+        u: items for u, items in held_out_positives(dataset, split, implicit).items() if u in recommended
+    }
+    return list_metrics(recommended, truth, ks, recall_denominator)

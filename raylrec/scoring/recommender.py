@@ -1,0 +1,195 @@
+"""The scoring actor: a batch of user profiles in, their top-K recommendation rows out.
+
+Per user: CF retrieval of ``candidates`` items (seen items excluded), then, with a model
+bundle, the LLM reranks them (shared-prefix scoring) and the top ``k`` by its logit are kept;
+without one, the top ``k`` by CF score. Users the CF bundle has no vector for (unknown to
+MF/LightGCN, or no history for SASRec) get the fallback: the most popular items they have not
+seen (``source = "popular"``; a user who has seen all of them gets them anyway, so nobody is
+left without rows). Every row says which of these produced it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from raylrec import storage
+from raylrec.cf.bundle import cf_vocabularies, load_cf_bundle
+from raylrec.data.output import read_table
+from raylrec.scoring.publish import RECS_SCHEMA
+from raylrec.scoring.rerank import Reranker, RerankRequest
+from raylrec.scoring.retrieval import FaissIndex, exact_top_n
+from raylrec.scoring.vocab import Vocabulary
+
+__all__ = ["ScoringPlan", "Recommender"]
+
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    """Everything an actor needs, resolved on the driver (paths absolute, ids raw)."""
+
+    dataset: str
+    cf_bundle: str
+    model_bundle: str | None
+    model_name: str
+    run_id: str
+    k: int
+    candidates: int
+    exclude_seen: bool
+    index: str
+    item_chunk: int
+    rerank_rows: int
+    popular_items: tuple[str, ...]  # raw ids, most popular first
+    popular_scores: tuple[float, ...]
+
+
+def _cf_history_length(config: dict) -> int:
+    cf = config["cf"]
+    return int(cf["max_len"]) if cf["model"] == "sasrec" else 0
+
+
+def _pad(rows: list[np.ndarray], length: int) -> torch.Tensor:
+    out = np.zeros((len(rows), length), np.int64)
+    for i, row in enumerate(rows):
+        row = row[-length:]
+        out[i, length - len(row) :] = row
+    return torch.from_numpy(out)
+
+
+class Recommender:
+    """Loaded once per Ray Data actor (``map_batches(Recommender, compute=ActorPoolStrategy)``)."""
+
+    def __init__(self, plan: ScoringPlan, device: str | None = None):
+        self.plan = plan
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.data_items = Vocabulary.from_table(read_table(plan.dataset, "items.parquet"), "item_id", "iid")
+        self.cf = load_cf_bundle(plan.cf_bundle)
+        self.cf_users, self.cf_items = cf_vocabularies(plan.cf_bundle)
+        self.cf_history = _cf_history_length(self.cf.config)
+        self.cf.encoder.to(self.device)
+        self.item_table = self.cf.items.to(self.device)
+        self.index = FaissIndex(self.cf.items) if plan.index == "faiss" else None
+        self.reranker = None
+        if plan.model_bundle:
+            from raylrec.methods.bundle import load_model_bundle
+
+            bundle = load_model_bundle(plan.model_bundle, self.device)
+            own_cf = storage.join(plan.model_bundle, "cf")
+            has_cf = bundle.method.cf is not None
+            self.rr_items = Vocabulary.from_table(bundle.items, "item_id", "iid")
+            self.rr_users = cf_vocabularies(own_cf)[0] if has_cf else None
+            rr_history = (
+                _cf_history_length(storage.read_json(storage.join(own_cf, "config.json"))) if has_cf else 0
+            )
+            self.reranker = Reranker(bundle.method, bundle.prompts, rr_history, plan.rerank_rows)
+
+    # --- stages -------------------------------------------------------------------------------
+
+    def _user_vectors(
+        self, users: np.ndarray, histories: list[np.ndarray]
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """CF vectors of the users that have one, and which those are."""
+        if self.cf_history:
+            mapped = [h[h > 0] for h in (self.cf_items.to_dense(h) for h in histories)]
+            has = np.array([len(h) > 0 for h in mapped], bool)
+            if not has.any():
+                return torch.zeros(0, self.item_table.shape[1]), has
+            padded = _pad([m for m, keep in zip(mapped, has, strict=True) if keep], self.cf_history)
+            with torch.no_grad():
+                return self.cf.encoder.user_vectors({"history": padded.to(self.device)}), has
+        uid = self.cf_users.to_dense(users)
+        has = uid > 0
+        return self.cf.users[torch.from_numpy(uid[has])].to(self.device), has
+
+    def _retrieve(self, vectors: torch.Tensor, seen: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        exclude = None
+        if self.plan.exclude_seen:
+            exclude = [s[s > 0] for s in (self.cf_items.to_dense(x) for x in seen)]
+        n = min(self.plan.candidates, len(self.item_table) - 1)
+        if self.index is not None:
+            return self.index.top_n(vectors.cpu(), n, exclude)
+        return exact_top_n(vectors, self.item_table, n, exclude, self.plan.item_chunk)
+
+    def _rerank(
+        self, users: np.ndarray, histories: list[np.ndarray], candidates: list[np.ndarray]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(raw item ids, logits) per user, best first; candidates the reranker does not know
+        are dropped."""
+        requests, kept = [], []
+        rr_uid = (
+            self.rr_users.to_dense(users) if self.rr_users is not None else np.zeros(len(users), np.int64)
+        )
+        for uid, history, raw in zip(rr_uid, histories, candidates, strict=True):
+            ids = self.rr_items.to_dense(raw)
+            known = ids > 0
+            kept.append(raw[known])
+            mapped_history = self.rr_items.to_dense(history)
+            requests.append(
+                RerankRequest(int(uid), mapped_history[mapped_history > 0].tolist(), ids[known].tolist())
+            )
+        scored = [r for r in range(len(requests)) if len(requests[r].candidates)]
+        logits = self.reranker.score([requests[r] for r in scored])
+        out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, object), np.zeros(0, np.float32))] * len(
+            users
+        )
+        for r, scores in zip(scored, logits, strict=True):
+            order = np.argsort(-scores, kind="stable")
+            out[r] = (kept[r][order], scores[order])
+        return out
+
+    def _popular(self, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        items = np.asarray(self.plan.popular_items, dtype=object)
+        scores = np.asarray(self.plan.popular_scores, np.float32)
+        fresh = ~np.isin(items, seen) if self.plan.exclude_seen else np.ones(len(items), bool)
+        if not fresh.any():  # seen every popular item: better a seen item than no row at all
+            fresh[:] = True
+        return items[fresh][: self.plan.k], scores[fresh][: self.plan.k]
+
+    # --- one batch ----------------------------------------------------------------------------
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        users = np.asarray(batch["user_id"].to_pylist(), dtype=object)
+        histories = [self.data_items.to_raw(np.asarray(h, np.int64)) for h in batch["history"].to_pylist()]
+        seen = [self.data_items.to_raw(np.asarray(s, np.int64)) for s in batch["seen"].to_pylist()]
+        vectors, has_vector = self._user_vectors(users, histories)
+        picks: list[tuple[np.ndarray, np.ndarray, str]] = [None] * len(users)  # type: ignore[list-item]
+        rows = np.flatnonzero(has_vector)
+        if len(rows):
+            scores, ids = self._retrieve(vectors, [seen[r] for r in rows])
+            candidates = [self.cf_items.to_raw(i[i > 0]) for i in ids]
+            cf_scores = [s[i > 0] for s, i in zip(scores, ids, strict=True)]
+            reranked = (
+                self._rerank(users[rows], [histories[r] for r in rows], candidates)
+                if self.reranker is not None
+                else [None] * len(rows)
+            )
+            for r, cand, cf_score, rr in zip(rows, candidates, cf_scores, reranked, strict=True):
+                if rr is not None and len(rr[0]):
+                    picks[r] = (rr[0][: self.plan.k], rr[1][: self.plan.k], "rerank")
+                else:
+                    picks[r] = (cand[: self.plan.k], cf_score[: self.plan.k], "cf")
+        for r in range(len(users)):
+            if picks[r] is None or not len(picks[r][0]):  # no CF vector, or every item excluded
+                picks[r] = (*self._popular(seen[r]), "popular")
+        return self._rows(users, picks)
+
+    def _rows(self, users: np.ndarray, picks: list[tuple[np.ndarray, np.ndarray, str]]) -> pa.Table:
+        sizes = np.array([len(p[0]) for p in picks], np.int64)
+        ranks = np.concatenate([np.arange(1, s + 1) for s in sizes]) if sizes.sum() else np.zeros(0)
+        return pa.table(
+            {
+                "user_id": pa.array(np.repeat(users, sizes).tolist(), pa.string()),
+                "rank": pa.array(ranks.astype(np.int32)),
+                "item_id": pa.array([str(i) for p in picks for i in p[0]], pa.string()),
+                "score": pa.array(
+                    np.concatenate([p[1] for p in picks]).astype(np.float32) if len(picks) else []
+                ),
+                "source": pa.array(np.repeat([p[2] for p in picks], sizes).tolist(), pa.string()),
+                "model": pa.array([self.plan.model_name] * int(sizes.sum()), pa.string()),
+                "run_id": pa.array([self.plan.run_id] * int(sizes.sum()), pa.string()),
+            },
+            schema=RECS_SCHEMA,
+        )

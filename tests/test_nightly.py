@@ -1,0 +1,70 @@
+"""The nightly pipeline for a date: prepare -> refresh CF -> score -> publish, each step
+skipped when its committed output exists, so a second run of the date changes nothing, and a
+run that failed after preparing continues from the CF step."""
+
+from __future__ import annotations
+
+import pytest
+
+from raylrec.config import build_config
+from raylrec.nightly import run_nightly
+from raylrec.scoring import publish as recs
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+DATE = "2026-11-24"
+
+
+def _config(tmp_path, **nightly):
+    return build_config(
+        {
+            "data": {
+                "source": {"type": "movielens_100k"},
+                "split": {"protocol": "random_ratio", "ratios": [0.8, 0.1, 0.1], "seed": 2020},
+                "output": "replaced-by-nightly",
+            },
+            "cf": {"model": "mf", "dim": 16, "loss": "bpr", "implicit": True},
+            "train": {
+                "epochs": 2,
+                "batch_size": 4096,
+                "lr": 5e-3,
+                "metric": "valid/ndcg@10",
+                "num_workers": 1,
+                "storage_path": str(tmp_path / "runs"),
+            },
+            "score": {"output": str(tmp_path / "recs"), "candidates": 20, "k": 5},
+            "nightly": {"root": str(tmp_path / "nightly"), "refresh_cf": True, **nightly},
+        }
+    )
+
+
+def _statuses(summary) -> dict[str, str]:
+    return {s["step"]: s["status"] for s in summary.steps}
+
+
+def test_nightly_runs_each_step_once_and_resumes(tmp_path, capsys):
+    config = _config(tmp_path)
+    # A failure after preparing: the scoring step cannot reach its bucket.
+    broken = config.model_copy(
+        update={"score": config.score.model_copy(update={"output": "s3://no-such-bucket/recs"})}
+    )
+    with pytest.raises(OSError, match="no-such-bucket"):
+        run_nightly(broken, DATE)
+    assert (tmp_path / "nightly" / "datasets" / f"date={DATE}" / "meta.json").exists()
+    assert (tmp_path / "nightly" / "cf" / f"date={DATE}" / "config.json").exists()
+
+    first = run_nightly(config, DATE)
+    assert _statuses(first) == {"prepare": "skipped", "cf": "skipped", "score": "ran", "publish": "done"}
+    manifest = recs.read_manifest(str(tmp_path / "recs"), DATE)
+    assert manifest["users"] == 943 and manifest["rows"] == 943 * 5
+    assert manifest["cf_bundle"].endswith(f"cf/date={DATE}")
+
+    second = run_nightly(config, DATE)
+    assert _statuses(second) == {"prepare": "skipped", "cf": "skipped", "score": "skipped", "publish": "done"}
+    assert recs.read_manifest(str(tmp_path / "recs"), DATE)["run_id"] == manifest["run_id"]
+    out = capsys.readouterr().out
+    assert f"nightly {DATE}:" in out and "skipped" in out
+
+    forced = run_nightly(config, DATE, force=True)
+    assert _statuses(forced)["score"] == "ran"
+    assert recs.read_manifest(str(tmp_path / "recs"), DATE)["run_id"] != manifest["run_id"]

@@ -1,0 +1,198 @@
+"""Scoring parts in a plain process: exact chunked retrieval against brute force, the faiss
+index against exact search, shared-prefix reranking against the full-prompt computation for
+every method (the max difference is printed), shared prompts against full prompts, raw-id
+vocabularies, and the publish protocol (manifest last, verified counts, replace, readers)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raylrec import storage
+from raylrec.cf.bundle import CFBundle
+from raylrec.cf.models import MF
+from raylrec.config import BackboneConfig, MethodConfig
+from raylrec.llm.backbone import load_backbone
+from raylrec.llm.prompts import TEMPLATES, PromptBuilder
+from raylrec.methods import build_method
+from raylrec.scoring import publish as recs
+from raylrec.scoring.rerank import Reranker, RerankRequest
+from raylrec.scoring.retrieval import FaissIndex, exact_top_n
+from raylrec.scoring.vocab import Vocabulary
+
+
+def _brute_force(users, items, n, exclude):
+    scores = users @ items.T
+    scores[:, 0] = -np.inf
+    for row, seen in enumerate(exclude):
+        scores[row, seen] = -np.inf
+    ids = np.argsort(-scores, axis=1, kind="stable")[:, :n]
+    return np.take_along_axis(scores, ids, 1), ids
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    users=st.integers(1, 9),
+    items=st.integers(2, 60),
+    n=st.integers(1, 12),
+    chunk=st.integers(1, 70),
+    seed=st.integers(0, 10_000),
+)
+def test_exact_top_n_matches_brute_force(users, items, n, chunk, seed):
+    rng = np.random.default_rng(seed)
+    u = rng.normal(size=(users, 4)).astype(np.float32)
+    table = rng.normal(size=(items, 4)).astype(np.float32)
+    exclude = [rng.choice(np.arange(1, items), rng.integers(0, items), replace=False) for _ in range(users)]
+    scores, ids = exact_top_n(torch.from_numpy(u), torch.from_numpy(table), n, exclude, item_chunk=chunk)
+    want_scores, want_ids = _brute_force(u.astype(np.float64), table.astype(np.float64), n, exclude)
+    for row in range(users):
+        available = items - 1 - len(exclude[row])
+        k = min(n, available)
+        # the same scores in the same order (ids may differ only on exact ties)
+        np.testing.assert_allclose(scores[row, :k], want_scores[row, :k], rtol=1e-5, atol=1e-5)
+        assert not set(ids[row, :k]) & set(exclude[row].tolist()) and 0 not in ids[row, :k]
+        assert (ids[row, k:] == 0).all() and np.isneginf(scores[row, k:]).all()
+
+
+def test_faiss_index_finds_the_exact_neighbours_and_skips_seen_items():
+    rng = np.random.default_rng(0)
+    items = torch.from_numpy(rng.normal(size=(2_001, 16)).astype(np.float32))
+    users = torch.from_numpy(rng.normal(size=(50, 16)).astype(np.float32))
+    exclude = [rng.choice(np.arange(1, 2_001), 30, replace=False) for _ in range(50)]
+    _, exact = exact_top_n(users, items, 20, exclude)
+    _, approx = FaissIndex(items).top_n(users, 20, exclude)
+    recall = np.mean([len(set(a) & set(e)) / 20 for a, e in zip(approx, exact, strict=True)])
+    print(f"faiss HNSW recall@20 vs exact: {recall:.3f}")
+    assert recall >= 0.9
+    for row, seen in zip(approx, exclude, strict=True):
+        assert not set(row.tolist()) & set(seen.tolist()) and 0 not in row
+
+
+def _cf_bundle() -> CFBundle:
+    torch.manual_seed(0)
+    encoder = MF(20, 60, 8).eval()
+    config = {"dim": 8, "num_users": 20, "num_items": 60, "cf": {"model": "mf"}}
+    return CFBundle(config, encoder.users.weight.detach(), encoder.items.weight.detach(), encoder)
+
+
+TITLES = {i: f"Movie {i}" + " sequel" * (i % 5) for i in range(1, 60)}
+
+
+def _reranker(name: str, max_rows: int) -> Reranker:
+    backbone = load_backbone(BackboneConfig(name="tiny-random-llama"))
+    method = build_method(
+        MethodConfig(name=name, cf_bundle="in-memory", experts=4, lora={"dropout": 0.0}),
+        backbone,
+        _cf_bundle(),
+    )
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():  # trained-looking adapters: LoRA's B starts at zero
+        for params in method.parameter_groups().values():
+            for p in params:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+    prompts = PromptBuilder(backbone.tokenizer, TEMPLATES[method.stages()[-1].template], TITLES, 128, 6)
+    return Reranker(method, prompts, max_rows=max_rows)
+
+
+@pytest.mark.parametrize("name", ["tallrec", "collm", "reclora"])
+def test_shared_prefix_scores_equal_full_prompt_scores(name):
+    rng = np.random.default_rng(1)
+    requests = [
+        RerankRequest(
+            uid, rng.integers(1, 60, size).tolist(), rng.choice(np.arange(1, 60), n, replace=False).tolist()
+        )
+        for uid, size, n in [(1, 8, 23), (2, 0, 5), (3, 3, 1), (4, 12, 40)]
+    ]
+    reranker = _reranker(name, max_rows=16)  # splits users over passes and passes over users
+    shared = reranker.score(requests)
+    full = reranker.score_full(requests)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(shared, full, strict=True))
+    spread = float(np.concatenate(full).std())
+    print(f"{name}: shared-prefix vs full-prompt max |diff| = {diff:.2e} (score std {spread:.3f})")
+    assert diff < 1e-4 and spread > 1e-3  # the scores differ between candidates, and agree
+
+
+def test_shared_prompts_are_the_full_prompts_and_share_one_history():
+    tokenizer = load_backbone(BackboneConfig(name="tiny-random-llama")).tokenizer
+    history, targets = [3, 7, 11, 19, 23, 29], [1, 14, 5]  # 14 has the longest title
+    roomy = PromptBuilder(tokenizer, TEMPLATES["collm"], TITLES, 512, 6)
+    bare = len(roomy.encode([], 14)[0])
+    # room for about two history titles beside the longest candidate
+    builder = PromptBuilder(tokenizer, TEMPLATES["collm"], TITLES, bare + 2 * len(roomy._title(29)) + 2, 6)
+    shared = builder.encode_shared(history, targets)
+    assert 0 < shared.history_items < len(history)  # the budget bites
+    for target, suffix in zip(targets, shared.suffixes, strict=True):
+        ids = shared.prefix + suffix
+        assert len(ids) <= builder.max_tokens
+        if target == 14:  # the longest title: exactly the full prompt
+            assert ids == builder.encode(history, target)[0]
+    assert (
+        roomy.encode_shared(history, targets).prefix + roomy.encode_shared(history, targets).suffixes[0]
+        == (roomy.encode(history, 1)[0])
+    )
+
+
+def test_vocabulary_maps_raw_ids_and_unknown_ones_to_zero():
+    vocab = Vocabulary(np.array(["u9", "u3", "u7"]), np.array([1, 2, 3]))
+    assert vocab.to_dense(["u3", "nobody", "u9"]).tolist() == [2, 0, 1]
+    assert vocab.to_raw(np.array([3, 1])).tolist() == ["u7", "u9"]
+
+
+def _write_run(root: str, date: str, run: str, rows: list[tuple[str, int]]) -> None:
+    table = pa.table(
+        {
+            "user_id": [u for u, _ in rows],
+            "rank": pa.array([r for _, r in rows], pa.int32()),
+            "item_id": [f"i{r}" for _, r in rows],
+            "score": pa.array([1.0 / r for _, r in rows], pa.float32()),
+            "source": ["cf"] * len(rows),
+            "model": ["m"] * len(rows),
+            "run_id": [run] * len(rows),
+        },
+        schema=recs.RECS_SCHEMA,
+    )
+    prefix = recs.run_prefix(root, date, run)
+    fs, path = storage.filesystem(prefix)
+    fs.makedirs(path, exist_ok=True)
+    pq.write_table(table, f"{path}/part-0.parquet")
+
+
+def test_publish_protocol(tmp_path):
+    root, date = str(tmp_path / "recs"), "2026-11-24"
+    rows = [(u, r) for u in ("a", "b") for r in (1, 2)]
+    _write_run(root, date, "run1", rows)
+    # written but not published: invisible
+    assert recs.published_dates(root) == [] and recs.read_manifest(root, date) is None
+    with pytest.raises(FileNotFoundError, match="not published"):
+        recs.read_recommendations(root, date)
+    # a user missing or a duplicated row set refuses to publish
+    with pytest.raises(RuntimeError, match="expected one row set for each of 3 users"):
+        recs.publish(root, date, "run1", expected_users=3, details={"model": "m"})
+    _write_run(root, date, "dup", rows + [("a", 1)])
+    with pytest.raises(RuntimeError, match="1 duplicated"):
+        recs.publish(root, date, "dup", expected_users=2, details={"model": "m"})
+    manifest = recs.publish(root, date, "run1", expected_users=2, details={"model": "m"})
+    assert manifest["rows"] == 4 and manifest["users"] == 2
+    assert not (tmp_path / "recs" / f"date={date}" / "_runs" / "dup").exists()  # never named: removed
+    assert recs.read_recommendations(root).num_rows == 4
+    # a rerun replaces the partition; the old run's files go after the manifest switched
+    _write_run(root, date, "run2", [("a", 1), ("b", 1), ("c", 1)])
+    recs.publish(root, date, "run2", expected_users=3, details={"model": "m"})
+    table = recs.read_recommendations(root, date)
+    assert table.num_rows == 3 and set(table["run_id"].to_pylist()) == {"run2"}
+    assert not (tmp_path / "recs" / f"date={date}" / "_runs" / "run1").exists()
+    # a file changed after publishing fails verification
+    part = tmp_path / "recs" / f"date={date}" / "_runs" / "run2" / "part-0.parquet"
+    part.write_bytes(part.read_bytes()[:-1] + b"\0")
+    with pytest.raises(storage.StorageError, match="corrupted"):
+        recs.read_recommendations(root, date, verify=True)
+    assert json.loads((tmp_path / "recs" / f"date={date}" / recs.MANIFEST).read_text())["run_id"] == "run2"
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        recs.partition(root, "24/11/2026")
