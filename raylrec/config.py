@@ -488,7 +488,10 @@ class ScoreConfig(_Strict):
     index: Literal["exact", "faiss"] = "exact"
     item_chunk: int = Field(default=65_536, ge=1, description="items per exact-search matmul")
     users_per_batch: int = Field(default=64, ge=1, description="users per actor call")
-    rerank_rows: int = Field(default=256, ge=1, description="candidate rows per LLM forward pass")
+    rerank_rows: int = Field(default=256, ge=1, description="candidates whose users share one prefix pass")
+    rerank_pack_tokens: int = Field(
+        default=256, ge=16, description="candidate suffix tokens packed into one row against a prefix"
+    )
     actors: int | None = Field(default=None, ge=1, description="scoring actors (default: from resources)")
     gpus_per_actor: float | None = Field(default=None, ge=0, description="default: 1 when GPUs exist")
     cpus_per_actor: float = Field(default=1, gt=0)

@@ -98,7 +98,7 @@ def _reranker(name: str, max_rows: int) -> Reranker:
             for p in params:
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
     prompts = PromptBuilder(backbone.tokenizer, TEMPLATES[method.stages()[-1].template], TITLES, 128, 6)
-    return Reranker(method, prompts, max_rows=max_rows)
+    return Reranker(method, prompts, max_rows=max_rows, pack_tokens=64, rows_per_forward=3)
 
 
 @pytest.mark.parametrize("name", ["tallrec", "collm", "reclora"])
@@ -110,7 +110,7 @@ def test_shared_prefix_scores_equal_full_prompt_scores(name):
         )
         for uid, size, n in [(1, 8, 23), (2, 0, 5), (3, 3, 1), (4, 12, 40)]
     ]
-    reranker = _reranker(name, max_rows=16)  # splits users over passes and passes over users
+    reranker = _reranker(name, max_rows=16)  # splits users over passes, passes over users, suffixes over packed rows
     shared = reranker.score(requests)
     full = reranker.score_full(requests)
     diff = max(float(np.abs(a - b).max()) for a, b in zip(shared, full, strict=True))

@@ -55,6 +55,10 @@ class CoLLM(RecMethod):
             return None  # a text-only prompt (stage 1)
         embeds = self.lm.get_input_embeddings()(batch["input_ids"])
         users = self.projector(self.cf.user_vectors(self.cf_inputs(batch)).to(embeds.dtype))
-        items = self.projector(self.cf.item_vectors(batch["iid"]).to(embeds.dtype))
         embeds = torch.where((slots == SLOT_USER)[..., None], users[:, None, :], embeds)
-        return torch.where((slots == SLOT_ITEM)[..., None], items[:, None, :], embeds)
+        item_slots = slots == SLOT_ITEM
+        if "slot_items" in batch:  # packed scoring rows: a different item at each item slot
+            items = self.projector(self.cf.item_vectors(batch["slot_items"][item_slots]).to(embeds.dtype))
+            return embeds.masked_scatter(item_slots[..., None], items)
+        items = self.projector(self.cf.item_vectors(batch["iid"]).to(embeds.dtype))
+        return torch.where(item_slots[..., None], items[:, None, :], embeds)

@@ -114,6 +114,7 @@ def run_scoring(
         index=score.index,
         item_chunk=score.item_chunk,
         rerank_rows=score.rerank_rows,
+        rerank_pack_tokens=score.rerank_pack_tokens,
         popular_items=tuple(items.to_raw(popular_ids).tolist()),
         popular_scores=tuple(float(s) for s in popular_scores),
     )

@@ -42,6 +42,7 @@ class ScoringPlan:
     index: str
     item_chunk: int
     rerank_rows: int
+    rerank_pack_tokens: int
     popular_items: tuple[str, ...]  # raw ids, most popular first
     popular_scores: tuple[float, ...]
 
@@ -84,7 +85,9 @@ class Recommender:
             rr_history = (
                 _cf_history_length(storage.read_json(storage.join(own_cf, "config.json"))) if has_cf else 0
             )
-            self.reranker = Reranker(bundle.method, bundle.prompts, rr_history, plan.rerank_rows)
+            self.reranker = Reranker(
+                bundle.method, bundle.prompts, rr_history, plan.rerank_rows, plan.rerank_pack_tokens
+            )
 
     # --- stages -------------------------------------------------------------------------------
 

@@ -1,10 +1,15 @@
 """LLM reranking of each user's candidates, with the shared prompt prefix computed once.
 
 Every candidate of a user has the same prompt up to the target title (instructions, history,
-the user's ID slot): the prefix runs once per user and its KV cache is repeated over that
-user's candidates, which then run only their suffix (title, item slot, question tail). The
-logits equal the full-prompt ones up to float rounding: ``score_full`` is that plain
-computation, kept as the reference the tests and ``bench/score.py`` compare against.
+the user's ID slot). The prefix runs once per user; its KV cache then serves all the user's
+candidates, whose suffixes (title, item slot, question tail) are packed side by side into one
+row: a 4-D attention mask lets each suffix see the prefix and its own earlier tokens only, and
+positions restart after the prefix for each, so every suffix computes exactly what it would
+after its own copy of the prefix. Packing (rather than one row per candidate with a copy of
+the prefix cache each) keeps the cache one copy per row of up to ``pack_tokens`` tokens, and
+the matmuls large. The logits equal the full-prompt ones up to float rounding:
+``score_full`` is that plain computation, kept as the reference the tests and
+``bench/score.py`` compare against.
 """
 
 from __future__ import annotations
@@ -48,15 +53,26 @@ def _padded_history(history: Sequence[int], length: int) -> np.ndarray:
 class Reranker:
     """Scores candidates with a trained method (``load_model_bundle(...).method``).
 
-    ``max_rows`` bounds the candidate rows in one forward pass (memory: the prefix cache is
-    repeated for each row); a user with more candidates is split over several passes.
+    ``max_rows`` bounds the candidates whose users share one prefix pass (a user with more is
+    split over several); ``pack_tokens`` bounds a packed row of suffixes (attention memory
+    grows with its square); ``rows_per_forward`` bounds the packed rows in one forward.
     """
 
-    def __init__(self, method: RecMethod, prompts: PromptBuilder, cf_history: int = 0, max_rows: int = 256):
+    def __init__(
+        self,
+        method: RecMethod,
+        prompts: PromptBuilder,
+        cf_history: int = 0,
+        max_rows: int = 256,
+        pack_tokens: int = 256,
+        rows_per_forward: int = 8,
+    ):
         self.method = method.eval()
         self.prompts = prompts
         self.cf_history = cf_history
         self.max_rows = max_rows
+        self.pack_tokens = pack_tokens
+        self.rows_per_forward = rows_per_forward
         self.device = next(method.parameters()).device
 
     # --- batches ------------------------------------------------------------------------------
@@ -98,7 +114,7 @@ class Reranker:
 
     @torch.no_grad()
     def score(self, requests: Sequence[RerankRequest]) -> list[np.ndarray]:
-        """Logits per request's candidates, prefix computed once per (user, pass)."""
+        """Logits per request's candidates: prefixes once per pass, suffixes packed."""
         out = [np.zeros(len(r.candidates), np.float32) for r in requests]
         for group in self._passes(requests):
             users = [requests[i] for i, _ in group]
@@ -115,30 +131,100 @@ class Reranker:
             )
             cache = DynamicCache()
             self.method.decode(prefix, past_key_values=cache)
+            prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
+            packed = self._pack(encoded)
+            for start in range(0, len(packed), self.rows_per_forward):
+                rows = packed[start : start + self.rows_per_forward]
+                logits = self._score_packed(rows, encoded, users, group, prefix, prefix_kv)
+                for (g, segments), row_logits in zip(rows, logits, strict=True):
+                    index, part = group[g]
+                    out[index][[part.start + j for j in segments]] = row_logits
+        return out
 
-            counts = torch.tensor([len(e.suffixes) for e in encoded], device=self.device)
-            owner = torch.repeat_interleave(torch.arange(len(users), device=self.device), counts)
-            cache.batch_select_indices(owner)
-            suffix = self._batch(
-                [s for e in encoded for s in e.suffixes],
-                [s for e in encoded for s in e.suffix_slots],
-                [u.uid for u, e in zip(users, encoded, strict=True) for _ in e.suffixes],
-                [c for u, (_, part) in zip(users, group, strict=True) for c in u.candidates[part]],
-                [u.history for u, e in zip(users, encoded, strict=True) for _ in e.suffixes],
-            )
-            prefix_mask = prefix["attention_mask"][owner]
-            positions = prefix_mask.sum(-1, keepdim=True) + suffix["attention_mask"].cumsum(-1) - 1
-            hidden = self.method.decode(
-                suffix,
-                attention_mask=torch.cat([prefix_mask, suffix["attention_mask"]], dim=1),
-                position_ids=positions.clamp(min=0),
-                past_key_values=cache,
-            ).last_hidden_state[:, -1]
-            logits = self.method.answer_logit(hidden).cpu().numpy()
-            offset = 0
-            for (index, part), e in zip(group, encoded, strict=True):
-                out[index][part] = logits[offset : offset + len(e.suffixes)]
-                offset += len(e.suffixes)
+    def _pack(self, encoded: list[SharedPrompts]) -> list[tuple[int, list[int]]]:
+        """Rows of (user in group, candidate indices): each user's suffixes split into as few
+        rows of at most ``pack_tokens`` as fit, of about equal length, rows sorted by length
+        (a forward pads its rows to the longest)."""
+        rows: list[tuple[int, list[int]]] = []
+        for g, e in enumerate(encoded):
+            sizes = [len(s) for s in e.suffixes]
+            target = sum(sizes) / max(1, -(-sum(sizes) // self.pack_tokens))
+            current: list[int] = []
+            tokens = 0
+            for j, size in enumerate(sizes):
+                if current and (tokens + size > self.pack_tokens or tokens >= target):
+                    rows.append((g, current))
+                    current, tokens = [], 0
+                current.append(j)
+                tokens += size
+            rows.append((g, current))
+        return sorted(rows, key=lambda row: sum(len(encoded[row[0]].suffixes[j]) for j in row[1]))
+
+    def _score_packed(self, rows, encoded, users, group, prefix: Batch, prefix_kv) -> list[np.ndarray]:
+        """One forward over packed rows, each against a copy of its user's prefix cache."""
+        owners = [g for g, _ in rows]
+        owner = torch.tensor(owners, device=self.device)
+        ids, slots, items, segment, offset, ends = [], [], [], [], [], []
+        for g, candidates in rows:
+            row_ids, row_slots, row_items, row_segment, row_offset, row_ends = [], [], [], [], [], []
+            for k, j in enumerate(candidates):
+                suffix = encoded[g].suffixes[j]
+                row_ids += suffix
+                row_slots += encoded[g].suffix_slots[j]
+                row_items += [users[g].candidates[group[g][1]][j]] * len(suffix)
+                row_segment += [k] * len(suffix)
+                row_offset += range(len(suffix))
+                row_ends.append(len(row_ids) - 1)
+            for column, value in (
+                (ids, row_ids),
+                (slots, row_slots),
+                (items, row_items),
+                (segment, row_segment),
+                (offset, row_offset),
+                (ends, row_ends),
+            ):
+                column.append(value)
+        width = max(len(r) for r in ids)
+
+        def right_pad(values: list[list[int]], fill: int) -> torch.Tensor:
+            out = np.full((len(values), width), fill, np.int64)
+            for r, row in enumerate(values):
+                out[r, : len(row)] = row
+            return torch.from_numpy(out).to(self.device)
+
+        seg = right_pad(segment, -1)
+        real = seg >= 0
+        prefix_mask = prefix["attention_mask"][owner].bool()
+        # A query sees the real prefix tokens and the earlier tokens of its own suffix; a pad
+        # query sees itself only (a row with nothing to attend to would turn into NaN).
+        causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
+        own = (seg[:, :, None] == seg[:, None, :]) & causal & real[:, None, :]
+        own |= torch.eye(width, dtype=torch.bool, device=self.device) & ~real[:, :, None]
+        sees_prefix = prefix_mask[:, None, :] & real[:, :, None]
+        keep = torch.cat([sees_prefix, own], dim=2)[:, None]
+        dtype = next(self.method.lm.parameters()).dtype
+        mask = torch.zeros(keep.shape, dtype=dtype, device=self.device).masked_fill(
+            ~keep, torch.finfo(dtype).min
+        )
+        positions = prefix_mask.sum(-1, keepdim=True) + right_pad(offset, 0)
+
+        batch = {
+            "input_ids": right_pad(ids, self.prompts.pad_id),
+            "attention_mask": real.long(),
+            "slots": right_pad(slots, 0),
+            "slot_items": right_pad(items, 0),
+            "uid": torch.tensor([users[g].uid for g in owners], device=self.device),
+            "iid": torch.zeros(len(rows), dtype=torch.long, device=self.device),
+        }
+        if self.cf_history:
+            history = np.stack([_padded_history(users[g].history, self.cf_history) for g in owners])
+            batch["history"] = torch.from_numpy(history).to(self.device)
+        cache = DynamicCache([(keys[owner], values[owner]) for keys, values in prefix_kv])
+        hidden = self.method.decode(batch, attention_mask=mask, position_ids=positions, past_key_values=cache)
+        states = hidden.last_hidden_state
+        out = []
+        for r, row_ends in enumerate(ends):
+            out.append(self.method.answer_logit(states[r, row_ends]).cpu().numpy())
         return out
 
     @torch.no_grad()
