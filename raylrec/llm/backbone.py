@@ -238,11 +238,19 @@ def _dir_fingerprint(path: Path) -> str:
 def _load_dir(path: Path, dtype: torch.dtype, name: str, source: str) -> Backbone:
     if not (path / "config.json").is_file():
         raise BackboneError(f"backbone directory {path} has no config.json (not a Hugging Face model)")
+    from transformers.utils import logging as hf_logging
+
+    # One "Loading weights" bar per Ray worker or scoring actor floods job logs.
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception as e:
         raise BackboneError(f"cannot load the backbone in {path}: {e}") from e
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     _prepare_tokenizer(tokenizer)
     identity = _identity(model, name, source, _dir_fingerprint(path))
     return Backbone(model, tokenizer, identity, local_dir=str(path))

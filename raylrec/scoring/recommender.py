@@ -10,6 +10,8 @@ left without rows). Every row says which of these produced it.
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +27,8 @@ from raylrec.scoring.retrieval import FaissIndex, exact_top_n
 from raylrec.scoring.vocab import Vocabulary
 
 __all__ = ["ScoringPlan", "Recommender"]
+
+_PROGRESS_EVERY_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,8 @@ class Recommender:
 
     def __init__(self, plan: ScoringPlan, device: str | None = None):
         self.plan = plan
+        self._scored, self._started = 0, time.perf_counter()
+        self._last_report = self._started
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.data_items = Vocabulary.from_table(read_table(plan.dataset, "items.parquet"), "item_id", "iid")
         self.cf = load_cf_bundle(plan.cf_bundle)
@@ -154,6 +160,23 @@ class Recommender:
     # --- one batch ----------------------------------------------------------------------------
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        table = self._recommend(batch)
+        self._progress(batch.num_rows)
+        return table
+
+    def _progress(self, users: int) -> None:
+        """A line every ``_PROGRESS_EVERY_S`` seconds per actor (Ray forwards it to the driver)."""
+        self._scored += users
+        now = time.perf_counter()
+        if now - self._last_report >= _PROGRESS_EVERY_S:
+            rate = self._scored / (now - self._started)
+            print(
+                f"[raylrec scoring actor {os.getpid()}] {self._scored:,} users scored, {rate:.1f} users/s",
+                flush=True,
+            )
+            self._last_report = now
+
+    def _recommend(self, batch: pa.Table) -> pa.Table:
         users = np.asarray(batch["user_id"].to_pylist(), dtype=object)
         histories = [self.data_items.to_raw(np.asarray(h, np.int64)) for h in batch["history"].to_pylist()]
         seen = [self.data_items.to_raw(np.asarray(s, np.int64)) for s in batch["seen"].to_pylist()]
