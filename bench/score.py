@@ -84,6 +84,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=256, help="candidates whose users share a prefix pass")
     parser.add_argument("--naive-rows", type=int, default=64, help="rows per naive full-prompt forward")
     parser.add_argument("--pack-tokens", type=int, default=256, help="suffix tokens per packed row")
+    parser.add_argument(
+        "--template", help="prompt text instead of the method's (e.g. the question before {target})"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--repeats", type=int, default=2, help="best of")
@@ -118,7 +121,7 @@ def main() -> None:
             *[read_table(args.dataset, "items.parquet")[c].to_pylist() for c in ("iid", "title")], strict=True
         )
     )
-    template = TEMPLATES[method.stages()[-1].template]
+    template = args.template or TEMPLATES[method.stages()[-1].template]
     prompts = PromptBuilder(backbone.tokenizer, template, titles, 512, args.history)
     reranker = Reranker(method, prompts, max_rows=args.rows, pack_tokens=args.pack_tokens)
     naive = Reranker(method, prompts, max_rows=args.naive_rows)
