@@ -119,6 +119,7 @@ def run_nightly(
 
     started = time.perf_counter()
     partition = recs.partition(config.score.output, date)
+    storage.check_reachable(config.score.output)  # a clear error, not a raw connection failure
     if recs.read_manifest(config.score.output, date) is not None and not force:
         summary.add("score", "skipped", 0.0, partition)
     else:

@@ -42,9 +42,9 @@ def _statuses(summary) -> dict[str, str]:
     return {s["step"]: s["status"] for s in summary.steps}
 
 
-def test_nightly_runs_each_step_once_and_resumes(tmp_path, capsys):
+def test_nightly_runs_each_step_once_and_resumes(tmp_path, capsys, s3_server):
     config = _config(tmp_path)
-    # A failure after preparing: the scoring step cannot reach its bucket.
+    # A failure after preparing: the scoring step's bucket does not exist (on a live endpoint).
     broken = config.model_copy(
         update={"score": config.score.model_copy(update={"output": "s3://no-such-bucket/recs"})}
     )
@@ -64,7 +64,3 @@ def test_nightly_runs_each_step_once_and_resumes(tmp_path, capsys):
     assert recs.read_manifest(str(tmp_path / "recs"), DATE)["run_id"] == manifest["run_id"]
     out = capsys.readouterr().out
     assert f"nightly {DATE}:" in out and "skipped" in out
-
-    forced = run_nightly(config, DATE, force=True)
-    assert _statuses(forced)["score"] == "ran"
-    assert recs.read_manifest(str(tmp_path / "recs"), DATE)["run_id"] != manifest["run_id"]
