@@ -6,6 +6,8 @@ raylrec data stats PATH                        statistics of a prepared dataset
 raylrec data synth --out PATH [--events N]     write a synthetic interaction log
 raylrec train-cf --config FILE [--local]       train a CF encoder, export its CF bundle
 raylrec train --config FILE [--local]          train an LLM method, export its model bundle
+raylrec tune --space FILE --config FILE        a Ray Tune sweep (ASHA; re-run the name to resume)
+raylrec tune report EXPERIMENT                 draw a finished sweep to PNG files
 raylrec score --config FILE [--date D]         top-K recommendations for every user, published
 raylrec nightly --config FILE --date D         prepare -> refresh CF -> score -> publish, idempotent
 raylrec recs read ROOT [--date D] [--user U]   read published recommendations
@@ -40,10 +42,10 @@ def _progress() -> Callable[[str], None]:
     return say
 
 
-def _init_ray(ray_config: RayConfig) -> None:
+def _init_ray(ray_config: RayConfig, dashboard: bool = False) -> None:
     from raylrec.runtime import init_ray
 
-    init_ray(ray_config)
+    init_ray(ray_config, dashboard)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -108,6 +110,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     from raylrec.methods.train import train_method
 
     train_method(config, _progress(), use_ray=not args.local)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from raylrec.config import load_raw_config
+    from raylrec.tune.space import load_space
+
+    config = load_config(args.config, args.overrides)
+    load_space(args.space, config, load_raw_config(args.config, args.overrides))  # before Ray starts
+    _init_ray(config.ray, dashboard=True)  # its State API frees the workers of stopped trials
+    from raylrec.tune.sweep import run_sweep
+
+    best = None if args.best_config == "none" else args.best_config
+    run_sweep(
+        args.space,
+        args.config,
+        args.overrides,
+        name=args.name,
+        storage_path=args.storage,
+        best_config=best,
+        include_default=not args.no_default,
+        say=_progress(),
+    )
+    return 0
+
+
+def cmd_tune_report(args: argparse.Namespace) -> int:
+    from raylrec.tune.report import draw_report
+
+    for path in draw_report(args.experiment):
+        print(path)
     return 0
 
 
@@ -226,6 +259,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=cmd_train)
 
+    tune = sub.add_parser("tune", help="sweep hyperparameters with Ray Tune (ASHA, Optuna)")
+    tune.add_argument("--space", "-s", required=True, help="search space YAML (see tune_spaces/)")
+    tune.add_argument("--config", "-c", required=True, help="the config every trial starts from")
+    tune.add_argument(
+        "--name", help="experiment name (default: <space>-<config>); re-running a name resumes it"
+    )
+    tune.add_argument("--storage", help="where experiments go (default: train.storage_path), local or s3://")
+    tune.add_argument(
+        "--best-config",
+        default="auto",
+        help="best config YAML (default: configs/<config>_tuned.yaml; 'none': only in the experiment)",
+    )
+    tune.add_argument(
+        "--no-default", action="store_true", help="do not evaluate the config's own values first"
+    )
+    tune.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides every trial shares, e.g. train.epochs=4",
+    )
+    tune.set_defaults(func=cmd_tune)
+    # `raylrec tune report PATH` (main() routes it here: `tune` itself takes free-form overrides)
+    report = sub.add_parser("tune-report", help="draw a finished sweep to PNG files (also: tune report)")
+    report.add_argument("experiment", help="the sweep's directory, <storage>/<name>, local or s3://")
+    report.set_defaults(func=cmd_tune_report)
+
     score = sub.add_parser("score", help="batch-score every user: CF retrieval, LLM rerank, publish top K")
     score.add_argument("--config", "-c", required=True, help="YAML config with a 'score' section")
     score.add_argument(
@@ -297,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["tune", "report"]:
+        argv = ["tune-report", *argv[2:]]
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
@@ -310,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"raylrec: {e}", file=sys.stderr)
         return 2
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError) as e:
         # Bad input (SourceError, StorageError, OutputExistsError, ...): one clear line, no trace.
         print(f"raylrec: error: {_root_cause(e)}", file=sys.stderr)
         return 1

@@ -28,6 +28,7 @@ __all__ = [
     "RaylrecConfig",
     "DataConfig",
     "load_config",
+    "load_raw_config",
     "parse_overrides",
 ]
 
@@ -42,6 +43,12 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def only_for(*models: str) -> dict[str, Any]:
+    """Field metadata: the CF models or methods a field means anything to (a sweep over a field
+    that the swept model ignores is refused)."""
+    return {"applies_to": list(models)}
 
 
 # --- sources -------------------------------------------------------------------------------
@@ -330,13 +337,19 @@ class CFConfig(_Strict):
     negatives: Literal["unseen", "uniform"] = Field(
         default="unseen", description="bpr: redraw negatives the user interacted with in training, or not"
     )
-    init: Literal["normal", "xavier"] = Field(default="normal", description="mf: N(0, 0.1) or xavier normal")
-    layers: int = Field(default=3, ge=1, description="lightgcn propagation layers")
-    combine: Literal["mean", "sum"] = "mean"
-    max_len: int = Field(default=25, ge=1, description="sasrec history length")
-    blocks: int = Field(default=2, ge=1)
-    heads: int = Field(default=4, ge=1)
-    dropout: float = Field(default=0.2, ge=0, lt=1)
+    init: Literal["normal", "xavier"] = Field(
+        default="normal", description="mf: N(0, 0.1) or xavier normal", json_schema_extra=only_for("mf")
+    )
+    layers: int = Field(
+        default=3, ge=1, description="lightgcn propagation layers", json_schema_extra=only_for("lightgcn")
+    )
+    combine: Literal["mean", "sum"] = Field(default="mean", json_schema_extra=only_for("lightgcn"))
+    max_len: int = Field(
+        default=25, ge=1, description="sasrec history length", json_schema_extra=only_for("sasrec")
+    )
+    blocks: int = Field(default=2, ge=1, json_schema_extra=only_for("sasrec"))
+    heads: int = Field(default=4, ge=1, json_schema_extra=only_for("sasrec"))
+    dropout: float = Field(default=0.2, ge=0, lt=1, json_schema_extra=only_for("sasrec"))
 
 
 class BackboneConfig(_Strict):
@@ -401,17 +414,29 @@ class MethodConfig(_Strict):
     )
     # CoLLM
     projector_expansion: int = Field(
-        default=10, ge=1, description="projector: Linear(d, k*d) -> ReLU -> Linear"
+        default=10,
+        ge=1,
+        description="projector: Linear(d, k*d) -> ReLU -> Linear",
+        json_schema_extra=only_for("collm"),
     )
     stage1_epochs: int = Field(
-        default=1, ge=0, description="CoLLM stage 1 (LoRA on the text prompt); 0 skips"
+        default=1,
+        ge=0,
+        description="CoLLM stage 1 (LoRA on the text prompt); 0 skips",
+        json_schema_extra=only_for("collm"),
     )
-    tune_cf: bool = Field(default=False, description="CoLLM stage 2 also tunes the CF embeddings")
+    tune_cf: bool = Field(
+        default=False,
+        description="CoLLM stage 2 also tunes the CF embeddings",
+        json_schema_extra=only_for("collm"),
+    )
     # RecLoRA
-    experts: int = Field(default=8, ge=1, description="meta-LoRAs per adapted module")
-    router_hidden: int = Field(default=60, ge=1)
-    router_temperature: float = Field(default=5.0, gt=0)
-    router_dropout: float = Field(default=0.1, ge=0, lt=1)
+    experts: int = Field(
+        default=8, ge=1, description="meta-LoRAs per adapted module", json_schema_extra=only_for("reclora")
+    )
+    router_hidden: int = Field(default=60, ge=1, json_schema_extra=only_for("reclora"))
+    router_temperature: float = Field(default=5.0, gt=0, json_schema_extra=only_for("reclora"))
+    router_dropout: float = Field(default=0.1, ge=0, lt=1, json_schema_extra=only_for("reclora"))
 
     @model_validator(mode="after")
     def _needs_cf(self) -> MethodConfig:
@@ -558,11 +583,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return nested
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_raw(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_raw(out[key], value)
         else:
             out[key] = value
     return out
@@ -598,12 +623,10 @@ def build_config(raw: dict[str, Any], origin: str = "<dict>") -> RaylrecConfig:
         raise ConfigError(_format_errors(err, origin)) from None
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RaylrecConfig:
-    """Load a YAML config, apply ``dotted.key=value`` overrides, validate everything."""
+def load_raw_config(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The YAML at ``path`` with ``dotted.key=value`` overrides applied, not yet validated."""
     raw: dict[str, Any] = {}
-    origin = "overrides"
     if path is not None:
-        origin = str(path)
         try:
             text = Path(path).read_text()
         except OSError as e:
@@ -615,6 +638,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
     if overrides:
-        raw = _merge(raw, parse_overrides(overrides))
-        origin += " + overrides" if path is not None else ""
-    return build_config(raw, origin)
+        raw = merge_raw(raw, parse_overrides(overrides))
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RaylrecConfig:
+    """Load a YAML config, apply ``dotted.key=value`` overrides, validate everything."""
+    origin = str(path) if path is not None else "overrides"
+    if path is not None and overrides:
+        origin += " + overrides"
+    return build_config(load_raw_config(path, overrides), origin)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import ray
 
@@ -15,8 +16,19 @@ __all__ = ["init_ray"]
 log = logging.getLogger(__name__)
 
 
-def init_ray(config: RayConfig | None = None) -> None:
-    """Idempotent: reuses a Ray instance this process already joined."""
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_ray(config: RayConfig | None = None, dashboard: bool = False) -> None:
+    """Idempotent: reuses a Ray instance this process already joined.
+
+    ``dashboard`` starts a local instance with its dashboard, which serves the State API: Ray
+    Train's placement-group cleaner needs it to free the workers of runs that Ray Tune stops
+    (ASHA), else their CPUs stay reserved and later trials wait forever. Clusters started
+    with ``ray start`` run it already."""
     if ray.is_initialized():
         return
     config = config or RayConfig()
@@ -31,7 +43,13 @@ def init_ray(config: RayConfig | None = None) -> None:
         # A private instance on this machine: token authentication (Ray 2.59+) guards
         # shared clusters; here it would only demand a token from our own processes.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=True)
+        kwargs = {}
+        if dashboard:
+            # Ray's processes inherit this environment: the State API then finds our dashboard
+            # even when other Ray instances run on the machine (it would refuse to guess).
+            kwargs["dashboard_port"] = _free_port()
+            os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{kwargs['dashboard_port']}"
+        ray.init(num_cpus=config.num_cpus, include_dashboard=dashboard, log_to_driver=True, **kwargs)
     ray.data.DataContext.get_current().enable_progress_bars = ctx.enable_progress_bars
     # Ray Data logs every execution plan at INFO; raylrec prints its own one-line progress.
     if os.environ.get("RAYLREC_RAY_DATA_LOGS") != "1":

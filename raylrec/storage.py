@@ -26,6 +26,7 @@ __all__ = [
     "is_remote",
     "check_reachable",
     "list_files",
+    "write_bytes",
     "write_json",
     "read_json",
 ]
@@ -135,19 +136,22 @@ def list_files(uri: str, extensions: tuple[str, ...] = ()) -> list[tuple[str, in
     return files
 
 
-def write_json(uri: str, obj: Any) -> None:
+def write_bytes(uri: str, data: bytes) -> None:
     """Readers see the old file or the new one, never a part: one PUT on object storage, a
-    rename on local disk."""
-    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    rename on local disk (whose folders are made as needed)."""
     fs, path = filesystem(uri)
     if is_remote(uri):
-        fs.pipe_file(path, text.encode())
+        fs.pipe_file(path, data)
         return
     fs.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     partial = f"{path}.{os.getpid()}.partial"
-    with open(partial, "w") as f:
-        f.write(text)
+    with open(partial, "wb") as f:
+        f.write(data)
     os.replace(partial, path)
+
+
+def write_json(uri: str, obj: Any) -> None:
+    write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def sha256(uri: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +34,9 @@ from raylrec.train.loop import TrainState, fit
 from raylrec.train.reporting import LocalReporter, config_fingerprint
 
 __all__ = ["CFResult", "train_cf"]
+
+if TYPE_CHECKING:
+    from raylrec.train.ray_runner import TrialHooks
 
 
 @dataclass
@@ -119,7 +122,9 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     )
 
 
-def _train_ray(config: RaylrecConfig, run_name: str, fingerprint: str) -> TrainState:
+def _train_ray(
+    config: RaylrecConfig, run_name: str, fingerprint: str, trial: TrialHooks | None = None
+) -> TrainState:
     import ray
 
     from raylrec.train.ray_runner import run_on_ray
@@ -143,6 +148,7 @@ def _train_ray(config: RaylrecConfig, run_name: str, fingerprint: str) -> TrainS
         run_name,
         fingerprint,
         {"train": dataset},
+        trial=trial,
     )
 
 
@@ -188,9 +194,15 @@ def _final_metrics(
     return metrics
 
 
-def train_cf(config: RaylrecConfig, say: Callable[[str], None] = print, use_ray: bool = True) -> CFResult:
+def train_cf(
+    config: RaylrecConfig,
+    say: Callable[[str], None] = print,
+    use_ray: bool = True,
+    trial: TrialHooks | None = None,
+) -> CFResult:
     """Train ``config.cf`` on ``config.dataset_path()``; evaluate the best weights on valid (and
-    test when the dataset has it); export the CF bundle to ``config.output`` if set."""
+    test when the dataset has it); export the CF bundle to ``config.output`` if set. ``trial``:
+    this run is a Ray Tune trial (every epoch's metrics go to Tune)."""
     from raylrec.train.ray_runner import default_run_name
 
     started = time.perf_counter()
@@ -207,7 +219,7 @@ def train_cf(config: RaylrecConfig, say: Callable[[str], None] = print, use_ray:
     run_name = config.train.run_name or default_run_name(f"{config.cf.model}-{config.cf.loss}")
     say(f"training {config.cf.model} ({config.cf.loss}) on {dataset}: {len(train):,} rows, run {run_name}")
     if use_ray:
-        state = _train_ray(config, run_name, _fingerprint(config))
+        state = _train_ray(config, run_name, _fingerprint(config), trial)
     else:
         state = _train_local(config, train, held_out["valid"])
     model = build_encoder(config.cf, train)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from raylrec.train.loop import TrainState, fit
 from raylrec.train.reporting import LocalReporter, config_fingerprint
 
 __all__ = ["MethodResult", "train_method"]
+
+if TYPE_CHECKING:
+    from raylrec.train.ray_runner import TrialHooks
 
 
 @dataclass
@@ -149,7 +152,13 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
 
 
 def _run_stage_ray(
-    config: RaylrecConfig, stage: Stage, template: str, run_name: str, init: dict[str, torch.Tensor], say
+    config: RaylrecConfig,
+    stage: Stage,
+    template: str,
+    run_name: str,
+    init: dict[str, torch.Tensor],
+    say,
+    trial: TrialHooks | None = None,
 ) -> TrainState:
     from raylrec.llm.samples import build_samples
     from raylrec.train.ray_runner import run_on_ray
@@ -178,6 +187,7 @@ def _run_stage_ray(
         {"train": train, "valid": valid},
         # every rank gets all validation rows and scores its own slice of them
         data_config=DataConfig(datasets_to_split=["train"]),
+        trial=trial,
     )
 
 
@@ -245,10 +255,14 @@ def _initial_weights(config: RaylrecConfig, say) -> dict[str, torch.Tensor]:
 
 
 def train_method(
-    config: RaylrecConfig, say: Callable[[str], None] = print, use_ray: bool = True
+    config: RaylrecConfig,
+    say: Callable[[str], None] = print,
+    use_ray: bool = True,
+    trial: TrialHooks | None = None,
 ) -> MethodResult:
     """Train ``config.method`` stage by stage; the best weights of each stage start the next.
-    Exports the model bundle to ``config.output`` when set."""
+    Exports the model bundle to ``config.output`` when set. ``trial``: this run is a Ray Tune
+    trial (every epoch's metrics go to Tune, epochs counted across stages)."""
     from raylrec.train.ray_runner import default_run_name
 
     if config.method is None:
@@ -266,17 +280,22 @@ def train_method(
     )
     weights = _initial_weights(config, say)
     states: dict[str, TrainState] = {}
+    epochs_before = 0
     for i, stage in enumerate(stages):
         stage_config = _stage_config(config, stage)
         template = _stage_template(config, stage, last=i == len(stages) - 1)
         if use_ray:
-            state = _run_stage_ray(stage_config, stage, template, f"{run_name}-{stage.name}", weights, say)
+            hooks = replace(trial, epoch_offset=epochs_before) if trial else None
+            state = _run_stage_ray(
+                stage_config, stage, template, f"{run_name}-{stage.name}", weights, say, hooks
+            )
         else:
             state = _run_stage_local(stage_config, stage, template, weights, say)
         best = f"{config.train.metric} {state.best_metric:.4f}"
         say(f"stage {stage.name}: best epoch {state.best_epoch} ({best})")
         weights = {**weights, **state.best_model}
         states[stage.name] = state
+        epochs_before += stage_config.train.epochs
     final = states[stages[-1].name]
     metrics = next((h for h in final.history if h.get("epoch") == final.best_epoch), {})
     metrics = {k: v for k, v in metrics.items() if k.startswith("valid/")}

@@ -8,6 +8,7 @@ import io
 import os
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,18 @@ from raylrec.train.engines import Engine
 from raylrec.train.loop import Batch, Task, TrainState, fit
 from raylrec.train.reporting import STATE_FILE, RayReporter, load_state
 
-__all__ = ["default_run_name", "fit_in_worker", "resume", "run_on_ray", "shard_arrays"]
+__all__ = ["TrialHooks", "default_run_name", "fit_in_worker", "resume", "run_on_ray", "shard_arrays"]
+
+
+@dataclass(frozen=True)
+class TrialHooks:
+    """A Ray Train run inside a Ray Tune trial: every evaluated epoch's metrics go on to Tune (its
+    scheduler acts on ``metric``), and wandb groups the runs by sweep. ``epoch_offset`` counts
+    the epochs of earlier stages, so ``total_epoch`` keeps growing across a method's stages."""
+
+    group: str
+    metric: str
+    epoch_offset: int = 0
 
 
 def default_run_name(kind: str) -> str:
@@ -38,8 +50,15 @@ def run_on_ray(
     fingerprint: str,
     datasets: dict[str, ray.data.Dataset],
     data_config: ray.train.DataConfig | None = None,
+    trial: TrialHooks | None = None,
 ) -> TrainState:
     """Fit and return the final ``TrainState`` (from the last checkpoint)."""
+    callbacks = []
+    if trial is not None:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())
+        loop_config = {**loop_config, "trial": asdict(trial)}
     if storage.is_remote(train.storage_path):
         storage_fs, storage_path = storage.arrow_filesystem(train.storage_path)
     else:
@@ -58,6 +77,7 @@ def run_on_ray(
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
         datasets=datasets,
         dataset_config=data_config,
@@ -123,7 +143,8 @@ def fit_in_worker(
     """Inside a worker: resume ``engine`` from this run's last checkpoint (if any) and fit, with
     metrics and checkpoints going through Ray Train and wandb."""
     fingerprint, run_name = loop_config["fingerprint"], loop_config["run_name"]
-    reporter = RayReporter(fingerprint, run_name, train.wandb_project, wandb_config)
+    trial = TrialHooks(**loop_config["trial"]) if loop_config.get("trial") else None
+    reporter = RayReporter(fingerprint, run_name, train.wandb_project, wandb_config, trial)
     state = resume(engine, fingerprint, run_name)
     state = fit(task, batches, train, reporter, engine, state, steps_per_epoch=steps_per_epoch)
     reporter.finish()

@@ -12,12 +12,15 @@ import json
 import os
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from raylrec.train.engines import Engine
 from raylrec.train.loop import TrainState
+
+if TYPE_CHECKING:
+    from raylrec.train.ray_runner import TrialHooks
 
 __all__ = ["LocalReporter", "RayReporter", "STATE_FILE", "load_state", "config_fingerprint"]
 
@@ -57,13 +60,19 @@ class RayReporter(LocalReporter):
     checkpoint and writes to wandb."""
 
     def __init__(
-        self, fingerprint: str, run_name: str, wandb_project: str | None, wandb_config: dict[str, Any]
+        self,
+        fingerprint: str,
+        run_name: str,
+        wandb_project: str | None,
+        wandb_config: dict[str, Any],
+        trial: TrialHooks | None = None,
     ):
         import ray.train
 
         self.rank = ray.train.get_context().get_world_rank()
         super().__init__(prefix=f"[train rank {self.rank}]")
         self.fingerprint = fingerprint
+        self.trial = trial
         self._wandb = None
         if self.rank == 0 and wandb_project and os.environ.get("WANDB_MODE", "offline") != "disabled":
             import wandb
@@ -72,7 +81,7 @@ class RayReporter(LocalReporter):
             self._wandb = wandb.init(
                 project=wandb_project,
                 name=run_name,
-                group=run_name,
+                group=trial.group if trial else run_name,
                 config=wandb_config,
                 reinit="finish_previous",
                 settings=wandb.Settings(console="off"),  # Ray already forwards worker output
@@ -83,8 +92,14 @@ class RayReporter(LocalReporter):
 
         super().report(metrics, state, engine)
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        if self.trial is not None and "epoch" in numeric:
+            numeric["total_epoch"] = self.trial.epoch_offset + numeric["epoch"]
         if self._wandb is not None:
             self._wandb.log(numeric, step=int(numeric.get("step", 0)))
+        if engine is None and self.trial is not None:
+            if self.trial.metric in numeric:
+                ray.train.report(numeric)  # a Tune scheduler decides on every evaluation
+            return
         if engine is None:
             # Ray Train's report blocks until its controller takes the result (seconds per
             # call), so only checkpoints go through it; every epoch's metrics are in wandb and

@@ -1,0 +1,217 @@
+"""Ray Tune sweeps: search spaces checked before any trial, a real sweep (tiny MF, 4 trials on 2
+CPUs) whose ASHA scheduler stops trials early, interrupted with SIGKILL and resumed without
+re-running finished trials, and its results, best config and report."""
+
+# ruff: noqa: E501  (the table of bad spaces keeps one case, and its message, per line)
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from helpers import data_config
+
+from raylrec.cli import main
+from raylrec.config import ConfigError, load_config, load_raw_config
+from raylrec.tune.space import load_space
+
+BASE = {
+    "cf": {"model": "mf", "dim": 8, "loss": "bce"},
+    "train": {
+        "epochs": 4,
+        "batch_size": 256,
+        "lr": 0.05,
+        "patience": 10,
+        "num_workers": 1,
+        "checkpoint_every": 2,
+    },
+    "ray": {"num_cpus": 2},
+}
+
+
+def _write(path: Path, data: dict) -> str:
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+@pytest.fixture
+def base_config(tmp_path) -> str:
+    return _write(tmp_path / "mf_tiny.yaml", {**BASE, "dataset": str(tmp_path / "data")})
+
+
+BAD_SPACES = [
+    ({"model": "mf", "params": {"train.lr": {"gaussian": [0, 1]}}}, r"params.train.lr: unknown distribution 'gaussian'"),
+    ({"model": "mf", "params": {"train.lr": {"loguniform": [1e-2, 1e-4]}}}, r"loguniform needs low < high, got \[0.01, 0.0001\]"),
+    ({"model": "mf", "params": {"train.lr": {"loguniform": [0, 1e-2]}}}, r"loguniform needs 0 < low"),
+    ({"model": "mf", "params": {"train.learning_rate": {"uniform": [0.1, 0.2]}}}, r"train.learning_rate is not a config field"),
+    ({"model": "mf", "params": {"cf.layers": {"randint": [1, 4]}}}, r"cf.layers is not a mf setting \(only lightgcn\)"),
+    ({"model": "mf", "params": {"method.experts": {"choice": [4, 8]}}}, r"method.experts cannot be swept for mf"),
+    ({"model": "mf", "params": {"cf.dim": {"uniform": [8, 64]}}}, r"cf.dim is an integer; use randint, choice or grid"),
+    ({"model": "mf", "params": {"train.weight_decay": {"uniform": [-1.0, 0.1]}}}, r"-1.0 is not a valid value \(train.weight_decay: Input should be greater than or equal to 0\)"),
+    ({"model": "mf", "params": {"train.num_workers": {"choice": [1, 2]}}}, r"train.num_workers is not a hyperparameter"),
+    ({"model": "sasrec", "params": {"train.lr": {"uniform": [0.1, 0.2]}}}, r"is a search space for sasrec, but the config trains mf"),
+    ({"model": "mf", "search": "optuna", "params": {"train.lr": {"grid": [0.1, 0.2]}}}, r"optuna search cannot take grid values \(train.lr\)"),
+    ({"model": "mf", "params": {}}, r"params: Dictionary should have at least 1 item"),
+    ({"model": "mf", "schedular": {}, "params": {"train.lr": {"uniform": [0.1, 0.2]}}}, r"schedular: Extra inputs are not permitted"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("space", "message"), BAD_SPACES, ids=[m.split(":")[0][:40] for _, m in BAD_SPACES])
+def test_a_bad_space_fails_naming_the_file_and_key(tmp_path, base_config, space, message):
+    path = _write(tmp_path / "space.yaml", space)
+    with pytest.raises(ConfigError, match=message) as error:
+        load_space(path, load_config(base_config), load_raw_config(base_config))
+    assert path in str(error.value)
+
+
+def test_the_shipped_spaces_fit_their_configs():
+    repo = Path(__file__).resolve().parents[1]
+    pairs = {
+        "mf": "mf_collm_ml1m",
+        "lightgcn": "lightgcn_ml100k",
+        "sasrec": "sasrec_collm_ml1m",
+        "tallrec": "tallrec_collm_ml1m",
+        "collm": "collm_collm_ml1m",
+        "reclora": "reclora_collm_ml1m",
+    }
+    assert {p.stem for p in (repo / "tune_spaces").glob("*.yaml")} == set(pairs)
+    for space, config in pairs.items():
+        path = repo / "configs" / f"{config}.yaml"
+        loaded = load_space(repo / "tune_spaces" / f"{space}.yaml", load_config(path), load_raw_config(path))
+        assert loaded.model == space and loaded.params
+
+
+def test_the_cli_rejects_a_bad_space_before_ray_starts(tmp_path, base_config, capsys):
+    space = _write(tmp_path / "space.yaml", {"model": "mf", "params": {"train.lr": {"uniform": [0.2, 0.1]}}})
+    storage = tmp_path / "sweeps"
+    code = main(["tune", "--space", space, "--config", base_config, "--storage", str(storage)])
+    assert code == 2
+    assert "uniform needs low < high, got [0.2, 0.1]" in capsys.readouterr().err
+    assert not storage.exists()
+
+
+# --- a real sweep ---------------------------------------------------------------------------
+
+
+def _tune_cmd(space: str, config: str, tmp_path: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "raylrec.cli", "tune", "--space", space, "--config", config,
+        "--name", "sweep", "--storage", str(tmp_path / "sweeps"),
+        "--best-config", str(tmp_path / "configs" / "mf_tiny_tuned.yaml"),
+    ]  # fmt: skip
+
+
+def _terminated_in_saved_state(experiment: Path) -> set[str]:
+    """Trials Tune's own saved experiment state records as finished."""
+    done = set()
+    for state in experiment.glob("experiment_state-*.json"):
+        try:
+            trials = json.loads(state.read_text())["trial_data"]
+        except (ValueError, KeyError):
+            continue  # being rewritten
+        for trial_json, _ in trials:
+            trial = json.loads(trial_json)
+            if trial.get("status") == "TERMINATED":
+                done.add(trial["trial_id"])
+    return done
+
+
+def _started(output: str) -> list[str]:
+    return re.findall(r"\[tune\] trial (\w+) starts", output)
+
+
+@pytest.mark.slow
+def test_a_sweep_stops_trailing_trials_and_resumes_after_a_kill(tmp_path, base_config):
+    from raylrec.data.prepare import prepare
+
+    source = {"type": "synthetic", "num_events": 12_000, "num_users": 300, "num_items": 200, "seed": 5}
+    prepare(data_config(source, str(tmp_path / "data"), history={"max_len": 5}))
+    # lr 0.05 (the config's own, run first) and 0.03 learn; 1e-6 and 2e-6 do not, and ASHA
+    # stops them at the first rung.
+    space = _write(
+        tmp_path / "space.yaml",
+        {
+            "model": "mf",
+            "search": "grid",
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+            "params": {"train.lr": {"grid": [0.03, 1.0e-6, 2.0e-6]}},
+        },
+    )
+    experiment = tmp_path / "sweeps" / "sweep"
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    started = time.monotonic()
+    first = subprocess.Popen(
+        _tune_cmd(space, base_config, tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline and first.poll() is None:
+            finished_before_kill = _terminated_in_saved_state(experiment)
+            if finished_before_kill:
+                break  # a trial is done and recorded: interrupt the sweep
+            time.sleep(0.5)
+        else:
+            pytest.fail("the sweep ended (or hung) before a trial finished:\n" + (first.stdout.read() or ""))
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    first_output = first.stdout.read()
+    assert not (experiment / "trials.parquet").exists()
+
+    second = subprocess.run(
+        _tune_cmd(space, base_config, tmp_path), capture_output=True, text=True, env=env, timeout=600
+    )
+    output = second.stdout + second.stderr
+    assert second.returncode == 0, output[-4000:]
+    seconds = time.monotonic() - started
+    print(f"sweep: killed after {sorted(finished_before_kill)} finished; whole test {seconds:.0f}s")
+    assert "continuing" in output
+    assert not set(_started(output)) & finished_before_kill, "a finished trial ran again"
+    assert set(_started(first_output)) | set(_started(output)) >= finished_before_kill
+
+    trials = pd.read_parquet(experiment / "trials.parquet")
+    print(trials.to_string())
+    assert len(trials) == 4 and sorted(trials["train.lr"]) == [1.0e-6, 2.0e-6, 0.03, 0.05]
+    assert trials["is_default"].sum() == 1 and trials.loc[trials["is_default"], "train.lr"].item() == 0.05
+    stopped = trials[trials["status"] == "stopped by ASHA"]
+    assert (stopped["epochs"] < 4).all()
+    # The learners run first (two at a time); the others reach rung 1 behind them.
+    assert set(trials.loc[trials["train.lr"] < 1e-5, "status"]) == {"stopped by ASHA"}
+    assert (trials.loc[trials["status"] == "finished", "epochs"] == 4).all()
+    best = trials.iloc[0]
+    assert best["train.lr"] in (0.03, 0.05) and best["metric"] > trials["metric"].iloc[-1]
+    curves = pd.read_parquet(experiment / "curves.parquet")
+    assert set(curves["trial_id"]) == set(trials["trial_id"])
+    per_trial = curves.groupby("trial_id")["total_epoch"].max()
+    assert (per_trial[stopped["trial_id"]] < 4).all()
+    assert (trials.set_index("trial_id")["epochs"] == per_trial.reindex(trials["trial_id"])).all()
+    assert "leaderboard (4 trials, best first)" in output
+
+    tuned = tmp_path / "configs" / "mf_tiny_tuned.yaml"
+    written = yaml.safe_load(tuned.read_text())
+    assert written["train"]["lr"] == pytest.approx(best["train.lr"])
+    assert {k: v for k, v in written["train"].items() if k != "lr"} == {
+        k: v for k, v in BASE["train"].items() if k != "lr"
+    }
+    assert tuned.read_text() == (experiment / "best_config.yaml").read_text()
+    assert load_config(tuned).train.lr == best["train.lr"]
+
+    assert main(["tune", "report", str(experiment)]) == 0
+    pngs = sorted(p.name for p in (experiment / "report").glob("*.png"))
+    assert pngs == ["learning_curves.png", "valid_auc_vs_train.lr.png"]
+    assert all((experiment / "report" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
