@@ -103,8 +103,9 @@ def best_config_yaml(
     metric: str,
     overrides: list[str] | None,
 ) -> str:
-    """The swept config file with the best trial's values set, as YAML with a header saying where
-    it came from (the sweep's command-line overrides are not applied: they usually cut budget)."""
+    """The swept config file with the best trial's values set (and its bundle written to
+    ``<output>_tuned``), as YAML with a header saying where it came from (the sweep's
+    command-line overrides are not applied: they usually cut budget)."""
     best = trials.iloc[0]
     params = {p.key: _plain(best[p.key]) for p in space.params}
     lines = [
@@ -118,7 +119,10 @@ def best_config_yaml(
         lines.append(f"# Trials also ran with {' '.join(overrides)} (not applied below).")
     lines.append(f"# Written by raylrec tune on {dt.date.today().isoformat()}; swept values:")
     lines += [f"#   {k}: {v}" for k, v in params.items()]
-    body = yaml.safe_dump(apply_params(file_config, params), sort_keys=False, default_flow_style=False)
+    tuned = apply_params(file_config, params)
+    if isinstance(tuned.get("output"), str):
+        tuned["output"] = tuned["output"].rstrip("/") + "_tuned"  # not over the default's bundle
+    body = yaml.safe_dump(tuned, sort_keys=False, default_flow_style=False)
     return "\n".join(lines) + "\n" + body
 
 
