@@ -22,7 +22,9 @@ from helpers import data_config
 
 from raylrec.cli import main
 from raylrec.config import ConfigError, load_config, load_raw_config
+from raylrec.train.loop import TrainState
 from raylrec.tune.space import load_space
+from raylrec.tune.trial import learning_curve
 
 BASE = {
     "cf": {"model": "mf", "dim": 8, "loss": "bce"},
@@ -45,7 +47,8 @@ def _write(path: Path, data: dict) -> str:
 
 @pytest.fixture
 def base_config(tmp_path) -> str:
-    return _write(tmp_path / "mf_tiny.yaml", {**BASE, "dataset": str(tmp_path / "data")})
+    raw = {**BASE, "dataset": str(tmp_path / "data"), "output": str(tmp_path / "bundles" / "mf")}
+    return _write(tmp_path / "mf_tiny.yaml", raw)
 
 
 BAD_SPACES = [
@@ -129,6 +132,13 @@ def _started(output: str) -> list[str]:
     return re.findall(r"\[tune\] trial (\w+) starts", output)
 
 
+def test_learning_curve_continues_across_stages():
+    # CoLLM-like: a 1-epoch LoRA stage, then a 2-epoch projector stage evaluated on epoch 2 only.
+    lora = TrainState(epoch=1, history=[{"epoch": 1, "valid/auc": 0.6}])
+    projector = TrainState(epoch=2, history=[{"epoch": 1, "train/loss": 0.5}, {"epoch": 2, "valid/auc": 0.7}])
+    assert learning_curve([lora, projector], [1, 2], "valid/auc") == [[1, 0.6], [3, 0.7]]
+
+
 @pytest.mark.slow
 def test_a_sweep_stops_trailing_trials_and_resumes_after_a_kill(tmp_path, base_config):
     from raylrec.data.prepare import prepare
@@ -208,6 +218,7 @@ def test_a_sweep_stops_trailing_trials_and_resumes_after_a_kill(tmp_path, base_c
     assert {k: v for k, v in written["train"].items() if k != "lr"} == {
         k: v for k, v in BASE["train"].items() if k != "lr"
     }
+    assert written["output"] == str(tmp_path / "bundles" / "mf_tuned")  # not over the default's
     assert tuned.read_text() == (experiment / "best_config.yaml").read_text()
     assert load_config(tuned).train.lr == best["train.lr"]
 
