@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from raylrec import __version__
+from raylrec import __version__, storage
 from raylrec.config import ConfigError, RayConfig, SyntheticSource, load_config
 
 __all__ = ["main"]
@@ -119,6 +119,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     load_space(args.space, config, load_raw_config(args.config, args.overrides))  # before Ray starts
+    storage.check_reachable(args.storage or config.train.storage_path)
     _init_ray(config.ray, dashboard=True)  # its State API frees the workers of stopped trials
     from raylrec.tune.sweep import run_sweep
 

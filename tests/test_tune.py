@@ -102,6 +102,15 @@ def test_the_cli_rejects_a_bad_space_before_ray_starts(tmp_path, base_config, ca
     assert not storage.exists()
 
 
+def test_an_unreachable_sweep_bucket_fails_before_ray_starts(tmp_path, base_config, s3_server, capsys):
+    space = _write(tmp_path / "space.yaml", {"model": "mf", "params": {"train.lr": {"uniform": [0.1, 0.2]}}})
+    code = main(
+        ["tune", "--space", space, "--config", base_config, "--storage", "s3://no-such-bucket/sweeps"]
+    )
+    assert code != 0
+    assert "bucket 'no-such-bucket' does not exist" in capsys.readouterr().err
+
+
 # --- a real sweep ---------------------------------------------------------------------------
 
 

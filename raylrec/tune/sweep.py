@@ -143,6 +143,7 @@ def run_sweep(
         config.dataset_path()
     name = name or f"{Path(space_path).stem}-{Path(config_path).stem}"
     root = storage.absolute(storage_path or config.train.storage_path)
+    storage.check_reachable(root)  # a clear error before any trial, not a botocore trace
     experiment = storage.join(root, name)
     raw = {**raw, "dataset": storage.absolute(config.dataset_path())}
     for key in ("cf_bundle", "init_from"):  # trials run elsewhere: paths must not depend on cwd
