@@ -445,6 +445,16 @@ class MethodConfig(_Strict):
         return self
 
 
+def _custom_resources(resources: dict[str, float]) -> dict[str, float]:
+    """Custom Ray resources: positive amounts, and never CPU/GPU (they have their own fields)."""
+    for name, amount in resources.items():
+        if name in ("CPU", "GPU", "memory", "object_store_memory"):
+            raise ValueError(f"{name!r} has its own field; list only custom resources here")
+        if amount <= 0:
+            raise ValueError(f"resource {name!r} must be a positive amount, got {amount}")
+    return resources
+
+
 class TrainConfig(_Strict):
     """How any model trains: optimiser, schedule, scale, checkpoints, early stopping."""
 
@@ -464,6 +474,12 @@ class TrainConfig(_Strict):
     num_workers: int = Field(default=1, ge=0, description="Ray Train workers; 0 = Train's local mode")
     cpus_per_worker: float = Field(default=1, gt=0)
     use_gpu: bool = False
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources each worker also takes, e.g. {train: 1}: workers then run only "
+        "on the nodes that declare them (the training nodes of cluster/*.yaml)",
+    )
+    _check_resources = field_validator("resources_per_worker")(_custom_resources)
     max_failures: int = Field(default=2, ge=0, description="worker failures to recover from")
     storage_path: str = Field(default="out/runs", description="checkpoints and run state, local or s3://")
     run_name: str | None = Field(default=None, description="re-running a name resumes that run")
@@ -520,6 +536,11 @@ class ScoreConfig(_Strict):
     actors: int | None = Field(default=None, ge=1, description="scoring actors (default: from resources)")
     gpus_per_actor: float | None = Field(default=None, ge=0, description="default: 1 when GPUs exist")
     cpus_per_actor: float = Field(default=1, gt=0)
+    resources_per_actor: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources each actor also takes, e.g. {score: 1} for the scoring nodes",
+    )
+    _check_resources = field_validator("resources_per_actor")(_custom_resources)
 
     @model_validator(mode="after")
     def _k_within_candidates(self) -> ScoreConfig:

@@ -69,6 +69,10 @@ def _actor_resources(config: RaylrecConfig) -> tuple[int, float, float]:
         gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
     if score.actors:
         return score.actors, gpus, score.cpus_per_actor
+    if score.resources_per_actor:
+        # As many actors as the nodes declaring these resources hold.
+        fits = min(int(resources.get(k, 0) // v) for k, v in score.resources_per_actor.items())
+        return max(1, fits), gpus, score.cpus_per_actor
     if gpus:
         return max(1, int(resources["GPU"] // gpus)), gpus, score.cpus_per_actor
     # Leave a CPU for reading profiles and writing files.
@@ -132,6 +136,7 @@ def run_scoring(
         compute=ActorPoolStrategy(min_size=1, max_size=actors),
         num_gpus=gpus,
         num_cpus=cpus,
+        resources=score.resources_per_actor or None,
     )
     prefix = recs.run_prefix(output, date, run_id)
     fs, root = storage.arrow_filesystem(prefix)

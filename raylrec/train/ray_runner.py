@@ -69,7 +69,9 @@ def run_on_ray(
         scaling_config=ScalingConfig(
             num_workers=train.num_workers,
             use_gpu=train.use_gpu,
-            resources_per_worker={"CPU": train.cpus_per_worker} if train.num_workers else None,
+            resources_per_worker={"CPU": train.cpus_per_worker, **train.resources_per_worker}
+            if train.num_workers
+            else None,
         ),
         run_config=RunConfig(
             name=run_name,

@@ -32,7 +32,8 @@ CF_MODELS = ("mf", "lightgcn", "sasrec")
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
 # Keys that describe where and how a run executes, or what it is judged by: never a hyperparameter.
 UNTUNABLE = {
-    "train.num_workers", "train.cpus_per_worker", "train.use_gpu", "train.storage_path",
+    "train.num_workers", "train.cpus_per_worker", "train.use_gpu", "train.resources_per_worker",
+    "train.storage_path",
     "train.run_name", "train.wandb_project", "train.metric", "train.mode", "train.max_failures",
     "train.log_every_s", "train.checkpoint_every", "train.checkpoint_every_steps", "train.eval_every",
     "method.name", "method.cf_bundle", "method.init_from", "cf.model",

@@ -1,0 +1,187 @@
+"""A real multi-node Ray cluster on one machine, for the cluster test.
+
+``ray start --head`` and then ``ray start --address`` for each worker node: every node is its own
+raylet with its own CPUs and object store, all on loopback, and the cluster runs with token
+authentication (Ray 2.59+) as a shared cluster should. Jobs go in through the real Jobs API with
+the ``ray job submit`` CLI, exactly as the README shows. A node is lost the way a machine is:
+its raylet and every process under it get SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _raylets(temp_dir: str) -> dict[int, str]:
+    """pid -> node id of every raylet of the cluster living under ``temp_dir``."""
+    found = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if (
+            cmdline
+            and cmdline[0].endswith("/raylet")
+            and any(a.startswith(f"--temp_dir={temp_dir}/") for a in cmdline)
+        ):
+            node_id = next(a.split("=", 1)[1] for a in cmdline if a.startswith("--node_id="))
+            found[proc.info["pid"]] = node_id
+    return found
+
+
+def _kill_tree(pid: int) -> None:
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGKILL)
+
+
+@dataclass
+class LocalCluster:
+    """Start with ``LocalCluster.start()``; ``env`` is what a client (``ray job submit``,
+    ``ray list``) needs: the dashboard's address and the cluster's token."""
+
+    temp_dir: str
+    gcs_address: str
+    dashboard_url: str
+    node_env: dict[str, str]
+    nodes: dict[str, str] = field(default_factory=dict)  # name -> node id
+    _raylet_pids: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, head_cpus: int = 1, object_store_mb: int = 400) -> LocalCluster:
+        # Short: Ray's Unix socket paths live under it and must stay under 108 bytes.
+        temp_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_API_SERVER"))}
+        env.update(
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN=secrets.token_hex(32),
+            # The nodes run jobs with this environment's python (a node's own install).
+            PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        )
+        gcs_port, dashboard_port = _free_port(), _free_port()
+        cluster = cls(temp_dir, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", env)
+        cluster._ray_start(
+            "head",
+            "--head",
+            f"--port={gcs_port}",
+            f"--num-cpus={head_cpus}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}",
+            f"--ray-client-server-port={_free_port()}",
+            f"--object-store-memory={object_store_mb * 2**20}",
+        )
+        return cluster
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**self.node_env, "RAY_ADDRESS": self.dashboard_url}
+
+    def add_node(
+        self, name: str, cpus: int = 1, resources: dict[str, float] | None = None, object_store_mb: int = 400
+    ) -> str:
+        """Start a worker node (its own raylet) that joins the head; returns its node id."""
+        return self._ray_start(
+            name,
+            f"--address={self.gcs_address}",
+            f"--num-cpus={cpus}",
+            f"--resources={json.dumps(resources or {})}",
+            f"--object-store-memory={object_store_mb * 2**20}",
+        )
+
+    def _ray_start(self, name: str, *args: str) -> str:
+        before = _raylets(self.temp_dir)
+        common = [
+            "--node-ip-address=127.0.0.1",
+            # One temp dir per node, as on separate machines: nodes sharing one would share its
+            # runtime_resources/ and delete each other's unpacked working dirs.
+            f"--temp-dir={self.temp_dir}/{name}",
+            f"--dashboard-agent-listen-port={_free_port()}",
+            "--disable-usage-stats",
+        ]
+        done = subprocess.run(
+            [RAY, "start", *args, *common], env=self.node_env, capture_output=True, text=True, timeout=180
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"ray start for {name} failed:\n{done.stdout}\n{done.stderr}")
+        (pid, node_id), *others = [(p, n) for p, n in _raylets(self.temp_dir).items() if p not in before]
+        assert not others, "two raylets appeared for one ray start"
+        self.nodes[name], self._raylet_pids[name] = node_id, pid
+        return node_id
+
+    def kill_node(self, name: str) -> None:
+        """Lose node ``name`` as a machine is lost: SIGKILL to its raylet and all it runs."""
+        _kill_tree(self._raylet_pids.pop(name))
+
+    def ray(self, *args: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+        """Run the ``ray`` CLI against this cluster from the repository root."""
+        return subprocess.run(
+            [RAY, *args], env={**self.env, **env}, cwd=REPO, capture_output=True, text=True, timeout=timeout
+        )
+
+    def start_job(self, submission_id: str, *entrypoint: str) -> subprocess.Popen:
+        """``ray job submit --working-dir . -- <entrypoint>`` in the background (it follows the
+        job's log to its end and exits with the job's status)."""
+        args = ["job", "submit", "--submission-id", submission_id, "--working-dir", ".", "--", *entrypoint]
+        return subprocess.Popen(
+            [RAY, *args], env=self.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
+    def submit(self, submission_id: str, *entrypoint: str, timeout: float = 600) -> str:
+        """Submit and wait; returns the job's log, or raises with it when the job fails."""
+        started = time.perf_counter()
+        job = self.start_job(submission_id, *entrypoint)
+        log, _ = job.communicate(timeout=timeout)
+        took = time.perf_counter() - started
+        print(f"[cluster] job {submission_id}: exit {job.returncode} in {took:.0f}s", flush=True)
+        if job.returncode != 0:
+            raise AssertionError(f"job {submission_id} failed:\n{log[-8000:]}")
+        return log
+
+    def list_state(self, kind: str, *filters: str) -> list[dict]:
+        """``ray list <kind> --detail`` as records (the State API, through the dashboard)."""
+        args = ["list", kind, "--detail", "--format=json", "--limit=10000"]
+        for f in filters:
+            args += ["--filter", f]
+        done = self.ray(*args, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"ray list {kind} failed:\n{done.stderr}")
+        return json.loads(done.stdout)
+
+    def stop(self) -> None:
+        """Kill every process of the cluster (never ``ray stop``: it stops every Ray on the
+        machine, the test session's own included)."""
+        roots = [
+            p.pid
+            for p in psutil.process_iter(["cmdline"])
+            if any(self.temp_dir in arg for arg in (p.info["cmdline"] or []))
+        ]
+        for pid in roots:
+            _kill_tree(pid)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
