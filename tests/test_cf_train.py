@@ -1,5 +1,6 @@
-"""CF encoders and the training core: plain process and Ray Train (2 workers, DDP on gloo),
-resume on re-run, a refused config change under a reused name, and a real worker SIGKILL."""
+"""CF encoders and the training core: plain process and Ray Train (2 workers, DDP on gloo): a
+real worker SIGKILL, then the same run name re-run (nothing to do), continued with more epochs,
+and refused under a changed config."""
 
 from __future__ import annotations
 
@@ -95,24 +96,7 @@ def test_each_encoder_learns_in_a_plain_process(tiny_dataset, tmp_path, cf, metr
         assert torch.allclose(bundle.encoder.score(batch), trained.score(batch), atol=1e-5)
 
 
-def test_ray_train_two_workers_resume_and_refuse_a_changed_config(tiny_dataset, tmp_path):
-    config = _config(tiny_dataset, tmp_path, train={"run_name": "mf-two-workers"})
-    first = train_cf(config)
-    assert first.state.epoch == 4 and len(first.state.history) == 4
-    # Re-running the finished run resumes it: nothing is retrained, the result is the same.
-    again = train_cf(config)
-    assert again.state.epoch == 4 and again.state.step == first.state.step
-    assert again.metrics["valid/auc"] == pytest.approx(first.metrics["valid/auc"])
-    # More epochs under the same name continue from epoch 4 ...
-    longer = train_cf(config.model_copy(update={"train": config.train.model_copy(update={"epochs": 6})}))
-    assert [h["epoch"] for h in longer.state.history] == [1, 2, 3, 4, 5, 6]
-    # ... but a different model under the same name is refused, not mixed in.
-    changed = config.model_copy(update={"cf": config.cf.model_copy(update={"dim": 8})})
-    with pytest.raises(Exception, match="already exists with a different configuration"):
-        train_cf(changed)
-
-
-def test_sigkilled_worker_resumes_and_matches_an_uninterrupted_run(tiny_dataset, tmp_path):
+def test_a_killed_worker_resumes_and_a_reused_run_name_continues_or_refuses(tiny_dataset, tmp_path, caplog):
     train = {"epochs": 8, "run_name": "mf-killed", "batch_size": 128}
     config = _config(tiny_dataset, tmp_path, train=train)
     killed: list[int] = []
@@ -123,8 +107,11 @@ def test_sigkilled_worker_resumes_and_matches_an_uninterrupted_run(tiny_dataset,
     interrupted = train_cf(config)
     killer.join()
     assert killed, "no Ray Train worker was found to kill"
-    reference = train_cf(_config(tiny_dataset, tmp_path / "ref", train={**train, "run_name": "mf-reference"}))
-    assert interrupted.state.epoch == reference.state.epoch == 8
+    # resumed from a checkpoint, not restarted: every epoch once, and the state says where
+    assert [h["epoch"] for h in interrupted.state.history] == list(range(1, 9))
+    assert len(interrupted.state.resumed_at_steps) == 1 and interrupted.state.resumed_at_steps[0] > 0
+    reference_config = _config(tiny_dataset, tmp_path / "ref", train={**train, "run_name": "mf-reference"})
+    reference = train_cf(reference_config)
     # Same seed, per-epoch batch order seeded by epoch, resumed from an epoch checkpoint:
     # the final metric matches the uninterrupted run to within float noise of gloo reductions.
     print(
@@ -132,3 +119,21 @@ def test_sigkilled_worker_resumes_and_matches_an_uninterrupted_run(tiny_dataset,
         f"vs uninterrupted {reference.metrics['valid/auc']:.6f}"
     )
     assert interrupted.metrics["valid/auc"] == pytest.approx(reference.metrics["valid/auc"], abs=1e-3)
+
+    # Re-running the finished run starts no workers and gives the same result ...
+    with caplog.at_level("INFO", logger="raylrec.train.ray_runner"):
+        again = train_cf(reference_config)
+    assert "already finished (epoch 8)" in caplog.text
+    assert again.state.step == reference.state.step
+    assert again.metrics["valid/auc"] == pytest.approx(reference.metrics["valid/auc"])
+    # ... more epochs under the same name continue from epoch 8 ...
+    longer = reference_config.model_copy(
+        update={"train": reference_config.train.model_copy(update={"epochs": 10})}
+    )
+    continued = train_cf(longer).state
+    assert [h["epoch"] for h in continued.history] == list(range(1, 11))
+    assert continued.resumed_at_steps == [reference.state.step]
+    # ... but a different model under the same name is refused, not mixed in.
+    changed = reference_config.model_copy(update={"cf": reference_config.cf.model_copy(update={"dim": 8})})
+    with pytest.raises(Exception, match="already exists with a different configuration"):
+        train_cf(changed)

@@ -13,7 +13,10 @@ does) and the same job resumes from that checkpoint.
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -28,12 +31,13 @@ from raylrec.train.reporting import STATE_FILE
 
 DATE = "2026-11-24"
 USERS = 40
-EPOCHS = 4
+EPOCHS = 6
 
 
 @pytest.fixture
-def cluster():
+def cluster(tmp_path):
     cluster = LocalCluster.start(head_cpus=1)
+    cluster.log_dir = tmp_path  # every job's log stays here
     try:
         cluster.add_node("train-1", cpus=1, resources={"train": 1})
         cluster.add_node("train-2", cpus=1, resources={"train": 1})
@@ -54,11 +58,11 @@ def _nodes_table(cluster: LocalCluster) -> list[dict]:
     ]
 
 
-def _train_workers(cluster: LocalCluster, job_id: str | None = None) -> list[dict]:
-    """Every Ray Train worker actor (alive or dead) of ``job_id`` (the latest job by default)."""
+def _train_workers(cluster: LocalCluster) -> list[dict]:
+    """Every Ray Train worker actor (alive or dead) of the latest job, from the State API."""
     names = {node_id: name for name, node_id in cluster.nodes.items()}
     actors = cluster.list_state("actors", "class_name=RayTrainWorker")
-    job_id = job_id or max(a["job_id"] for a in actors)
+    job_id = max(a["job_id"] for a in actors)
     return [
         {
             "node": names.get(a["node_id"], a["node_id"]),
@@ -83,6 +87,15 @@ def _checkpoints(fs: s3fs.S3FileSystem, run_dir: str) -> list[str]:
     )
 
 
+def _raylrec(*args: str) -> str:
+    """The `raylrec` CLI on the submitting machine (it reads s3:// directly); returns stdout."""
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("raylrec")), *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
 def test_pipeline_on_a_multi_node_cluster_survives_losing_a_node(cluster, s3_bucket, s3_server):
     started = time.perf_counter()
     bucket = s3_bucket
@@ -93,9 +106,8 @@ def test_pipeline_on_a_multi_node_cluster_survives_losing_a_node(cluster, s3_buc
 
     # Without the cluster's token the Jobs API refuses the client (Ray 2.59+ token auth).
     stranger = cluster.ray("job", "list", timeout=60, RAY_AUTH_TOKEN="0" * 64)
-    assert stranger.returncode != 0 and "Invalid authentication token" in stranger.stderr, stranger.stderr[
-        -2000:
-    ]
+    assert stranger.returncode != 0
+    assert "Invalid authentication token" in stranger.stderr, stranger.stderr[-2000:]
 
     data, cf, model, runs = (
         f"{bucket}/{p}" for p in ("datasets/ml100k", "bundles/mf", "bundles/reclora", "runs")
@@ -103,9 +115,11 @@ def test_pipeline_on_a_multi_node_cluster_survives_losing_a_node(cluster, s3_buc
     cluster.submit(
         "prepare", "python", "jobs/prepare.py", "--config", "configs/ml100k.yaml", f"data.output={data}"
     )
+    stats = _raylrec("data", "stats", data)  # read back from the submitting machine
+    assert "100,000" in stats and "943" in stats, stats
     cluster.submit(
         "train-cf", "python", "jobs/train_cf.py", "--config", "configs/mf_bpr_ml100k.yaml",
-        f"dataset={data}", f"output={cf}", f"train.storage_path={runs}", "train.epochs=2",
+        f"dataset={data}", f"output={cf}", f"train.storage_path={runs}", "train.epochs=1",
     )  # fmt: skip
 
     # RecLoRA: one Ray Train worker per training node, so losing train-2 loses a rank.
@@ -113,27 +127,29 @@ def test_pipeline_on_a_multi_node_cluster_survives_losing_a_node(cluster, s3_buc
     train = cluster.start_job(
         "train", "python", "jobs/train.py", "--config", "configs/reclora_collm_ml1m.yaml",
         f"dataset={data}", f"method.cf_bundle={cf}", f"output={model}", f"train.storage_path={runs}",
-        "backbone.name=tiny-random-llama", "method.experts=2", "prompt.max_tokens=96",
-        "prompt.history_items=3", "sample.max_train=256", "sample.max_valid=64", "train.batch_size=8",
+        "backbone.name=tiny-random-llama", "method.experts=2", "prompt.max_tokens=128",
+        "prompt.history_items=3", "sample.max_train=384", "sample.max_valid=64", "train.batch_size=8",
         f"train.epochs={EPOCHS}", "train.patience=10", "train.zero_stage=2", "train.num_workers=2",
         "train.run_name=reclora-cluster", "train.resources_per_worker={train: 1}",
     )  # fmt: skip
     run_dir = f"{runs}/reclora-cluster-mixture"
     deadline = time.time() + 600
-    while not _checkpoints(fs, run_dir):
+    # Ray Train writes its snapshot once every rank's part of a checkpoint is stored: committed.
+    while not fs.exists(f"{run_dir}/checkpoint_manager_snapshot.json"):
         assert train.poll() is None, f"training ended before its first checkpoint:\n{train.stdout.read()}"
         assert time.time() < deadline, "no checkpoint after 10 minutes"
-        time.sleep(0.5)
-    before = [w for w in _train_workers(cluster) if w["state"] == "ALIVE"]
-    print(f"[cluster] training workers at the first checkpoint: {before}")
-    assert sorted(w["node"] for w in before) == ["train-1", "train-2"], "one worker per training node"
-
+        time.sleep(0.2)
+    placement = cluster.processes_by_node("ray::RayTrainWorker")
     cluster.kill_node("train-2")
+    print(f"[cluster] training workers (pids) by node at the first checkpoint: {placement}")
+    assert sorted(placement) == ["train-1", "train-2"] and all(len(p) == 1 for p in placement.values())
     print("[cluster] train-2 killed (its raylet and every process under it); train-3 joins in its place")
     cluster.add_node("train-3", cpus=1, resources={"train": 1})
     log, _ = train.communicate(timeout=600)
+    cluster.keep_log("train", log)
     assert train.returncode == 0, f"training did not recover:\n{log[-8000:]}"
-    workers = _train_workers(cluster, job_id=before[0]["job"])
+    assert "resumed after epoch" in log, "the new workers started over instead of resuming"
+    workers = _train_workers(cluster)
     print(
         f"[cluster] RecLoRA trained in {time.perf_counter() - training:.0f}s; "
         f"its workers, all attempts: {workers}"
@@ -148,6 +164,7 @@ def test_pipeline_on_a_multi_node_cluster_survives_losing_a_node(cluster, s3_buc
     last = _checkpoints(fs, run_dir)[-1]
     state = torch.load(io.BytesIO(fs.cat_file(f"{last}/{STATE_FILE}")), weights_only=False)["state"]
     assert [h["epoch"] for h in state["history"]] == list(range(1, EPOCHS + 1))
+    assert len(state["resumed_at_steps"]) == 1, state["resumed_at_steps"]
 
     # Score a users file (the nightly job's active users) and read what was published.
     users = read_table(data, "users.parquet")["user_id"][:USERS]
@@ -163,6 +180,9 @@ def test_pipeline_on_a_multi_node_cluster_survives_losing_a_node(cluster, s3_buc
     per_user = recs.group_by("user_id").aggregate([("item_id", "count_distinct"), ("rank", "max")])
     assert set(per_user["item_id_count_distinct"].to_pylist()) == {10}
     assert set(per_user["rank_max"].to_pylist()) == {10}
+    assert f"{USERS * 10} rows for {USERS} users" in _raylrec(
+        "recs", "read", f"{bucket}/recs", "--date", DATE
+    )
     print(
         f"[cluster] {recs.num_rows} recommendations for {USERS} users; "
         f"pipeline took {time.perf_counter() - started:.0f}s"

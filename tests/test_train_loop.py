@@ -1,16 +1,20 @@
 """The training loop in a plain process: a mid-epoch checkpoint resumes exactly where it was
-taken (same final weights as an uninterrupted run), and LR schedules have the right shape."""
+taken (same final weights as an uninterrupted run) with a torch optimiser and with DeepSpeed ZeRO
+(optimiser state, LR schedule and step counters restored), and LR schedules have the right shape.
+A lost rank on Ray Train resuming from such a checkpoint is the cluster test's job."""
 
 from __future__ import annotations
 
 import copy
+import os
+import socket
 
 import pytest
 import torch
 from torch import nn
 
 from raylrec.config import TrainConfig
-from raylrec.train.engines import TorchEngine, lr_lambda
+from raylrec.train.engines import DeepSpeedEngine, Engine, TorchEngine, lr_lambda
 from raylrec.train.loop import TrainState, fit
 
 
@@ -65,35 +69,76 @@ def _config(**kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-def test_a_mid_epoch_checkpoint_resumes_exactly(tmp_path):
-    config = _config()
+@pytest.fixture(scope="module")
+def process_group():
+    """A one-rank gloo process group in this process, as DeepSpeed needs one (Ray Train sets
+    the same up in its workers). One per module: DeepSpeed keeps a handle on the first group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    saved = os.environ.get("LOCAL_RANK")
+    os.environ["LOCAL_RANK"] = "0"
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield
+    torch.distributed.destroy_process_group()
+    if saved is None:
+        os.environ.pop("LOCAL_RANK")
+    else:
+        os.environ["LOCAL_RANK"] = saved
+
+
+def _torch_engine(task: _Regression, config: TrainConfig) -> Engine:
+    return TorchEngine(task.model, config, total_steps=config.epochs * 8)
+
+
+def _deepspeed_engine(task: _Regression, config: TrainConfig) -> Engine:
+    return DeepSpeedEngine(task.model, config, total_steps=config.epochs * 8, world_size=1)
+
+
+@pytest.mark.parametrize(
+    ("build", "train"),
+    [
+        (_torch_engine, {}),
+        (_deepspeed_engine, {"strategy": "deepspeed", "zero_stage": 2, "optimizer": "adamw"}),
+        (_deepspeed_engine, {"strategy": "deepspeed", "zero_stage": 3, "optimizer": "adamw"}),
+    ],
+    ids=["torch", "zero2", "zero3"],
+)
+def test_a_mid_epoch_checkpoint_resumes_exactly(tmp_path, request, build, train):
+    if build is _deepspeed_engine:
+        request.getfixturevalue("process_group")
+    config = _config(**train)
     reference = _Regression(seed=1)
     fit(
-        reference,
-        reference.batches,
-        config,
-        _CheckpointingReporter(tmp_path / "a"),
-        _engine(reference, config),
+        reference, reference.batches, config, _CheckpointingReporter(tmp_path / "a"), build(reference, config)
     )
+    expected = _weights(reference, config)
 
     first = _Regression(seed=1)
     reporter = _CheckpointingReporter(tmp_path / "b", fail_at_step=10)  # epoch 2, batch 2 of 8
     with pytest.raises(_Interrupt):
-        fit(first, first.batches, config, reporter, _engine(first, config))
+        fit(first, first.batches, config, reporter, build(first, config))
     assert reporter.saved is not None and reporter.saved.epoch == 1 and reporter.saved.epoch_step == 2
 
     resumed = _Regression(seed=99)  # different initial weights: everything must come from the checkpoint
-    engine = _engine(resumed, config)
+    engine = build(resumed, config)
     engine.load(str(tmp_path / "b"))
     state = fit(
         resumed, resumed.batches, config, _CheckpointingReporter(tmp_path / "c"), engine, reporter.saved
     )
     assert state.step == 3 * 8
-    torch.testing.assert_close(resumed.model.weight, reference.model.weight, rtol=0, atol=0)
+    for name, value in _weights(resumed, config).items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0)
 
 
-def _engine(task: _Regression, config: TrainConfig) -> TorchEngine:
-    return TorchEngine(task.model, config, total_steps=config.epochs * 8)
+def _weights(task: _Regression, config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The trained weights (gathered first under ZeRO-3, which partitions them)."""
+    if config.strategy == "deepspeed" and config.zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(task.model.parameters())):
+            return {n: p.detach().clone() for n, p in task.model.named_parameters()}
+    return {n: p.detach().clone() for n, p in task.model.named_parameters()}
 
 
 @pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])

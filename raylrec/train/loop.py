@@ -52,6 +52,7 @@ class TrainState:
     epoch_step: int = 0  # steps done in an unfinished epoch (a mid-epoch checkpoint)
     best_model: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    resumed_at_steps: list[int] = field(default_factory=list)  # where the run was picked up again
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -87,6 +88,7 @@ def fit(
     metrics everywhere), so collectives inside the engine stay in lockstep."""
     state = state or TrainState()
     if state.step:
+        state.resumed_at_steps.append(state.step)
         reporter.log(
             f"resumed after epoch {state.epoch} (step {state.step}, best {config.metric} {state.best_metric})"
         )

@@ -5,6 +5,8 @@ the same run name (a different configuration under an existing name is refused).
 from __future__ import annotations
 
 import io
+import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -23,7 +25,20 @@ from raylrec.train.engines import Engine
 from raylrec.train.loop import Batch, Task, TrainState, fit
 from raylrec.train.reporting import STATE_FILE, RayReporter, load_state
 
-__all__ = ["TrialHooks", "default_run_name", "fit_in_worker", "resume", "run_on_ray", "shard_arrays"]
+__all__ = [
+    "TrialHooks",
+    "default_run_name",
+    "fit_in_worker",
+    "is_finished",
+    "resume",
+    "run_on_ray",
+    "shard_arrays",
+]
+
+log = logging.getLogger(__name__)
+
+# Ray Train's record of a run's committed checkpoints (written once every rank's part is stored).
+TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,11 @@ def run_on_ray(
 
         callbacks.append(TuneReportCallback())
         loop_config = {**loop_config, "trial": asdict(trial)}
+    previous = refuse_changed_run(train.storage_path, run_name, fingerprint)
+    if previous is not None and trial is None and is_finished(previous, train):
+        # Re-running a finished run (a retried job, a rerun pipeline) starts no workers.
+        log.info("run %r already finished (epoch %d): nothing left to train", run_name, previous.epoch)
+        return previous
     if storage.is_remote(train.storage_path):
         storage_fs, storage_path = storage.arrow_filesystem(train.storage_path)
     else:
@@ -84,7 +104,6 @@ def run_on_ray(
         datasets=datasets,
         dataset_config=data_config,
     )
-    refuse_changed_run(train.storage_path, run_name, fingerprint)
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"run {run_name!r} finished without a checkpoint")
@@ -92,26 +111,30 @@ def run_on_ray(
         return load_state(directory, fingerprint, run_name)
 
 
-def refuse_changed_run(storage_path: str, run_name: str, fingerprint: str) -> None:
+def refuse_changed_run(storage_path: str, run_name: str, fingerprint: str) -> TrainState | None:
     """A reused run name resumes that run; under a different configuration it would silently
-    mix two runs, so it fails here, before any worker starts."""
+    mix two runs, so it fails here, before any worker starts. Returns the state of the run's
+    latest committed checkpoint, the one Ray Train resumes from (None for a new run)."""
     fs, root = storage.filesystem(storage.join(storage_path, run_name))
-    if not fs.exists(root):
-        return
-    checkpoints = sorted(
-        p for p in fs.ls(root, detail=False) if p.rsplit("/", 1)[-1].startswith("checkpoint_")
-    )
-    for checkpoint in reversed(checkpoints):
-        state_file = f"{checkpoint}/{STATE_FILE}"
-        if fs.exists(state_file):
-            with fs.open(state_file, "rb") as f:
-                stored = torch.load(io.BytesIO(f.read()), weights_only=False)["fingerprint"]
-            if stored != fingerprint:
-                raise ValueError(
-                    f"run {run_name!r} already exists with a different configuration ({stored} != "
-                    f"{fingerprint}); use a new train.run_name to start a new run"
-                )
-            return
+    snapshot = f"{root}/{TRAIN_SNAPSHOT}"
+    if not fs.exists(snapshot):
+        return None
+    latest = json.loads(fs.cat_file(snapshot)).get("latest_checkpoint_result") or {}
+    state_file = f"{root}/{latest.get('checkpoint_dir_name')}/{STATE_FILE}"
+    if not latest or not fs.exists(state_file):
+        return None
+    payload = torch.load(io.BytesIO(fs.cat_file(state_file)), weights_only=False)
+    if payload["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"run {run_name!r} already exists with a different configuration ("
+            f"{payload['fingerprint']} != {fingerprint}); use a new train.run_name to start a new run"
+        )
+    return TrainState.from_dict(payload["state"])
+
+
+def is_finished(state: TrainState, train: TrainConfig) -> bool:
+    """Nothing left to train: the loop would stop at once (all epochs done, or early-stopped)."""
+    return state.epoch_step == 0 and (state.epoch >= train.epochs or state.stale_evals >= train.patience)
 
 
 def resume(engine: Engine, fingerprint: str, run_name: str) -> TrainState | None:
