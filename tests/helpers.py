@@ -59,13 +59,21 @@ def assert_point_in_time(table: pa.Table, max_len: int | None = None, max_users:
 
 
 def kill_a_training_worker_after_first_checkpoint(run_dir: Path, killed: list[int]) -> None:
-    """SIGKILL one Ray Train worker process as soon as ``run_dir`` holds a checkpoint."""
+    """SIGKILL one Ray Train worker process as soon as Ray Train has committed a checkpoint of
+    the run in ``run_dir`` (its snapshot file is written once every rank's part is stored; a
+    checkpoint directory alone may still be uploading, and the run would start over)."""
     deadline = time.time() + 300
     while time.time() < deadline and not killed:
-        if run_dir.exists() and any(p.name.startswith("checkpoint_") for p in run_dir.iterdir()):
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                if "ray::RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
-                    os.kill(proc.info["pid"], signal.SIGKILL)
-                    killed.append(proc.info["pid"])
+        if (run_dir / "checkpoint_manager_snapshot.json").exists():
+            # Only this test process's own Ray (its raylet is our child): tests running in
+            # parallel have Ray Train workers of their own.
+            for proc in psutil.Process().children(recursive=True):
+                try:
+                    cmdline = " ".join(proc.cmdline())
+                except psutil.NoSuchProcess:
+                    continue
+                if "ray::RayTrainWorker" in cmdline:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed.append(proc.pid)
                     return
         time.sleep(0.2)

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,7 @@ class LocalCluster:
     dashboard_url: str
     node_env: dict[str, str]
     log_dir: Path | None = None  # where each job's log is kept (``<submission id>.log``)
+    say: Callable[[str], None] = print
     nodes: dict[str, str] = field(default_factory=dict)  # name -> node id
     _raylet_pids: dict[str, int] = field(default_factory=dict)
 
@@ -172,7 +174,7 @@ class LocalCluster:
         job = self.start_job(submission_id, *entrypoint)
         log, _ = job.communicate(timeout=timeout)
         took = time.perf_counter() - started
-        print(f"[cluster] job {submission_id}: exit {job.returncode} in {took:.0f}s", flush=True)
+        self.say(f"[cluster] job {submission_id}: exit {job.returncode} in {took:.0f}s")
         self.keep_log(submission_id, log)
         if job.returncode != 0:
             raise AssertionError(f"job {submission_id} failed:\n{log[-8000:]}")
@@ -195,10 +197,11 @@ class LocalCluster:
     def stop(self) -> None:
         """Kill every process of the cluster (never ``ray stop``: it stops every Ray on the
         machine, the test session's own included)."""
-        roots = [
+        gcs_port = self.gcs_address.rsplit(":", 1)[1]
+        roots = [  # every process under the temp dirs, and the head's client server (it names the GCS)
             p.pid
             for p in psutil.process_iter(["cmdline"])
-            if any(self.temp_dir in arg for arg in (p.info["cmdline"] or []))
+            if any(self.temp_dir in arg or arg.endswith(f":{gcs_port}") for arg in (p.info["cmdline"] or []))
         ]
         for pid in roots:
             _kill_tree(pid)

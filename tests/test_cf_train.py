@@ -97,7 +97,8 @@ def test_each_encoder_learns_in_a_plain_process(tiny_dataset, tmp_path, cf, metr
 
 
 def test_a_killed_worker_resumes_and_a_reused_run_name_continues_or_refuses(tiny_dataset, tmp_path, caplog):
-    train = {"epochs": 8, "run_name": "mf-killed", "batch_size": 128}
+    # A checkpoint inside the first epoch too: the kill lands with most of the run still to go.
+    train = {"epochs": 8, "run_name": "mf-killed", "batch_size": 128, "checkpoint_every_steps": 25}
     config = _config(tiny_dataset, tmp_path, train=train)
     killed: list[int] = []
     killer = threading.Thread(

@@ -1,13 +1,14 @@
 """The README's cluster workflow on a real multi-node Ray cluster on one machine (`make cluster-test`).
 
 The shape of cluster/aws.yaml in miniature: a head node (one CPU: drivers and Ray Data) and two
-training nodes (one CPU each, custom resource `train`), started with `ray start` and token
-authentication on. The pipeline is submitted with `ray job submit --working-dir .`: prepare
-MovieLens-100K -> train the MF encoder -> train RecLoRA (tiny Llama, DeepSpeed ZeRO-2, 2 Ray
-Train workers asking for `train`, so one per training node) -> score a users file, every path on
-the moto S3 server, nothing on the submitting machine's disk. During RecLoRA's training one
-training node is killed after the first checkpoint; a replacement joins (what the autoscaler
-does) and the same job resumes from that checkpoint.
+GPU-style nodes (one CPU each, custom resources `train` and `score`), started with `ray start`
+and token authentication on. The pipeline is submitted with `ray job submit --working-dir .`:
+prepare MovieLens-100K -> train the MF encoder -> train RecLoRA (tiny Llama, DeepSpeed ZeRO-2, 2
+Ray Train workers asking for `train`, so one per training node) -> score a users file (actors
+asking for `score`), every path on the moto S3 server, nothing on the submitting machine's disk.
+During RecLoRA's training one training node is killed after the first checkpoint; a replacement
+joins (what the autoscaler does) and the same job resumes from that checkpoint. Node count,
+worker placement and each job's duration are printed at the end of the suite's output.
 """
 
 from __future__ import annotations
@@ -25,22 +26,29 @@ import s3fs
 import torch
 from local_cluster import LocalCluster
 
-from raylrec.data.output import read_table
+from raylrec.data.output import read_meta, read_table
 from raylrec.scoring import read_recommendations
 from raylrec.train.reporting import STATE_FILE
 
 DATE = "2026-11-24"
 USERS = 40
 EPOCHS = 6
+# What cluster/aws.yaml's GPU nodes declare (here one node type serves both, as a small cluster's might)
+NODE_RESOURCES = {"train": 1, "score": 1}
 
 
 @pytest.fixture
-def cluster(tmp_path):
+def cluster(tmp_path, record_property):
+    def say(message: str) -> None:
+        print(message, flush=True)  # live with `pytest -s` (make cluster-test)
+        record_property("summary", message)  # and in the suite's closing summary (conftest.py)
+
     cluster = LocalCluster.start(head_cpus=1)
     cluster.log_dir = tmp_path  # every job's log stays here
+    cluster.say = say
     try:
-        cluster.add_node("train-1", cpus=1, resources={"train": 1})
-        cluster.add_node("train-2", cpus=1, resources={"train": 1})
+        cluster.add_node("train-1", cpus=1, resources=NODE_RESOURCES)
+        cluster.add_node("train-2", cpus=1, resources=NODE_RESOURCES)
         yield cluster
     finally:
         cluster.stop()
@@ -101,7 +109,7 @@ def test_pipeline_on_a_multi_node_cluster_survives_losing_a_node(cluster, s3_buc
     bucket = s3_bucket
     fs = s3fs.S3FileSystem(endpoint_url=s3_server, skip_instance_cache=True, use_listings_cache=False)
     nodes = _nodes_table(cluster)
-    print(f"\n[cluster] {len(nodes)} nodes: {nodes}")
+    cluster.say(f"\n[cluster] {len(nodes)} nodes: {nodes}")
     assert sorted(n["name"] for n in nodes if n["state"] == "ALIVE") == ["head", "train-1", "train-2"]
 
     # Without the cluster's token the Jobs API refuses the client (Ray 2.59+ token auth).
@@ -115,8 +123,8 @@ def test_pipeline_on_a_multi_node_cluster_survives_losing_a_node(cluster, s3_buc
     cluster.submit(
         "prepare", "python", "jobs/prepare.py", "--config", "configs/ml100k.yaml", f"data.output={data}"
     )
-    stats = _raylrec("data", "stats", data)  # read back from the submitting machine
-    assert "100,000" in stats and "943" in stats, stats
+    counts = read_meta(data)["counts"]  # read back from the submitting machine
+    assert counts["rows_out"] == 100_000 and sum(counts["splits"].values()) == 100_000, counts
     cluster.submit(
         "train-cf", "python", "jobs/train_cf.py", "--config", "configs/mf_bpr_ml100k.yaml",
         f"dataset={data}", f"output={cf}", f"train.storage_path={runs}", "train.epochs=1",
@@ -141,23 +149,25 @@ def test_pipeline_on_a_multi_node_cluster_survives_losing_a_node(cluster, s3_buc
         time.sleep(0.2)
     placement = cluster.processes_by_node("ray::RayTrainWorker")
     cluster.kill_node("train-2")
-    print(f"[cluster] training workers (pids) by node at the first checkpoint: {placement}")
+    cluster.say(f"[cluster] training workers (pids) by node at the first checkpoint: {placement}")
     assert sorted(placement) == ["train-1", "train-2"] and all(len(p) == 1 for p in placement.values())
-    print("[cluster] train-2 killed (its raylet and every process under it); train-3 joins in its place")
-    cluster.add_node("train-3", cpus=1, resources={"train": 1})
+    cluster.say(
+        "[cluster] train-2 killed (its raylet and every process under it); train-3 joins in its place"
+    )
+    cluster.add_node("train-3", cpus=1, resources=NODE_RESOURCES)
     log, _ = train.communicate(timeout=600)
     cluster.keep_log("train", log)
     assert train.returncode == 0, f"training did not recover:\n{log[-8000:]}"
     assert "resumed after epoch" in log, "the new workers started over instead of resuming"
     workers = _train_workers(cluster)
-    print(
+    cluster.say(
         f"[cluster] RecLoRA trained in {time.perf_counter() - training:.0f}s; "
         f"its workers, all attempts: {workers}"
     )
     assert {w["node"] for w in workers if w["state"] == "DEAD"} >= {"train-2"}
     assert {w["node"] for w in workers} == {"train-1", "train-2", "train-3"}
     nodes = _nodes_table(cluster)
-    print(f"[cluster] nodes after recovery: {nodes}")
+    cluster.say(f"[cluster] nodes after recovery: {nodes}")
     assert {n["name"]: n["state"] for n in nodes}["train-2"] == "DEAD"
 
     # Resumed from the checkpoint, not restarted: every epoch was trained exactly once.
@@ -174,6 +184,7 @@ def test_pipeline_on_a_multi_node_cluster_survives_losing_a_node(cluster, s3_buc
         f"score-{DATE}", "python", "jobs/score.py", "--config", "configs/score_ml100k.yaml", "--date", DATE,
         f"dataset={data}", f"score.model_bundle={model}", f"score.cf_bundle={cf}",
         f"score.users={bucket}/active_users.csv", f"score.output={bucket}/recs",
+        "score.resources_per_actor={score: 1}",
     )  # fmt: skip
     recs = read_recommendations(f"{bucket}/recs", DATE)
     assert sorted(set(recs["user_id"].to_pylist())) == sorted(users.to_pylist())
@@ -183,7 +194,7 @@ def test_pipeline_on_a_multi_node_cluster_survives_losing_a_node(cluster, s3_buc
     assert f"{USERS * 10} rows for {USERS} users" in _raylrec(
         "recs", "read", f"{bucket}/recs", "--date", DATE
     )
-    print(
+    cluster.say(
         f"[cluster] {recs.num_rows} recommendations for {USERS} users; "
         f"pipeline took {time.perf_counter() - started:.0f}s"
     )

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+from filelock import FileLock
 
 from raylrec import storage
 from raylrec.config import CsvOptions, MovieLens1MSource, MovieLens100KSource
@@ -38,15 +40,18 @@ def recbole_ml100k_dir() -> Path:
     if (target / "ml-100k.inter").exists():
         return target
     wheel = fetch_wheel(RECBOLE_WHEEL, "recbole-1.2.1-*.whl", cache_dir() / "wheels", log.info, SourceError)
-    tmp = target.with_name(target.name + ".partial")
-    with zipfile.ZipFile(wheel) as zf:
-        for name in zf.namelist():
-            if name.startswith(_RECBOLE_PREFIX) and name.rsplit(".", 1)[-1] in ("inter", "item", "user"):
-                tmp.mkdir(parents=True, exist_ok=True)
-                (tmp / Path(name).name).write_bytes(zf.read(name))
-    if not (tmp / "ml-100k.inter").exists():
-        raise SourceError(f"{wheel} has no {_RECBOLE_PREFIX}ml-100k.inter")
-    tmp.replace(target)  # atomic: a crash mid-extraction never leaves a half-filled target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):  # processes asking at once extract it once
+        if (target / "ml-100k.inter").exists():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
+        with zipfile.ZipFile(wheel) as zf:
+            for name in zf.namelist():
+                if name.startswith(_RECBOLE_PREFIX) and name.rsplit(".", 1)[-1] in ("inter", "item", "user"):
+                    (tmp / Path(name).name).write_bytes(zf.read(name))
+        if not (tmp / "ml-100k.inter").exists():
+            raise SourceError(f"{wheel} has no {_RECBOLE_PREFIX}ml-100k.inter")
+        tmp.replace(target)  # atomic: a crash mid-extraction never leaves a half-filled target
     return target
 
 
