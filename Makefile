@@ -19,10 +19,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/raylrec demo
 
-# Two processes, whole files each (module fixtures stay in one process): the suite waits on
-# process start-ups a lot, and a second process fills those waits on a 2-core machine.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q
 
 # A real 4-node Ray cluster on this machine, the README's cluster workflow submitted to it, a node
 # lost mid-training (also part of `make test`; this runs it alone, printing placement and timings).
