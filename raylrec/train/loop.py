@@ -62,6 +62,12 @@ class TrainState:
         return cls(**data)
 
 
+def is_finished(state: TrainState, config: TrainConfig) -> bool:
+    """Nothing left to train: all epochs done, or early-stopped (a mid-epoch state is never done:
+    its ``epoch`` counts completed epochs only)."""
+    return state.epoch >= config.epochs or state.stale_evals >= config.patience
+
+
 def is_better(value: float, best: float | None, mode: str) -> bool:
     if best is None or math.isnan(best):
         return not math.isnan(value)
@@ -92,7 +98,7 @@ def fit(
         reporter.log(
             f"resumed after epoch {state.epoch} (step {state.step}, best {config.metric} {state.best_metric})"
         )
-    while state.epoch < config.epochs and state.stale_evals < config.patience:
+    while not is_finished(state, config):
         epoch = state.epoch + 1
         task.model.train()
         started, samples, tokens, total_loss, steps = time.perf_counter(), 0, 0, 0.0, 0

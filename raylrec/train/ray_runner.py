@@ -22,14 +22,13 @@ from ray.train.torch import TorchTrainer
 from raylrec import storage
 from raylrec.config import TrainConfig
 from raylrec.train.engines import Engine
-from raylrec.train.loop import Batch, Task, TrainState, fit
-from raylrec.train.reporting import STATE_FILE, RayReporter, load_state
+from raylrec.train.loop import Batch, Task, TrainState, fit, is_finished
+from raylrec.train.reporting import STATE_FILE, RayReporter, load_state, state_from_payload
 
 __all__ = [
     "TrialHooks",
     "default_run_name",
     "fit_in_worker",
-    "is_finished",
     "resume",
     "run_on_ray",
     "shard_arrays",
@@ -124,17 +123,7 @@ def refuse_changed_run(storage_path: str, run_name: str, fingerprint: str) -> Tr
     if not latest or not fs.exists(state_file):
         return None
     payload = torch.load(io.BytesIO(fs.cat_file(state_file)), weights_only=False)
-    if payload["fingerprint"] != fingerprint:
-        raise ValueError(
-            f"run {run_name!r} already exists with a different configuration ("
-            f"{payload['fingerprint']} != {fingerprint}); use a new train.run_name to start a new run"
-        )
-    return TrainState.from_dict(payload["state"])
-
-
-def is_finished(state: TrainState, train: TrainConfig) -> bool:
-    """Nothing left to train: the loop would stop at once (all epochs done, or early-stopped)."""
-    return state.epoch_step == 0 and (state.epoch >= train.epochs or state.stale_evals >= train.patience)
+    return state_from_payload(payload, fingerprint, run_name)
 
 
 def resume(engine: Engine, fingerprint: str, run_name: str) -> TrainState | None:

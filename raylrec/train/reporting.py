@@ -22,7 +22,14 @@ from raylrec.train.loop import TrainState
 if TYPE_CHECKING:
     from raylrec.train.ray_runner import TrialHooks
 
-__all__ = ["LocalReporter", "RayReporter", "STATE_FILE", "load_state", "config_fingerprint"]
+__all__ = [
+    "LocalReporter",
+    "RayReporter",
+    "STATE_FILE",
+    "load_state",
+    "state_from_payload",
+    "config_fingerprint",
+]
 
 STATE_FILE = "train_state.pt"
 
@@ -33,7 +40,13 @@ def config_fingerprint(config: dict[str, Any]) -> str:
 
 
 def load_state(directory: str, fingerprint: str, run_name: str) -> TrainState:
-    payload = torch.load(os.path.join(directory, STATE_FILE), weights_only=False)
+    return state_from_payload(
+        torch.load(os.path.join(directory, STATE_FILE), weights_only=False), fingerprint, run_name
+    )
+
+
+def state_from_payload(payload: dict[str, Any], fingerprint: str, run_name: str) -> TrainState:
+    """A saved ``STATE_FILE``'s state, refused when the run it belongs to had another config."""
     if payload["fingerprint"] != fingerprint:
         raise ValueError(
             f"run {run_name!r} already exists with a different configuration "
