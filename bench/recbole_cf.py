@@ -41,7 +41,8 @@ import time
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as pads
+
+from raylrec.data.output import read_table
 
 DATASET_NAME = "ml100k_raylrec"
 SPLITS = ("train", "valid", "test")
@@ -87,9 +88,7 @@ def export(dataset: str, work_dir: str) -> dict[str, int]:
     os.makedirs(out_dir, exist_ok=True)
     rows = {}
     for split in SPLITS:
-        table = pads.dataset(os.path.join(dataset, split), format="parquet").to_table(
-            columns=["uid", "iid", "timestamp"]
-        )
+        table = read_table(dataset, split, columns=["uid", "iid", "timestamp"])
         frame = table.to_pandas().sort_values(["uid", "timestamp", "iid"], kind="stable")
         frame = pd.DataFrame(
             {
@@ -106,7 +105,7 @@ def export(dataset: str, work_dir: str) -> dict[str, int]:
 def load_split_pairs(dataset: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {}
     for split in SPLITS:
-        table = pads.dataset(os.path.join(dataset, split), format="parquet").to_table(columns=["uid", "iid"])
+        table = read_table(dataset, split, columns=["uid", "iid"])
         out[split] = (table["uid"].to_numpy().astype(np.int64), table["iid"].to_numpy().astype(np.int64))
     return out
 

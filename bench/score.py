@@ -24,7 +24,6 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 import torch
 
 from raylrec.cf.bundle import load_cf_bundle
@@ -40,12 +39,7 @@ from raylrec.scoring.retrieval import exact_top_n
 def _profiles(dataset: str, history: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per uid 1..n: (latest positives, every item seen), from train + valid."""
     columns = ["uid", "iid", "timestamp", "label"]
-    table = pa.concat_tables(
-        [
-            pads.dataset(f"{dataset}/{s}", format="parquet").to_table(columns=columns)
-            for s in ("train", "valid")
-        ]
-    )
+    table = pa.concat_tables([read_table(dataset, s, columns=columns) for s in ("train", "valid")])
     uid, iid = table["uid"].to_numpy(), table["iid"].to_numpy()
     order = np.lexsort((iid, table["timestamp"].to_numpy(), uid))
     uid, iid, label = uid[order], iid[order], table["label"].to_numpy()[order]

@@ -10,11 +10,9 @@ from pathlib import Path
 
 import psutil
 import pyarrow as pa
-import pyarrow.dataset as pads
 
-from raylrec import storage
 from raylrec.config import build_config
-from raylrec.data.output import read_meta
+from raylrec.data.output import read_meta, read_table
 
 
 def data_config(source: dict, output: str, **data):
@@ -24,10 +22,9 @@ def data_config(source: dict, output: str, **data):
 def read_all(out: str) -> pa.Table:
     """Every split of a committed dataset, with a ``split`` column."""
     meta = read_meta(out)
-    fs, path = storage.arrow_filesystem(out)
     tables = []
     for split in meta["counts"]["splits"]:
-        t = pads.dataset(storage.join(path, split), filesystem=fs, format="parquet").to_table()
+        t = read_table(out, split)
         tables.append(t.append_column("split", pa.array([split] * t.num_rows)))
     return pa.concat_tables(tables, promote_options="permissive")
 

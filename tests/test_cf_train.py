@@ -98,7 +98,7 @@ def test_each_encoder_learns_in_a_plain_process(tiny_dataset, tmp_path, cf, metr
 
 def test_a_killed_worker_resumes_and_a_reused_run_name_continues_or_refuses(tiny_dataset, tmp_path, caplog):
     # A checkpoint inside the first epoch too: the kill lands with most of the run still to go.
-    train = {"epochs": 8, "run_name": "mf-killed", "batch_size": 128, "checkpoint_every_steps": 25}
+    train = {"epochs": 5, "run_name": "mf-killed", "batch_size": 128, "checkpoint_every_steps": 25}
     config = _config(tiny_dataset, tmp_path, train=train)
     killed: list[int] = []
     killer = threading.Thread(
@@ -109,7 +109,7 @@ def test_a_killed_worker_resumes_and_a_reused_run_name_continues_or_refuses(tiny
     killer.join()
     assert killed, "no Ray Train worker was found to kill"
     # resumed from a checkpoint, not restarted: every epoch once, and the state says where
-    assert [h["epoch"] for h in interrupted.state.history] == list(range(1, 9))
+    assert [h["epoch"] for h in interrupted.state.history] == list(range(1, 6))
     assert len(interrupted.state.resumed_at_steps) == 1 and interrupted.state.resumed_at_steps[0] > 0
     reference_config = _config(tiny_dataset, tmp_path / "ref", train={**train, "run_name": "mf-reference"})
     reference = train_cf(reference_config)
@@ -124,15 +124,15 @@ def test_a_killed_worker_resumes_and_a_reused_run_name_continues_or_refuses(tiny
     # Re-running the finished run starts no workers and gives the same result ...
     with caplog.at_level("INFO", logger="raylrec.train.ray_runner"):
         again = train_cf(reference_config)
-    assert "already finished (epoch 8)" in caplog.text
+    assert "already finished (epoch 5)" in caplog.text
     assert again.state.step == reference.state.step
     assert again.metrics["valid/auc"] == pytest.approx(reference.metrics["valid/auc"])
-    # ... more epochs under the same name continue from epoch 8 ...
+    # ... more epochs under the same name continue from epoch 5 ...
     longer = reference_config.model_copy(
-        update={"train": reference_config.train.model_copy(update={"epochs": 10})}
+        update={"train": reference_config.train.model_copy(update={"epochs": 6})}
     )
     continued = train_cf(longer).state
-    assert [h["epoch"] for h in continued.history] == list(range(1, 11))
+    assert [h["epoch"] for h in continued.history] == list(range(1, 7))
     assert continued.resumed_at_steps == [reference.state.step]
     # ... but a different model under the same name is refused, not mixed in.
     changed = reference_config.model_copy(update={"cf": reference_config.cf.model_copy(update={"dim": 8})})

@@ -32,7 +32,7 @@ from raylrec.train.reporting import STATE_FILE
 
 DATE = "2026-11-24"
 USERS = 40
-EPOCHS = 6
+EPOCHS = 4
 # What cluster/aws.yaml's GPU nodes declare (here one node type serves both, as a small cluster's might)
 NODE_RESOURCES = {"train": 1, "score": 1}
 

@@ -17,7 +17,6 @@ import uuid
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pytest
 import s3fs
 from helpers import data_config
@@ -109,10 +108,7 @@ def _config(world, output: str, **score):
 
 
 def _known_events(dataset: str, columns: list[str]):
-    parts = [
-        pads.dataset(f"{dataset}/{split}", format="parquet").to_table(columns=columns)
-        for split in ("train", "valid")
-    ]
+    parts = [read_table(dataset, split, columns=columns) for split in ("train", "valid")]
     return pa.concat_tables(parts)
 
 

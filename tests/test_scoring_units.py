@@ -1,7 +1,8 @@
 """Scoring parts in a plain process: exact chunked retrieval against brute force, the faiss
 index against exact search, shared-prefix reranking against the full-prompt computation for
 every method (the max difference is printed), shared prompts against full prompts, raw-id
-vocabularies, and the publish protocol (manifest last, verified counts, replace, readers)."""
+vocabularies, user profiles against a per-user reference, and the publish protocol (manifest
+last, verified counts, replace, readers)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from raylrec.llm.backbone import load_backbone
 from raylrec.llm.prompts import TEMPLATES, PromptBuilder
 from raylrec.methods import build_method
 from raylrec.scoring import publish as recs
+from raylrec.scoring.profiles import PROFILE_SCHEMA, profiles_of_block
 from raylrec.scoring.rerank import Reranker, RerankRequest
 from raylrec.scoring.retrieval import FaissIndex, exact_top_n
 from raylrec.scoring.vocab import Vocabulary
@@ -139,6 +141,52 @@ def test_shared_prompts_are_the_full_prompts_and_share_one_history():
         roomy.encode_shared(history, targets).prefix + roomy.encode_shared(history, targets).suffixes[0]
         == (roomy.encode(history, 1)[0])
     )
+
+
+def _reference_profile(rows: list[tuple[str, int, int, int]], history_len: int) -> dict:
+    """One user's profile, spelled out: the newest positives by (time, item), oldest first."""
+    positives = sorted((t, i) for _, i, t, label in rows if label > 0)
+    return {
+        "history": [i for _, i in positives][max(0, len(positives) - history_len) :] if history_len else [],
+        "seen": sorted({i for _, i, _, _ in rows}),
+    }
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(
+            st.sampled_from(["u1", "u2", "u3", "u4"]),
+            st.integers(0, 6),  # few items and times: repeats and ties in time are common
+            st.integers(0, 3),
+            st.integers(0, 1),
+        ),
+        max_size=60,
+    ),
+    requested=st.lists(st.sampled_from(["u1", "u2", "u3", "cold"]), max_size=6),
+    history_len=st.integers(0, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_block_profiles_match_a_per_user_reference(events, requested, history_len, seed):
+    marker_rows = [(u, -1, 0, 0) for u in requested]  # a repeated request is one profile
+    rows = events + marker_rows
+    order = np.random.default_rng(seed).permutation(len(rows))  # blocks arrive in any order
+    rows = [rows[k] for k in order]
+    block = pa.table(
+        {
+            "user_id": pa.array([r[0] for r in rows], pa.string()),
+            "iid": pa.array([r[1] for r in rows], pa.int64()),
+            "timestamp": pa.array([r[2] for r in rows], pa.int64()),
+            "label": pa.array([r[3] for r in rows], pa.int8()),
+        }
+    )
+    got = profiles_of_block(block, history_len)
+    assert got.schema == PROFILE_SCHEMA
+    by_user = {r["user_id"]: {"history": r["history"], "seen": r["seen"]} for r in got.to_pylist()}
+    assert len(by_user) == got.num_rows == len(set(requested))  # u4 was never requested
+    for user in set(requested):
+        mine = [e for e in events if e[0] == user]
+        assert by_user[user] == _reference_profile(mine, history_len), user
 
 
 def test_vocabulary_maps_raw_ids_and_unknown_ones_to_zero():

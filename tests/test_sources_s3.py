@@ -161,6 +161,23 @@ def test_demo_writes_ml100k_to_s3_and_stats_read_it_back(s3_bucket, capsys):
     stats = dataset_stats(out)
     assert stats["rows_out"] == 100_000 and stats["users"] == 943
     assert sum(s["rows"] for s in stats["splits"].values()) == 100_000
+    # One Ray Data pass over every split gives what reading each split whole gives.
+    for split, got in stats["splits"].items():
+        table = read_table(out, split)
+        lengths = pc.list_value_length(table["history"]).to_numpy()
+        assert got["rows"] == table.num_rows and got["positive_rate"] == pytest.approx(
+            pc.mean(table["label"]).as_py()
+        )
+        assert (got["first_timestamp"], got["last_timestamp"]) == (
+            pc.min(table["timestamp"]).as_py(),
+            pc.max(table["timestamp"]).as_py(),
+        )
+        assert got["mean_history"] == pytest.approx(lengths.mean())
+        assert (
+            got["history_lengths"]["0"] == (lengths == 0).sum()
+            and got["history_lengths"]["50-99"] == ((lengths >= 50) & (lengths < 100)).sum()
+        )
+        assert sum(got["history_lengths"].values()) == table.num_rows
     assert "history lengths" in capsys.readouterr().out
 
 

@@ -1,11 +1,13 @@
 """Ray Tune sweeps: search spaces checked before any trial, a real sweep (tiny MF, 4 trials on 2
-CPUs) whose ASHA scheduler stops trials early, interrupted with SIGKILL and resumed without
-re-running finished trials, and its results, best config and report."""
+CPUs, its experiment on S3 as on a cluster) whose ASHA scheduler stops trials early, interrupted
+with SIGKILL and resumed from the bucket without re-running finished trials, and its results,
+best config and report."""
 
 # ruff: noqa: E501  (the table of bad spaces keeps one case, and its message, per line)
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import s3fs
 import yaml
 from helpers import data_config
 
@@ -114,21 +117,22 @@ def test_an_unreachable_sweep_bucket_fails_before_ray_starts(tmp_path, base_conf
 # --- a real sweep ---------------------------------------------------------------------------
 
 
-def _tune_cmd(space: str, config: str, tmp_path: Path) -> list[str]:
+def _tune_cmd(space: str, config: str, storage_root: str, tmp_path: Path) -> list[str]:
     return [
         sys.executable, "-m", "raylrec.cli", "tune", "--space", space, "--config", config,
-        "--name", "sweep", "--storage", str(tmp_path / "sweeps"),
+        "--name", "sweep", "--storage", storage_root,
         "--best-config", str(tmp_path / "configs" / "mf_tiny_tuned.yaml"),
     ]  # fmt: skip
 
 
-def _terminated_in_saved_state(experiment: Path) -> set[str]:
-    """Trials Tune's own saved experiment state records as finished."""
+def _terminated_in_saved_state(experiment: str) -> set[str]:
+    """Trials Tune's own saved experiment state (as uploaded to the bucket) records as finished."""
+    fs = _s3()
     done = set()
-    for state in experiment.glob("experiment_state-*.json"):
+    for state in fs.glob(f"{experiment.removeprefix('s3://')}/experiment_state-*.json"):
         try:
-            trials = json.loads(state.read_text())["trial_data"]
-        except (ValueError, KeyError):
+            trials = json.loads(fs.cat_file(state))["trial_data"]
+        except (ValueError, KeyError, FileNotFoundError):
             continue  # being rewritten
         for trial_json, _ in trials:
             trial = json.loads(trial_json)
@@ -137,8 +141,50 @@ def _terminated_in_saved_state(experiment: Path) -> set[str]:
     return done
 
 
+def _s3() -> s3fs.S3FileSystem:
+    return s3fs.S3FileSystem(skip_instance_cache=True)
+
+
+def _read_parquet(uri: str) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(_s3().cat_file(uri)))
+
+
 def _started(output: str) -> list[str]:
     return re.findall(r"\[tune\] trial (\w+) starts", output)
+
+
+def test_asha_rungs_survive_a_new_scheduler_over_the_same_state(tmp_path):
+    """What a resumed sweep gets: a fresh scheduler (Tune unpickles the one it started with)
+    over the saved rungs stops a trailing trial that an empty one would let run."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from raylrec.tune.scheduler import ResumableASHA
+
+    def scheduler():
+        return ResumableASHA(
+            str(tmp_path / "asha_rungs.json"), time_attr="total_epoch", metric="auc", mode="max",
+            max_t=4, grace_period=1, reduction_factor=2,
+        )  # fmt: skip
+
+    good, bad = SimpleNamespace(trial_id="good"), SimpleNamespace(trial_id="bad")
+    first = scheduler()
+    first.on_trial_add(None, good)
+    for epoch, auc in [(1, 0.7), (2, 0.75)]:
+        assert (
+            first.on_trial_result(None, good, {"total_epoch": epoch, "auc": auc}) == TrialScheduler.CONTINUE
+        )
+    resumed, empty = (
+        scheduler(),
+        ResumableASHA(
+            str(tmp_path / "elsewhere.json"), time_attr="total_epoch", metric="auc", mode="max", max_t=4
+        ),
+    )
+    for each in (resumed, empty):
+        each.on_trial_add(None, bad)
+    assert resumed.on_trial_result(None, bad, {"total_epoch": 1, "auc": 0.5}) == TrialScheduler.STOP
+    assert empty.on_trial_result(None, bad, {"total_epoch": 1, "auc": 0.5}) == TrialScheduler.CONTINUE
 
 
 def test_learning_curve_continues_across_stages():
@@ -149,7 +195,7 @@ def test_learning_curve_continues_across_stages():
 
 
 @pytest.mark.slow
-def test_a_sweep_stops_trailing_trials_and_resumes_after_a_kill(tmp_path, base_config):
+def test_a_sweep_stops_trailing_trials_and_resumes_after_a_kill(tmp_path, base_config, s3_bucket):
     from raylrec.data.prepare import prepare
 
     source = {"type": "synthetic", "num_events": 12_000, "num_users": 300, "num_items": 200, "seed": 5}
@@ -165,11 +211,12 @@ def test_a_sweep_stops_trailing_trials_and_resumes_after_a_kill(tmp_path, base_c
             "params": {"train.lr": {"grid": [0.03, 1.0e-6, 2.0e-6]}},
         },
     )
-    experiment = tmp_path / "sweeps" / "sweep"
+    sweeps = f"{s3_bucket}/sweeps"
+    experiment = f"{sweeps}/sweep"
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     started = time.monotonic()
     first = subprocess.Popen(
-        _tune_cmd(space, base_config, tmp_path),
+        _tune_cmd(space, base_config, sweeps, tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -190,10 +237,10 @@ def test_a_sweep_stops_trailing_trials_and_resumes_after_a_kill(tmp_path, base_c
             os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     first_output = first.stdout.read()
-    assert not (experiment / "trials.parquet").exists()
+    assert not _s3().exists(f"{experiment}/trials.parquet")
 
     second = subprocess.run(
-        _tune_cmd(space, base_config, tmp_path), capture_output=True, text=True, env=env, timeout=600
+        _tune_cmd(space, base_config, sweeps, tmp_path), capture_output=True, text=True, env=env, timeout=600
     )
     output = second.stdout + second.stderr
     assert second.returncode == 0, output[-4000:]
@@ -203,21 +250,23 @@ def test_a_sweep_stops_trailing_trials_and_resumes_after_a_kill(tmp_path, base_c
     assert not set(_started(output)) & finished_before_kill, "a finished trial ran again"
     assert set(_started(first_output)) | set(_started(output)) >= finished_before_kill
 
-    trials = pd.read_parquet(experiment / "trials.parquet")
+    trials = _read_parquet(f"{experiment}/trials.parquet")
     print(trials.to_string())
     assert len(trials) == 4 and sorted(trials["train.lr"]) == [1.0e-6, 2.0e-6, 0.03, 0.05]
     assert trials["is_default"].sum() == 1 and trials.loc[trials["is_default"], "train.lr"].item() == 0.05
     stopped = trials[trials["status"] == "stopped by ASHA"]
     assert (stopped["epochs"] < 4).all()
-    # ASHA stopped at least one trial early. Which ones depends on the order trials reach a rung
-    # (a trial first at a rung always goes on), so only the ones that cannot learn are named:
-    # at least one of them stopped, and none of them is the best.
-    assert len(stopped) >= 1
-    assert (trials.loc[trials["train.lr"] < 1e-5, "status"] == "stopped by ASHA").any()
+    # The learners run first (two at a time), so they reach the first rung before the trials
+    # that cannot learn start; both of those are cut there, before or after the kill: ASHA's
+    # rungs survive the resume (Tune alone would restore it with empty rungs, and they would
+    # run to the end).
+    non_learners = trials[trials["train.lr"] < 1e-5]
+    assert (non_learners["status"] == "stopped by ASHA").all() and (non_learners["epochs"] == 1).all()
+    assert _s3().exists(f"{experiment}/asha_rungs.json")
     assert (trials.loc[trials["status"] == "finished", "epochs"] == 4).all()
     best = trials.iloc[0]
     assert best["train.lr"] in (0.03, 0.05) and best["metric"] > trials["metric"].iloc[-1]
-    curves = pd.read_parquet(experiment / "curves.parquet")
+    curves = _read_parquet(f"{experiment}/curves.parquet")
     assert set(curves["trial_id"]) == set(trials["trial_id"])
     per_trial = curves.groupby("trial_id")["total_epoch"].max()
     assert (per_trial[stopped["trial_id"]] < 4).all()
@@ -231,10 +280,11 @@ def test_a_sweep_stops_trailing_trials_and_resumes_after_a_kill(tmp_path, base_c
         k: v for k, v in BASE["train"].items() if k != "lr"
     }
     assert written["output"] == str(tmp_path / "bundles" / "mf_tuned")  # not over the default's
-    assert tuned.read_text() == (experiment / "best_config.yaml").read_text()
+    assert tuned.read_text() == _s3().cat_file(f"{experiment}/best_config.yaml").decode()
     assert load_config(tuned).train.lr == best["train.lr"]
 
-    assert main(["tune", "report", str(experiment)]) == 0
-    pngs = sorted(p.name for p in (experiment / "report").glob("*.png"))
-    assert pngs == ["learning_curves.png", "valid_auc_vs_train.lr.png"]
-    assert all((experiment / "report" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert main(["tune", "report", experiment]) == 0
+    fs = _s3()
+    pngs = sorted(fs.glob(f"{experiment.removeprefix('s3://')}/report/*.png"))
+    assert [p.rsplit("/", 1)[-1] for p in pngs] == ["learning_curves.png", "valid_auc_vs_train.lr.png"]
+    assert all(fs.cat_file(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)

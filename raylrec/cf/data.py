@@ -10,10 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 
-from raylrec import storage
-from raylrec.data.output import read_meta
+from raylrec.data.output import read_meta, read_table
 
 __all__ = ["Split", "SeenPairs", "load_split", "to_arrays", "pad_histories", "sample_negatives"]
 
@@ -96,8 +94,6 @@ class Split:
 def load_split(path: str, split: str, history_len: int = 0) -> Split:
     """One split of a prepared dataset, whole, for a plain process (tests, small data, GPU boxes
     without Ray). Ray workers read the same files through Ray Data instead."""
-    meta = read_meta(path)
-    fs, root = storage.arrow_filesystem(path)
-    table = pads.dataset(storage.join(root, split), filesystem=fs, format="parquet").to_table()
-    counts = meta["counts"]
+    counts = read_meta(path)["counts"]
+    table = read_table(path, split)
     return Split(to_arrays(table, history_len), counts["num_users"], counts["num_items"])

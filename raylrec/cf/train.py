@@ -27,7 +27,7 @@ from raylrec.cf.task import (
     seen_pairs,
 )
 from raylrec.config import RaylrecConfig
-from raylrec.data.output import read_meta
+from raylrec.data.output import read_meta, read_split
 from raylrec.eval import ItemSets, RankingAccumulator, format_report
 from raylrec.train.engines import TorchEngine
 from raylrec.train.loop import TrainState, fit
@@ -125,12 +125,10 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
 def _train_ray(
     config: RaylrecConfig, run_name: str, fingerprint: str, trial: TrialHooks | None = None
 ) -> TrainState:
-    import ray
 
     from raylrec.train.ray_runner import run_on_ray
 
-    fs, root = storage.arrow_filesystem(config.dataset_path())
-    dataset = ray.data.read_parquet(storage.join(root, "train"), filesystem=fs).map_batches(
+    dataset = read_split(config.dataset_path(), "train").map_batches(
         _rows_for_training,
         batch_format="pyarrow",
         fn_kwargs={

@@ -21,7 +21,7 @@ from raylrec import storage
 from raylrec.config import DataConfig
 from raylrec.data.files import SourceError
 from raylrec.data.hashing import row_hashes
-from raylrec.data.output import commit, prepare_output_dir
+from raylrec.data.output import commit, new_write_id, prepare_output_dir, write_dataset
 
 __all__ = ["COLLM_COLUMNS", "prepare_given", "strip_padding"]
 
@@ -114,7 +114,8 @@ def prepare_given(config: DataConfig, say: Callable[[str], None]) -> dict[str, A
     if "train" not in present:
         raise SourceError(f"{root}: no train.parquet (is this the CoLLM split directory?)")
     prepare_output_dir(config.output, config.overwrite)
-    out_fs, out_path = storage.arrow_filesystem(config.output)
+    write_id = new_write_id()
+    files: dict[str, list[str]] = {}
     counts: dict[str, int] = {}
     positives: dict[str, int] = {}
     warm: dict[str, int] = {}
@@ -149,7 +150,7 @@ def prepare_given(config: DataConfig, say: Callable[[str], None]) -> dict[str, A
             titles.update(zip(ids, names, strict=True))
         users.update(int(u) for block in summary["users"].to_pylist() for u in block)
         say(f"{split}: {counts[split]:,} rows ({warm[split]:,} warm)")
-        ds.write_parquet(storage.join(out_path, split), filesystem=out_fs)
+        files[split] = write_dataset(ds, config.output, split, write_id)
 
     user_ids = np.array(sorted(users), np.int64)
     item_ids = np.array(sorted(titles), np.int64)
@@ -186,6 +187,7 @@ def prepare_given(config: DataConfig, say: Callable[[str], None]) -> dict[str, A
         items=items_table,
         source={"type": "collm_ml1m", "path": root},
         columns=OUTPUT,
+        files=files,
         started=started,
     )
     say(f"committed {config.output} (content hash {meta['content_hash'][:16]}…)")

@@ -52,7 +52,9 @@ def id_counts(ds: ray.data.Dataset, columns: list[str]) -> dict[str, pa.Table]:
 def _merge(tables: list[pa.Table]) -> pa.Table:
     table = pa.concat_tables(tables)
     return (
-        table.group_by(["column", "id"])
+        # Single-threaded: Acero's threaded group-by can fail on the driver, which Ray's own
+        # threads share ("thread index N is out of range"), and this table is small.
+        table.group_by(["column", "id"], use_threads=False)
         .aggregate([("count", "sum")])
         .rename_columns(["column", "id", "count"])
     )

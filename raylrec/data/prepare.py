@@ -32,7 +32,7 @@ from raylrec.data.given import prepare_given
 from raylrec.data.hashing import row_hashes
 from raylrec.data.history import point_in_time_histories
 from raylrec.data.indexing import Vocabulary, id_counts
-from raylrec.data.output import commit, prepare_output_dir
+from raylrec.data.output import commit, new_write_id, prepare_output_dir, write_dataset
 from raylrec.data.sources import LoadedSource, load_source
 from raylrec.data.splits import SPLITS, assign_splits, fraction_cutoffs
 from raylrec.data.validate import RAW, REASON, validate_batch
@@ -223,7 +223,7 @@ def _kth_timestamp(ds: ray.data.Dataset, total: int) -> Callable[[int], int]:
                 )
             )
         )
-        .group_by("hour")
+        .group_by("hour", use_threads=False)  # on the driver: see indexing._merge
         .aggregate([("count", "sum")])
         .sort_by("hour")
     )
@@ -341,9 +341,10 @@ def _events_by_user(
     )
 
 
-def _write_splits(events: ray.data.Dataset, out: str, say: Progress) -> dict[str, dict[str, Any]]:
-    """Parquet per split; returns rows, positives and the content hash of each split."""
-    fs, path = storage.arrow_filesystem(out)
+def _write_splits(
+    events: ray.data.Dataset, out: str, write_id: str, say: Progress
+) -> dict[str, dict[str, Any]]:
+    """Parquet per split; returns rows, positives, the content hash and the files of each split."""
     summary = pa.concat_tables(
         list(
             events.map_batches(_summarise, batch_format="pyarrow", batch_size=None).iter_batches(
@@ -365,15 +366,20 @@ def _write_splits(events: ray.data.Dataset, out: str, say: Progress) -> dict[str
             "hash": digest,
         }
         say(f"writing {split}: {rows:,} rows")
-        events.map_batches(_one_split, batch_format="pyarrow", fn_kwargs={"split": split}).write_parquet(
-            storage.join(path, split), filesystem=fs, min_rows_per_file=100_000
-        )
+        one_split = events.map_batches(_one_split, batch_format="pyarrow", fn_kwargs={"split": split})
+        splits[split]["files"] = write_dataset(one_split, out, split, write_id, min_rows_per_file=100_000)
     return splits
 
 
 def _write_quarantine(
-    checked: ray.data.Dataset, events: ray.data.Dataset, vocab_refs, files: list[str], out: str, say: Progress
-) -> tuple[int, dict[str, int]]:
+    checked: ray.data.Dataset,
+    events: ray.data.Dataset,
+    vocab_refs,
+    files: list[str],
+    out: str,
+    write_id: str,
+    say: Progress,
+) -> tuple[int, dict[str, int], list[str]]:
     quarantine = (
         checked.map_batches(_bad, batch_format="pyarrow")
         .union(events.map_batches(_dropped, batch_format="pyarrow", fn_kwargs={"vocab_refs": vocab_refs}))
@@ -382,12 +388,10 @@ def _write_quarantine(
     )
     rows = quarantine.count()
     if not rows:
-        return 0, {}
+        return 0, {}, []
     reasons = _sum_counts(id_counts(quarantine, [REASON])[REASON])
     say(f"quarantined {rows:,} rows: {reasons}")
-    fs, path = storage.arrow_filesystem(out)
-    quarantine.write_parquet(storage.join(path, "quarantine"), filesystem=fs)
-    return rows, reasons
+    return rows, reasons, write_dataset(quarantine, out, "quarantine", write_id)
 
 
 @contextlib.contextmanager
@@ -454,8 +458,11 @@ def _prepare(config: DataConfig, progress: Progress | None) -> dict[str, Any]:
     cutoffs, end = _split_bounds(config, good, good_rows, say)
     vocab_refs = (ray.put(users.raw), ray.put(items.raw))
     events = _events_by_user(config, checked, vocab_refs, good_rows, cutoffs, end, say)
-    splits = _write_splits(events, out, say)
-    rows_quarantined, reasons = _write_quarantine(checked, events, vocab_refs, source.files, out, say)
+    write_id = new_write_id()
+    splits = _write_splits(events, out, write_id, say)
+    rows_quarantined, reasons, quarantine_files = _write_quarantine(
+        checked, events, vocab_refs, source.files, out, write_id, say
+    )
     rows_out = sum(s["rows"] for s in splits.values())
     if rows_in != rows_out + rows_quarantined:
         raise PipelineError(f"rows in {rows_in} != rows out {rows_out} + quarantined {rows_quarantined}")
@@ -491,6 +498,8 @@ def _prepare(config: DataConfig, progress: Progress | None) -> dict[str, Any]:
         items=items_table,
         source=source.description,
         columns=OUTPUT_COLUMNS,
+        files={s: v["files"] for s, v in splits.items()}
+        | ({"quarantine": quarantine_files} if quarantine_files else {}),
         started=started,
     )
     say(f"committed {out} (content hash {meta['content_hash'][:16]}…) in {meta['elapsed_s']} s")

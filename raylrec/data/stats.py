@@ -16,42 +16,61 @@ __all__ = ["dataset_stats", "format_stats"]
 _HISTORY_BINS = np.array([0, 1, 5, 10, 20, 50, 100, 200, np.iinfo(np.int64).max])
 
 
-def _block_stats(batch: pa.Table) -> pa.Table:
+_COLUMNS = ["timestamp", "label", "history"]
+
+
+def _block_stats(batch: pa.Table, splits: list[str]) -> pa.Table:
+    """One row per split present in the block (a read task may combine files of two splits)."""
+    # ".../<split>/<file>.parquet": the split is the parent directory's name.
+    paths = batch["path"].combine_chunks()
+    split_of_row = pc.extract_regex(paths, r"(?P<split>[^/]+)/[^/]+$").field("split")
     lengths = pc.list_value_length(batch["history"]).to_numpy(zero_copy_only=False)
-    hist, _ = np.histogram(lengths, bins=_HISTORY_BINS)
-    ts = batch["timestamp"]
-    return pa.table(
-        {
-            "rows": [batch.num_rows],
-            "positives": [int(pc.sum(batch["label"]).as_py() or 0)],
-            "ts_min": [pc.min(ts).as_py()],
-            "ts_max": [pc.max(ts).as_py()],
-            "history_sum": [int(lengths.sum())],
-            "history_hist": [hist.tolist()],
-        }
-    )
+    rows = []
+    for split in pc.unique(split_of_row).to_pylist():
+        mask = pc.equal(split_of_row, split)
+        part, part_lengths = batch.filter(mask), lengths[mask.to_numpy(zero_copy_only=False)]
+        hist, _ = np.histogram(part_lengths, bins=_HISTORY_BINS)
+        ts = part["timestamp"]
+        rows.append(
+            {
+                "split": split,
+                "rows": part.num_rows,
+                "positives": int(pc.sum(part["label"]).as_py() or 0),
+                "ts_min": pc.min(ts).as_py(),
+                "ts_max": pc.max(ts).as_py(),
+                "history_sum": int(part_lengths.sum()),
+                "history_hist": hist.tolist(),
+            }
+        )
+    unknown = {r["split"] for r in rows} - set(splits)
+    if unknown:
+        raise ValueError(f"files outside the splits {splits}: {sorted(unknown)}")
+    return pa.Table.from_pylist(rows)
 
 
 def dataset_stats(path: str) -> dict[str, Any]:
-    """Per split: rows, positive rate, time range, history lengths; plus meta.json's counts."""
+    """Per split: rows, positive rate, time range, history lengths; plus meta.json's counts.
+    Every split is read in one Ray Data pass (one job start, not one per split)."""
     meta = read_meta(path)
-    splits: dict[str, Any] = {}
-    for split in sorted(meta["counts"]["splits"], key=SPLITS.index):
-        parts = pa.concat_tables(
-            list(
-                read_split(path, split)
-                .map_batches(_block_stats, batch_format="pyarrow", batch_size=None)
-                .iter_batches(batch_format="pyarrow", batch_size=None)
-            )
+    names = sorted(meta["counts"]["splits"], key=SPLITS.index)
+    parts = pa.concat_tables(
+        list(
+            read_split(path, names, columns=_COLUMNS, include_paths=True)
+            .map_batches(_block_stats, batch_format="pyarrow", batch_size=None, fn_kwargs={"splits": names})
+            .iter_batches(batch_format="pyarrow", batch_size=None)
         )
-        rows = int(pc.sum(parts["rows"]).as_py())
-        hist = np.sum(np.array(parts["history_hist"].to_pylist()), axis=0)
+    )
+    splits: dict[str, Any] = {}
+    for split in names:
+        part = parts.filter(pc.equal(parts["split"], split))
+        rows = int(pc.sum(part["rows"]).as_py() or 0)
+        hist = np.sum(np.array(part["history_hist"].to_pylist()).reshape(-1, len(_HISTORY_BINS) - 1), axis=0)
         splits[split] = {
             "rows": rows,
-            "positive_rate": int(pc.sum(parts["positives"]).as_py()) / max(rows, 1),
-            "first_timestamp": pc.min(parts["ts_min"]).as_py(),
-            "last_timestamp": pc.max(parts["ts_max"]).as_py(),
-            "mean_history": int(pc.sum(parts["history_sum"]).as_py()) / max(rows, 1),
+            "positive_rate": int(pc.sum(part["positives"]).as_py() or 0) / max(rows, 1),
+            "first_timestamp": pc.min(part["ts_min"]).as_py(),
+            "last_timestamp": pc.max(part["ts_max"]).as_py(),
+            "mean_history": int(pc.sum(part["history_sum"]).as_py() or 0) / max(rows, 1),
             "history_lengths": dict(zip(_bin_labels(), hist.tolist(), strict=True)),
         }
     counts = meta["counts"]

@@ -55,6 +55,7 @@ __all__ = [
     "BackboneError",
     "ANSWER_PROMPT",
     "load_backbone",
+    "load_tokenizer",
     "resolve_dtype",
     "resolve_cache_dir",
     "tiny_llama_config",
@@ -156,6 +157,31 @@ def load_backbone(config: BackboneConfig, device: torch.device | str | None = No
 
 
 _LOAD_LOCK = threading.RLock()
+
+
+def load_tokenizer(config: BackboneConfig) -> transformers.PreTrainedTokenizerBase:
+    """The tokenizer ``load_backbone`` would return (left padding, pad token set), without the
+    weights: tokenising workers (one per Ray Data process) need no model in memory."""
+    with _LOAD_LOCK:
+        name = config.name
+        if name == TINY_NAME:
+            return tiny_tokenizer()
+        if name == SMOLLM2_NAME:
+            path = _smollm2_dir(resolve_cache_dir(config))
+        elif storage.is_remote(name):
+            path = _s3_copy(name, resolve_cache_dir(config))
+        elif _looks_local(name):
+            path = Path(name).expanduser()
+            if not path.is_dir():
+                raise BackboneError(f"backbone directory {path} does not exist")
+        else:
+            return _hub_tokenizer(name)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+        except Exception as e:
+            raise BackboneError(f"cannot load the tokenizer in {path}: {e}") from e
+        _prepare_tokenizer(tokenizer)
+        return tokenizer
 
 
 def _load_backbone(config: BackboneConfig, device: torch.device | str | None) -> Backbone:
@@ -385,35 +411,51 @@ def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
     return True
 
 
-def _load_hub(name: str, dtype: torch.dtype) -> Backbone:
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    offline_options = (
-        f"offline options: {SMOLLM2_NAME!r} (the default), {TINY_NAME!r}, "
-        "a local directory with config.json, or an s3:// copy of one"
-    )
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or not _hub_reachable(endpoint):
-        # Only the Hugging Face cache can help. from_pretrained would still retry the hub for a
-        # minute (it looks for adapter files even with local_files_only), so load the snapshot
-        # directory itself.
-        from huggingface_hub import snapshot_download
+_OFFLINE_OPTIONS = (
+    f"offline options: {SMOLLM2_NAME!r} (the default), {TINY_NAME!r}, "
+    "a local directory with config.json, or an s3:// copy of one"
+)
 
-        try:
-            snapshot = snapshot_download(name, local_files_only=True)
-        except Exception as e:
-            raise BackboneError(
-                f"backbone {name!r} is not a local directory, and the Hugging Face hub ({endpoint}) is "
-                f"unreachable (or HF_HUB_OFFLINE is set) with no cached copy; {offline_options}"
-            ) from e
-        return _load_dir(Path(snapshot), dtype, name, "hub")
+
+def _hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def _offline_snapshot(name: str) -> Path | None:
+    """The cached snapshot of hub id ``name`` when the hub is off (or unreachable); None when it
+    can be reached. from_pretrained would still retry the hub for a minute (it looks for adapter
+    files even with local_files_only), so offline loads read the snapshot directory itself."""
+    endpoint = _hub_endpoint()
+    if os.environ.get("HF_HUB_OFFLINE", "") in ("", "0") and _hub_reachable(endpoint):
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception as e:
+        raise BackboneError(
+            f"backbone {name!r} is not a local directory, and the Hugging Face hub ({endpoint}) is "
+            f"unreachable (or HF_HUB_OFFLINE is set) with no cached copy; {_OFFLINE_OPTIONS}"
+        ) from e
+
+
+def _hub_error(name: str, error: Exception) -> BackboneError:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return BackboneError(
+        f"cannot load backbone {name!r} from the Hugging Face hub ({_hub_endpoint()}): {first}; "
+        + _OFFLINE_OPTIONS
+    )
+
+
+def _load_hub(name: str, dtype: torch.dtype) -> Backbone:
+    snapshot = _offline_snapshot(name)
+    if snapshot is not None:
+        return _load_dir(snapshot, dtype, name, "hub")
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BackboneError(
-            f"cannot load backbone {name!r} from the Hugging Face hub ({endpoint}): {first}; "
-            + offline_options
-        ) from e
+        raise _hub_error(name, e) from e
     _prepare_tokenizer(tokenizer)
     # The files live in the hub's cache; the config and the revision identify them.
     fingerprint = hashlib.sha256(
@@ -422,6 +464,16 @@ def _load_hub(name: str, dtype: torch.dtype) -> Backbone:
         ).encode()
     ).hexdigest()[:16]
     return Backbone(model, tokenizer, _identity(model, name, "hub", fingerprint))
+
+
+def _hub_tokenizer(name: str) -> transformers.PreTrainedTokenizerBase:
+    snapshot = _offline_snapshot(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(snapshot) if snapshot is not None else name)
+    except Exception as e:
+        raise _hub_error(name, e) from e
+    _prepare_tokenizer(tokenizer)
+    return tokenizer
 
 
 # ----------------------------------------------------------------------------- tiny (tests)

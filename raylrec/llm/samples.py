@@ -11,12 +11,10 @@ import functools
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 
-from raylrec import storage
 from raylrec.cf.data import pad_histories
 from raylrec.config import RaylrecConfig
-from raylrec.data.output import read_meta, read_table
+from raylrec.data.output import read_meta, read_split, read_table
 from raylrec.llm.prompts import TEMPLATES, PromptBuilder
 
 __all__ = ["sample_mask", "encode_rows", "sample_fraction", "item_titles", "build_samples"]
@@ -89,11 +87,11 @@ def encode_rows(
 def _builder(config_json: str, template: str) -> PromptBuilder:
     """One prompt builder (tokenizer + titles) per worker process and configuration: Ray Data
     reuses its worker processes across tasks, so the tokenizer loads once per process."""
-    from raylrec.llm.backbone import load_backbone
+    from raylrec.llm.backbone import load_tokenizer
 
     config = RaylrecConfig.model_validate_json(config_json)
     return PromptBuilder(
-        load_backbone(config.backbone).tokenizer,
+        load_tokenizer(config.backbone),
         template_text(template),
         item_titles(config.dataset_path()),
         config.prompt.max_tokens,
@@ -120,12 +118,10 @@ def split_rows(dataset: str, split: str) -> int:
 
 def build_samples(config: RaylrecConfig, split: str, template: str, cf_history: int):
     """A Ray Dataset of tokenised samples of ``split``."""
-    import ray
 
     dataset = config.dataset_path()
-    fs, root = storage.arrow_filesystem(dataset)
     fraction = sample_fraction(config, split, split_rows(dataset, split))
-    return ray.data.read_parquet(storage.join(root, split), filesystem=fs).map_batches(
+    return read_split(dataset, split).map_batches(
         _encode_task,
         batch_format="pyarrow",
         batch_size=1024,
@@ -142,8 +138,7 @@ def build_samples(config: RaylrecConfig, split: str, template: str, cf_history: 
 def local_samples(config: RaylrecConfig, split: str, template: str, cf_history: int, tokenizer):
     """The same samples in a plain process (no Ray)."""
     dataset = config.dataset_path()
-    fs, root = storage.arrow_filesystem(dataset)
-    table = pads.dataset(storage.join(root, split), filesystem=fs, format="parquet").to_table()
+    table = read_table(dataset, split)
     builder = PromptBuilder(
         tokenizer,
         template_text(template),

@@ -4,8 +4,8 @@ A profile is one row per requested user: ``user_id`` (raw), ``history`` (their m
 positive items, oldest first; ties in time ordered by item id) and ``seen`` (every item they
 interacted with), item ids in the dataset's dense numbering. Requested users join their
 interactions in one hash shuffle: the user table's rows go in as markers beside the events, and
-each group emits a profile only if it holds a marker, so a requested user with no events still
-gets a (cold) profile and events of users nobody asked for are dropped.
+a user gets a profile only if they have a marker, so a requested user with no events still gets
+a (cold) profile and events of users nobody asked for are dropped.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ import functools
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
 from raylrec import storage
-from raylrec.data.output import read_meta, read_table
+from raylrec.data.output import read_meta, read_split, read_table
 from raylrec.scoring.vocab import Vocabulary
 
-__all__ = ["user_profiles", "item_popularity", "PROFILE_SCHEMA"]
+__all__ = ["user_profiles", "profiles_of_block", "item_popularity", "PROFILE_SCHEMA"]
 
 PROFILE_SCHEMA = pa.schema(
     [("user_id", pa.string()), ("history", pa.list_(pa.int64())), ("seen", pa.list_(pa.int64()))]
@@ -59,24 +58,51 @@ def _markers(batch: pa.Table) -> pa.Table:
     )
 
 
-def _profile(group: pa.Table, history_len: int) -> pa.Table:
-    iid = group["iid"].to_numpy()
-    if not (iid == _MARKER).any():
-        return PROFILE_SCHEMA.empty_table()
-    events = group.filter(pc.not_equal(group["iid"], _MARKER))
-    # (timestamp, item): the same order whatever order the files and blocks arrived in
-    order = np.lexsort((events["iid"].to_numpy(), events["timestamp"].to_numpy()))
-    items = events["iid"].to_numpy()[order]
-    positive = events["label"].to_numpy()[order] > 0
-    history = items[positive][-history_len:] if history_len else items[:0]
-    return pa.Table.from_pylist(
-        [
-            {
-                "user_id": group["user_id"][0].as_py(),
-                "history": history.tolist(),
-                "seen": np.unique(items).tolist(),
-            }
-        ],
+def _offsets(owner: np.ndarray, groups: int) -> np.ndarray:
+    """List offsets for values already sorted by ``owner`` (group ids in ``[0, groups)``)."""
+    return np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=groups))]).astype(np.int32)
+
+
+def profiles_of_block(block: pa.Table, history_len: int) -> pa.Table:
+    """The profiles of the requested users in ``block``, vectorised over users. The block must
+    hold all rows of each of its users (events and markers), as a shuffle by ``user_id`` leaves
+    them; users without a marker are dropped, markers without events give cold profiles."""
+    encoded = block["user_id"].combine_chunks().dictionary_encode()
+    users = encoded.dictionary
+    user = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    iid = block["iid"].to_numpy()
+    timestamp = block["timestamp"].to_numpy()
+    label = block["label"].to_numpy()
+    requested = np.zeros(len(users), bool)
+    requested[user[iid == _MARKER]] = True
+    event = (iid != _MARKER) & requested[user]
+    user, iid, timestamp, positive = user[event], iid[event], timestamp[event], label[event] > 0
+
+    # seen: each user's distinct items, ascending
+    order = np.lexsort((iid, user))
+    seen_user, seen_item = user[order], iid[order]
+    first = np.ones(len(order), bool)
+    first[1:] = (seen_user[1:] != seen_user[:-1]) | (seen_item[1:] != seen_item[:-1])
+    seen_user, seen_item = seen_user[first], seen_item[first]
+
+    # history: each user's newest positives, oldest first; ties in time ordered by item id
+    order = np.lexsort((iid[positive], timestamp[positive], user[positive]))
+    history_user, history_item = user[positive][order], iid[positive][order]
+    ends = np.cumsum(np.bincount(history_user, minlength=len(users)))
+    keep = ends[history_user] - np.arange(len(history_user)) <= history_len
+    history_user, history_item = history_user[keep], history_item[keep]
+
+    wanted = pa.array(np.flatnonzero(requested))
+    return pa.table(
+        {
+            "user_id": users.cast(pa.string()).take(wanted),
+            "history": pa.ListArray.from_arrays(
+                _offsets(history_user, len(users)), pa.array(history_item, pa.int64())
+            ).take(wanted),
+            "seen": pa.ListArray.from_arrays(
+                _offsets(seen_user, len(users)), pa.array(seen_item, pa.int64())
+            ).take(wanted),
+        },
         schema=PROFILE_SCHEMA,
     )
 
@@ -109,10 +135,7 @@ def known_splits(dataset: str, splits: list[str] | None) -> list[str]:
 
 
 def _read_events(dataset: str, splits: list[str]) -> ray.data.Dataset:
-    fs, root = storage.arrow_filesystem(dataset)
-    return ray.data.read_parquet(
-        [storage.join(root, s) for s in splits], filesystem=fs, columns=_EVENT_COLUMNS
-    )
+    return read_split(dataset, splits, columns=_EVENT_COLUMNS)
 
 
 def user_profiles(
@@ -123,10 +146,14 @@ def user_profiles(
         _events_with_raw_users, batch_format="pyarrow", fn_kwargs={"dataset": dataset}
     )
     markers = _read_users(users, dataset).map_batches(_markers, batch_format="pyarrow")
+    # One block per partition holds all rows of its users (a hash shuffle on user_id), so each
+    # block's profiles are computed at once, vectorised, instead of one Python call per user.
     return (
         events.union(markers)
-        .groupby("user_id", num_partitions=partitions)
-        .map_groups(_profile, batch_format="pyarrow", fn_kwargs={"history_len": history_len})
+        .repartition(partitions, keys=["user_id"], sort=False)
+        .map_batches(
+            profiles_of_block, batch_format="pyarrow", batch_size=None, fn_kwargs={"history_len": history_len}
+        )
     )
 
 

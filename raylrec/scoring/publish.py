@@ -96,7 +96,9 @@ def publish(
     keys_table = pa.concat_tables(keys) if keys else pa.table({"user_id": [], "rank": []})
     rows = keys_table.num_rows
     users = pc.count_distinct(keys_table["user_id"]).as_py() if rows else 0
-    distinct = keys_table.group_by(["user_id", "rank"]).aggregate([]).num_rows if rows else 0
+    distinct = (
+        keys_table.group_by(["user_id", "rank"], use_threads=False).aggregate([]).num_rows if rows else 0
+    )
     if users != expected_users or distinct != rows:
         raise RuntimeError(
             f"run {run_id} wrote {rows} rows for {users} users ({rows - distinct} duplicated), "

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
-from raylrec import storage
 from raylrec.data.output import read_table
 from raylrec.eval.ranking import RecallDenominator
 from raylrec.scoring.publish import read_recommendations
@@ -24,10 +22,7 @@ __all__ = ["held_out_positives", "list_metrics", "evaluate_published"]
 def held_out_positives(dataset: str, split: str, implicit: bool = False) -> dict[str, set[str]]:
     """raw user id -> raw ids of their positive items in ``split`` (``implicit``: every
     interaction counts, as in RecBole's protocol)."""
-    fs, root = storage.arrow_filesystem(dataset)
-    table = pads.dataset(storage.join(root, split), filesystem=fs, format="parquet").to_table(
-        columns=["uid", "iid", "label"]
-    )
+    table = read_table(dataset, split, columns=["uid", "iid", "label"])
     if not implicit:
         table = table.filter(pc.greater(table["label"], 0))
     users = Vocabulary.from_table(read_table(dataset, "users.parquet"), "user_id", "uid")

@@ -1,8 +1,9 @@
 """``raylrec tune``: a Ray Tune sweep of one config over one search space.
 
 The experiment lives at ``<storage>/<name>``; re-running the same name continues it (finished
-trials are kept, unfinished ones resume from their Ray Train checkpoints). A sweep writes its
-trials table, learning curves and best config there, and the best config also to ``configs/``.
+trials are kept, unfinished ones resume from their Ray Train checkpoints, ASHA keeps its rungs).
+A sweep writes its trials table, learning curves and best config there, and the best config
+also to ``configs/``.
 """
 
 from __future__ import annotations
@@ -105,12 +106,15 @@ def _search(space: SearchSpace, baseline: dict[str, Any] | None, concurrency: in
     )
 
 
-def _scheduler(space: SearchSpace, max_t: int):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+def _scheduler(space: SearchSpace, max_t: int, experiment: str):
+    from ray.tune.schedulers import FIFOScheduler
+
+    from raylrec.tune.scheduler import SCHEDULER_STATE, ResumableASHA
 
     if space.scheduler.type == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(
+    return ResumableASHA(
+        storage.join(experiment, SCHEDULER_STATE),
         time_attr="total_epoch",
         max_t=max_t,
         grace_period=space.scheduler.grace_period,
@@ -182,7 +186,7 @@ def run_sweep(
                 metric=metric,
                 mode=mode,
                 search_alg=_search(space, baseline, concurrency),
-                scheduler=_scheduler(space, max_t),
+                scheduler=_scheduler(space, max_t, experiment),
                 num_samples=space.tune_samples(baseline is not None),
             ),
             run_config=tune.RunConfig(name=name, storage_path=fs_root, storage_filesystem=fs, verbose=1),
