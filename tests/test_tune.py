@@ -29,6 +29,7 @@ from raylrec.train.loop import TrainState
 from raylrec.tune.space import load_space
 from raylrec.tune.trial import learning_curve
 
+REPO = Path(__file__).resolve().parents[1]
 BASE = {
     "cf": {"model": "mf", "dim": 8, "loss": "bce"},
     "train": {
@@ -80,7 +81,7 @@ def test_a_bad_space_fails_naming_the_file_and_key(tmp_path, base_config, space,
 
 
 def test_the_shipped_spaces_fit_their_configs():
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     pairs = {
         "mf": "mf_collm_ml1m",
         "lightgcn": "lightgcn_ml100k",
@@ -118,8 +119,9 @@ def test_an_unreachable_sweep_bucket_fails_before_ray_starts(tmp_path, base_conf
 
 
 def _tune_cmd(space: str, config: str, storage_root: str, tmp_path: Path) -> list[str]:
+    # The script `ray job submit -- python jobs/tune.py ...` runs (here on a local Ray instance).
     return [
-        sys.executable, "-m", "raylrec.cli", "tune", "--space", space, "--config", config,
+        sys.executable, str(REPO / "jobs" / "tune.py"), "--space", space, "--config", config,
         "--name", "sweep", "--storage", storage_root,
         "--best-config", str(tmp_path / "configs" / "mf_tiny_tuned.yaml"),
     ]  # fmt: skip
