@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from raylrec.config import build_config
 from raylrec.data.output import read_meta, read_table
+from raylrec.train.ray_runner import TRAIN_SNAPSHOT
 
 
 def data_config(source: dict, output: str, **data):
@@ -61,7 +62,7 @@ def kill_a_training_worker_after_first_checkpoint(run_dir: Path, killed: list[in
     checkpoint directory alone may still be uploading, and the run would start over)."""
     deadline = time.time() + 300
     while time.time() < deadline and not killed:
-        if (run_dir / "checkpoint_manager_snapshot.json").exists():
+        if (run_dir / TRAIN_SNAPSHOT).exists():
             # Only this test process's own Ray (its raylet is our child): tests running in
             # parallel have Ray Train workers of their own.
             for proc in psutil.Process().children(recursive=True):

@@ -28,6 +28,7 @@ from local_cluster import LocalCluster
 
 from raylrec.data.output import read_meta, read_table
 from raylrec.scoring import read_recommendations
+from raylrec.train.ray_runner import TRAIN_SNAPSHOT
 from raylrec.train.reporting import STATE_FILE
 
 DATE = "2026-11-24"
@@ -143,7 +144,7 @@ def test_pipeline_on_a_multi_node_cluster_survives_losing_a_node(cluster, s3_buc
     run_dir = f"{runs}/reclora-cluster-mixture"
     deadline = time.time() + 600
     # Ray Train writes its snapshot once every rank's part of a checkpoint is stored: committed.
-    while not fs.exists(f"{run_dir}/checkpoint_manager_snapshot.json"):
+    while not fs.exists(f"{run_dir}/{TRAIN_SNAPSHOT}"):
         assert train.poll() is None, f"training ended before its first checkpoint:\n{train.stdout.read()}"
         assert time.time() < deadline, "no checkpoint after 10 minutes"
         time.sleep(0.2)

@@ -125,7 +125,6 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
 def _train_ray(
     config: RaylrecConfig, run_name: str, fingerprint: str, trial: TrialHooks | None = None
 ) -> TrainState:
-
     from raylrec.train.ray_runner import run_on_ray
 
     dataset = read_split(config.dataset_path(), "train").map_batches(

@@ -163,19 +163,12 @@ def load_tokenizer(config: BackboneConfig) -> transformers.PreTrainedTokenizerBa
     """The tokenizer ``load_backbone`` would return (left padding, pad token set), without the
     weights: tokenising workers (one per Ray Data process) need no model in memory."""
     with _LOAD_LOCK:
-        name = config.name
-        if name == TINY_NAME:
+        if config.name == TINY_NAME:
             return tiny_tokenizer()
-        if name == SMOLLM2_NAME:
-            path = _smollm2_dir(resolve_cache_dir(config))
-        elif storage.is_remote(name):
-            path = _s3_copy(name, resolve_cache_dir(config))
-        elif _looks_local(name):
-            path = Path(name).expanduser()
-            if not path.is_dir():
-                raise BackboneError(f"backbone directory {path} does not exist")
-        else:
-            return _hub_tokenizer(name)
+        located = _backbone_dir(config)
+        if located is None:
+            return _hub_tokenizer(config.name)
+        path, _ = located
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path))
         except Exception as e:
@@ -184,24 +177,31 @@ def load_tokenizer(config: BackboneConfig) -> transformers.PreTrainedTokenizerBa
         return tokenizer
 
 
-def _load_backbone(config: BackboneConfig, device: torch.device | str | None) -> Backbone:
-    device = torch.device(device if device is not None else "cpu")
-    dtype = resolve_dtype(config.dtype, device)
-    cache = resolve_cache_dir(config)
-    name = config.name
-    if name == TINY_NAME:
-        backbone = _load_tiny(dtype)
-    elif name == SMOLLM2_NAME:
-        backbone = _load_dir(_smollm2_dir(cache), dtype, name, "gguf")
-    elif storage.is_remote(name):
-        backbone = _load_dir(_s3_copy(name, cache), dtype, name, "s3")
-    elif _looks_local(name):
+def _backbone_dir(config: BackboneConfig) -> tuple[Path, str] | None:
+    """The directory the backbone ``config.name`` loads from and its source, fetched or
+    converted into the cache first where needed; None for a hub id."""
+    name, cache = config.name, resolve_cache_dir(config)
+    if name == SMOLLM2_NAME:
+        return _smollm2_dir(cache), "gguf"
+    if storage.is_remote(name):
+        return _s3_copy(name, cache), "s3"
+    if _looks_local(name):
         path = Path(name).expanduser()
         if not path.is_dir():
             raise BackboneError(f"backbone directory {path} does not exist")
-        backbone = _load_dir(path, dtype, name, "local")
+        return path, "local"
+    return None
+
+
+def _load_backbone(config: BackboneConfig, device: torch.device | str | None) -> Backbone:
+    device = torch.device(device if device is not None else "cpu")
+    dtype = resolve_dtype(config.dtype, device)
+    if config.name == TINY_NAME:
+        backbone = _load_tiny(dtype)
+    elif (located := _backbone_dir(config)) is not None:
+        backbone = _load_dir(located[0], dtype, config.name, located[1])
     else:
-        backbone = _load_hub(name, dtype)
+        backbone = _load_hub(config.name, dtype)
     model = backbone.model
     if config.gradient_checkpointing:
         # transformers 5 renamed it (the old name warns); older versions only have the old one.

@@ -118,7 +118,6 @@ def split_rows(dataset: str, split: str) -> int:
 
 def build_samples(config: RaylrecConfig, split: str, template: str, cf_history: int):
     """A Ray Dataset of tokenised samples of ``split``."""
-
     dataset = config.dataset_path()
     fraction = sample_fraction(config, split, split_rows(dataset, split))
     return read_split(dataset, split).map_batches(

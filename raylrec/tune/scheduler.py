@@ -9,6 +9,8 @@ uninterrupted one would.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler
@@ -46,7 +48,12 @@ class ResumableASHA(AsyncHyperBandScheduler):
             for (_, recorded), saved_rung in zip(bracket._rungs, rungs, strict=True):
                 recorded.update(saved_rung)
 
-    def _save_if_changed(self, before: list[list[dict[str, float]]]) -> None:
+    @contextlib.contextmanager
+    def _saving_new_records(self) -> Iterator[None]:
+        """Load the saved rungs once, then save them whenever the wrapped call adds a record."""
+        self._load()
+        before = self._rung_records()
+        yield
         after = self._rung_records()
         if after != before:
             storage.write_json(self._state_uri, {"brackets": after})
@@ -56,14 +63,9 @@ class ResumableASHA(AsyncHyperBandScheduler):
         super().on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        self._load()
-        before = self._rung_records()
-        action = super().on_trial_result(tune_controller, trial, result)
-        self._save_if_changed(before)
-        return action
+        with self._saving_new_records():
+            return super().on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        self._load()
-        before = self._rung_records()
-        super().on_trial_complete(tune_controller, trial, result)
-        self._save_if_changed(before)
+        with self._saving_new_records():
+            super().on_trial_complete(tune_controller, trial, result)
