@@ -6,6 +6,7 @@ A lost rank on Ray Train resuming from such a checkpoint is the cluster test's j
 from __future__ import annotations
 
 import copy
+import json
 import os
 import socket
 
@@ -152,3 +153,52 @@ def test_lr_schedule_warms_up_then_decays(schedule):
     else:
         assert all(a >= b - 1e-12 for a, b in zip(values[10:-1], values[11:], strict=True))
         assert values[-1] < 0.05
+
+
+class _RunsCode:
+    """A pickle that runs code when unpickled (what a hostile writer of train.storage_path
+    could put in a checkpoint): it creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+@pytest.mark.parametrize("target", ["state", "torch_engine", "zero2", "run_store"])
+def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path, request, target):
+    from raylrec.train.checkpoint_io import UnsafeCheckpointError
+    from raylrec.train.engines import DEEPSPEED_DIR, ENGINE_FILE
+    from raylrec.train.ray_runner import TRAIN_SNAPSHOT, refuse_changed_run
+    from raylrec.train.reporting import STATE_FILE, load_state
+
+    marker = tmp_path / "ran"
+    directory = tmp_path / "checkpoint"
+    directory.mkdir()
+    hostile = {"fingerprint": "f", "state": _RunsCode(marker)}
+    if target == "state":
+        torch.save(hostile, directory / STATE_FILE)
+        load = lambda: load_state(str(directory), "f", "run")  # noqa: E731
+    elif target == "run_store":
+        # A reused run name reads the latest committed checkpoint from (possibly shared) storage.
+        (directory / "checkpoint_000001").mkdir()
+        torch.save(hostile, directory / "checkpoint_000001" / STATE_FILE)
+        snapshot = {"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_000001"}}
+        (directory / TRAIN_SNAPSHOT).write_text(json.dumps(snapshot))
+        load = lambda: refuse_changed_run(str(tmp_path), "checkpoint", "f")  # noqa: E731
+    else:
+        train = {"strategy": "deepspeed", "zero_stage": 2, "optimizer": "adamw"} if target == "zero2" else {}
+        if train:
+            request.getfixturevalue("process_group")
+        task = _Regression(seed=1)
+        engine = (_deepspeed_engine if train else _torch_engine)(task, _config(**train))
+        engine.save(str(directory), 0)
+        files = [directory / ENGINE_FILE] if not train else sorted((directory / DEEPSPEED_DIR).rglob("*.pt"))
+        assert files and all(f.exists() for f in files)
+        for f in files:
+            torch.save(_RunsCode(marker), f)
+        load = lambda: engine.load(str(directory))  # noqa: E731
+    with pytest.raises(UnsafeCheckpointError, match="refusing to load"):
+        load()
+    assert not marker.exists()

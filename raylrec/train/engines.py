@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from raylrec.config import TrainConfig
+from raylrec.train.checkpoint_io import RestrictedCheckpointEngine, safe_load
 
 __all__ = ["Engine", "TorchEngine", "DeepSpeedEngine", "build_engine", "lr_lambda", "trainable_state"]
 
@@ -115,7 +116,8 @@ class TorchEngine:
         )
 
     def load(self, directory: str) -> None:
-        payload = torch.load(os.path.join(directory, ENGINE_FILE), weights_only=False)
+        path = os.path.join(directory, ENGINE_FILE)
+        payload = safe_load(path, path)
         self._inner().load_state_dict(payload["model"], strict=self.full_state)
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
@@ -197,6 +199,8 @@ class DeepSpeedEngine:
         )
 
     def load(self, directory: str) -> None:
+        if not isinstance(self.model.checkpoint_engine, RestrictedCheckpointEngine):
+            self.model.checkpoint_engine = RestrictedCheckpointEngine(self.model.checkpoint_engine)
         self.model.load_checkpoint(
             os.path.join(directory, DEEPSPEED_DIR),
             tag=DEEPSPEED_TAG,

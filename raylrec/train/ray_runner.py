@@ -4,7 +4,6 @@ the same run name (a different configuration under an existing name is refused).
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -15,12 +14,12 @@ from typing import Any
 
 import numpy as np
 import ray
-import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from raylrec import storage
 from raylrec.config import TrainConfig
+from raylrec.train.checkpoint_io import safe_load
 from raylrec.train.engines import Engine
 from raylrec.train.loop import Batch, Task, TrainState, fit, is_finished
 from raylrec.train.reporting import STATE_FILE, RayReporter, load_state, state_from_payload
@@ -122,7 +121,8 @@ def refuse_changed_run(storage_path: str, run_name: str, fingerprint: str) -> Tr
     state_file = f"{root}/{latest.get('checkpoint_dir_name')}/{STATE_FILE}"
     if not latest or not fs.exists(state_file):
         return None
-    payload = torch.load(io.BytesIO(fs.cat_file(state_file)), weights_only=False)
+    where = storage.join(storage_path, run_name, latest["checkpoint_dir_name"], STATE_FILE)
+    payload = safe_load(fs.cat_file(state_file), where)
     return state_from_payload(payload, fingerprint, run_name)
 
 

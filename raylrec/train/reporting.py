@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from raylrec.train.checkpoint_io import safe_load
 from raylrec.train.engines import Engine
 from raylrec.train.loop import TrainState
 
@@ -40,9 +41,8 @@ def config_fingerprint(config: dict[str, Any]) -> str:
 
 
 def load_state(directory: str, fingerprint: str, run_name: str) -> TrainState:
-    return state_from_payload(
-        torch.load(os.path.join(directory, STATE_FILE), weights_only=False), fingerprint, run_name
-    )
+    path = os.path.join(directory, STATE_FILE)
+    return state_from_payload(safe_load(path, path), fingerprint, run_name)
 
 
 def state_from_payload(payload: dict[str, Any], fingerprint: str, run_name: str) -> TrainState:
