@@ -97,7 +97,7 @@ def test_typed_columns_and_iso_timestamps():
     )
     out = validate_batch(batch, CONFIG, threshold=4.0).to_pylist()
     assert [r["user_id"] for r in out] == ["1", "2", None]
-    assert out[2][REASON] == "user_id: missing"  # 3.5 is no id
+    assert out[2][REASON] == "user_id: float that is not an integer"  # 3.5 is no id
     assert [r["timestamp"] for r in out[:2]] == [1577934245, 1577934245]
     assert [r["label"] for r in out[:2]] == [1, 0]
 
@@ -161,7 +161,8 @@ def test_jsonl_with_mixed_types_and_broken_lines_keeps_every_line(tmp_path):
     got = pa.concat_tables(read_batches(TabularFile(str(path), 1, "jsonl"), MAPPING))
     assert got[ROW_COLUMN].to_pylist() == [0, 1, 2, 4]  # line numbers; the blank line is skipped
     out = validate_batch(got, CONFIG, threshold=4.0)
-    assert out[REASON].to_pylist() == [None, None, "user_id: missing", None]
+    assert out[REASON].to_pylist() == [None, None, "json: not valid JSON", None]
+    assert out[RAW][2].as_py() == "{not json"  # the line as written
 
 
 def test_missing_column_names_file_and_mapping(tmp_path):

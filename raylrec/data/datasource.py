@@ -1,5 +1,6 @@
 """A Ray Data datasource over many tabular files: one read task per file (per run of Parquet
-row groups for big Parquet files), each streaming bounded batches tagged with file and row."""
+row groups for big Parquet files), each streaming bounded batches tagged with file and row
+(and the reader's ``_reason``/``_raw`` for rows it could not split: see ``files``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pyarrow as pa
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from raylrec.data.files import TabularFile, open_parquet, read_batches
+from raylrec.data.files import TabularFile, check_columns, open_parquet, read_batches
 
 __all__ = ["TabularFilesDatasource"]
 
@@ -22,12 +23,13 @@ class TabularFilesDatasource(Datasource):
     def __init__(self, files: list[TabularFile], mapping: dict[str, str]):
         self._files = files
         self._mapping = mapping
-        # Parquet footers are read once on the driver: a truncated file fails here, by name,
-        # before any task starts; their row counts also let big files split across tasks.
+        # Parquet footers are read once on the driver: a truncated file, or one lacking a mapped
+        # column or holding one of a wrong type, fails here, by name, before any task starts;
+        # their row counts also let big files split across tasks.
         self._parquet_plan: dict[str, list[tuple[list[int], int, int]]] = {}
         for f in files:
             if f.format == "parquet":
-                self._parquet_plan[f.uri] = _row_group_runs(f.uri)
+                self._parquet_plan[f.uri] = _row_group_runs(f.uri, mapping)
 
     def estimate_inmemory_data_size(self) -> int | None:
         return sum(f.size for f in self._files) * 3
@@ -60,9 +62,12 @@ def _reader(f: TabularFile, mapping: dict[str, str], row_groups, first_row):
     return read
 
 
-def _row_group_runs(uri: str) -> list[tuple[list[int], int, int]]:
-    """Consecutive row groups bundled into runs of about ROWS_PER_TASK rows."""
-    meta = open_parquet(uri).metadata
+def _row_group_runs(uri: str, mapping: dict[str, str]) -> list[tuple[list[int], int, int]]:
+    """Consecutive row groups bundled into runs of about ROWS_PER_TASK rows (after checking
+    the file's mapped columns)."""
+    pf = open_parquet(uri)
+    check_columns(pf.schema_arrow, mapping, uri)
+    meta = pf.metadata
     runs: list[tuple[list[int], int, int]] = []
     current: list[int] = []
     start = rows = 0
