@@ -1,7 +1,10 @@
 """Typed configuration: pydantic models loaded from YAML, with dotted command-line overrides.
 
 A config is validated completely before any work starts; an unknown or malformed field fails
-with its dotted path (``data.split.ratios: ...``) and the file it came from.
+with its dotted path (``data.split.ratios: ...``) and the file it came from. Numbers are finite
+(``.nan`` and ``.inf`` are refused everywhere), a boolean is never taken for a number nor a number
+for a boolean, and cross-field checks (a metric the task reports, a shape the model can build)
+name the field they blame.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
+    StrictBool,
     Tag,
     ValidationError,
     field_validator,
@@ -25,11 +30,13 @@ from pydantic import (
 
 __all__ = [
     "ConfigError",
+    "FieldError",
     "RaylrecConfig",
     "DataConfig",
     "load_config",
     "load_raw_config",
     "parse_overrides",
+    "task_metrics",
 ]
 
 # Seconds since the epoch for 2100-01-01: later timestamps are almost always milliseconds.
@@ -41,8 +48,37 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the field and the file."""
 
 
+class FieldError(ValueError):
+    """A cross-field check that blames one field: ``field`` (dotted, relative to the model whose
+    validator raises it) is appended to the error's location, so the message names
+    ``train.metric`` rather than the top level."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: a NaN or infinite learning rate, threshold or amount is never meant.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _not_a_bool(value: Any) -> Any:
+    # pydantic takes True for 1 in a number field: `train.epochs=true` trained one epoch.
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
+
+
+_NO_BOOL = BeforeValidator(_not_a_bool)
+# Optional ones wrap the whole union, so a field's annotation stays ``int | None`` for the code
+# that reads it (tune/space.py refuses a float distribution over an integer field).
+Int = Annotated[int, _NO_BOOL]
+Float = Annotated[float, _NO_BOOL]
+OptionalInt = Annotated[int | None, _NO_BOOL]
+OptionalFloat = Annotated[float | None, _NO_BOOL]
+# Only true/false (YAML's yes/no included): 1, 0 or "off" in a flag is more likely a mistake.
+Bool = StrictBool
 
 
 def only_for(*models: str) -> dict[str, Any]:
@@ -74,12 +110,28 @@ class ColumnMapping(_Strict):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
+def _csv_char(value: str) -> str:
+    # Arrow's CSV parser takes one ASCII character; anything else would fail inside a Ray task.
+    if len(value) != 1 or not value.isascii() or value in "\r\n":
+        raise ValueError(f"must be one ASCII character other than a line break, got {value!r}")
+    return value
+
+
+CsvChar = Annotated[str, AfterValidator(_csv_char)]
+
+
 class CsvOptions(_Strict):
-    delimiter: str = ","
-    quote_char: str | None = '"'
-    has_header: bool = True
+    delimiter: CsvChar = ","
+    quote_char: CsvChar | None = '"'
+    has_header: Bool = True
     column_names: list[str] | None = Field(default=None, description="names for a file without a header row")
     encoding: str = "utf8"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> CsvOptions:
+        if self.quote_char == self.delimiter:
+            raise FieldError("quote_char", f"{self.quote_char!r} is also the delimiter")
+        return self
 
 
 class MetadataFile(_Strict):
@@ -141,14 +193,14 @@ class SyntheticSource(_Strict):
     """Zipf-distributed synthetic logs, generated in parallel chunks (never whole in memory)."""
 
     type: Literal["synthetic"] = "synthetic"
-    num_events: int = Field(default=100_000, gt=0)
-    num_users: int = Field(default=10_000, gt=0)
-    num_items: int = Field(default=5_000, gt=0)
-    zipf_exponent: float = Field(default=1.1, gt=0)
-    start: int = 1_577_836_800  # 2020-01-01
-    span_days: int = Field(default=365, gt=0)
-    seed: int = 0
-    events_per_chunk: int = Field(default=250_000, gt=0)
+    num_events: Int = Field(default=100_000, gt=0)
+    num_users: Int = Field(default=10_000, gt=0)
+    num_items: Int = Field(default=5_000, gt=0)
+    zipf_exponent: Float = Field(default=1.1, gt=0)
+    start: Int = 1_577_836_800  # 2020-01-01
+    span_days: Int = Field(default=365, gt=0)
+    seed: Int = 0
+    events_per_chunk: Int = Field(default=250_000, gt=0)
 
 
 def _tag(field: str, default: str | None) -> Any:
@@ -178,11 +230,11 @@ SourceConfig = Annotated[
 
 
 class ValidationConfig(_Strict):
-    rating_range: tuple[float, float] | None = Field(
+    rating_range: tuple[Float, Float] | None = Field(
         default=None, description="inclusive [min, max]; ratings outside are quarantined"
     )
-    min_timestamp: int = Field(default=1, description="earliest plausible timestamp (seconds)")
-    max_timestamp: int = Field(default=YEAR_2100, description="latest plausible timestamp")
+    min_timestamp: Int = Field(default=1, description="earliest plausible timestamp (seconds)")
+    max_timestamp: Int = Field(default=YEAR_2100, description="latest plausible timestamp")
     on_empty_file: Literal["error", "skip"] = "error"
 
     @model_validator(mode="after")
@@ -195,7 +247,7 @@ class ValidationConfig(_Strict):
 
 
 class LabelConfig(_Strict):
-    threshold: float = Field(default=4.0, description="label = 1 when rating >= threshold")
+    threshold: Float = Field(default=4.0, description="label = 1 when rating >= threshold")
 
 
 def _to_seconds(value: int | str | dt.date) -> int:
@@ -218,7 +270,7 @@ def _shares(v: tuple[float, float, float]) -> tuple[float, float, float]:
     return v
 
 
-Shares = Annotated[tuple[float, float, float], AfterValidator(_shares)]
+Shares = Annotated[tuple[Float, Float, Float], AfterValidator(_shares)]
 
 
 class TemporalFractionSplit(_Strict):
@@ -233,19 +285,26 @@ class TemporalWindowSplit(_Strict):
     """Global temporal split at given instants: train < valid_start <= valid < test_start."""
 
     protocol: Literal["temporal_window"] = "temporal_window"
-    valid_start: int | str | dt.date
-    test_start: int | str | dt.date
-    end: int | str | dt.date | None = Field(
+    valid_start: Annotated[int | str | dt.date, _NO_BOOL]
+    test_start: Annotated[int | str | dt.date, _NO_BOOL]
+    end: Annotated[int | str | dt.date | None, _NO_BOOL] = Field(
         default=None, description="events at or after this instant are quarantined"
     )
+
+    @field_validator("valid_start", "test_start", "end")
+    @classmethod
+    def _instant(cls, value: int | str | dt.date | None) -> int | str | dt.date | None:
+        if value is not None:
+            try:
+                _to_seconds(value)
+            except ValueError as e:
+                raise ValueError(f"{value!r} is not an ISO date or epoch seconds ({e})") from None
+        return value
 
     @model_validator(mode="after")
     def _ordered(self) -> TemporalWindowSplit:
         cuts = [self.valid_start, self.test_start] + ([self.end] if self.end is not None else [])
-        try:
-            secs = [_to_seconds(c) for c in cuts]
-        except ValueError as e:
-            raise ValueError(f"not an ISO date or epoch seconds: {e}") from None
+        secs = [_to_seconds(c) for c in cuts]
         if secs != sorted(secs) or len(set(secs)) != len(secs):
             raise ValueError("need valid_start < test_start (< end)")
         return self
@@ -259,7 +318,7 @@ class LeaveLastOutSplit(_Strict):
     """Per user: the last event is test, the one before valid, the rest train."""
 
     protocol: Literal["leave_last_out"] = "leave_last_out"
-    min_events: int = Field(default=3, ge=1, description="users with fewer events stay in train")
+    min_events: Int = Field(default=3, ge=1, description="users with fewer events stay in train")
 
 
 class RandomRatioSplit(_Strict):
@@ -267,7 +326,7 @@ class RandomRatioSplit(_Strict):
 
     protocol: Literal["random_ratio"] = "random_ratio"
     ratios: Shares = (0.8, 0.1, 0.1)
-    seed: int = 2020
+    seed: Int = 2020
 
 
 class GivenSplit(_Strict):
@@ -293,18 +352,18 @@ SplitConfig = Annotated[
 
 
 class HistoryConfig(_Strict):
-    max_len: int = Field(default=50, ge=1, description="last N positive items before the event")
+    max_len: Int = Field(default=50, ge=1, description="last N positive items before the event")
 
 
 class DataConfig(_Strict):
     source: SourceConfig
     validation: ValidationConfig = ValidationConfig()
     label: LabelConfig = LabelConfig()
-    kcore: int | None = Field(default=None, ge=1, description="keep users/items with >= k events")
+    kcore: OptionalInt = Field(default=None, ge=1, description="keep users/items with >= k events")
     split: SplitConfig = RandomRatioSplit()
     history: HistoryConfig = HistoryConfig()
     output: str = Field(description="local path or s3:// URI of the processed dataset")
-    overwrite: bool = False
+    overwrite: Bool = False
 
     @model_validator(mode="after")
     def _split_fits_source(self) -> DataConfig:
@@ -319,37 +378,46 @@ class RayConfig(_Strict):
     address: str | None = Field(
         default=None, description="cluster to join; RAY_ADDRESS, or a new local instance"
     )
-    num_cpus: int | None = Field(default=None, ge=1, description="for a new local instance")
+    num_cpus: OptionalInt = Field(default=None, ge=1, description="for a new local instance")
 
 
 class CFConfig(_Strict):
     """A collaborative-filtering encoder and its objective."""
 
     model: Literal["mf", "lightgcn", "sasrec"] = "mf"
-    dim: int = Field(default=64, ge=1)
+    dim: Int = Field(default=64, ge=1)
     loss: Literal["bce", "bpr"] = Field(
         default="bce", description="bce on CTR labels, or bpr with one sampled negative per positive"
     )
-    implicit: bool = Field(
+    implicit: Bool = Field(
         default=False, description="bpr: every training row is a positive, not only label 1"
     )
-    reg_weight: float = Field(default=0.0, ge=0, description="L2 on the embeddings a step touches")
+    reg_weight: Float = Field(default=0.0, ge=0, description="L2 on the embeddings a step touches")
     negatives: Literal["unseen", "uniform"] = Field(
         default="unseen", description="bpr: redraw negatives the user interacted with in training, or not"
     )
     init: Literal["normal", "xavier"] = Field(
         default="normal", description="mf: N(0, 0.1) or xavier normal", json_schema_extra=only_for("mf")
     )
-    layers: int = Field(
+    layers: Int = Field(
         default=3, ge=1, description="lightgcn propagation layers", json_schema_extra=only_for("lightgcn")
     )
     combine: Literal["mean", "sum"] = Field(default="mean", json_schema_extra=only_for("lightgcn"))
-    max_len: int = Field(
+    max_len: Int = Field(
         default=25, ge=1, description="sasrec history length", json_schema_extra=only_for("sasrec")
     )
-    blocks: int = Field(default=2, ge=1, json_schema_extra=only_for("sasrec"))
-    heads: int = Field(default=4, ge=1, json_schema_extra=only_for("sasrec"))
-    dropout: float = Field(default=0.2, ge=0, lt=1, json_schema_extra=only_for("sasrec"))
+    blocks: Int = Field(default=2, ge=1, json_schema_extra=only_for("sasrec"))
+    heads: Int = Field(default=4, ge=1, json_schema_extra=only_for("sasrec"))
+    dropout: Float = Field(default=0.2, ge=0, lt=1, json_schema_extra=only_for("sasrec"))
+
+    @model_validator(mode="after")
+    def _buildable(self) -> CFConfig:
+        # multi-head attention splits dim evenly over the heads (torch asserts it mid-build)
+        if self.model == "sasrec" and self.dim % self.heads:
+            raise FieldError(
+                "heads", f"cf.dim {self.dim} is not divisible by {self.heads} heads (sasrec splits it evenly)"
+            )
+        return self
 
 
 class BackboneConfig(_Strict):
@@ -366,16 +434,16 @@ class BackboneConfig(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="auto: bfloat16 on GPU, float32 on CPU"
     )
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: Bool = False
     cache_dir: str = Field(
         default="~/.cache/raylrec/backbones", description="local copies of converted and s3:// backbones"
     )
 
 
 class LoRAConfig(_Strict):
-    r: int = Field(default=8, ge=1)
-    alpha: float = Field(default=16, gt=0)
-    dropout: float = Field(default=0.05, ge=0, lt=1)
+    r: Int = Field(default=8, ge=1)
+    alpha: Float = Field(default=16, gt=0)
+    dropout: Float = Field(default=0.05, ge=0, lt=1)
     targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
 
 
@@ -383,19 +451,19 @@ class PromptConfig(_Strict):
     template: str | None = Field(
         default=None, description="a name (tallrec, collm, reclora) or a template text; default: the method's"
     )
-    max_tokens: int = Field(
+    max_tokens: Int = Field(
         default=256, ge=16, description="token budget; history is cut from the oldest side"
     )
-    history_items: int = Field(default=10, ge=0, description="recent positive titles in the prompt")
+    history_items: Int = Field(default=10, ge=0, description="recent positive titles in the prompt")
 
 
 class SampleConfig(_Strict):
     """Which rows the LLM sees (Few2Many: the CF encoder saw all of train, the LLM a sample)."""
 
-    train_fraction: float = Field(default=1.0, gt=0, le=1, description="hash sample of train, by (uid, iid)")
-    max_train: int | None = Field(default=None, ge=1)
-    max_valid: int | None = Field(default=2000, ge=1, description="validation rows scored per evaluation")
-    seed: int = 2020
+    train_fraction: Float = Field(default=1.0, gt=0, le=1, description="hash sample of train, by (uid, iid)")
+    max_train: OptionalInt = Field(default=None, ge=1)
+    max_valid: OptionalInt = Field(default=2000, ge=1, description="validation rows scored per evaluation")
+    seed: Int = 2020
 
 
 class MethodConfig(_Strict):
@@ -413,30 +481,30 @@ class MethodConfig(_Strict):
         description="a model bundle whose matching weights start this run (e.g. CoLLM from a TALLRec bundle)",
     )
     # CoLLM
-    projector_expansion: int = Field(
+    projector_expansion: Int = Field(
         default=10,
         ge=1,
         description="projector: Linear(d, k*d) -> ReLU -> Linear",
         json_schema_extra=only_for("collm"),
     )
-    stage1_epochs: int = Field(
+    stage1_epochs: Int = Field(
         default=1,
         ge=0,
         description="CoLLM stage 1 (LoRA on the text prompt); 0 skips",
         json_schema_extra=only_for("collm"),
     )
-    tune_cf: bool = Field(
+    tune_cf: Bool = Field(
         default=False,
         description="CoLLM stage 2 also tunes the CF embeddings",
         json_schema_extra=only_for("collm"),
     )
     # RecLoRA
-    experts: int = Field(
+    experts: Int = Field(
         default=8, ge=1, description="meta-LoRAs per adapted module", json_schema_extra=only_for("reclora")
     )
-    router_hidden: int = Field(default=60, ge=1, json_schema_extra=only_for("reclora"))
-    router_temperature: float = Field(default=5.0, gt=0, json_schema_extra=only_for("reclora"))
-    router_dropout: float = Field(default=0.1, ge=0, lt=1, json_schema_extra=only_for("reclora"))
+    router_hidden: Int = Field(default=60, ge=1, json_schema_extra=only_for("reclora"))
+    router_temperature: Float = Field(default=5.0, gt=0, json_schema_extra=only_for("reclora"))
+    router_dropout: Float = Field(default=0.1, ge=0, lt=1, json_schema_extra=only_for("reclora"))
 
     @model_validator(mode="after")
     def _needs_cf(self) -> MethodConfig:
@@ -458,29 +526,32 @@ def _custom_resources(resources: dict[str, float]) -> dict[str, float]:
 class TrainConfig(_Strict):
     """How any model trains: optimiser, schedule, scale, checkpoints, early stopping."""
 
-    epochs: int = Field(default=20, ge=1)
-    batch_size: int = Field(default=2048, ge=1, description="per worker")
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    seed: int = 2020
-    metric: str = Field(default="valid/auc", description="early stopping and best-checkpoint metric")
+    epochs: Int = Field(default=20, ge=1)
+    batch_size: Int = Field(default=2048, ge=1, description="per worker")
+    lr: Float = Field(default=1e-3, gt=0)
+    weight_decay: Float = Field(default=0.0, ge=0)
+    seed: Int = 2020
+    metric: str = Field(
+        default="valid/auc",
+        description="early stopping and best-checkpoint metric: one the task reports (task_metrics)",
+    )
     mode: Literal["max", "min"] = "max"
-    patience: int = Field(default=5, ge=1, description="evaluations without improvement before stopping")
-    eval_every: int = Field(default=1, ge=1, description="epochs between evaluations")
-    checkpoint_every: int = Field(
+    patience: Int = Field(default=5, ge=1, description="evaluations without improvement before stopping")
+    eval_every: Int = Field(default=1, ge=1, description="epochs between evaluations")
+    checkpoint_every: Int = Field(
         default=1, ge=1, description="epochs between checkpoints (and one at the end)"
     )
-    checkpoint_every_steps: int | None = Field(default=None, ge=1, description="mid-epoch checkpoints")
-    num_workers: int = Field(default=1, ge=0, description="Ray Train workers; 0 = Train's local mode")
-    cpus_per_worker: float = Field(default=1, gt=0)
-    use_gpu: bool = False
-    resources_per_worker: dict[str, float] = Field(
+    checkpoint_every_steps: OptionalInt = Field(default=None, ge=1, description="mid-epoch checkpoints")
+    num_workers: Int = Field(default=1, ge=0, description="Ray Train workers; 0 = Train's local mode")
+    cpus_per_worker: Float = Field(default=1, gt=0)
+    use_gpu: Bool = False
+    resources_per_worker: dict[str, Float] = Field(
         default_factory=dict,
         description="custom Ray resources each worker also takes, e.g. {train: 1}: workers then run only "
         "on the nodes that declare them (the training nodes of cluster/*.yaml)",
     )
     _check_resources = field_validator("resources_per_worker")(_custom_resources)
-    max_failures: int = Field(default=2, ge=0, description="worker failures to recover from")
+    max_failures: Int = Field(default=2, ge=0, description="worker failures to recover from")
     storage_path: str = Field(default="out/runs", description="checkpoints and run state, local or s3://")
     run_name: str | None = Field(default=None, description="re-running a name resumes that run")
     wandb_project: str = "raylrec"
@@ -488,20 +559,22 @@ class TrainConfig(_Strict):
     schedule: Literal["constant", "linear", "cosine"] = Field(
         default="constant", description="learning-rate decay after warmup"
     )
-    warmup_ratio: float = Field(default=0.0, ge=0, lt=1, description="share of all steps spent warming up")
-    max_grad_norm: float | None = Field(default=None, gt=0)
+    warmup_ratio: Float = Field(default=0.0, ge=0, lt=1, description="share of all steps spent warming up")
+    max_grad_norm: OptionalFloat = Field(default=None, gt=0)
     strategy: Literal["ddp", "deepspeed"] = Field(
         default="ddp", description="ddp (CF default) or DeepSpeed ZeRO (LLM default) across Ray Train workers"
     )
-    zero_stage: int = Field(default=2, ge=0, le=3, description="DeepSpeed ZeRO stage")
-    log_every_s: float = Field(default=10.0, gt=0, description="seconds between progress lines")
+    zero_stage: Int = Field(default=2, ge=0, le=3, description="DeepSpeed ZeRO stage")
+    log_every_s: Float = Field(default=10.0, gt=0, description="seconds between progress lines")
 
 
 class EvalConfig(_Strict):
-    ks: list[int] = Field(default_factory=lambda: [10, 20])
+    ks: list[Annotated[Int, Field(ge=1)]] = Field(
+        default_factory=lambda: [10, 20], min_length=1, description="cut-offs of the top-K metrics"
+    )
     recall_denominator: Literal["test_items", "min_k"] = "test_items"
     uauc_weighting: Literal["user", "impressions"] = "user"
-    users_per_chunk: int = Field(default=1024, ge=1)
+    users_per_chunk: Int = Field(default=1024, ge=1)
 
 
 class ScoreConfig(_Strict):
@@ -523,20 +596,20 @@ class ScoreConfig(_Strict):
     )
     output: str | None = Field(default=None, description="recommendations root, local or s3://")
     model_name: str | None = Field(default=None, description="the 'model' column (default: bundle dir name)")
-    candidates: int = Field(default=50, ge=1, description="retrieved per user, then reranked")
-    k: int = Field(default=10, ge=1, description="recommendations written per user")
-    exclude_seen: bool = Field(default=True, description="never recommend an item the user interacted with")
+    candidates: Int = Field(default=50, ge=1, description="retrieved per user, then reranked")
+    k: Int = Field(default=10, ge=1, description="recommendations written per user")
+    exclude_seen: Bool = Field(default=True, description="never recommend an item the user interacted with")
     index: Literal["exact", "faiss"] = "exact"
-    item_chunk: int = Field(default=65_536, ge=1, description="items per exact-search matmul")
-    users_per_batch: int = Field(default=64, ge=1, description="users per actor call")
-    rerank_rows: int = Field(default=256, ge=1, description="candidates whose users share one prefix pass")
-    rerank_pack_tokens: int = Field(
+    item_chunk: Int = Field(default=65_536, ge=1, description="items per exact-search matmul")
+    users_per_batch: Int = Field(default=64, ge=1, description="users per actor call")
+    rerank_rows: Int = Field(default=256, ge=1, description="candidates whose users share one prefix pass")
+    rerank_pack_tokens: Int = Field(
         default=256, ge=16, description="candidate suffix tokens packed into one row against a prefix"
     )
-    actors: int | None = Field(default=None, ge=1, description="scoring actors (default: from resources)")
-    gpus_per_actor: float | None = Field(default=None, ge=0, description="default: 1 when GPUs exist")
-    cpus_per_actor: float = Field(default=1, gt=0)
-    resources_per_actor: dict[str, float] = Field(
+    actors: OptionalInt = Field(default=None, ge=1, description="scoring actors (default: from resources)")
+    gpus_per_actor: OptionalFloat = Field(default=None, ge=0, description="default: 1 when GPUs exist")
+    cpus_per_actor: Float = Field(default=1, gt=0)
+    resources_per_actor: dict[str, Float] = Field(
         default_factory=dict,
         description="custom Ray resources each actor also takes, e.g. {score: 1} for the scoring nodes",
     )
@@ -558,7 +631,29 @@ class NightlyConfig(_Strict):
     root: str | None = Field(
         default=None, description="dated outputs: <root>/datasets/date=D, <root>/cf/date=D"
     )
-    refresh_cf: bool = Field(default=False, description="retrain the retrieval CF encoder on D's data")
+    refresh_cf: Bool = Field(default=False, description="retrain the retrieval CF encoder on D's data")
+
+
+# --- metrics a task reports -----------------------------------------------------------------
+
+# What evaluation reports under "valid/": CTRAccumulator.compute (CTR tasks) and
+# RankingAccumulator.update (top-K) in raylrec/eval, which config.py does not import (torch).
+# tests/test_config_checks.py keeps these names in step with the accumulators.
+CTR_METRICS = ("auc", "uauc", "logloss")
+CTR_SLICES = ("", "warm/", "cold/")  # warm/ and cold/: only when the data flags cold users
+RANKING_METRICS = ("recall", "ndcg", "hit", "mrr")
+LOWER_IS_BETTER = ("logloss", "loss")
+
+
+def task_metrics(config: RaylrecConfig) -> frozenset[str]:
+    """What ``train.metric`` may name for the task ``config`` trains: an LLM method's and a BCE
+    CF encoder's CTR metrics, a BPR encoder's top-K metrics at each of ``eval.ks``, and
+    ``train/loss``."""
+    if config.method is None and config.cf.loss == "bpr":
+        names = {f"valid/{m}@{k}" for m in RANKING_METRICS for k in config.eval.ks}
+    else:
+        names = {f"valid/{s}{m}" for s in CTR_SLICES for m in CTR_METRICS}
+    return frozenset(names | {"train/loss"})
 
 
 class RaylrecConfig(_Strict):
@@ -576,6 +671,24 @@ class RaylrecConfig(_Strict):
     nightly: NightlyConfig = NightlyConfig()
     ray: RayConfig = RayConfig()
 
+    @model_validator(mode="after")
+    def _metric_is_reported(self) -> RaylrecConfig:
+        # A metric no evaluation reports never improves: the run trained every epoch, then had
+        # no best weights to export.
+        metric, reported = self.train.metric, task_metrics(self)
+        if metric not in reported:
+            task = (
+                f"method {self.method.name}" if self.method else f"{self.cf.model} with {self.cf.loss} loss"
+            )
+            raise FieldError(
+                "train.metric", f"{metric!r} is not reported by {task}; one of {', '.join(sorted(reported))}"
+            )
+        lower = metric.rsplit("/", 1)[-1] in LOWER_IS_BETTER
+        if self.train.mode != ("min" if lower else "max"):
+            better = "lower" if lower else "higher"
+            raise FieldError("train.mode", f"{self.train.mode!r} is wrong for {metric}: {better} is better")
+        return self
+
     def dataset_path(self) -> str:
         if self.dataset:
             return self.dataset
@@ -585,6 +698,21 @@ class RaylrecConfig(_Strict):
 
 
 # --- loading -------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, except that a date-like scalar that is no date (``2026-13-45``) stays
+    a string: validation then names its field, where the parser would fail naming none."""
+
+
+def _timestamp(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    try:
+        return yaml.SafeLoader.construct_yaml_timestamp(loader, node)
+    except ValueError:
+        return loader.construct_scalar(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -600,7 +728,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is already set to a value")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            node[parts[-1]] = yaml.load(raw, Loader=_Loader) if raw.strip() else None
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"override {item!r}: not a YAML value ({problem})") from None
     return nested
 
 
@@ -632,8 +764,13 @@ _UNION_TAGS = {
 def _format_errors(err: ValidationError, origin: str) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if str(p) not in _UNION_TAGS)
-        lines.append(f"  {loc or '(top level)'}: {e['msg']}")
+        path = [str(p) for p in e["loc"] if str(p) not in _UNION_TAGS]
+        cause = e.get("ctx", {}).get("error")
+        if isinstance(cause, FieldError):
+            path += cause.field.split(".")
+        loc = ".".join(path)
+        shown = f" (got {e['input']!r})" if e["type"] == "finite_number" else ""
+        lines.append(f"  {loc or '(top level)'}: {e['msg']}{shown}")
     return f"invalid config ({origin}):\n" + "\n".join(lines)
 
 
@@ -653,7 +790,7 @@ def load_raw_config(path: str | Path | None, overrides: list[str] | None = None)
         except OSError as e:
             raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
         try:
-            raw = yaml.safe_load(text) or {}
+            raw = yaml.load(text, Loader=_Loader) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {e}") from None
         if not isinstance(raw, dict):

@@ -8,7 +8,8 @@
     <bundle>/users.parquet, items.parquet  raw id <-> dense id (user_id/uid, item_id/iid)
 
 ``config.json`` is written last, with each file's size and sha256: a bundle without it is
-incomplete, and ``check_cf_bundle`` finds a corrupted one without loading it.
+incomplete, and ``check_cf_bundle`` finds a corrupted one without loading it. A model with a
+NaN or infinite weight is refused before anything is written (a bundle already there stays).
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ from raylrec.cf.models import MF, CFEncoder, SASRec
 from raylrec.config import CFConfig, RaylrecConfig
 from raylrec.data.output import read_table
 
-__all__ = ["save_cf_bundle", "load_cf_bundle", "check_cf_bundle", "cf_vocabularies", "CFBundle"]
+__all__ = [
+    "save_cf_bundle",
+    "load_cf_bundle",
+    "check_cf_bundle",
+    "check_finite",
+    "cf_vocabularies",
+    "CFBundle",
+]
 
 CONFIG_FILE = "config.json"
 BUNDLE_FILES = ("model.safetensors", "embeddings.safetensors", "users.parquet", "items.parquet")
@@ -56,6 +64,18 @@ def _tables(model: CFEncoder, train: Split, config: CFConfig) -> tuple[torch.Ten
         return users.contiguous(), model.item_vectors().contiguous()
 
 
+def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Raise naming the first tensor with a NaN or infinite value: a diverged run must not leave
+    a bundle that loads fine and scores every item NaN."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(
+                f"{what}: tensor {name!r} holds {bad} non-finite value(s) of {tensor.numel()}; nothing was "
+                "written (the training diverged: lower train.lr or set train.max_grad_norm)"
+            )
+
+
 def save_cf_bundle(
     out: str,
     model: CFEncoder,
@@ -65,16 +85,17 @@ def save_cf_bundle(
     train: Split,
 ) -> str:
     users, items = _tables(model, train, config.cf)
+    state = {
+        k: v.contiguous()
+        for k, v in model.state_dict().items()
+        if not v.is_sparse and v.layout == torch.strided
+    }
+    check_finite({**state, "embeddings users": users, "embeddings items": items}, f"CF bundle {out}")
     fs, path = storage.filesystem(out)
     fs.makedirs(path, exist_ok=True)
     if fs.exists(storage.join(path, CONFIG_FILE)):
         fs.rm(storage.join(path, CONFIG_FILE))  # uncommit the old bundle before replacing it
     with tempfile.TemporaryDirectory() as tmp:
-        state = {
-            k: v.contiguous()
-            for k, v in model.state_dict().items()
-            if not v.is_sparse and v.layout == torch.strided
-        }
         save_file(state, os.path.join(tmp, "model.safetensors"))
         save_file({"users": users, "items": items}, os.path.join(tmp, "embeddings.safetensors"))
         users_table = read_table(config.dataset_path(), "users.parquet").select(["user_id", "uid"])

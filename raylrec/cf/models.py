@@ -176,6 +176,8 @@ class SASRec(CFEncoder):
         heads: int = 4,
         dropout: float = 0.2,
     ):
+        if dim % heads:  # torch would only assert it, deep inside the attention layer
+            raise ValueError(f"SASRec: dim {dim} is not divisible by heads {heads}")
         super().__init__()
         self.num_users, self.num_items, self.dim, self.max_len = num_users, num_items, dim, max_len
         self.items = nn.Embedding(num_items, dim, padding_idx=0)

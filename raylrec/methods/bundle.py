@@ -7,6 +7,7 @@
 
 ``config.json`` is written last, with each file's size and sha256: a bundle without it is
 incomplete and refuses to load, and ``check_model_bundle`` finds a corrupted one cheaply.
+Weights with a NaN or infinite value are refused before anything is written.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from raylrec import storage
-from raylrec.cf.bundle import check_cf_bundle, load_cf_bundle
+from raylrec.cf.bundle import check_cf_bundle, check_finite, load_cf_bundle
 from raylrec.config import BackboneConfig, MethodConfig, PromptConfig, RaylrecConfig
 from raylrec.data.output import read_table
 from raylrec.llm.prompts import PromptBuilder
@@ -43,6 +44,7 @@ def save_model_bundle(
     metrics: dict[str, float],
     run: str,
 ) -> str:
+    check_finite(weights, f"model bundle {out}")
     fs, path = storage.filesystem(out)
     fs.makedirs(path, exist_ok=True)
     if fs.exists(storage.join(path, CONFIG_FILE)):

@@ -17,9 +17,13 @@ from torch import nn
 from raylrec.config import TrainConfig
 from raylrec.train.engines import Engine
 
-__all__ = ["Task", "Reporter", "TrainState", "fit", "is_better", "unwrap"]
+__all__ = ["NonFiniteLossError", "Task", "Reporter", "TrainState", "fit", "is_better", "unwrap"]
 
 Batch = dict[str, torch.Tensor]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite: the weights are lost, no checkpoint is taken."""
 
 
 class Task(Protocol):
@@ -115,7 +119,16 @@ def fit(
             samples += len(next(iter(batch.values())))
             if "attention_mask" in batch:  # language models: tokens actually processed
                 tokens += int(batch["attention_mask"].sum())
-            total_loss += float(loss.detach())
+            value = float(loss.detach())  # the one host sync a step already made
+            if not math.isfinite(value):
+                # Every later step would train on NaN weights and export them; stop while the
+                # last checkpoint still holds finite ones.
+                raise NonFiniteLossError(
+                    f"training loss is {value} at epoch {epoch} step {index + 1} (step {state.step} of the "
+                    f"run): the weights diverged; lower train.lr ({config.lr:g}), set train.max_grad_norm, "
+                    "or look for non-finite inputs"
+                )
+            total_loss += value
             now = time.perf_counter()
             if now - last_log >= config.log_every_s or index + 1 == steps_per_epoch:
                 last_log, elapsed = now, now - started
@@ -145,7 +158,13 @@ def fit(
             task.model.eval()
             with torch.no_grad():
                 metrics.update(task.evaluate())
-            value = metrics.get(config.metric, float("nan"))
+            if config.metric not in metrics:
+                # never improves: the run would train every epoch and keep no best weights
+                raise ValueError(
+                    f"train.metric {config.metric!r} is not among the metrics this task reports "
+                    f"({', '.join(sorted(k for k in metrics if '/' in k))})"
+                )
+            value = metrics[config.metric]
             if is_better(value, state.best_metric, config.mode):
                 state.best_metric, state.best_epoch, state.stale_evals = value, epoch, 0
                 state.best_model = engine.weights()
@@ -167,4 +186,10 @@ def fit(
         reporter.report(metrics, state, engine if checkpoint else None)
     if state.stale_evals >= config.patience:
         reporter.log(f"early stop: {config.metric} did not improve for {config.patience} evaluations")
+    if state.best_epoch is None:
+        last = next((h[config.metric] for h in reversed(state.history) if config.metric in h), None)
+        raise ValueError(
+            f"no evaluation gave a number for {config.metric} (last: {last}): there are no best weights "
+            "to keep (diverged weights, or a validation split with one class?)"
+        )
     return state
