@@ -1,11 +1,18 @@
-"""Connecting to Ray: the cluster named by the config or ``RAY_ADDRESS``, else a new local
-instance, so that the same entry points run on a laptop and under ``ray job submit``."""
+"""Connecting to Ray: the cluster named by ``ray.address`` or ``RAY_ADDRESS``, else a new
+private local instance, so that the same entry points run on a laptop and under
+``ray job submit``.
+
+A local instance is private by default: it is always a new one (``address="local"``: a leftover
+``ray start`` record in Ray's temp dir is never joined), every Ray process listens on loopback
+only, and token authentication is left as Ray sets it (on, since Ray 2.52, with the token in
+``~/.ray/auth_token``). ``RAY_AUTH_MODE=disabled`` in the environment still opts out."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+from typing import Any
 
 import ray
 
@@ -15,11 +22,24 @@ __all__ = ["init_ray"]
 
 log = logging.getLogger(__name__)
 
+_LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": node address 127.0.0.1, all servers on loopback
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _loopback_only() -> None:
+    """Make a new local instance bind loopback only. Ray turns a node address of 127.0.0.1 into
+    the machine's public IP unless it runs without multi-node support; then its GCS, raylet,
+    agents and workers all listen on 127.0.0.1. The flag is read at import (this process) and
+    from the environment (the processes Ray starts)."""
+    from ray._private import ray_constants
+
+    os.environ[_LOOPBACK_ONLY] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def init_ray(config: RayConfig | None = None, dashboard: bool = False) -> None:
@@ -40,10 +60,8 @@ def init_ray(config: RayConfig | None = None, dashboard: bool = False) -> None:
         log.info("joining the Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
     else:
-        # A private instance on this machine: token authentication (Ray 2.59+) guards
-        # shared clusters; here it would only demand a token from our own processes.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        kwargs = {}
+        _loopback_only()
+        kwargs: dict[str, Any] = {"address": "local"}
         if dashboard:
             # Ray's processes inherit this environment: the State API then finds our dashboard
             # even when other Ray instances run on the machine (it would refuse to guess).

@@ -21,7 +21,7 @@ from raylrec import storage
 from raylrec.config import DataConfig
 from raylrec.data.files import SourceError
 from raylrec.data.hashing import row_hashes
-from raylrec.data.output import commit, new_write_id, prepare_output_dir, write_dataset
+from raylrec.data.output import commit, input_paths, new_write_id, prepare_output_dir, write_dataset
 
 __all__ = ["COLLM_COLUMNS", "prepare_given", "strip_padding"]
 
@@ -113,7 +113,7 @@ def prepare_given(config: DataConfig, say: Callable[[str], None]) -> dict[str, A
     }
     if "train" not in present:
         raise SourceError(f"{root}: no train.parquet (is this the CoLLM split directory?)")
-    prepare_output_dir(config.output, config.overwrite)
+    prepare_output_dir(config.output, config.overwrite, input_paths(config.source))
     write_id = new_write_id()
     files: dict[str, list[str]] = {}
     counts: dict[str, int] = {}

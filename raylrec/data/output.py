@@ -5,8 +5,12 @@
     <out>/items.parquet    item_id (raw) -> iid, plus item metadata (title, ...)
     <out>/quarantine/      rows that failed a check, with _file, _row, _reason and _raw
     <out>/meta.json        counts, protocol, source, content hash and the file list: written last
+    <out>/_RAYLREC_DATASET written first: raylrec made this directory and may clear it
 
-A directory without ``meta.json`` is incomplete (an interrupted run) and is never read. Readers
+A directory without ``meta.json`` is incomplete (an interrupted run) and is never read. A new run
+clears a directory only when it can prove raylrec wrote it (``_RAYLREC_DATASET``, or a committed
+``meta.json`` with ``data.overwrite``) and it holds nothing but raylrec's own entries; anything
+else is refused with its contents named, and nothing is deleted. Readers
 read the files ``meta.json`` lists, not whatever the split directories hold: every file a run
 writes carries its write id, so a straggling writer of a killed earlier run (a Ray worker that
 outlived its driver) cannot add rows, or half a file, to a dataset committed after it.
@@ -14,9 +18,12 @@ outlived its driver) cannot add rows, or half a file, to a dataset committed aft
 
 from __future__ import annotations
 
+import os
 import posixpath
+import socket
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
@@ -30,11 +37,15 @@ from raylrec.data.hashing import arrow_digest, json_digest
 
 __all__ = [
     "META_FILE",
+    "OWNER_FILE",
     "OutputExistsError",
     "IncompleteDatasetError",
     "commit",
     "new_write_id",
     "prepare_output_dir",
+    "check_output_dir",
+    "refuse_overlap",
+    "input_paths",
     "split_paths",
     "write_dataset",
     "write_table",
@@ -44,7 +55,12 @@ __all__ = [
 ]
 
 META_FILE = "meta.json"
+OWNER_FILE = "_RAYLREC_DATASET"  # written first: proof that raylrec made the directory
 FORMAT = "raylrec.processed/1"
+# Everything a prepared dataset directory may hold; other names are the user's.
+OWN_ENTRIES = frozenset(
+    {META_FILE, OWNER_FILE, "train", "valid", "test", "quarantine", "users.parquet", "items.parquet"}
+)
 
 
 class OutputExistsError(FileExistsError):
@@ -55,20 +71,126 @@ class IncompleteDatasetError(FileNotFoundError):
     pass
 
 
-def prepare_output_dir(out: str, overwrite: bool) -> None:
-    """Refuse to clobber a finished dataset unless asked; clear an interrupted one."""
+def check_output_dir(out: str, overwrite: bool, inputs: Iterable[str] = ()) -> set[str]:
+    """Raise unless ``prepare_output_dir`` may use ``out``; reads, never writes (the CLI calls it
+    before Ray starts). Returns the entries ``out`` holds now."""
+    if not out or not out.strip():
+        raise OutputExistsError("data.output is empty: name a directory for the prepared dataset")
+    refuse_overlap(out, inputs)
     storage.check_reachable(out)
     fs, path = storage.filesystem(out)
-    if fs.exists(storage.join(path, META_FILE)):
+    if fs.isfile(path):
+        raise OutputExistsError(f"{out} is a file; data.output must name a directory")
+    entries = _entries(fs, path)
+    if entries:
+        _check_owned(out, entries, overwrite)
+    return entries
+
+
+def prepare_output_dir(out: str, overwrite: bool, inputs: Iterable[str] = ()) -> None:
+    """Make ``out`` ready for a new dataset, deleting only what raylrec can prove it wrote.
+
+    ``out`` may be new, an empty directory, an interrupted run's directory (it holds
+    ``_RAYLREC_DATASET``, written before anything else) or, with ``overwrite``, a committed
+    dataset. Anything else, a directory holding a file raylrec did not write among them, is
+    refused before anything is deleted, as is an output equal to, inside or above an input."""
+    entries = check_output_dir(out, overwrite, inputs)
+    fs, path = storage.filesystem(out)
+    if META_FILE in entries:
+        fs.rm(storage.join(path, META_FILE))  # uncommit first: a crash below leaves it incomplete
+    for name in sorted(entries - {OWNER_FILE, META_FILE}):
+        fs.rm(storage.join(path, name), recursive=True)
+    fs.makedirs(path, exist_ok=True)
+    storage.write_json(
+        storage.join(out, OWNER_FILE),
+        {"format": FORMAT, "written_by": f"raylrec {__version__}", "started_at": _now(), "host": _host()},
+    )
+
+
+def _entries(fs: Any, path: str) -> set[str]:
+    if not fs.exists(path):
+        return set()
+    fs.invalidate_cache(path)
+    return {posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)} - {""}
+
+
+def _check_owned(out: str, entries: set[str], overwrite: bool) -> None:
+    """Raise unless every entry of the non-empty ``out`` is raylrec's own output."""
+    if META_FILE in entries:
+        meta = storage.read_json(storage.join(out, META_FILE))
+        if not (isinstance(meta, dict) and str(meta.get("format", "")).startswith("raylrec.processed/")):
+            raise OutputExistsError(f"{out} holds a {META_FILE} that raylrec did not write: not touching it")
         if not overwrite:
             raise OutputExistsError(
                 f"{out} already holds a prepared dataset ({META_FILE} exists); "
                 "pass data.overwrite=true to replace it"
             )
-        fs.rm(storage.join(path, META_FILE))  # uncommit first: a crash below leaves it incomplete
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-    fs.makedirs(path, exist_ok=True)
+    elif OWNER_FILE not in entries:
+        raise OutputExistsError(
+            f"{out} is not empty and raylrec did not write it (no {OWNER_FILE} or {META_FILE}); "
+            f"it holds {_listing(entries)}: choose a new or empty directory for data.output"
+        )
+    foreign = entries - OWN_ENTRIES
+    if foreign:
+        raise OutputExistsError(
+            f"{out} holds {_listing(foreign)}, which raylrec did not write: move them or choose "
+            "another directory for data.output (nothing was deleted)"
+        )
+
+
+def _listing(names: set[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(n) for n in sorted(names)[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def refuse_overlap(out: str, inputs: Iterable[str]) -> None:
+    """Refuse an output that is, is inside, or contains an input: preparing it would delete or
+    re-read the logs it is made from."""
+    target = _location(out)
+    for source in inputs:
+        here = _location(_static_prefix(source))
+        if target[0] != here[0]:
+            continue
+        if _within(target[1], here[1]) or _within(here[1], target[1]):
+            raise OutputExistsError(
+                f"data.output {out} overlaps the input {source}: the output must be outside every "
+                "input and hold none of them"
+            )
+
+
+def input_paths(source: Any) -> list[str]:
+    """Every path a ``data.source`` reads: its logs, metadata files or source directory."""
+    paths = [*(getattr(source, "paths", None) or []), getattr(source, "path", None)]
+    for metadata in (getattr(source, "items", None), getattr(source, "users", None)):
+        paths.append(getattr(metadata, "path", None))
+    return [p for p in paths if p]
+
+
+def _location(uri: str) -> tuple[str, str]:
+    if storage.is_remote(uri):
+        return "s3", uri.split("://", 1)[1].strip("/")
+    return "file", os.path.realpath(os.path.expanduser(uri)).rstrip("/")
+
+
+def _static_prefix(uri: str) -> str:
+    """The directory part of a glob that holds no wildcard (the path itself otherwise)."""
+    parts = uri.split("/")
+    for i, part in enumerate(parts):
+        if any(ch in part for ch in "*?["):
+            return "/".join(parts[:i]) or "."
+    return uri
+
+
+def _within(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _host() -> str:
+    return socket.gethostname()
 
 
 def new_write_id() -> str:

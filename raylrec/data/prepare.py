@@ -32,7 +32,7 @@ from raylrec.data.given import prepare_given
 from raylrec.data.hashing import row_hashes
 from raylrec.data.history import point_in_time_histories
 from raylrec.data.indexing import Vocabulary, id_counts
-from raylrec.data.output import commit, new_write_id, prepare_output_dir, write_dataset
+from raylrec.data.output import commit, input_paths, new_write_id, prepare_output_dir, write_dataset
 from raylrec.data.sources import LoadedSource, load_source
 from raylrec.data.splits import SPLITS, assign_splits, fraction_cutoffs
 from raylrec.data.validate import RAW, REASON, validate_batch
@@ -443,7 +443,7 @@ def _prepare(config: DataConfig, progress: Progress | None) -> dict[str, Any]:
         return prepare_given(config, say)
 
     out = config.output
-    prepare_output_dir(out, config.overwrite)
+    prepare_output_dir(out, config.overwrite, input_paths(config.source))
     source = load_source(config.source, config.validation)
     checked, rows_in = _validated(config, source, say)
 

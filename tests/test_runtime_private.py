@@ -1,0 +1,83 @@
+"""A local Ray instance that raylrec starts is private: a new one every time (a leftover
+``ray start`` record is never joined), listening on loopback only, with Ray's token
+authentication left on. Runs in a fresh process with RAY_ADDRESS and RAY_AUTH_MODE unset, as a
+user's shell would have them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+PROBE = textwrap.dedent(
+    """
+    import ipaddress, json, psutil, ray
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+    from raylrec.config import RayConfig
+    from raylrec.runtime import init_ray
+
+    init_ray(RayConfig(num_cpus=1))
+    node = ray._private.worker._global_node
+    ray.get(ray.remote(lambda: 1).remote())  # a worker process too
+    roots = [psutil.Process(p.process.pid) for infos in node.all_processes.values() for p in infos]
+    processes = {p.pid: p for root in roots for p in [root, *root.children(recursive=True)]}
+    listening = sorted(
+        {
+            (processes[c.pid].name(), c.laddr.ip, c.laddr.port)
+            for c in psutil.net_connections("inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in processes
+        }
+    )
+    def loopback(ip):
+        address = ipaddress.ip_address(ip)
+        mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+        return address.is_loopback or (mapped is not None and mapped.is_loopback)
+    print("PROBE " + json.dumps({
+        "gcs_address": node.gcs_address,
+        "token_auth": get_authentication_mode() == AuthenticationMode.TOKEN,
+        "listening": listening,
+        "exposed": [entry for entry in listening if not loopback(entry[1])],
+    }))
+    ray.shutdown()
+    """
+)
+
+
+def _probe(leftover_record: bool) -> dict:
+    """Start raylrec's local instance in a fresh process and report what it exposes."""
+    # A short temp root: Ray's socket paths must fit in 107 characters.
+    temp_root = tempfile.mkdtemp(prefix="rl-", dir="/tmp")
+    try:
+        if leftover_record:
+            # The record `ray start` leaves: plain ray.init() joins (or waits for) this dead address.
+            os.makedirs(os.path.join(temp_root, "ray"))
+            with open(os.path.join(temp_root, "ray", "ray_current_cluster"), "w") as f:
+                f.write("127.0.0.1:9")
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+        env["RAY_TMPDIR"] = temp_root
+        # A guard, not a measurement: a run that joins the dead record waits forever.
+        run = subprocess.run(
+            [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300
+        )
+    finally:
+        shutil.rmtree(temp_root, ignore_errors=True)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("PROBE ")]
+    assert run.returncode == 0 and lines, run.stdout[-3000:] + run.stderr[-3000:]
+    return json.loads(lines[0].removeprefix("PROBE "))
+
+
+def test_local_instance_listens_on_loopback_only_with_token_auth():
+    probe = _probe(leftover_record=False)
+    assert probe["gcs_address"].startswith("127.0.0.1:"), probe
+    assert {name for name, _, _ in probe["listening"]} >= {"gcs_server", "raylet"}, probe["listening"]
+    assert probe["exposed"] == [], probe["exposed"]
+    assert probe["token_auth"] is True
+
+
+def test_a_leftover_ray_start_record_is_not_joined():
+    probe = _probe(leftover_record=True)
+    assert probe["gcs_address"].startswith("127.0.0.1:") and probe["gcs_address"] != "127.0.0.1:9"
