@@ -23,7 +23,7 @@ Batch = dict[str, torch.Tensor]
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite: the weights are lost, no checkpoint is taken."""
+    """The training loss became NaN or infinite; the run stops before it checkpoints the weights."""
 
 
 class Task(Protocol):
@@ -119,16 +119,16 @@ def fit(
             samples += len(next(iter(batch.values())))
             if "attention_mask" in batch:  # language models: tokens actually processed
                 tokens += int(batch["attention_mask"].sum())
-            value = float(loss.detach())  # the one host sync a step already made
-            if not math.isfinite(value):
+            step_loss = float(loss.detach())  # the one host sync a step already made
+            if not math.isfinite(step_loss):
                 # Every later step would train on NaN weights and export them; stop while the
                 # last checkpoint still holds finite ones.
                 raise NonFiniteLossError(
-                    f"training loss is {value} at epoch {epoch} step {index + 1} (step {state.step} of the "
-                    f"run): the weights diverged; lower train.lr ({config.lr:g}), set train.max_grad_norm, "
+                    f"training loss is {step_loss} at epoch {epoch} step {index + 1} (step {state.step} of "
+                    f"the run): training diverged; lower train.lr ({config.lr:g}), set train.max_grad_norm, "
                     "or look for non-finite inputs"
                 )
-            total_loss += value
+            total_loss += step_loss
             now = time.perf_counter()
             if now - last_log >= config.log_every_s or index + 1 == steps_per_epoch:
                 last_log, elapsed = now, now - started
