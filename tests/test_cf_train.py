@@ -4,6 +4,7 @@ and refused under a changed config."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -138,3 +139,33 @@ def test_a_killed_worker_resumes_and_a_reused_run_name_continues_or_refuses(tiny
     changed = reference_config.model_copy(update={"cf": reference_config.cf.model_copy(update={"dim": 8})})
     with pytest.raises(Exception, match="already exists with a different configuration"):
         train_cf(changed)
+
+
+def test_a_diverging_run_on_ray_fails_with_the_workers_error(tiny_dataset, tmp_path):
+    """A non-finite loss is not a worker failure to recover from (a retry from the last
+    checkpoint diverges again): the worker records its verdict, the driver raises the worker's
+    own error instead of Ray Train's wrapper, and no bundle is written."""
+    from raylrec.train.loop import NonFiniteLossError
+    from raylrec.train.ray_runner import FATAL_FILE
+
+    train = {"lr": 1e30, "epochs": 2, "run_name": "diverges", "max_failures": 0}
+    with pytest.raises(NonFiniteLossError, match=r"training loss is .* at epoch 1 .*train\.lr"):
+        train_cf(_config(tiny_dataset, tmp_path, train=train))
+    verdict = json.loads((tmp_path / "runs" / "diverges" / FATAL_FILE).read_text())
+    assert verdict["type"] == "NonFiniteLossError"
+    assert not (tmp_path / "bundle" / "config.json").exists()
+
+
+def test_a_retry_after_a_recorded_verdict_stops_before_training(tmp_path):
+    """What Ray Train's retry of a diverged worker group meets: the recorded verdict, raised
+    before the checkpoint is restored or a step is taken (no Ray needed to get there)."""
+    from raylrec.config import TrainConfig
+    from raylrec.storage import write_json
+    from raylrec.train.loop import NonFiniteLossError
+    from raylrec.train.ray_runner import fit_in_worker
+
+    marker = str(tmp_path / "raylrec_fatal.json")
+    write_json(marker, {"type": "NonFiniteLossError", "message": "training loss is nan at epoch 3"})
+    never = lambda *_: pytest.fail("trained after the verdict")  # noqa: E731
+    with pytest.raises(NonFiniteLossError, match="epoch 3"):
+        fit_in_worker(None, never, None, TrainConfig(), {"fatal_marker": marker}, {}, 1)

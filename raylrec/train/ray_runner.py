@@ -21,7 +21,7 @@ from raylrec import storage
 from raylrec.config import TrainConfig
 from raylrec.train.checkpoint_io import safe_load
 from raylrec.train.engines import Engine
-from raylrec.train.loop import Batch, Task, TrainState, fit, is_finished
+from raylrec.train.loop import Batch, NonFiniteLossError, Task, TrainState, fit, is_finished
 from raylrec.train.reporting import STATE_FILE, RayReporter, load_state, state_from_payload
 
 __all__ = [
@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 
 # Ray Train's record of a run's committed checkpoints (written once every rank's part is stored).
 TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"
+# Errors that a retry from the last checkpoint would only repeat (a diverged loss, a metric the
+# task never reports): the first worker to meet one records it here, later attempts of the same
+# fit stop at once instead of training up to it again, and the driver raises it as it was.
+FATAL_FILE = "raylrec_fatal.json"
+FATAL_ERRORS: tuple[type[Exception], ...] = (NonFiniteLossError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,8 @@ def run_on_ray(
         callbacks.append(TuneReportCallback())
         loop_config = {**loop_config, "trial": asdict(trial)}
     previous = refuse_changed_run(train.storage_path, run_name, fingerprint)
+    fatal_marker = storage.join(storage.absolute(train.storage_path), run_name, FATAL_FILE)
+    _clear(fatal_marker)  # a new attempt from the driver: an earlier attempt's verdict is stale
     if previous is not None and trial is None and is_finished(previous, train):
         # Re-running a finished run (a retried job, a rerun pipeline) starts no workers.
         log.info("run %r already finished (epoch %d): nothing left to train", run_name, previous.epoch)
@@ -83,7 +90,12 @@ def run_on_ray(
         storage_fs, storage_path = None, os.path.abspath(train.storage_path)
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={**loop_config, "run_name": run_name, "fingerprint": fingerprint},
+        train_loop_config={
+            **loop_config,
+            "run_name": run_name,
+            "fingerprint": fingerprint,
+            "fatal_marker": fatal_marker,
+        },
         scaling_config=ScalingConfig(
             num_workers=train.num_workers,
             use_gpu=train.use_gpu,
@@ -102,7 +114,13 @@ def run_on_ray(
         datasets=datasets,
         dataset_config=data_config,
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception:
+        fatal = _read_fatal(fatal_marker)
+        if fatal is not None:
+            raise fatal from None  # the worker's own error, not Ray Train's wrapper of it
+        raise
     if result.checkpoint is None:
         raise RuntimeError(f"run {run_name!r} finished without a checkpoint")
     with result.checkpoint.as_directory() as directory:
@@ -156,10 +174,34 @@ def fit_in_worker(
 ) -> TrainState:
     """Inside a worker: resume ``engine`` from this run's last checkpoint (if any) and fit, with
     metrics and checkpoints going through Ray Train and wandb."""
+    marker = loop_config.get("fatal_marker")
+    fatal = _read_fatal(marker) if marker else None
+    if fatal is not None:
+        raise fatal  # an earlier attempt of this fit failed for good: retrying repeats it
     fingerprint, run_name = loop_config["fingerprint"], loop_config["run_name"]
     trial = TrialHooks(**loop_config["trial"]) if loop_config.get("trial") else None
     reporter = RayReporter(fingerprint, run_name, train.wandb_project, wandb_config, trial)
     state = resume(engine, fingerprint, run_name)
-    state = fit(task, batches, train, reporter, engine, state, steps_per_epoch=steps_per_epoch)
+    try:
+        state = fit(task, batches, train, reporter, engine, state, steps_per_epoch=steps_per_epoch)
+    except FATAL_ERRORS as e:
+        if marker:
+            storage.write_json(marker, {"type": type(e).__name__, "message": str(e)})
+        raise
     reporter.finish()
     return state
+
+
+def _read_fatal(marker: str) -> Exception | None:
+    fs, path = storage.filesystem(marker)
+    if not fs.exists(path):
+        return None
+    record = storage.read_json(marker)
+    kind = next((t for t in FATAL_ERRORS if t.__name__ == record.get("type")), RuntimeError)
+    return kind(record.get("message", "training failed"))
+
+
+def _clear(marker: str) -> None:
+    fs, path = storage.filesystem(marker)
+    if fs.exists(path):
+        fs.rm(path)
