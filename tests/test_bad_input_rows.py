@@ -2,8 +2,9 @@
 with its reason, its row number and its original text, and never rejects the whole file; a
 column of the wrong type as a whole is one clear error naming the file and the column.
 
-Unit level (reader + validator, no Ray): ``rows in = rows out + rows quarantined`` here means
-every data row of the file leaves the validator, good or with a reason.
+Mostly unit level (reader + validator, no Ray), where ``rows in = rows out + rows quarantined``
+means every data row of the file leaves the validator, good or with a reason; the last test runs
+one ``data prepare`` over all three formats.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from helpers import data_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +24,8 @@ from raylrec.config import ValidationConfig
 from raylrec.data import files
 from raylrec.data.datasource import TabularFilesDatasource
 from raylrec.data.files import ROW_COLUMN, SourceError, TabularFile, read_batches
+from raylrec.data.output import read_table
+from raylrec.data.prepare import prepare
 from raylrec.data.validate import RAW, REASON, validate_batch
 
 CONFIG = ValidationConfig(rating_range=(1.0, 5.0))
@@ -98,6 +102,7 @@ def test_14_bad_float_ids_are_quarantined_one_by_one_with_their_reason():
 
 
 def test_15_boolean_timestamp_column_is_an_error_naming_file_and_column(tmp_path):
+    wrong_type = r"flags\.parquet: column types cannot be read .*: timestamp \(bool\) must be integer"
     path = tmp_path / "flags.parquet"
     pq.write_table(
         pa.table(
@@ -105,9 +110,9 @@ def test_15_boolean_timestamp_column_is_an_error_naming_file_and_column(tmp_path
         ),
         path,
     )
-    with pytest.raises(SourceError, match=r"flags\.parquet: column 'timestamp' \(for timestamp\) is bool"):
+    with pytest.raises(SourceError, match=wrong_type):
         list(read_batches(TabularFile(str(path), 1, "parquet"), MAPPING))
-    with pytest.raises(SourceError, match=r"flags\.parquet: column 'timestamp' \(for timestamp\) is bool"):
+    with pytest.raises(SourceError, match=wrong_type):
         TabularFilesDatasource([TabularFile(str(path), 1, "parquet")], MAPPING)  # on the driver, early
     # The validator alone (any other source) refuses it too, naming the column.
     with pytest.raises(TypeError, match=r"timestamp: a bool column"):
@@ -224,3 +229,37 @@ def test_ids_are_text_as_written_except_integral_floats_of_typed_columns(tmp_pat
     for arr in typed:
         got = validate_batch(_batch(user_id=arr), CONFIG, threshold=4.0)
         assert got["user_id"].to_pylist() == ["1", "7"], arr.type
+
+
+# --- end to end: one `data prepare` over all three formats -------------------------------------
+
+
+def test_prepare_keeps_every_bad_row_with_its_text_and_number(tmp_path, ray_session):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    csv_rows = [f"u{i % 7},i{i % 5},{1_600_000_000 + i},4" for i in range(300)]
+    csv_rows[250] += ",surplus"
+    (logs / "a.csv").write_text("user_id,item_id,timestamp,rating\n" + "\n".join(csv_rows) + "\n")
+    (logs / "b.jsonl").write_text(
+        '{"user_id": "u1", "item_id": "j1", "timestamp": 1600000000, "rating": 5}\n{broken\n'
+    )
+    when = np.array(
+        ["2020-01-02T03:04:05.5", "2020-01-02T03:04:06.25", "2020-01-02T03:04:07.1"], "datetime64[ns]"
+    )
+    ns = pa.array(when, pa.timestamp("ns"))
+    pq.write_table(
+        pa.table({"user_id": ["p1"] * 3, "item_id": ["q1"] * 3, "timestamp": ns, "rating": [5.0] * 3}),
+        logs / "c.parquet",
+    )
+    meta = prepare(data_config({"type": "logs", "paths": [str(logs)]}, str(tmp_path / "out")))
+    counts = meta["counts"]
+    assert counts["rows_in"] == 300 + 2 + 3 == counts["rows_out"] + counts["rows_quarantined"]
+    quarantine = {
+        (r["_file"].rsplit("/", 1)[-1], r["_row"]): r
+        for r in read_table(str(tmp_path / "out"), "quarantine").to_pylist()
+    }
+    assert quarantine[("a.csv", 250)][REASON] == "csv: 5 fields, expected 4"
+    assert quarantine[("a.csv", 250)][RAW] == csv_rows[250]
+    assert quarantine[("b.jsonl", 1)][REASON] == "json: not valid JSON"
+    assert quarantine[("b.jsonl", 1)][RAW] == "{broken"
+    assert not any(name == "c.parquet" for name, _ in quarantine)  # sub-second timestamps are fine

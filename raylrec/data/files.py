@@ -147,8 +147,8 @@ def _check_types(schema: pa.Schema, mapping: dict[str, str], uri: str) -> None:
         expected = wrong_type(dst, type_)
         if expected:
             raise SourceError(
-                f"{uri}: column {src!r} (for {dst}) is {type_}; {dst} must be {expected}. "
-                "Is the column mapping right?"
+                f"{uri}: column types cannot be read as an interaction log: {dst} ({type_}) must be "
+                f"{expected}; it is read from column {src!r}: is the column mapping right?"
             )
 
 
@@ -230,6 +230,8 @@ class _RaggedRows:
         self._next = 0  # the first data row not yet given out
 
     def __call__(self, row: pacsv.InvalidRow) -> str:
+        if row.number is None:  # cannot be put back in its place: fail the file, honestly
+            return "error"
         index = row.number - 1 - self._header_rows
         reason = f"csv: {row.actual_columns} fields, expected {row.expected_columns}"
         bisect.insort(self._skipped, (index, reason, row.text))
