@@ -10,7 +10,7 @@ raylrec tune --space FILE --config FILE        a Ray Tune sweep (ASHA; re-run th
 raylrec tune report EXPERIMENT                 draw a finished sweep to PNG files
 raylrec score --config FILE [--date D]         top-K recommendations for every user, published
 raylrec nightly --config FILE --date D         prepare -> refresh CF -> score -> publish, idempotent
-raylrec recs read ROOT [--date D] [--user U]   read published recommendations
+raylrec recs read ROOT [--date D] [--user U]   read published recommendations (checksums verified)
 raylrec recs eval ROOT --dataset D [--split S]  Recall/NDCG@K of published lists vs held-out items
 raylrec recs dates ROOT                        the published dates under ROOT
 """
@@ -172,7 +172,7 @@ def cmd_recs_read(args: argparse.Namespace) -> int:
     date = args.date or (published_dates(args.root) or [None])[-1]
     if date is None:
         raise FileNotFoundError(f"no published recommendations under {args.root}")
-    table = read_recommendations(args.root, date, verify=args.verify)
+    table = read_recommendations(args.root, date, verify=not args.no_verify)
     if args.user is not None:
         table = table.filter(pc.equal(table["user_id"], args.user))
     if args.json:
@@ -197,7 +197,14 @@ def cmd_recs_eval(args: argparse.Namespace) -> int:
     if date is None:
         raise FileNotFoundError(f"no published recommendations under {args.root}")
     metrics = evaluate_published(
-        args.root, date, args.dataset, args.split, tuple(args.k), args.recall_denominator, args.implicit
+        args.root,
+        date,
+        args.dataset,
+        args.split,
+        tuple(args.k),
+        args.recall_denominator,
+        args.implicit,
+        verify=not args.no_verify,
     )
     truth = "interactions" if args.implicit else "positives"
     protocol = f"published top-K lists vs {args.split} {truth}, recall denominator {args.recall_denominator}"
@@ -226,6 +233,32 @@ def _today() -> str:
     import datetime as dt
 
     return dt.datetime.now(dt.UTC).date().isoformat()
+
+
+def _date(value: str) -> str:
+    """An argparse type: a strict YYYY-MM-DD date (not 20261120, not a week date)."""
+    from raylrec.scoring.publish import check_date
+
+    try:
+        return check_date(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _run_id(value: str) -> str:
+    """An argparse type: a run id that is one name, never a path."""
+    from raylrec.scoring.publish import check_run_id
+
+    try:
+        return check_run_id(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+_NO_VERIFY_HELP = (
+    "skip the sha256 check of every file against the manifest (faster; a changed or replaced "
+    "file is then served as it is). Paths outside the published run are refused either way"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,9 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", help="batch-score every user: CF retrieval, LLM rerank, publish top K")
     score.add_argument("--config", "-c", required=True, help="YAML config with a 'score' section")
     score.add_argument(
-        "--date", default=_today(), help="the partition to (re)publish, YYYY-MM-DD (default: today, UTC)"
+        "--date",
+        type=_date,
+        default=_today(),
+        help="the partition to (re)publish, YYYY-MM-DD (default: today, UTC)",
     )
-    score.add_argument("--run-id", help="default: <date>-<time>-<random>")
+    score.add_argument(
+        "--run-id", type=_run_id, help="a name, unique for the date (default: <date>-<time>-<random>)"
+    )
     score.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. score.k=20")
     score.set_defaults(func=cmd_score)
 
@@ -300,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     nightly.add_argument(
         "--config", "-c", required=True, help="YAML config with 'nightly' and 'score' sections"
     )
-    nightly.add_argument("--date", default=_today(), help="YYYY-MM-DD (default: today, UTC)")
+    nightly.add_argument("--date", type=_date, default=_today(), help="YYYY-MM-DD (default: today, UTC)")
     nightly.add_argument("--force", action="store_true", help="re-score a date that is already published")
     nightly.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
     nightly.set_defaults(func=cmd_nightly)
@@ -310,20 +348,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     read = recs.add_parser("read", help="print a published date's recommendations")
     read.add_argument("root", help="score.output: local path or s3:// URI")
-    read.add_argument("--date", help="default: the latest published date")
+    read.add_argument("--date", type=_date, help="YYYY-MM-DD (default: the latest published date)")
     read.add_argument("--user", help="one user's rows")
     read.add_argument("--limit", type=int, default=50, help="rows to print")
-    read.add_argument("--verify", action="store_true", help="check every file's sha256 against the manifest")
+    read.add_argument("--no-verify", action="store_true", help=_NO_VERIFY_HELP)
+    read.add_argument("--verify", action="store_true", help=argparse.SUPPRESS)  # the default now
     read.add_argument("--json", action="store_true", help="one JSON object per row")
     read.set_defaults(func=cmd_recs_read)
     evaluate = recs.add_parser("eval", help="Recall/NDCG@K of a published date against a held-out split")
     evaluate.add_argument("root")
     evaluate.add_argument("--dataset", required=True, help="a prepared dataset holding the held-out split")
     evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--date", help="default: the latest published date")
+    evaluate.add_argument("--date", type=_date, help="YYYY-MM-DD (default: the latest published date)")
     evaluate.add_argument("--k", type=int, nargs="+", default=[10])
     evaluate.add_argument("--recall-denominator", choices=["test_items", "min_k"], default="test_items")
     evaluate.add_argument("--implicit", action="store_true", help="every held-out interaction is relevant")
+    evaluate.add_argument("--no-verify", action="store_true", help=_NO_VERIFY_HELP)
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=cmd_recs_eval)
     dates = recs.add_parser("dates", help="list published dates")
@@ -377,6 +417,13 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as e:
         # Bad input (SourceError, StorageError, OutputExistsError, ...): one clear line, no trace.
         print(f"raylrec: error: {_root_cause(e)}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        # botocore and aiohttp errors are no OSError, nor is Ray's wrapper of them.
+        failure = storage.storage_failure(e)
+        if failure is None:
+            raise
+        print(f"raylrec: error: storage failed: {' '.join(str(failure).split())}", file=sys.stderr)
         return 1
 
 

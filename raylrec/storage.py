@@ -4,14 +4,24 @@ or an instance role), and pyarrow wrappers of the same objects for Ray Data.
 
 Filesystem objects pickle with their settings, so Ray workers reach the same endpoint as the
 driver whatever their own environment says.
+
+Storage and network failures (botocore, aiohttp, fsspec, also when Ray wraps them) become one
+``StorageError`` naming the endpoint and the path (``errors``). Two conditional writes let
+concurrent writers agree on a winner: ``create`` (only if absent: ``If-None-Match: *`` on S3,
+``O_EXCL`` on local disk) and ``write_if`` (only if the object is still the ``version`` the
+writer saw: ``If-Match`` on its ETag on S3, a ``flock``-guarded compare on local disk).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import posixpath
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -29,6 +39,13 @@ __all__ = [
     "write_bytes",
     "write_json",
     "read_json",
+    "endpoint",
+    "storage_failure",
+    "errors",
+    "version",
+    "create",
+    "write_if",
+    "newest_mtime",
 ]
 
 _S3_SCHEMES = ("s3://", "s3a://")
@@ -144,7 +161,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         fs.pipe_file(path, data)
         return
     fs.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    partial = f"{path}.{os.getpid()}.partial"
+    partial = f"{path}.{os.getpid()}-{threading.get_ident()}.partial"  # one per writer thread
     with open(partial, "wb") as f:
         f.write(data)
     os.replace(partial, path)
@@ -182,5 +199,164 @@ def verify_digests(root: str, digests: dict[str, dict[str, Any]], what: str) -> 
 
 def read_json(uri: str) -> Any:
     fs, path = filesystem(uri)
-    with fs.open(path, "r") as f:
-        return json.load(f)
+    return json.loads(fs.cat_file(path))  # one GET on S3 (open() asks for the size first)
+
+
+def endpoint(uri: str) -> str:
+    """Where ``uri`` lives, for error messages: the S3 endpoint, or local disk."""
+    if not is_remote(uri):
+        return "local disk"
+    return _s3_options().get("endpoint_url", "the default AWS endpoint")
+
+
+def _failure_types() -> tuple[type[BaseException], ...]:
+    import botocore.exceptions
+    from fsspec.exceptions import FSTimeoutError
+
+    types: list[type[BaseException]] = [
+        botocore.exceptions.BotoCoreError,
+        botocore.exceptions.ClientError,
+        FSTimeoutError,
+        ConnectionError,
+        TimeoutError,
+    ]
+    with contextlib.suppress(ImportError):
+        import aiohttp
+
+        types.append(aiohttp.ClientError)
+    return tuple(types)
+
+
+def storage_failure(error: BaseException) -> BaseException | None:
+    """The storage or network failure behind ``error`` (itself, what Ray wrapped as ``cause``,
+    or an explicit ``__cause__``), or None when it is something else."""
+    types = _failure_types()
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        e = pending.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, types):
+            return e
+        pending += [getattr(e, "cause", None), e.__cause__]
+    return None
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+@contextlib.contextmanager
+def errors(uri: str, action: str) -> Iterator[None]:
+    """Turn a storage or network failure while ``action``-ing ``uri`` into one StorageError
+    naming the path and the endpoint. Missing files, existing files (the answers callers
+    handle) and our own errors pass unchanged."""
+    try:
+        yield
+    except (StorageError, FileNotFoundError, FileExistsError):
+        raise
+    except Exception as e:
+        failure = storage_failure(e)
+        if failure is None and type(e) in (OSError, PermissionError):  # s3fs's translations
+            failure = e
+        if failure is None:
+            raise  # not storage: a bug or a domain error with its own message
+        raise StorageError(f"cannot {action} {uri} at {endpoint(uri)}: {_one_line(failure)}") from e
+
+
+def version(uri: str) -> str | None:
+    """A token that changes whenever the object at ``uri`` is rewritten (its ETag on S3, the
+    sha256 of its bytes on local disk); None when there is no object."""
+    fs, path = filesystem(uri)
+    try:
+        if is_remote(uri):
+            return str(fs.info(path)["ETag"])
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def create(uri: str, data: bytes) -> bool:
+    """Write ``data`` only if nothing is at ``uri``; False if something is (another writer
+    won). A conditional PUT on S3, ``O_EXCL`` on local disk."""
+    fs, path = filesystem(uri)
+    if is_remote(uri):
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+    fs.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return True
+
+
+def _precondition_failed(error: BaseException) -> bool:
+    """Whether S3 refused a conditional write (412; 409 when two conditional writes collide)."""
+    cause = error.__cause__ if error.__cause__ is not None else error
+    code = (getattr(cause, "response", None) or {}).get("Error", {}).get("Code", "")
+    return code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+
+
+def write_if(uri: str, data: bytes, expected: str | None) -> bool:
+    """Write ``data`` to ``uri`` only if the object there is still version ``expected`` (None:
+    only if there is none); False when it changed. Readers see the old object or the new one."""
+    fs, path = filesystem(uri)
+    if is_remote(uri):
+        match = {"IfMatch": expected} if expected is not None else {"IfNoneMatch": "*"}
+        bucket, key = path.split("/", 1)
+        try:
+            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **match)
+        except FileExistsError:
+            return False
+        except FileNotFoundError:
+            if expected is None:
+                raise
+            return False  # If-Match on an object deleted since: it changed
+        except OSError as e:
+            if _precondition_failed(e):
+                return False
+            raise
+        return True
+    fs.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    # flock, not a lock file: the kernel releases it when a killed writer's process goes.
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if version(uri) != expected:
+                return False
+            write_bytes(uri, data)
+            return True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def newest_mtime(uri: str) -> float | None:
+    """The newest modification time (seconds since the epoch) of ``uri`` and the files under
+    it; None when nothing is there."""
+    fs, path = filesystem(uri)
+    if not fs.exists(path):
+        return None
+    found = fs.find(path, detail=True, withdirs=True)
+    infos = [*found.values()] if found else []
+    if not is_remote(uri):
+        infos.append(fs.info(path))
+    times = [_mtime(info) for info in infos]
+    times = [t for t in times if t is not None]
+    return max(times) if times else None
+
+
+def _mtime(info: dict[str, Any]) -> float | None:
+    if info.get("mtime") is not None:
+        return float(info["mtime"])
+    modified = info.get("LastModified")
+    return modified.timestamp() if modified is not None else None

@@ -2,7 +2,7 @@
 index against exact search, shared-prefix reranking against the full-prompt computation for
 every method (the max difference is printed), shared prompts against full prompts, raw-id
 vocabularies, user profiles against a per-user reference, and the publish protocol (manifest
-last, verified counts, replace, readers)."""
+last, verified counts, replace, readers; races and hostile manifests: test_publish_safety)."""
 
 from __future__ import annotations
 
@@ -217,6 +217,7 @@ def _write_run(root: str, date: str, run: str, rows: list[tuple[str, int]]) -> N
 def test_publish_protocol(tmp_path):
     root, date = str(tmp_path / "recs"), "2026-11-24"
     rows = [(u, r) for u in ("a", "b") for r in (1, 2)]
+    run1 = recs.start_run(root, date, "run1")
     _write_run(root, date, "run1", rows)
     # written but not published: invisible
     assert recs.published_dates(root) == [] and recs.read_manifest(root, date) is None
@@ -224,17 +225,20 @@ def test_publish_protocol(tmp_path):
         recs.read_recommendations(root, date)
     # a user missing or a duplicated row set refuses to publish
     with pytest.raises(RuntimeError, match="expected one row set for each of 3 users"):
-        recs.publish(root, date, "run1", expected_users=3, details={"model": "m"})
-    _write_run(root, date, "dup", rows + [("a", 1)])
-    with pytest.raises(RuntimeError, match="1 duplicated"):
-        recs.publish(root, date, "dup", expected_users=2, details={"model": "m"})
-    manifest = recs.publish(root, date, "run1", expected_users=2, details={"model": "m"})
+        run1.publish(expected_users=3, details={"model": "m"})
+    with recs.start_run(root, date, "dup") as dup:  # ends unpublished
+        _write_run(root, date, "dup", rows + [("a", 1)])
+        with pytest.raises(RuntimeError, match="1 duplicated"):
+            dup.publish(expected_users=2, details={"model": "m"})
+    with run1:
+        manifest = run1.publish(expected_users=2, details={"model": "m"})
     assert manifest["rows"] == 4 and manifest["users"] == 2
-    assert not (tmp_path / "recs" / f"date={date}" / "_runs" / "dup").exists()  # never named: removed
+    assert not (tmp_path / "recs" / f"date={date}" / "_runs" / "dup").exists()  # ended, never named
     assert recs.read_recommendations(root).num_rows == 4
     # a rerun replaces the partition; the old run's files go after the manifest switched
-    _write_run(root, date, "run2", [("a", 1), ("b", 1), ("c", 1)])
-    recs.publish(root, date, "run2", expected_users=3, details={"model": "m"})
+    with recs.start_run(root, date, "run2") as run2:
+        _write_run(root, date, "run2", [("a", 1), ("b", 1), ("c", 1)])
+        run2.publish(expected_users=3, details={"model": "m"})
     table = recs.read_recommendations(root, date)
     assert table.num_rows == 3 and set(table["run_id"].to_pylist()) == {"run2"}
     assert not (tmp_path / "recs" / f"date={date}" / "_runs" / "run1").exists()
@@ -242,7 +246,7 @@ def test_publish_protocol(tmp_path):
     part = tmp_path / "recs" / f"date={date}" / "_runs" / "run2" / "part-0.parquet"
     part.write_bytes(part.read_bytes()[:-1] + b"\0")
     with pytest.raises(storage.StorageError, match="corrupted"):
-        recs.read_recommendations(root, date, verify=True)
+        recs.read_recommendations(root, date)  # verified by default
     assert json.loads((tmp_path / "recs" / f"date={date}" / recs.MANIFEST).read_text())["run_id"] == "run2"
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         recs.partition(root, "24/11/2026")

@@ -19,6 +19,7 @@ _WHERE = {
     "read_recommendations": "publish",
     "read_manifest": "publish",
     "published_dates": "publish",
+    "PublishConflict": "publish",
 }
 
 __all__ = list(_WHERE)

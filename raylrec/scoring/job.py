@@ -1,7 +1,10 @@
 """The batch-scoring job: profiles -> actor pool (retrieve, rerank) -> staged Parquet -> publish.
 
-Everything that can fail cheaply fails before anything is written: the output bucket must be
-reachable, the bundles must pass their checksums, the dataset and splits must exist.
+Everything that can fail cheaply fails before anything is written: the date and run id must
+be valid, the output bucket reachable, the bundles must pass their checksums, the dataset and
+splits must exist. Then the run claims its id (``publish.start_run``), removes the runs of the
+date that are neither published nor live, stages its files and publishes them, or says it
+lost to a run that published first (see ``raylrec.scoring.publish``).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import datetime as dt
 import posixpath
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from raylrec import storage
@@ -21,7 +25,7 @@ from raylrec.scoring.profiles import item_popularity, known_splits, user_profile
 from raylrec.scoring.recommender import Recommender, ScoringPlan
 from raylrec.scoring.vocab import Vocabulary
 
-__all__ = ["run_scoring", "new_run_id"]
+__all__ = ["run_scoring", "new_run_id", "publish_run"]
 
 _POPULAR_EXTRA = 1000  # popular items beyond k, so the fallback survives excluding seen ones
 
@@ -79,27 +83,83 @@ def _actor_resources(config: RaylrecConfig) -> tuple[int, float, float]:
     return max(1, min(8, int(resources.get("CPU", 1) // score.cpus_per_actor) - 1)), 0.0, score.cpus_per_actor
 
 
+def publish_run(
+    output: str,
+    date: str,
+    run_id: str,
+    write: Callable[[str], tuple[int, dict[str, Any]]],
+    say: Callable[[str], None] = print,
+    lease_s: float = recs.RUN_LEASE_S,
+) -> dict[str, Any]:
+    """Claim ``run_id`` for ``date``, remove the date's runs that are neither published nor
+    live, let ``write(prefix)`` stage the files (it returns the users scored and the manifest's
+    details) and publish them. Raises PublishConflict when another run published first."""
+    with recs.start_run(output, date, run_id, lease_s) as run:
+        stale = recs.remove_unpublished(output, date, lease_s)
+        if stale:
+            say(f"removed {len(stale)} dead or replaced run(s) of {date}: {', '.join(stale)}")
+        users, details = write(run.prefix)
+        say(f"wrote run {run_id}; verifying and publishing {recs.partition(output, date)}")
+        manifest = run.publish(users, details)
+    say(
+        f"published {manifest['rows']:,} rows for {manifest['users']:,} users"
+        f" in {len(manifest['files'])} file(s)"
+    )
+    return manifest
+
+
 def run_scoring(
     config: RaylrecConfig, date: str, run_id: str | None = None, say: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Score every requested user and publish ``date``; returns the manifest."""
-    import ray
-    from ray.data import ActorPoolStrategy
-
     recs.check_date(date)
+    run_id = recs.check_run_id(run_id or new_run_id(date))
     output, model_bundle, cf_bundle, cf_description, model_description = _resolve(config)
     score = config.score
     dataset = storage.absolute(score.dataset or config.dataset or cf_description["dataset"]["path"])
     read_meta(dataset)  # a clear error for a missing or unfinished dataset
-    splits = known_splits(dataset, score.splits)
-    run_id = run_id or new_run_id(date)
-    model_name = score.model_name or posixpath.basename((model_bundle or cf_bundle).rstrip("/"))
+    inputs = _Inputs(
+        dataset=dataset,
+        splits=known_splits(dataset, score.splits),
+        model_name=score.model_name or posixpath.basename((model_bundle or cf_bundle).rstrip("/")),
+        model_bundle=model_bundle,
+        cf_bundle=cf_bundle,
+        cf_description=cf_description,
+        model_description=model_description,
+    )
+    # ScoreConfig.run_lease_s once config.py has it; the module default until then.
+    lease_s = getattr(score, "run_lease_s", None) or recs.RUN_LEASE_S
+    return publish_run(
+        output, date, run_id, lambda prefix: _score_into(config, inputs, run_id, prefix, say), say, lease_s
+    )
 
-    stale = recs.remove_unpublished(output, date)
-    if stale:
-        say(f"removed {len(stale)} unpublished run(s) of {date}: {', '.join(stale)}")
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What a scoring run reads, resolved and checked before anything is written."""
+
+    dataset: str
+    splits: list[str]
+    model_name: str
+    model_bundle: str | None
+    cf_bundle: str
+    cf_description: dict[str, Any]
+    model_description: dict[str, Any] | None
+
+
+def _score_into(
+    config: RaylrecConfig, inputs: _Inputs, run_id: str, prefix: str, say: Callable[[str], None]
+) -> tuple[int, dict[str, Any]]:
+    """Score every requested user with Ray Data into ``prefix``; returns (users, the
+    manifest's details)."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    score = config.score
+    dataset, splits = inputs.dataset, inputs.splits
     say(f"profiles of the users to score from {dataset} (splits {', '.join(splits)})")
-    profiles = user_profiles(dataset, splits, score.users, _history_length(cf_description, model_description))
+    history = _history_length(inputs.cf_description, inputs.model_description)
+    profiles = user_profiles(dataset, splits, score.users, history)
     profiles = profiles.materialize()
     users = profiles.count()
     popular_ids, popular_scores = item_popularity(dataset, splits, score.k + _POPULAR_EXTRA)
@@ -108,9 +168,9 @@ def run_scoring(
     items = Vocabulary.from_table(read_table(dataset, "items.parquet"), "item_id", "iid")
     plan = ScoringPlan(
         dataset=dataset,
-        cf_bundle=cf_bundle,
-        model_bundle=model_bundle,
-        model_name=model_name,
+        cf_bundle=inputs.cf_bundle,
+        model_bundle=inputs.model_bundle,
+        model_name=inputs.model_name,
         run_id=run_id,
         k=score.k,
         candidates=score.candidates,
@@ -123,7 +183,7 @@ def run_scoring(
         popular_scores=tuple(float(s) for s in popular_scores),
     )
     actors, gpus, cpus = _actor_resources(config)
-    stage = "CF retrieval + LLM rerank" if model_bundle else "CF retrieval"
+    stage = "CF retrieval + LLM rerank" if inputs.model_bundle else "CF retrieval"
     say(
         f"scoring {users:,} users ({stage}, {score.candidates} candidates, top {score.k})"
         f" on {actors} actor(s)"
@@ -138,28 +198,16 @@ def run_scoring(
         num_cpus=cpus,
         resources=score.resources_per_actor or None,
     )
-    prefix = recs.run_prefix(output, date, run_id)
     fs, root = storage.arrow_filesystem(prefix)
-    recommendations.write_parquet(root, filesystem=fs)
-    say(f"wrote run {run_id}; verifying and publishing {recs.partition(output, date)}")
-    manifest = recs.publish(
-        output,
-        date,
-        run_id,
-        users,
-        {
-            "model": model_name,
-            "model_bundle": model_bundle,
-            "cf_bundle": cf_bundle,
-            "dataset": dataset,
-            "splits": splits,
-            "k": score.k,
-            "candidates": score.candidates,
-            "ray": {"actors": actors, "gpus_per_actor": gpus, "nodes": len(ray.nodes())},
-        },
-    )
-    say(
-        f"published {manifest['rows']:,} rows for {manifest['users']:,} users"
-        f" in {len(manifest['files'])} file(s)"
-    )
-    return manifest
+    with storage.errors(prefix, "write recommendations to"):  # Ray wraps botocore's errors
+        recommendations.write_parquet(root, filesystem=fs)
+    return users, {
+        "model": inputs.model_name,
+        "model_bundle": inputs.model_bundle,
+        "cf_bundle": inputs.cf_bundle,
+        "dataset": dataset,
+        "splits": splits,
+        "k": score.k,
+        "candidates": score.candidates,
+        "ray": {"actors": actors, "gpus_per_actor": gpus, "nodes": len(ray.nodes())},
+    }

@@ -69,9 +69,11 @@ def evaluate_published(
     ks: tuple[int, ...] = (10,),
     recall_denominator: RecallDenominator = "test_items",
     implicit: bool = False,
+    verify: bool = True,
 ) -> dict[str, float]:
-    """Metrics of the users the run scored that have positives in ``split``."""
-    table = read_recommendations(root, date)
+    """Metrics of the users the run scored that have positives in ``split`` (``verify``: the
+    published files' checksums, as every reader does by default)."""
+    table = read_recommendations(root, date, verify=verify)
     recommended: dict[str, list[str]] = {}
     for user, item in zip(table["user_id"].to_pylist(), table["item_id"].to_pylist(), strict=True):
         recommended.setdefault(user, []).append(item)  # rows come sorted by (user, rank)
