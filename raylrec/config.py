@@ -235,6 +235,9 @@ class ValidationConfig(_Strict):
     )
     min_timestamp: Int = Field(default=1, description="earliest plausible timestamp (seconds)")
     max_timestamp: Int = Field(default=YEAR_2100, description="latest plausible timestamp")
+    max_id_length: Int = Field(
+        default=1024, ge=1, description="user and item ids longer than this many characters are quarantined"
+    )
     on_empty_file: Literal["error", "skip"] = "error"
 
     @model_validator(mode="after")

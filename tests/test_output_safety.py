@@ -58,7 +58,7 @@ def test_an_output_overlapping_an_input_is_refused_before_anything_runs(tmp_path
     source = _logs(logs)
     out = {"equal": logs, "inside": logs / "prepared", "above": tmp_path}[where]
     before = _tree(tmp_path)
-    with pytest.raises(OutputExistsError, match="overlaps the input"):
+    with pytest.raises(OutputExistsError, match=r"lies (inside|over) the input"):
         prepare(data_config(source, str(out)))  # refused before Ray or the source is touched
     assert _tree(tmp_path) == before
 
@@ -103,3 +103,42 @@ def test_an_empty_directory_or_a_file_path(tmp_path):
     with pytest.raises(OutputExistsError, match="is a file"):
         prepare_output_dir(str(a_file), overwrite=True)
     assert a_file.read_bytes() == b"x"
+
+
+def test_a_bundle_never_replaces_a_file_raylrec_did_not_write(tmp_path):
+    from raylrec.bundle_dir import BundleDirError, claim_bundle_dir
+
+    layout = ("model.safetensors", "items.parquet")
+    hf_model = tmp_path / "hf"
+    hf_model.mkdir()
+    (hf_model / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(BundleDirError, match="not a raylrec.cf_bundle/ bundle"):
+        claim_bundle_dir(str(hf_model), "raylrec.cf_bundle/", layout)
+    assert json.loads((hf_model / "config.json").read_text()) == {"model_type": "llama"}
+
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "meta.json").write_text("{}")
+    (dataset / "items.parquet").write_bytes(b"the dataset's")
+    with pytest.raises(BundleDirError, match="'meta.json'"):
+        claim_bundle_dir(str(dataset), "raylrec.cf_bundle/", layout)
+    assert (dataset / "items.parquet").read_bytes() == b"the dataset's"
+
+    ours = tmp_path / "bundle"
+    ours.mkdir()
+    (ours / "config.json").write_text(json.dumps({"format": "raylrec.cf_bundle/1"}))
+    (ours / "model.safetensors").write_bytes(b"old")
+    claim_bundle_dir(str(ours), "raylrec.cf_bundle/", layout)  # an earlier bundle: uncommitted
+    assert sorted(p.name for p in ours.iterdir()) == ["model.safetensors"]
+
+
+def test_an_output_inside_a_named_file_source_directory_is_allowed(tmp_path):
+    """A MovieLens directory is read by file name: an output inside it is read by no one."""
+    from raylrec.data.output import InputPath, refuse_overlap
+
+    movielens = [InputPath(str(tmp_path / "ml-100k"), walked=False)]
+    refuse_overlap(str(tmp_path / "ml-100k" / "prepared"), movielens)
+    with pytest.raises(OutputExistsError, match="over the input"):
+        refuse_overlap(str(tmp_path), [InputPath(str(tmp_path / "ml-100k"), walked=False)])
+    with pytest.raises(OutputExistsError, match="over the input"):
+        refuse_overlap(str(tmp_path / "logs"), [InputPath(str(tmp_path / "logs" / "*.csv"), walked=True)])

@@ -240,13 +240,13 @@ def test_bad_rows_are_quarantined_with_reasons_and_nothing_is_lost(tmp_path):
     reasons = counts["quarantine_reasons"]
     assert reasons["rating: outside [1.0, 5.0]"] == 1 and reasons["rating: NaN or infinite"] == 1
     assert reasons["rating: missing"] == 1 and reasons["rating: not a number"] == 1
-    assert reasons["user_id: missing"] == 2  # the empty id and the broken JSON line
+    assert reasons["user_id: missing"] == 1 and reasons["json: not valid JSON"] == 1
     assert sum(v for k, v in reasons.items() if k.startswith("timestamp")) == 3
     assert sum(v for k, v in reasons.items() if k.startswith("duplicate")) == 1
     quarantine = read_table(str(out), "quarantine").to_pylist()
     located = {(r["_file"].rsplit("/", 1)[-1], r["_row"]): r["_reason"] for r in quarantine}
     assert located[("a.csv", 4)] == "user_id: missing"
-    assert located[("b.jsonl", 2)] == "user_id: missing"
+    assert located[("b.jsonl", 2)] == "json: not valid JSON"
     assert located[("a.csv", 2)].startswith("duplicate")
     raw = next(r for r in quarantine if r["_row"] == 9 and r["_file"].endswith("a.csv"))
     assert json.loads(raw["_raw"])["rating"] == "11"

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from raylrec import storage
+from raylrec.bundle_dir import claim_bundle_dir
 from raylrec.cf.data import Split
 from raylrec.cf.models import MF, CFEncoder, SASRec
 from raylrec.config import CFConfig, RaylrecConfig
@@ -91,10 +92,8 @@ def save_cf_bundle(
         if not v.is_sparse and v.layout == torch.strided
     }
     check_finite({**state, "embeddings users": users, "embeddings items": items}, f"CF bundle {out}")
+    claim_bundle_dir(out, "raylrec.cf_bundle/", BUNDLE_FILES)
     fs, path = storage.filesystem(out)
-    fs.makedirs(path, exist_ok=True)
-    if fs.exists(storage.join(path, CONFIG_FILE)):
-        fs.rm(storage.join(path, CONFIG_FILE))  # uncommit the old bundle before replacing it
     with tempfile.TemporaryDirectory() as tmp:
         save_file(state, os.path.join(tmp, "model.safetensors"))
         save_file({"users": users, "items": items}, os.path.join(tmp, "embeddings.safetensors"))

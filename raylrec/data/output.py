@@ -24,7 +24,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -46,6 +46,7 @@ __all__ = [
     "check_output_dir",
     "refuse_overlap",
     "input_paths",
+    "InputPath",
     "split_paths",
     "write_dataset",
     "write_table",
@@ -71,7 +72,7 @@ class IncompleteDatasetError(FileNotFoundError):
     pass
 
 
-def check_output_dir(out: str, overwrite: bool, inputs: Iterable[str] = ()) -> set[str]:
+def check_output_dir(out: str, overwrite: bool, inputs: Iterable[InputPath] = ()) -> set[str]:
     """Raise unless ``prepare_output_dir`` may use ``out``; reads, never writes (the CLI calls it
     before Ray starts). Returns the entries ``out`` holds now."""
     if not out or not out.strip():
@@ -87,13 +88,13 @@ def check_output_dir(out: str, overwrite: bool, inputs: Iterable[str] = ()) -> s
     return entries
 
 
-def prepare_output_dir(out: str, overwrite: bool, inputs: Iterable[str] = ()) -> None:
+def prepare_output_dir(out: str, overwrite: bool, inputs: Iterable[InputPath] = ()) -> None:
     """Make ``out`` ready for a new dataset, deleting only what raylrec can prove it wrote.
 
     ``out`` may be new, an empty directory, an interrupted run's directory (it holds
     ``_RAYLREC_DATASET``, written before anything else) or, with ``overwrite``, a committed
     dataset. Anything else, a directory holding a file raylrec did not write among them, is
-    refused before anything is deleted, as is an output equal to, inside or above an input."""
+    refused before anything is deleted, as is an output that overlaps an input (``refuse_overlap``)."""
     entries = check_output_dir(out, overwrite, inputs)
     fs, path = storage.filesystem(out)
     if META_FILE in entries:
@@ -143,27 +144,40 @@ def _listing(names: set[str], limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def refuse_overlap(out: str, inputs: Iterable[str]) -> None:
-    """Refuse an output that is, is inside, or contains an input: preparing it would delete or
-    re-read the logs it is made from."""
+class InputPath(NamedTuple):
+    """A path a source reads; ``walked``: every file below it is read (log directories, globs),
+    not only files of known names (a MovieLens or CoLLM directory)."""
+
+    uri: str
+    walked: bool
+
+
+def refuse_overlap(out: str, inputs: Iterable[InputPath]) -> None:
+    """Refuse an output equal to or above an input (clearing it would delete the input), or
+    inside a walked input (the next run would read the prepared files as logs)."""
     target = _location(out)
     for source in inputs:
-        here = _location(_static_prefix(source))
+        here = _location(_static_prefix(source.uri))
         if target[0] != here[0]:
             continue
-        if _within(target[1], here[1]) or _within(here[1], target[1]):
+        if _within(here[1], target[1]) or (source.walked and _within(target[1], here[1])):
+            where = "inside" if target[1] != here[1] and _within(target[1], here[1]) else "over"
             raise OutputExistsError(
-                f"data.output {out} overlaps the input {source}: the output must be outside every "
-                "input and hold none of them"
+                f"data.output {out} lies {where} the input {source.uri}: preparing it would "
+                + ("delete the input" if where == "over" else "read its own output as logs")
+                + "; choose an output outside every input"
             )
 
 
-def input_paths(source: Any) -> list[str]:
+def input_paths(source: Any) -> list[InputPath]:
     """Every path a ``data.source`` reads: its logs, metadata files or source directory."""
-    paths = [*(getattr(source, "paths", None) or []), getattr(source, "path", None)]
+    paths = [InputPath(p, walked=True) for p in getattr(source, "paths", None) or []]
+    if getattr(source, "path", None):
+        paths.append(InputPath(source.path, walked=False))
     for metadata in (getattr(source, "items", None), getattr(source, "users", None)):
-        paths.append(getattr(metadata, "path", None))
-    return [p for p in paths if p]
+        if getattr(metadata, "path", None):
+            paths.append(InputPath(metadata.path, walked=False))
+    return paths
 
 
 def _location(uri: str) -> tuple[str, str]:

@@ -27,7 +27,7 @@ from ray.exceptions import RayError
 
 from raylrec import storage
 from raylrec.config import CoLLMSource, DataConfig, TemporalFractionSplit, TemporalWindowSplit
-from raylrec.data.files import FILE_COLUMN, ROW_COLUMN, SourceError
+from raylrec.data.files import FILE_COLUMN, RAW_COLUMN, REASON_COLUMN, ROW_COLUMN, SourceError
 from raylrec.data.given import prepare_given
 from raylrec.data.hashing import row_hashes
 from raylrec.data.history import point_in_time_histories
@@ -73,7 +73,8 @@ def _validate(batch: pa.Table, config, threshold: float, unit: str, files: list[
         raise
     except Exception as e:
         names = sorted({files[i] for i in set(batch[FILE_COLUMN].to_pylist())})
-        fields = [f"{f.name} ({f.type})" for f in batch.schema if f.name not in (FILE_COLUMN, ROW_COLUMN)]
+        internal = (FILE_COLUMN, ROW_COLUMN, REASON_COLUMN, RAW_COLUMN)
+        fields = [f"{f.name} ({f.type})" for f in batch.schema if f.name not in internal]
         raise SourceError(
             f"{', '.join(names) or 'input'}: column types cannot be read as an interaction log: "
             f"{', '.join(fields)}: {e}"

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 from raylrec.config import ValidationConfig
 from raylrec.data.files import FILE_COLUMN, RAW_COLUMN, REASON_COLUMN, ROW_COLUMN, wrong_type
 
-__all__ = ["REASON", "RAW", "VALID_SCHEMA", "DEFAULT_MAX_ID_LENGTH", "validate_batch"]
+__all__ = ["REASON", "RAW", "VALID_SCHEMA", "validate_batch"]
 
 REASON = REASON_COLUMN
 RAW = RAW_COLUMN
@@ -54,7 +54,6 @@ VALID_SCHEMA = pa.schema(
         (RAW, pa.string()),
     ]
 )
-DEFAULT_MAX_ID_LENGTH = 1024
 
 _INT_RE = r"^\s*[+-]?\d{1,18}\s*$"  # at most 18 digits always fits int64; longer ones parse as floats
 _FLOAT_RE = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$|^\s*[+-]?(nan|NaN|inf|Inf|infinity)\s*$"
@@ -310,7 +309,7 @@ def validate_batch(
     flag(ts > config.max_timestamp, f"timestamp: after {config.max_timestamp} (milliseconds?)")
     flag(ts < config.min_timestamp, f"timestamp: before {config.min_timestamp} (negative or zero?)")
     flag_all(ts_checks)
-    max_length = getattr(config, "max_id_length", DEFAULT_MAX_ID_LENGTH)
+    max_length = config.max_id_length
     item_id, item_checks = _ids(batch["item_id"], "item_id", max_length)
     flag_all(item_checks)
     user_id, user_checks = _ids(batch["user_id"], "user_id", max_length)

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from raylrec import storage
+from raylrec.bundle_dir import claim_bundle_dir
 from raylrec.cf.bundle import check_cf_bundle, check_finite, load_cf_bundle
 from raylrec.config import BackboneConfig, MethodConfig, PromptConfig, RaylrecConfig
 from raylrec.data.output import read_table
@@ -45,10 +46,8 @@ def save_model_bundle(
     run: str,
 ) -> str:
     check_finite(weights, f"model bundle {out}")
+    claim_bundle_dir(out, "raylrec.model_bundle/", (WEIGHTS_FILE, "items.parquet", "cf"))
     fs, path = storage.filesystem(out)
-    fs.makedirs(path, exist_ok=True)
-    if fs.exists(storage.join(path, CONFIG_FILE)):
-        fs.rm(storage.join(path, CONFIG_FILE))  # uncommit the old bundle before replacing it
     with tempfile.TemporaryDirectory() as tmp:
         save_file({k: v.contiguous() for k, v in weights.items()}, os.path.join(tmp, WEIGHTS_FILE))
         pq.write_table(read_table(config.dataset_path(), "items.parquet"), os.path.join(tmp, "items.parquet"))
