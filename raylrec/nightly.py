@@ -77,7 +77,8 @@ def nightly_config(config: RaylrecConfig, date: str) -> RaylrecConfig:
 
 def _exists(uri: str) -> bool:
     fs, path = storage.filesystem(uri)
-    return fs.exists(path)
+    with storage.errors(uri, "check"):
+        return fs.exists(path)
 
 
 def run_nightly(

@@ -228,20 +228,20 @@ def _failure_types() -> tuple[type[BaseException], ...]:
 
 
 def storage_failure(error: BaseException) -> BaseException | None:
-    """The storage or network failure behind ``error`` (itself, what Ray wrapped as ``cause``,
-    or an explicit ``__cause__``), or None when it is something else."""
+    """The storage or network failure behind ``error``: the deepest one among itself, what
+    Ray wrapped as ``cause`` and explicit ``__cause__`` links (Ray's wrapper is an instance
+    of its cause's class too, but its message is a traceback), or None when there is none."""
     types = _failure_types()
+    found: BaseException | None = None
     seen: set[int] = set()
-    pending: list[BaseException | None] = [error]
-    while pending:
-        e = pending.pop(0)
-        if e is None or id(e) in seen:
-            continue
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, types):
-            return e
-        pending += [getattr(e, "cause", None), e.__cause__]
-    return None
+            found = e
+        wrapped = getattr(e, "cause", None)
+        e = wrapped if isinstance(wrapped, BaseException) else e.__cause__
+    return found
 
 
 def _one_line(error: BaseException) -> str:
@@ -264,7 +264,7 @@ def errors(uri: str, action: str) -> Iterator[None]:
             failure = e
         if failure is None:
             raise  # not storage: a bug or a domain error with its own message
-        raise StorageError(f"cannot {action} {uri} at {endpoint(uri)}: {_one_line(failure)}") from e
+        raise StorageError(f"cannot {action} {uri} on {endpoint(uri)}: {_one_line(failure)}") from e
 
 
 def version(uri: str) -> str | None:

@@ -297,6 +297,18 @@ def test_cleanup_removes_only_runs_that_are_neither_published_nor_live(root):
     short.close()
 
 
+def test_a_run_whose_lease_lapsed_and_was_removed_cannot_publish(tmp_path):
+    """A paused run (no heartbeat for longer than its lease) comes back after another run's
+    cleanup removed it: it must not publish a manifest naming files that are gone."""
+    root = str(tmp_path / "recs")
+    paused = recs.start_run(root, DATE, "paused", lease_s=30)
+    _stage(root, DATE, "paused")
+    assert recs.remove_unpublished(root, DATE, now=time.time() + 300) == ["paused"]
+    with paused, pytest.raises(storage.StorageError, match="were removed: its lease of 30s lapsed"):
+        paused.publish(2, {"model": "m"})
+    assert recs.read_manifest(root, DATE) is None and _run_dirs(root, DATE) == []
+
+
 def test_unmarked_staging_younger_than_the_lease_is_kept(tmp_path):
     root = str(tmp_path / "recs")
     _stage(root, DATE, "someone-elses")
@@ -412,3 +424,22 @@ def test_readers_and_publish_on_a_dead_endpoint_fail_in_one_line_naming_it(morta
         assert cli.main(argv) == 1
         err = _one_line_error(capsys)
         assert endpoint in err and root in err
+
+
+def test_a_storage_failure_ray_wrapped_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """What Ray Data's writers raise when the endpoint goes mid-write: botocore's error inside
+    a RayTaskError, which is no OSError."""
+    from botocore.exceptions import EndpointConnectionError
+    from ray.exceptions import RayTaskError
+
+    url = "http://127.0.0.1:9/bucket/recs/date=2026-11-24/_runs/r/x.parquet"
+    cause = EndpointConnectionError(endpoint_url=url)
+    wrapped = RayTaskError("Write", "Traceback (most recent call last):\n  ...", cause).as_instanceof_cause()
+
+    def run_scoring(*args, **kwargs):
+        raise wrapped
+
+    monkeypatch.setattr(job, "run_scoring", run_scoring)
+    monkeypatch.setattr(cli, "_init_ray", lambda *a, **k: None)
+    assert cli.main(["score", "--config", _score_config(tmp_path, str(tmp_path / "recs"))]) == 1
+    assert url in _one_line_error(capsys)

@@ -251,7 +251,7 @@ class RunLease:
         self._removed = False
         self._closed = False
 
-    def marker(self, state: str) -> dict[str, Any]:
+    def _record(self, state: str) -> dict[str, Any]:
         now = time.time()
         return {
             "run_id": self.run_id,
@@ -268,8 +268,8 @@ class RunLease:
         }
 
     def _claim(self) -> None:
-        data = json.dumps(self.marker("running"), indent=2, sort_keys=True).encode()
-        with storage.errors(self._marker, "start a run at"):
+        data = json.dumps(self._record("running"), indent=2, sort_keys=True).encode()
+        with storage.errors(self._marker, "create the run marker"):
             created = storage.create(self._marker, data)
         if not created:
             raise FileExistsError(
@@ -286,17 +286,24 @@ class RunLease:
             except Exception as e:  # the run goes on; publishing renews once more, or fails
                 log.warning("run %s: heartbeat failed: %s", self.run_id, e)
 
+    def _rewrite_marker(self, state: str, action: str) -> bool:
+        """Rewrite the marker with ``state`` and a new heartbeat; False (nothing written) when
+        it is gone: never recreate a run another run's cleanup removed."""
+        with storage.errors(self._marker, action):
+            fs, path = storage.filesystem(self._marker)
+            if not fs.exists(path):
+                return False
+            storage.write_json(self._marker, self._record(state))
+        return True
+
     def renew(self) -> None:
         """Renew the heartbeat; fail when the run's files were removed (its lease lapsed and
         another run judged it dead), since then it must not publish."""
-        with storage.errors(self._marker, "renew the lease at"):
-            fs, path = storage.filesystem(self._marker)
-            if not fs.exists(path):
-                raise storage.StorageError(
-                    f"run {self.run_id}'s files under {self.prefix} were removed: its lease of "
-                    f"{self.lease_s:g}s lapsed without a heartbeat"
-                )
-            storage.write_json(self._marker, self.marker("running"))
+        if not self._rewrite_marker("running", "renew the lease in"):
+            raise storage.StorageError(
+                f"run {self.run_id}'s files under {self.prefix} were removed: its lease of "
+                f"{self.lease_s:g}s lapsed without a heartbeat"
+            )
 
     def publish(self, expected_users: int, details: dict[str, Any]) -> dict[str, Any]:
         """Renew the lease, then ``publish`` this run; a lost race removes its own files."""
@@ -304,8 +311,14 @@ class RunLease:
         try:
             return publish(self.root, self.date, self.run_id, expected_users, details, self.lease_s)
         except PublishConflict:
+            self._stop_heartbeat()  # else a last beat could recreate the marker
             self._remove_own_files()
             raise
+
+    def _stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
     def _remove_own_files(self) -> None:
         try:
@@ -322,14 +335,11 @@ class RunLease:
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._stop_heartbeat()
         if self._removed:
             return
         try:
-            with storage.errors(self._marker, "end the run at"):
-                storage.write_json(self._marker, self.marker("ended"))
+            self._rewrite_marker("ended", "mark the run ended in")
         except Exception as e:
             log.warning("run %s: not marked ended (%s); removable once its lease lapses", self.run_id, e)
 
@@ -439,7 +449,7 @@ def _staged_files(root: str, date: str, run_id: str) -> tuple[list[dict[str, Any
     prefix = run_prefix(root, date, run_id)
     fs, path = storage.filesystem(prefix)
     files, keys = [], []
-    with storage.errors(prefix, "read the run's files at"):
+    with storage.errors(prefix, "read the run's files in"):
         names = sorted(
             posixpath.basename(p)
             for p in (fs.ls(path, detail=False) if fs.exists(path) else [])
