@@ -52,6 +52,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)  # fails here, before Ray starts
     if config.data is None:
         raise ConfigError(f"{args.config}: no 'data' section to prepare")
+    from raylrec.data.output import check_output_dir, input_paths
+
+    # A refused output (a user's files, an input) fails here, before Ray starts.
+    check_output_dir(config.data.output, config.data.overwrite, input_paths(config.data.source))
     _init_ray(config.ray)
     from raylrec.data.prepare import prepare
     from raylrec.data.stats import dataset_stats, format_stats

@@ -609,6 +609,12 @@ class ScoreConfig(_Strict):
     rerank_pack_tokens: Int = Field(
         default=256, ge=16, description="candidate suffix tokens packed into one row against a prefix"
     )
+    run_lease_s: Float = Field(
+        default=600,
+        gt=0,
+        description="seconds a scoring run may go without a heartbeat before other runs of its date may "
+        "delete its files",
+    )
     actors: OptionalInt = Field(default=None, ge=1, description="scoring actors (default: from resources)")
     gpus_per_actor: OptionalFloat = Field(default=None, ge=0, description="default: 1 when GPUs exist")
     cpus_per_actor: Float = Field(default=1, gt=0)

@@ -127,8 +127,7 @@ def run_scoring(
         cf_description=cf_description,
         model_description=model_description,
     )
-    # ScoreConfig.run_lease_s once config.py has it; the module default until then.
-    lease_s = getattr(score, "run_lease_s", None) or recs.RUN_LEASE_S
+    lease_s = score.run_lease_s
     return publish_run(
         output, date, run_id, lambda prefix: _score_into(config, inputs, run_id, prefix, say), say, lease_s
     )

@@ -78,8 +78,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "_MANIFEST.json"
 RUN_MARKER = "_RUN.json"
-# How long a run may go without a heartbeat before other runs may delete its files (a
-# ScoreConfig field once config.py has one: score.run_lease_s).
+# How long a run may go without a heartbeat before other runs may delete its files (the
+# default of score.run_lease_s).
 RUN_LEASE_S = 600.0
 FORMAT = "raylrec.recommendations/1"
 RECS_SCHEMA = pa.schema(
