@@ -4,14 +4,16 @@ private local instance, so that the same entry points run on a laptop and under
 
 A local instance is private by default: it is always a new one (``address="local"``: a leftover
 ``ray start`` record in Ray's temp dir is never joined), every Ray process listens on loopback
-only, and token authentication is left as Ray sets it (on, since Ray 2.52, with the token in
-``~/.ray/auth_token``). ``RAY_AUTH_MODE=disabled`` in the environment still opts out."""
+only, and token authentication is left as Ray sets it (on for a new local instance in Ray 2.60,
+with the token in ``~/.ray/auth_token``). ``RAY_AUTH_MODE=disabled`` in the environment still opts out."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import ray
@@ -22,8 +24,6 @@ __all__ = ["init_ray"]
 
 log = logging.getLogger(__name__)
 
-_LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": node address 127.0.0.1, all servers on loopback
-
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -31,15 +31,21 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _loopback_only() -> None:
-    """Make a new local instance bind loopback only. Ray turns a node address of 127.0.0.1 into
-    the machine's public IP unless it runs without multi-node support; then its GCS, raylet,
-    agents and workers all listen on 127.0.0.1. The flag is read at import (this process) and
-    from the environment (the processes Ray starts)."""
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """While a new local instance starts, make its node address 127.0.0.1: then its GCS, raylet,
+    agents and workers all listen on loopback. Ray otherwise turns 127.0.0.1 into the machine's
+    public IP, unless it runs without multi-node support, a flag it reads here at start-up (the
+    processes it starts take the address from their arguments). Restored afterwards, so that
+    nothing else this process starts (``ray start``, a job) inherits it."""
     from ray._private import ray_constants
 
-    os.environ[_LOOPBACK_ONLY] = "0"
+    saved = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def init_ray(config: RayConfig | None = None, dashboard: bool = False) -> None:
@@ -60,14 +66,14 @@ def init_ray(config: RayConfig | None = None, dashboard: bool = False) -> None:
         log.info("joining the Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
     else:
-        _loopback_only()
         kwargs: dict[str, Any] = {"address": "local"}
         if dashboard:
             # Ray's processes inherit this environment: the State API then finds our dashboard
             # even when other Ray instances run on the machine (it would refuse to guess).
             kwargs["dashboard_port"] = _free_port()
             os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{kwargs['dashboard_port']}"
-        ray.init(num_cpus=config.num_cpus, include_dashboard=dashboard, log_to_driver=True, **kwargs)
+        with _loopback_only():
+            ray.init(num_cpus=config.num_cpus, include_dashboard=dashboard, log_to_driver=True, **kwargs)
     ray.data.DataContext.get_current().enable_progress_bars = ctx.enable_progress_bars
     # Ray Data logs every execution plan at INFO; raylrec prints its own one-line progress.
     if os.environ.get("RAYLREC_RAY_DATA_LOGS") != "1":

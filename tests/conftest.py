@@ -24,7 +24,6 @@ def _free_port() -> int:
 S3_PORT = _free_port()
 os.environ.update(
     {
-        "RAY_AUTH_MODE": "disabled",
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -35,6 +34,8 @@ os.environ.update(
 )
 os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("RAY_ADDRESS", None)
+# Ray's own default for a new local instance (token authentication on), as users get it.
+os.environ.pop("RAY_AUTH_MODE", None)
 
 REPO = Path(__file__).resolve().parents[1]
 COLLM_DIR = REPO.parent / "shared" / "datasets" / "collm-ml1m"

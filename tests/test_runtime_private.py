@@ -13,6 +13,10 @@ import sys
 import tempfile
 import textwrap
 
+import pytest
+
+DEAD_RECORD = "127.0.0.1:9"
+
 PROBE = textwrap.dedent(
     """
     import ipaddress, json, psutil, ray
@@ -38,6 +42,7 @@ PROBE = textwrap.dedent(
         return address.is_loopback or (mapped is not None and mapped.is_loopback)
     print("PROBE " + json.dumps({
         "gcs_address": node.gcs_address,
+        "started_new": node.head,
         "token_auth": get_authentication_mode() == AuthenticationMode.TOKEN,
         "listening": listening,
         "exposed": [entry for entry in listening if not loopback(entry[1])],
@@ -47,16 +52,17 @@ PROBE = textwrap.dedent(
 )
 
 
-def _probe(leftover_record: bool) -> dict:
-    """Start raylrec's local instance in a fresh process and report what it exposes."""
+@pytest.fixture(scope="module")
+def probe() -> dict:
+    """Start raylrec's local instance in a fresh process, over a dead ``ray start`` record, and
+    report what it exposes (one start serves both tests)."""
     # A short temp root: Ray's socket paths must fit in 107 characters.
     temp_root = tempfile.mkdtemp(prefix="rl-", dir="/tmp")
     try:
-        if leftover_record:
-            # The record `ray start` leaves: plain ray.init() joins (or waits for) this dead address.
-            os.makedirs(os.path.join(temp_root, "ray"))
-            with open(os.path.join(temp_root, "ray", "ray_current_cluster"), "w") as f:
-                f.write("127.0.0.1:9")
+        # The record `ray start` leaves: plain ray.init() joins (or waits for) this dead address.
+        os.makedirs(os.path.join(temp_root, "ray"))
+        with open(os.path.join(temp_root, "ray", "ray_current_cluster"), "w") as f:
+            f.write(DEAD_RECORD)
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
         env["RAY_TMPDIR"] = temp_root
         # A guard, not a measurement: a run that joins the dead record waits forever.
@@ -70,14 +76,12 @@ def _probe(leftover_record: bool) -> dict:
     return json.loads(lines[0].removeprefix("PROBE "))
 
 
-def test_local_instance_listens_on_loopback_only_with_token_auth():
-    probe = _probe(leftover_record=False)
+def test_local_instance_listens_on_loopback_only_with_token_auth(probe):
     assert probe["gcs_address"].startswith("127.0.0.1:"), probe
     assert {name for name, _, _ in probe["listening"]} >= {"gcs_server", "raylet"}, probe["listening"]
     assert probe["exposed"] == [], probe["exposed"]
     assert probe["token_auth"] is True
 
 
-def test_a_leftover_ray_start_record_is_not_joined():
-    probe = _probe(leftover_record=True)
-    assert probe["gcs_address"].startswith("127.0.0.1:") and probe["gcs_address"] != "127.0.0.1:9"
+def test_a_leftover_ray_start_record_is_not_joined(probe):
+    assert probe["started_new"] and probe["gcs_address"] != DEAD_RECORD, probe
