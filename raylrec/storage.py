@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -78,14 +79,37 @@ def _s3_options() -> dict[str, Any]:
     return options
 
 
+# What a client is made from besides the options: it reads credentials from the environment.
+_CREDENTIAL_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+)
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem for ``uri`` and the path inside it (no scheme)."""
     if is_remote(uri):
-        import s3fs
-
-        return s3fs.S3FileSystem(**_s3_options()), uri.split("://", 1)[1].rstrip("/")
+        credentials = hashlib.sha256(
+            json.dumps([os.environ.get(v) for v in _CREDENTIAL_VARIABLES]).encode()
+        ).hexdigest()
+        key = json.dumps(_s3_options(), sort_keys=True)
+        return _s3_filesystem(key, credentials, os.getpid()), uri.split("://", 1)[1].rstrip("/")
     fs = fsspec.filesystem("file")
     return fs, os.path.abspath(os.path.expanduser(uri))
+
+
+@functools.lru_cache(maxsize=16)
+def _s3_filesystem(options: str, credentials: str, pid: int) -> fsspec.AbstractFileSystem:
+    """One S3 filesystem per set of options, credentials and process: making one (its botocore
+    client) costs about 250 ms, a call on it about 20 ms. Listings are never cached, so every
+    call sees what other processes wrote (publishing and cleanup depend on it)."""
+    import s3fs
+
+    return s3fs.S3FileSystem(**json.loads(options), use_listings_cache=False)
 
 
 def arrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
