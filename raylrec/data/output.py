@@ -97,15 +97,17 @@ def prepare_output_dir(out: str, overwrite: bool, inputs: Iterable[InputPath] = 
     refused before anything is deleted, as is an output that overlaps an input (``refuse_overlap``)."""
     entries = check_output_dir(out, overwrite, inputs)
     fs, path = storage.filesystem(out)
-    if META_FILE in entries:
-        fs.rm(storage.join(path, META_FILE))  # uncommit first: a crash below leaves it incomplete
-    for name in sorted(entries - {OWNER_FILE, META_FILE}):
-        fs.rm(storage.join(path, name), recursive=True)
     fs.makedirs(path, exist_ok=True)
+    # The owner file before any deletion: a crash while clearing leaves a directory the rerun
+    # can still prove is raylrec's (a dataset of an older raylrec has none yet).
     storage.write_json(
         storage.join(out, OWNER_FILE),
         {"format": FORMAT, "written_by": f"raylrec {__version__}", "started_at": _now(), "host": _host()},
     )
+    if META_FILE in entries:
+        fs.rm(storage.join(path, META_FILE))  # uncommit first: a crash below leaves it incomplete
+    for name in sorted(entries - {OWNER_FILE, META_FILE}):
+        fs.rm(storage.join(path, name), recursive=True)
 
 
 def _entries(fs: Any, path: str) -> set[str]:
