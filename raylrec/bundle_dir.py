@@ -9,7 +9,6 @@ Hugging Face model directory, say) or any name outside the bundle's layout is re
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Iterable
 
 from raylrec import storage
@@ -29,10 +28,7 @@ def claim_bundle_dir(out: str, format_prefix: str, layout: Iterable[str]) -> Non
     fs, path = storage.filesystem(out)
     if fs.isfile(path):
         raise BundleDirError(f"{out} is a file; a bundle is written to a directory")
-    entries = set()
-    if fs.exists(path):
-        fs.invalidate_cache(path)
-        entries = {posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)} - {""}
+    entries = storage.entry_names(out)
     config = storage.join(path, CONFIG_FILE)
     if CONFIG_FILE in entries:
         found = storage.read_json(storage.join(out, CONFIG_FILE))

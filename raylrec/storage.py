@@ -37,6 +37,7 @@ __all__ = [
     "is_remote",
     "check_reachable",
     "list_files",
+    "entry_names",
     "write_bytes",
     "write_json",
     "read_json",
@@ -146,6 +147,16 @@ def check_reachable(uri: str) -> None:
         raise StorageError(f"{uri}: access to bucket {bucket!r} at {endpoint} denied: {e}") from None
     except Exception as e:  # botocore raises many types; all mean "unreachable" here
         raise StorageError(f"cannot reach s3 endpoint {endpoint} for {uri}: {e}") from None
+
+
+def entry_names(uri: str) -> set[str]:
+    """The names of the files and folders directly under ``uri``; empty when it does not exist."""
+    fs, path = filesystem(uri)
+    try:
+        listed = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return set()
+    return {posixpath.basename(p.rstrip("/")) for p in listed} - {""}
 
 
 def list_files(uri: str, extensions: tuple[str, ...] = ()) -> list[tuple[str, int]]:

@@ -10,10 +10,37 @@ from pathlib import Path
 
 import psutil
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from raylrec import storage
 from raylrec.config import build_config
 from raylrec.data.output import read_meta, read_table
+from raylrec.scoring.publish import RECS_SCHEMA
 from raylrec.train.ray_runner import TRAIN_SNAPSHOT
+
+
+def recs_table(run: str, rows: list[tuple[str, int]], item: str = "i") -> pa.Table:
+    """Recommendations of run ``run``: one row per (user, rank), item ``<item><rank>``."""
+    return pa.table(
+        {
+            "user_id": [u for u, _ in rows],
+            "rank": pa.array([r for _, r in rows], pa.int32()),
+            "item_id": [f"{item}{r}" for _, r in rows],
+            "score": pa.array([1.0 / r for _, r in rows], pa.float32()),
+            "source": ["cf"] * len(rows),
+            "model": ["m"] * len(rows),
+            "run_id": [run] * len(rows),
+        },
+        schema=RECS_SCHEMA,
+    )
+
+
+def stage_run(root: str, date: str, run: str, rows: list[tuple[str, int]], item: str = "i") -> None:
+    """What the scoring job's writers do: a Parquet file under the run's staging prefix."""
+    fs, path = storage.filesystem(storage.join(root, f"date={date}", "_runs", run))
+    fs.makedirs(path, exist_ok=True)
+    with fs.open(f"{path}/part-0.parquet", "wb") as f:
+        pq.write_table(recs_table(run, rows, item), f)
 
 
 def data_config(source: dict, output: str, **data):

@@ -25,9 +25,9 @@ import time
 import uuid
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import recs_table, stage_run
 
 from raylrec import cli, storage
 from raylrec.scoring import job
@@ -37,31 +37,8 @@ DATE = "2026-11-24"
 ROWS = [(u, r) for u in ("a", "b") for r in (1, 2)]
 
 
-def _table(run: str, rows: list[tuple[str, int]], item: str = "i") -> pa.Table:
-    return pa.table(
-        {
-            "user_id": [u for u, _ in rows],
-            "rank": pa.array([r for _, r in rows], pa.int32()),
-            "item_id": [f"{item}{r}" for _, r in rows],
-            "score": pa.array([1.0 / r for _, r in rows], pa.float32()),
-            "source": ["cf"] * len(rows),
-            "model": ["m"] * len(rows),
-            "run_id": [run] * len(rows),
-        },
-        schema=recs.RECS_SCHEMA,
-    )
-
-
-def _stage(root: str, date: str, run: str, rows=ROWS, item: str = "i") -> None:
-    """What the scoring job's writers do: Parquet files under the run's prefix."""
-    fs, path = storage.filesystem(storage.join(root, f"date={date}", "_runs", run))
-    fs.makedirs(path, exist_ok=True)
-    with fs.open(f"{path}/part-0.parquet", "wb") as f:
-        pq.write_table(_table(run, rows, item), f)
-
-
 def _publish(root: str, date: str, run: str, rows=ROWS) -> dict:
-    _stage(root, date, run, rows)
+    stage_run(root, date, run, rows)
     return recs.publish(root, date, run, len({u for u, _ in rows}), {"model": "m"})
 
 
@@ -91,7 +68,7 @@ def test_a_file_that_no_longer_matches_its_checksum_is_refused_by_default(tmp_pa
     _publish(root, DATE, "run1")
     # The attacker's file: valid Parquet, the same rows and users, other items.
     part = tmp_path / "recs" / f"date={DATE}" / "_runs" / "run1" / "part-0.parquet"
-    pq.write_table(_table("run1", ROWS, item="evil"), part)
+    pq.write_table(recs_table("run1", ROWS, item="evil"), part)
 
     with pytest.raises(storage.StorageError, match="part-0.parquet does not match its recorded checksum"):
         recs.read_recommendations(root, DATE)
@@ -122,8 +99,8 @@ def test_a_manifest_path_outside_its_run_is_refused_even_with_matching_checksums
     root = str(tmp_path / "a" / "b" / "recs")
     _publish(root, DATE, "run1")
     outside = tmp_path / "a" / "outside.parquet"  # <root>/date=D/../../../
-    pq.write_table(_table("run1", ROWS, item="evil"), outside)
-    _stage(root, DATE, "other", item="evil")  # inside the partition, but not the published run
+    pq.write_table(recs_table("run1", ROWS, item="evil"), outside)
+    stage_run(root, DATE, "other", ROWS, item="evil")  # inside the partition, but not the published run
     path = str(outside) if where == "absolute" else where
     digest = storage.file_digests(str(outside.parent), [outside.name])[outside.name]
     _rewrite_manifest(root, DATE, files=[{"path": path, "rows": len(ROWS), **digest}])
@@ -168,7 +145,7 @@ def _hand_published(root: str, name: str, run: str) -> None:
     """A partition named ``name`` with a valid manifest, written without the library's checks."""
     base = Path(root) / name
     (base / "_runs" / run).mkdir(parents=True)
-    pq.write_table(_table(run, ROWS), base / "_runs" / run / "part-0.parquet")
+    pq.write_table(recs_table(run, ROWS), base / "_runs" / run / "part-0.parquet")
     digest = storage.file_digests(str(base / "_runs" / run), ["part-0.parquet"])["part-0.parquet"]
     manifest = {"run_id": run, "date": name.removeprefix("date="), "rows": 4, "users": 2, "model": "m"}
     manifest["files"] = [{"path": f"_runs/{run}/part-0.parquet", "rows": 4, **digest}]
@@ -214,7 +191,7 @@ def _run_dirs(root: str, date: str) -> list[str]:
 def test_two_runs_racing_to_publish_a_date_exactly_one_wins(root, monkeypatch):
     runs = {name: recs.start_run(root, DATE, name) for name in ("run-a", "run-b")}
     for name in runs:
-        _stage(root, DATE, name)
+        stage_run(root, DATE, name, ROWS)
     _gate_commits(monkeypatch, 2)
     outcomes: dict[str, object] = {}
 
@@ -243,15 +220,15 @@ def test_two_runs_racing_to_publish_a_date_exactly_one_wins(root, monkeypatch):
 def test_a_run_started_before_another_published_cannot_replace_it(root):
     early = recs.start_run(root, DATE, "early")
     late = recs.start_run(root, DATE, "late")
-    _stage(root, DATE, "late")
+    stage_run(root, DATE, "late", ROWS)
     with late:
         late.publish(2, {"model": "m"})
-    _stage(root, DATE, "early")
+    stage_run(root, DATE, "early", ROWS)
     with early, pytest.raises(recs.PublishConflict, match="run early lost .* run late"):
         early.publish(2, {"model": "m"})
     # A run that starts after the publication replaces it, as a rerun should.
     with recs.start_run(root, DATE, "rerun") as rerun:
-        _stage(root, DATE, "rerun")
+        stage_run(root, DATE, "rerun", ROWS)
         rerun.publish(2, {"model": "m"})
     assert recs.read_manifest(root, DATE)["run_id"] == "rerun"
     assert _run_dirs(root, DATE) == ["rerun"]
@@ -269,21 +246,21 @@ def _start_and_die(root: str, date: str, run: str) -> None:
         f"p.start_run({root!r}, {date!r}, {run!r}); os._exit(0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=os.environ)
-    _stage(root, date, run)
+    stage_run(root, date, run, ROWS)
 
 
 def test_cleanup_removes_only_runs_that_are_neither_published_nor_live(root):
     with recs.start_run(root, DATE, "published") as run:
-        _stage(root, DATE, "published")
+        stage_run(root, DATE, "published", ROWS)
         run.publish(2, {"model": "m"})
     live = recs.start_run(root, DATE, "live")
-    _stage(root, DATE, "live")
+    stage_run(root, DATE, "live", ROWS)
     with recs.start_run(root, DATE, "ended"):  # failed before publishing, ended cleanly
-        _stage(root, DATE, "ended")
+        stage_run(root, DATE, "ended", ROWS)
     short = recs.start_run(root, DATE, "short-lease", lease_s=30)
-    _stage(root, DATE, "short-lease")
+    stage_run(root, DATE, "short-lease", ROWS)
     _start_and_die(root, DATE, "killed")
-    _stage(root, DATE, "unmarked")  # no marker (older raylrec): judged by its files' age
+    stage_run(root, DATE, "unmarked", ROWS)  # no marker (older raylrec): judged by its files' age
 
     assert sorted(recs.remove_unpublished(root, DATE)) == ["ended", "killed"]
     assert _run_dirs(root, DATE) == ["live", "published", "short-lease", "unmarked"]
@@ -302,7 +279,7 @@ def test_a_run_whose_lease_lapsed_and_was_removed_cannot_publish(tmp_path):
     cleanup removed it: it must not publish a manifest naming files that are gone."""
     root = str(tmp_path / "recs")
     paused = recs.start_run(root, DATE, "paused", lease_s=30)
-    _stage(root, DATE, "paused")
+    stage_run(root, DATE, "paused", ROWS)
     assert recs.remove_unpublished(root, DATE, now=time.time() + 300) == ["paused"]
     with paused, pytest.raises(storage.StorageError, match="were removed: its lease of 30s lapsed"):
         paused.publish(2, {"model": "m"})
@@ -311,7 +288,7 @@ def test_a_run_whose_lease_lapsed_and_was_removed_cannot_publish(tmp_path):
 
 def test_unmarked_staging_younger_than_the_lease_is_kept(tmp_path):
     root = str(tmp_path / "recs")
-    _stage(root, DATE, "someone-elses")
+    stage_run(root, DATE, "someone-elses", ROWS)
     assert recs.remove_unpublished(root, DATE) == []
     assert _run_dirs(root, DATE) == ["someone-elses"]
 
@@ -330,7 +307,7 @@ def _fake_scoring(monkeypatch, gate: threading.Barrier | None = None, before_pub
         run_id = recs.check_run_id(run_id or job.new_run_id(date))
 
         def write(prefix: str) -> tuple[int, dict]:
-            _stage(config.score.output, date, run_id)
+            stage_run(config.score.output, date, run_id, ROWS)
             if gate is not None:
                 gate.wait(timeout=120)  # both runs have started and staged
             if before_publish is not None:
@@ -416,7 +393,7 @@ def test_an_endpoint_that_dies_mid_score_is_one_line_naming_it(mortal_s3, tmp_pa
 def test_readers_and_publish_on_a_dead_endpoint_fail_in_one_line_naming_it(mortal_s3, capsys):
     stop, endpoint, root = mortal_s3
     _publish(root, DATE, "run1")
-    _stage(root, "2026-11-25", "run2")
+    stage_run(root, "2026-11-25", "run2", ROWS)
     stop()
     with pytest.raises(storage.StorageError, match=f"{root}/date=2026-11-25.*{endpoint}"):
         recs.publish(root, "2026-11-25", "run2", 2, {"model": "m"})

@@ -10,9 +10,9 @@ import json
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import stage_run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -195,30 +195,11 @@ def test_vocabulary_maps_raw_ids_and_unknown_ones_to_zero():
     assert vocab.to_raw(np.array([3, 1])).tolist() == ["u7", "u9"]
 
 
-def _write_run(root: str, date: str, run: str, rows: list[tuple[str, int]]) -> None:
-    table = pa.table(
-        {
-            "user_id": [u for u, _ in rows],
-            "rank": pa.array([r for _, r in rows], pa.int32()),
-            "item_id": [f"i{r}" for _, r in rows],
-            "score": pa.array([1.0 / r for _, r in rows], pa.float32()),
-            "source": ["cf"] * len(rows),
-            "model": ["m"] * len(rows),
-            "run_id": [run] * len(rows),
-        },
-        schema=recs.RECS_SCHEMA,
-    )
-    prefix = recs.run_prefix(root, date, run)
-    fs, path = storage.filesystem(prefix)
-    fs.makedirs(path, exist_ok=True)
-    pq.write_table(table, f"{path}/part-0.parquet")
-
-
 def test_publish_protocol(tmp_path):
     root, date = str(tmp_path / "recs"), "2026-11-24"
     rows = [(u, r) for u in ("a", "b") for r in (1, 2)]
     run1 = recs.start_run(root, date, "run1")
-    _write_run(root, date, "run1", rows)
+    stage_run(root, date, "run1", rows)
     # written but not published: invisible
     assert recs.published_dates(root) == [] and recs.read_manifest(root, date) is None
     with pytest.raises(FileNotFoundError, match="not published"):
@@ -227,7 +208,7 @@ def test_publish_protocol(tmp_path):
     with pytest.raises(RuntimeError, match="expected one row set for each of 3 users"):
         run1.publish(expected_users=3, details={"model": "m"})
     with recs.start_run(root, date, "dup") as dup:  # ends unpublished
-        _write_run(root, date, "dup", rows + [("a", 1)])
+        stage_run(root, date, "dup", rows + [("a", 1)])
         with pytest.raises(RuntimeError, match="1 duplicated"):
             dup.publish(expected_users=2, details={"model": "m"})
     with run1:
@@ -237,7 +218,7 @@ def test_publish_protocol(tmp_path):
     assert recs.read_recommendations(root).num_rows == 4
     # a rerun replaces the partition; the old run's files go after the manifest switched
     with recs.start_run(root, date, "run2") as run2:
-        _write_run(root, date, "run2", [("a", 1), ("b", 1), ("c", 1)])
+        stage_run(root, date, "run2", [("a", 1), ("b", 1), ("c", 1)])
         run2.publish(expected_users=3, details={"model": "m"})
     table = recs.read_recommendations(root, date)
     assert table.num_rows == 3 and set(table["run_id"].to_pylist()) == {"run2"}

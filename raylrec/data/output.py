@@ -82,7 +82,7 @@ def check_output_dir(out: str, overwrite: bool, inputs: Iterable[InputPath] = ()
     fs, path = storage.filesystem(out)
     if fs.isfile(path):
         raise OutputExistsError(f"{out} is a file; data.output must name a directory")
-    entries = _entries(fs, path)
+    entries = storage.entry_names(out)
     if entries:
         _check_owned(out, entries, overwrite)
     return entries
@@ -108,13 +108,6 @@ def prepare_output_dir(out: str, overwrite: bool, inputs: Iterable[InputPath] = 
         fs.rm(storage.join(path, META_FILE))  # uncommit first: a crash below leaves it incomplete
     for name in sorted(entries - {OWNER_FILE, META_FILE}):
         fs.rm(storage.join(path, name), recursive=True)
-
-
-def _entries(fs: Any, path: str) -> set[str]:
-    if not fs.exists(path):
-        return set()
-    fs.invalidate_cache(path)
-    return {posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)} - {""}
 
 
 def _check_owned(out: str, entries: set[str], overwrite: bool) -> None:

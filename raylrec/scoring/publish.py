@@ -397,12 +397,8 @@ def _is_removable(root: str, date: str, run_id: str, lease_s: float, now: float)
 
 def _run_ids(root: str, date: str) -> list[str]:
     uri = storage.join(partition(root, date), "_runs")
-    fs, path = storage.filesystem(uri)
     with storage.errors(uri, "list"):
-        try:
-            names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)]
-        except FileNotFoundError:
-            return []
+        names = storage.entry_names(uri)
     return sorted(n for n in names if _NAME.fullmatch(n))  # nothing else is a run of ours
 
 
