@@ -27,11 +27,11 @@ import pyarrow as pa
 import torch
 
 from raylrec.cf.bundle import load_cf_bundle
-from raylrec.config import BackboneConfig, MethodConfig
+from raylrec.config import BackboneConfig
 from raylrec.data.output import read_table
 from raylrec.llm.backbone import load_backbone
-from raylrec.llm.prompts import TEMPLATES, PromptBuilder
-from raylrec.methods import build_method
+from raylrec.llm.prompts import PromptBuilder
+from raylrec.methods import METHODS, template_text
 from raylrec.scoring.rerank import Reranker, RerankRequest
 from raylrec.scoring.retrieval import exact_top_n
 
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="out/demo/ml100k")
     parser.add_argument("--cf-bundle", default="out/demo/bundles/mf_bpr_ml100k")
     parser.add_argument("--backbone", default="smollm2-135m-instruct")
-    parser.add_argument("--method", default="collm", choices=["tallrec", "collm", "reclora"])
+    parser.add_argument("--method", default="collm", choices=METHODS.names())
     parser.add_argument("--users", type=int, default=8, help="users reranked")
     parser.add_argument("--candidates", type=int, default=50)
     parser.add_argument("--history", type=int, default=10)
@@ -100,9 +100,8 @@ def main() -> None:
     )
 
     backbone = load_backbone(BackboneConfig(name=args.backbone, dtype=args.dtype), device)
-    method = build_method(
-        MethodConfig(name=args.method, cf_bundle=args.cf_bundle, lora={"dropout": 0.0}), backbone, cf
-    ).to(device)
+    method_config = METHODS.get(args.method)(cf_bundle=args.cf_bundle, lora={"dropout": 0.0})
+    method = method_config.build(backbone, cf).to(device)
     generator = torch.Generator().manual_seed(0)
     with (
         torch.no_grad()
@@ -115,7 +114,7 @@ def main() -> None:
             *[read_table(args.dataset, "items.parquet")[c].to_pylist() for c in ("iid", "title")], strict=True
         )
     )
-    template = args.template or TEMPLATES[method.stages()[-1].template]
+    template = args.template or template_text(method.stages()[-1].template)
     prompts = PromptBuilder(backbone.tokenizer, template, titles, 512, args.history)
     reranker = Reranker(method, prompts, max_rows=args.rows, pack_tokens=args.pack_tokens)
     naive = Reranker(method, prompts, max_rows=args.naive_rows)

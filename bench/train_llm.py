@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from raylrec.config import build_config  # noqa: E402
+from raylrec.methods import template_text  # noqa: E402
 
 CF_BUNDLES = {"collm": "out/bundles/mf_collm_ml1m", "reclora": "out/bundles/sasrec_collm_ml1m"}
 
@@ -86,7 +87,7 @@ def bench_plain_peft(args) -> tuple[float, float]:
         backbone.model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"])
     )
     yes = backbone.yes_no_token_ids()[0]
-    rows = local_samples(config, "train", "tallrec", 0, backbone.tokenizer)
+    rows = local_samples(config, "train", template_text("tallrec"), 0, backbone.tokenizer)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     n = len(rows["uid"]) - len(rows["uid"]) % args.batch
     samples = tokens = 0

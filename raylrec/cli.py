@@ -107,7 +107,9 @@ def cmd_train_cf(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     if config.method is None:
-        raise ConfigError(f"{args.config}: no 'method' section (tallrec, collm or reclora)")
+        from raylrec.methods.config import METHODS
+
+        raise ConfigError(f"{args.config}: no 'method' section (name: one of {', '.join(METHODS.names())})")
     config.dataset_path()
     if not args.local:
         _init_ray(config.ray)

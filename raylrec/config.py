@@ -16,19 +16,32 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Discriminator,
     Field,
-    StrictBool,
     Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from raylrec.cf.config import ENCODERS, CFConfig
+from raylrec.config_types import (
+    NO_BOOL,
+    Bool,
+    ConfigError,
+    FieldError,
+    Float,
+    Int,
+    OptionalFloat,
+    OptionalInt,
+    StrictConfig,
+)
+from raylrec.methods.config import METHODS, MethodConfig, prompt_templates
+from raylrec.metric_names import LOWER_IS_BETTER
+
 __all__ = [
+    "CFConfig",
+    "MethodConfig",
     "ConfigError",
     "FieldError",
     "RaylrecConfig",
@@ -44,47 +57,9 @@ YEAR_2100 = 4_102_444_800
 DEFAULT_COLLM_PATH = "../shared/datasets/collm-ml1m"
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the field and the file."""
-
-
-class FieldError(ValueError):
-    """A cross-field check that blames one field: ``field`` (dotted, relative to the model whose
-    validator raises it) is appended to the error's location, so the message names
-    ``train.metric`` rather than the top level."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-
-
-class _Strict(BaseModel):
-    # allow_inf_nan: a NaN or infinite learning rate, threshold or amount is never meant.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-def _not_a_bool(value: Any) -> Any:
-    # pydantic takes True for 1 in a number field: `train.epochs=true` trained one epoch.
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {str(value).lower()}")
-    return value
-
-
-_NO_BOOL = BeforeValidator(_not_a_bool)
-# Optional ones wrap the whole union, so a field's annotation stays ``int | None`` for the code
-# that reads it (tune/space.py refuses a float distribution over an integer field).
-Int = Annotated[int, _NO_BOOL]
-Float = Annotated[float, _NO_BOOL]
-OptionalInt = Annotated[int | None, _NO_BOOL]
-OptionalFloat = Annotated[float | None, _NO_BOOL]
-# Only true/false (YAML's yes/no included): 1, 0 or "off" in a flag is more likely a mistake.
-Bool = StrictBool
-
-
-def only_for(*models: str) -> dict[str, Any]:
-    """Field metadata: the CF models or methods a field means anything to (a sweep over a field
-    that the swept model ignores is refused)."""
-    return {"applies_to": list(models)}
+# The CF encoders' and methods' own config classes (found by their registries) extend these.
+_Strict = StrictConfig
+_NO_BOOL = NO_BOOL
 
 
 # --- sources -------------------------------------------------------------------------------
@@ -384,43 +359,11 @@ class RayConfig(_Strict):
     num_cpus: OptionalInt = Field(default=None, ge=1, description="for a new local instance")
 
 
-class CFConfig(_Strict):
-    """A collaborative-filtering encoder and its objective."""
-
-    model: Literal["mf", "lightgcn", "sasrec"] = "mf"
-    dim: Int = Field(default=64, ge=1)
-    loss: Literal["bce", "bpr"] = Field(
-        default="bce", description="bce on CTR labels, or bpr with one sampled negative per positive"
-    )
-    implicit: Bool = Field(
-        default=False, description="bpr: every training row is a positive, not only label 1"
-    )
-    reg_weight: Float = Field(default=0.0, ge=0, description="L2 on the embeddings a step touches")
-    negatives: Literal["unseen", "uniform"] = Field(
-        default="unseen", description="bpr: redraw negatives the user interacted with in training, or not"
-    )
-    init: Literal["normal", "xavier"] = Field(
-        default="normal", description="mf: N(0, 0.1) or xavier normal", json_schema_extra=only_for("mf")
-    )
-    layers: Int = Field(
-        default=3, ge=1, description="lightgcn propagation layers", json_schema_extra=only_for("lightgcn")
-    )
-    combine: Literal["mean", "sum"] = Field(default="mean", json_schema_extra=only_for("lightgcn"))
-    max_len: Int = Field(
-        default=25, ge=1, description="sasrec history length", json_schema_extra=only_for("sasrec")
-    )
-    blocks: Int = Field(default=2, ge=1, json_schema_extra=only_for("sasrec"))
-    heads: Int = Field(default=4, ge=1, json_schema_extra=only_for("sasrec"))
-    dropout: Float = Field(default=0.2, ge=0, lt=1, json_schema_extra=only_for("sasrec"))
-
-    @model_validator(mode="after")
-    def _buildable(self) -> CFConfig:
-        # multi-head attention splits dim evenly over the heads (torch asserts it mid-build)
-        if self.model == "sasrec" and self.dim % self.heads:
-            raise FieldError(
-                "heads", f"cf.dim {self.dim} is not divisible by {self.heads} heads (sasrec splits it evenly)"
-            )
-        return self
+# `cf:` and `method:` are discriminated unions over the registered config classes: each
+# encoder's and method's hyperparameters live in its own folder (raylrec/cf/encoders/<name>/,
+# raylrec/methods/<name>/), and a key of another model is an error naming the model.
+CFSection = ENCODERS.union(default="mf")
+MethodSection = METHODS.union()
 
 
 class BackboneConfig(_Strict):
@@ -443,16 +386,11 @@ class BackboneConfig(_Strict):
     )
 
 
-class LoRAConfig(_Strict):
-    r: Int = Field(default=8, ge=1)
-    alpha: Float = Field(default=16, gt=0)
-    dropout: Float = Field(default=0.05, ge=0, lt=1)
-    targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
-
-
 class PromptConfig(_Strict):
     template: str | None = Field(
-        default=None, description="a name (tallrec, collm, reclora) or a template text; default: the method's"
+        default=None,
+        description="a registered template's name (each method declares its own) or a template text; "
+        "default: the method's",
     )
     max_tokens: Int = Field(
         default=256, ge=16, description="token budget; history is cut from the oldest side"
@@ -467,53 +405,6 @@ class SampleConfig(_Strict):
     max_train: OptionalInt = Field(default=None, ge=1)
     max_valid: OptionalInt = Field(default=2000, ge=1, description="validation rows scored per evaluation")
     seed: Int = 2020
-
-
-class MethodConfig(_Strict):
-    """An LLM recommender: which method, its CF bundle and its own hyperparameters."""
-
-    name: Literal["tallrec", "collm", "reclora"]
-    cf_bundle: str | None = Field(default=None, description="a CF bundle (CoLLM, RecLoRA need one)")
-    score: Literal["yes_logit", "yes_no"] | None = Field(
-        default=None,
-        description="the Yes logit (TALLRec, CoLLM) or Yes-vs-No log-odds = softmax over both (RecLoRA)",
-    )
-    lora: LoRAConfig = LoRAConfig()
-    init_from: str | None = Field(
-        default=None,
-        description="a model bundle whose matching weights start this run (e.g. CoLLM from a TALLRec bundle)",
-    )
-    # CoLLM
-    projector_expansion: Int = Field(
-        default=10,
-        ge=1,
-        description="projector: Linear(d, k*d) -> ReLU -> Linear",
-        json_schema_extra=only_for("collm"),
-    )
-    stage1_epochs: Int = Field(
-        default=1,
-        ge=0,
-        description="CoLLM stage 1 (LoRA on the text prompt); 0 skips",
-        json_schema_extra=only_for("collm"),
-    )
-    tune_cf: Bool = Field(
-        default=False,
-        description="CoLLM stage 2 also tunes the CF embeddings",
-        json_schema_extra=only_for("collm"),
-    )
-    # RecLoRA
-    experts: Int = Field(
-        default=8, ge=1, description="meta-LoRAs per adapted module", json_schema_extra=only_for("reclora")
-    )
-    router_hidden: Int = Field(default=60, ge=1, json_schema_extra=only_for("reclora"))
-    router_temperature: Float = Field(default=5.0, gt=0, json_schema_extra=only_for("reclora"))
-    router_dropout: Float = Field(default=0.1, ge=0, lt=1, json_schema_extra=only_for("reclora"))
-
-    @model_validator(mode="after")
-    def _needs_cf(self) -> MethodConfig:
-        if self.name in ("collm", "reclora") and not self.cf_bundle:
-            raise ValueError(f"method {self.name} needs cf_bundle (train one with raylrec train-cf)")
-        return self
 
 
 def _custom_resources(resources: dict[str, float]) -> dict[str, float]:
@@ -645,32 +536,21 @@ class NightlyConfig(_Strict):
 
 # --- metrics a task reports -----------------------------------------------------------------
 
-# What evaluation reports under "valid/": CTRAccumulator.compute (CTR tasks) and
-# RankingAccumulator.update (top-K) in raylrec/eval, which config.py does not import (torch).
-# tests/test_config_checks.py keeps these names in step with the accumulators.
-CTR_METRICS = ("auc", "uauc", "logloss")
-CTR_SLICES = ("", "warm/", "cold/")  # warm/ and cold/: only when the data flags cold users
-RANKING_METRICS = ("recall", "ndcg", "hit", "mrr")
-LOWER_IS_BETTER = ("logloss", "loss")
-
 
 def task_metrics(config: RaylrecConfig) -> frozenset[str]:
-    """What ``train.metric`` may name for the task ``config`` trains: an LLM method's and a BCE
-    CF encoder's CTR metrics, a BPR encoder's top-K metrics at each of ``eval.ks``, and
+    """What ``train.metric`` may name for the task ``config`` trains: what the method's or the
+    CF encoder's evaluation reports (``reported_metrics`` on its config class), and
     ``train/loss``."""
-    if config.method is None and config.cf.loss == "bpr":
-        names = {f"valid/{m}@{k}" for m in RANKING_METRICS for k in config.eval.ks}
-    else:
-        names = {f"valid/{s}{m}" for s in CTR_SLICES for m in CTR_METRICS}
-    return frozenset(names | {"train/loss"})
+    model = config.method if config.method is not None else config.cf
+    return frozenset(model.reported_metrics(config.eval.ks) | {"train/loss"})
 
 
 class RaylrecConfig(_Strict):
     data: DataConfig | None = None
     dataset: str | None = Field(default=None, description="a prepared dataset (default: data.output)")
-    cf: CFConfig = CFConfig()
+    cf: CFSection = Field(default_factory=lambda: ENCODERS.get("mf")())
     backbone: BackboneConfig = BackboneConfig()
-    method: MethodConfig | None = None
+    method: MethodSection | None = None
     prompt: PromptConfig = PromptConfig()
     sample: SampleConfig = SampleConfig()
     train: TrainConfig = TrainConfig()
@@ -696,6 +576,16 @@ class RaylrecConfig(_Strict):
         if self.train.mode != ("min" if lower else "max"):
             better = "lower" if lower else "higher"
             raise FieldError("train.mode", f"{self.train.mode!r} is wrong for {metric}: {better} is better")
+        return self
+
+    @model_validator(mode="after")
+    def _template_is_known(self) -> RaylrecConfig:
+        template = self.prompt.template
+        if template is not None and "{target}" not in template and template not in prompt_templates():
+            known = ", ".join(sorted(prompt_templates()))
+            raise FieldError(
+                "prompt.template", f"{template!r} is not a registered template ({known}) nor a template text"
+            )
         return self
 
     def dataset_path(self) -> str:
@@ -770,16 +660,34 @@ _UNION_TAGS = {
 }
 
 
+# The sections whose union members are registered models: (section, registry).
+_MODEL_SECTIONS = {"cf": ENCODERS, "method": METHODS}
+
+
+def _misplaced_key(loc: tuple[Any, ...]) -> str | None:
+    """For an unknown key inside a model's section (``cf.layers`` under ``model: mf``): which
+    model it is a setting of, so the message names both."""
+    if len(loc) < 3 or loc[0] not in _MODEL_SECTIONS:
+        return None
+    registry, model, key = _MODEL_SECTIONS[loc[0]], str(loc[1]), str(loc[2])
+    owners = registry.owners(key)
+    if not owners:
+        return f"{key!r} is not a setting of {model} nor of any other registered {registry.kind}"
+    return f"{key!r} is not a setting of {model}; it belongs to {', '.join(owners)}"
+
+
 def _format_errors(err: ValidationError, origin: str) -> str:
     lines = []
+    tags = _UNION_TAGS | set(ENCODERS.names()) | set(METHODS.names())
     for e in err.errors():
-        path = [str(p) for p in e["loc"] if str(p) not in _UNION_TAGS]
+        path = [str(p) for p in e["loc"] if str(p) not in tags]
         cause = e.get("ctx", {}).get("error")
         if isinstance(cause, FieldError):
             path += cause.field.split(".")
         loc = ".".join(path)
         shown = f" (got {e['input']!r})" if e["type"] == "finite_number" else ""
-        lines.append(f"  {loc or '(top level)'}: {e['msg']}{shown}")
+        message = (_misplaced_key(e["loc"]) if e["type"] == "extra_forbidden" else None) or e["msg"]
+        lines.append(f"  {loc or '(top level)'}: {message}{shown}")
     return f"invalid config ({origin}):\n" + "\n".join(lines)
 
 

@@ -10,7 +10,8 @@ from torch import nn
 
 from raylrec.adapters import AdapterContext, LoRAMixture, PerSampleLoRALinear, Router
 from raylrec.llm.backbone import tiny_tokenizer
-from raylrec.llm.prompts import SLOT_ITEM, SLOT_USER, TEMPLATES, PromptBuilder
+from raylrec.llm.prompts import SLOT_ITEM, SLOT_USER, PromptBuilder
+from raylrec.methods import template_text
 
 
 def _mixture(d_in=12, d_out=10, rank=3, experts=4, cond=6, seed=0):
@@ -79,7 +80,7 @@ TITLES = {i: f"Movie number {i} ({1990 + i})" for i in range(1, 40)}
 
 
 def test_prompt_keeps_the_newest_history_within_the_budget(tokenizer):
-    unlimited = PromptBuilder(tokenizer, TEMPLATES["tallrec"], TITLES, max_tokens=4096, max_history=10)
+    unlimited = PromptBuilder(tokenizer, template_text("tallrec"), TITLES, max_tokens=4096, max_history=10)
     ids, _, used = unlimited.encode(list(range(1, 13)), 20)
     assert used == 10  # max_history
     text = tokenizer.decode(ids)
@@ -87,18 +88,18 @@ def test_prompt_keeps_the_newest_history_within_the_budget(tokenizer):
     assert text.rstrip().endswith("#Answer:")
 
     budget = len(ids) - 8  # too small for all ten titles
-    tight = PromptBuilder(tokenizer, TEMPLATES["tallrec"], TITLES, max_tokens=budget, max_history=10)
+    tight = PromptBuilder(tokenizer, template_text("tallrec"), TITLES, max_tokens=budget, max_history=10)
     ids2, _, used2 = tight.encode(list(range(1, 13)), 20)
     assert len(ids2) <= budget and 0 < used2 < 10
     text2 = tokenizer.decode(ids2)
     assert "Movie number 12 " in text2 and "Movie number 3 " not in text2  # oldest dropped first
 
     with pytest.raises(ValueError, match="max_tokens"):
-        PromptBuilder(tokenizer, TEMPLATES["tallrec"], TITLES, max_tokens=16).encode([1], 2)
+        PromptBuilder(tokenizer, template_text("tallrec"), TITLES, max_tokens=16).encode([1], 2)
 
 
 def test_batch_is_left_padded_with_one_slot_per_id(tokenizer):
-    builder = PromptBuilder(tokenizer, TEMPLATES["collm"], TITLES, max_tokens=200, max_history=5)
+    builder = PromptBuilder(tokenizer, template_text("collm"), TITLES, max_tokens=200, max_history=5)
     encoded = builder.encode_batch([[1, 2, 3], []], [4, 5])
     assert encoded.input_ids.shape == (2, 200)
     for row in range(2):

@@ -14,7 +14,7 @@ from helpers import data_config, kill_a_training_worker_after_first_checkpoint
 
 from raylrec.cf.bundle import load_cf_bundle
 from raylrec.cf.data import load_split, pad_histories
-from raylrec.cf.models import LightGCN, normalized_adjacency
+from raylrec.cf.encoders.lightgcn.model import LightGCN, normalized_adjacency
 from raylrec.cf.train import train_cf
 from raylrec.config import build_config
 from raylrec.data.prepare import prepare

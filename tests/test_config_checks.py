@@ -12,7 +12,8 @@ from torch import nn
 from raylrec import storage
 from raylrec.cf.bundle import save_cf_bundle
 from raylrec.cf.data import Split
-from raylrec.cf.models import MF, SASRec
+from raylrec.cf.encoders.mf.model import MF
+from raylrec.cf.encoders.sasrec.model import SASRec
 from raylrec.cli import main
 from raylrec.config import ConfigError, RaylrecConfig, TrainConfig, build_config, load_config, task_metrics
 from raylrec.eval import CTRAccumulator, ItemSets, RankingAccumulator

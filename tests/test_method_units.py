@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from raylrec.cf.bundle import CFBundle
-from raylrec.cf.models import MF
-from raylrec.config import BackboneConfig, MethodConfig
+from raylrec.cf.encoders.mf.model import MF
+from raylrec.config import BackboneConfig
 from raylrec.llm.backbone import load_backbone
 from raylrec.llm.prompts import SLOT_ITEM, SLOT_USER
-from raylrec.methods import build_method
+from raylrec.methods import METHODS
 
 
 def _cf(dim: int = 8) -> CFBundle:
@@ -24,7 +24,7 @@ def _cf(dim: int = 8) -> CFBundle:
 
 def _method(name: str, **kw):
     backbone = load_backbone(BackboneConfig(name="tiny-random-llama"))
-    return build_method(MethodConfig(name=name, cf_bundle="in-memory", **kw), backbone, _cf())
+    return METHODS.get(name)(cf_bundle="in-memory", **kw).build(backbone, _cf())
 
 
 def _batch(rows: int = 3, tokens: int = 12) -> dict[str, torch.Tensor]:

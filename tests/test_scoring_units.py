@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 
 from raylrec import storage
 from raylrec.cf.bundle import CFBundle
-from raylrec.cf.models import MF
-from raylrec.config import BackboneConfig, MethodConfig
+from raylrec.cf.encoders.mf.model import MF
+from raylrec.config import BackboneConfig
 from raylrec.llm.backbone import load_backbone
-from raylrec.llm.prompts import TEMPLATES, PromptBuilder
-from raylrec.methods import build_method
+from raylrec.llm.prompts import PromptBuilder
+from raylrec.methods import METHODS, template_text
 from raylrec.scoring import publish as recs
 from raylrec.scoring.profiles import PROFILE_SCHEMA, profiles_of_block
 from raylrec.scoring.rerank import Reranker, RerankRequest
@@ -89,17 +89,16 @@ TITLES = {i: f"Movie {i}" + " sequel" * (i % 5) for i in range(1, 60)}
 
 def _reranker(name: str, max_rows: int) -> Reranker:
     backbone = load_backbone(BackboneConfig(name="tiny-random-llama"))
-    method = build_method(
-        MethodConfig(name=name, cf_bundle="in-memory", experts=4, lora={"dropout": 0.0}),
-        backbone,
-        _cf_bundle(),
+    own = {"experts": 4} if "experts" in METHODS.get(name).model_fields else {}
+    method = METHODS.get(name)(cf_bundle="in-memory", lora={"dropout": 0.0}, **own).build(
+        backbone, _cf_bundle()
     )
     generator = torch.Generator().manual_seed(7)
     with torch.no_grad():  # trained-looking adapters: LoRA's B starts at zero
         for params in method.parameter_groups().values():
             for p in params:
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
-    prompts = PromptBuilder(backbone.tokenizer, TEMPLATES[method.stages()[-1].template], TITLES, 128, 6)
+    prompts = PromptBuilder(backbone.tokenizer, template_text(method.stages()[-1].template), TITLES, 128, 6)
     return Reranker(method, prompts, max_rows=max_rows, pack_tokens=64, rows_per_forward=3)
 
 
@@ -126,10 +125,12 @@ def test_shared_prefix_scores_equal_full_prompt_scores(name):
 def test_shared_prompts_are_the_full_prompts_and_share_one_history():
     tokenizer = load_backbone(BackboneConfig(name="tiny-random-llama")).tokenizer
     history, targets = [3, 7, 11, 19, 23, 29], [1, 14, 5]  # 14 has the longest title
-    roomy = PromptBuilder(tokenizer, TEMPLATES["collm"], TITLES, 512, 6)
+    roomy = PromptBuilder(tokenizer, template_text("collm"), TITLES, 512, 6)
     bare = len(roomy.encode([], 14)[0])
     # room for about two history titles beside the longest candidate
-    builder = PromptBuilder(tokenizer, TEMPLATES["collm"], TITLES, bare + 2 * len(roomy._title(29)) + 2, 6)
+    builder = PromptBuilder(
+        tokenizer, template_text("collm"), TITLES, bare + 2 * len(roomy._title(29)) + 2, 6
+    )
     shared = builder.encode_shared(history, targets)
     assert 0 < shared.history_items < len(history)  # the budget bites
     for target, suffix in zip(targets, shared.suffixes, strict=True):

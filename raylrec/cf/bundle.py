@@ -25,9 +25,10 @@ from safetensors.torch import load_file, save_file
 
 from raylrec import storage
 from raylrec.bundle_dir import claim_bundle_dir
+from raylrec.cf.config import CFConfig, encoder_config
 from raylrec.cf.data import Split
-from raylrec.cf.models import MF, CFEncoder, SASRec
-from raylrec.config import CFConfig, RaylrecConfig
+from raylrec.cf.models import CFEncoder
+from raylrec.config import RaylrecConfig
 from raylrec.data.output import read_table
 
 __all__ = [
@@ -57,8 +58,8 @@ def _latest_histories(train: Split, history_len: int) -> np.ndarray:
 def _tables(model: CFEncoder, train: Split, config: CFConfig) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
     with torch.no_grad():
-        if isinstance(model, SASRec):
-            histories = torch.from_numpy(_latest_histories(train, config.max_len))
+        if config.history_len:  # users are their history: each one's latest training history
+            histories = torch.from_numpy(_latest_histories(train, config.history_len))
             users = torch.cat([model.user_vectors({"history": h}) for h in histories.split(4096)])
         else:
             users = model.user_vectors({"uid": torch.arange(train.num_users)})
@@ -173,16 +174,8 @@ def load_cf_bundle(path: str) -> CFBundle:
             fs.get_file(storage.join(root, name), os.path.join(tmp, name))
         tables = load_file(os.path.join(tmp, "embeddings.safetensors"))
         state = load_file(os.path.join(tmp, "model.safetensors"))
-    cf = CFConfig.model_validate(config["cf"])
-    if cf.model == "sasrec":
-        encoder: CFEncoder = SASRec(
-            config["num_users"], config["num_items"], cf.dim, cf.max_len, cf.blocks, cf.heads, cf.dropout
-        )
-        encoder.load_state_dict(state)
-    else:
-        # MF and LightGCN serve their final tables: an MF over them scores identically.
-        encoder = MF(config["num_users"], config["num_items"], config["dim"])
-        encoder.users.weight.data.copy_(tables["users"])
-        encoder.items.weight.data.copy_(tables["items"])
+    cf = encoder_config(config["cf"])
+    sizes = (config["num_users"], config["num_items"])
+    encoder = cf.encoder_class().for_serving(cf, sizes, state, tables)
     encoder.eval()
     return CFBundle(config, tables["users"], tables["items"], encoder)

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from raylrec.data.output import read_meta, read_table
 
-__all__ = ["Split", "SeenPairs", "load_split", "to_arrays", "pad_histories", "sample_negatives"]
+__all__ = ["Split", "positives", "SeenPairs", "load_split", "to_arrays", "pad_histories", "sample_negatives"]
 
 
 def pad_histories(history: pa.ListArray | pa.ChunkedArray, length: int) -> np.ndarray:
@@ -97,3 +97,9 @@ def load_split(path: str, split: str, history_len: int = 0) -> Split:
     counts = read_meta(path)["counts"]
     table = read_table(path, split)
     return Split(to_arrays(table, history_len), counts["num_users"], counts["num_items"])
+
+
+def positives(split: Split, implicit: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(users, items) a top-K model learns from: every row if implicit, else label-1 rows."""
+    keep = np.ones(len(split), bool) if implicit else split.arrays["label"] > 0.5
+    return split.arrays["uid"][keep], split.arrays["iid"][keep]

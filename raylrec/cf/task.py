@@ -8,9 +8,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raylrec.cf.data import SeenPairs, Split, sample_negatives
-from raylrec.cf.models import MF, CFEncoder, LightGCN, SASRec, normalized_adjacency
-from raylrec.config import CFConfig, EvalConfig
+from raylrec.cf.config import CFConfig
+from raylrec.cf.data import SeenPairs, Split, positives, sample_negatives
+from raylrec.cf.models import CFEncoder
+from raylrec.config import EvalConfig
 from raylrec.eval import CTRAccumulator, ItemSets, RankingAccumulator
 from raylrec.train.loop import unwrap
 
@@ -25,30 +26,10 @@ __all__ = [
 ]
 
 
-def positives(split: Split, implicit: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(users, items) a top-K model learns from: every row if implicit, else label-1 rows."""
-    keep = np.ones(len(split), bool) if implicit else split.arrays["label"] > 0.5
-    return split.arrays["uid"][keep], split.arrays["iid"][keep]
-
-
 def build_encoder(config: CFConfig, train: Split) -> CFEncoder:
-    if config.model == "mf":
-        return MF(train.num_users, train.num_items, config.dim, config.init)
-    if config.model == "lightgcn":
-        users, items = positives(train, config.implicit or config.loss == "bce")
-        adjacency = normalized_adjacency(users, items, train.num_users, train.num_items)
-        return LightGCN(
-            train.num_users, train.num_items, adjacency, config.dim, config.layers, config.combine
-        )
-    return SASRec(
-        train.num_users,
-        train.num_items,
-        config.dim,
-        config.max_len,
-        config.blocks,
-        config.heads,
-        config.dropout,
-    )
+    """The encoder ``config`` names, for the users and items of ``train`` (the registry finds its
+    class: see ``raylrec.cf.config``)."""
+    return config.build(train)
 
 
 def seen_pairs(train: Split, config: CFConfig) -> SeenPairs | None:

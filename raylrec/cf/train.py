@@ -15,7 +15,7 @@ import torch
 
 from raylrec import storage
 from raylrec.cf.bundle import save_cf_bundle
-from raylrec.cf.data import Split, load_split, to_arrays
+from raylrec.cf.data import Split, load_split, positives, to_arrays
 from raylrec.cf.models import CFEncoder
 from raylrec.cf.task import (
     CFTask,
@@ -23,7 +23,6 @@ from raylrec.cf.task import (
     epoch_batches,
     evaluate_ctr,
     evaluate_ranking,
-    positives,
     seen_pairs,
 )
 from raylrec.config import RaylrecConfig
@@ -49,7 +48,7 @@ class CFResult:
 
 
 def _history_len(config: RaylrecConfig) -> int:
-    return config.cf.max_len if config.cf.model == "sasrec" else 0
+    return config.cf.history_len
 
 
 def _fingerprint(config: RaylrecConfig) -> str:

@@ -1,6 +1,7 @@
 """Prompt builders: (history titles, target title) -> token ids, within a token budget.
 
-Templates are text with slots: ``{history}`` (the user's recent positive titles, oldest first),
+Templates are text with slots (each method declares its own templates, see
+``raylrec.methods.config.template_text``): ``{history}`` (the user's recent positive titles, oldest first),
 ``{target}`` (the candidate's title) and, for CoLLM, ``{user_id}`` / ``{item_id}`` (one
 placeholder token each whose input embedding the method replaces by a projected CF
 embedding). The template is tokenised once in pieces and every title once, then prompts are
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "TEMPLATES",
     "SLOT_NONE",
     "SLOT_USER",
     "SLOT_ITEM",
@@ -28,27 +28,6 @@ __all__ = [
     "EncodedPrompts",
     "SharedPrompts",
 ]
-
-_QUESTION = (
-    "#Question: A user has given high ratings to the following movies: {history}. "
-    "Using all available information, make a prediction about whether the user would enjoy "
-    'the movie titled {target}? Answer with "Yes" or "No". \n#Answer:'
-)
-TEMPLATES = {
-    # TALLRec, and CoLLM's first stage: text only.
-    "tallrec": _QUESTION,
-    # CoLLM: the same question with one ID slot for the user and one for the target item.
-    "collm": (
-        "#Question: A user has given high ratings to the following movies: {history}. "
-        "Additionally, we have information about the user's preferences encoded in the feature "
-        "{user_id}. Using all available information, make a prediction about whether the user "
-        'would enjoy the movie titled {target} with the feature {item_id}? Answer with "Yes" or "No". '
-        "\n#Answer:"
-    ),
-    # RecLoRA: text with the short-term history; the long-term one reaches the adapters
-    # through the CF user representation.
-    "reclora": _QUESTION,
-}
 
 SLOT_NONE, SLOT_USER, SLOT_ITEM = 0, 1, 2
 _SLOTS = ("history", "target", "user_id", "item_id")

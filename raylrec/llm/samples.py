@@ -15,7 +15,7 @@ import pyarrow as pa
 from raylrec.cf.data import pad_histories
 from raylrec.config import RaylrecConfig
 from raylrec.data.output import read_meta, read_split, read_table
-from raylrec.llm.prompts import TEMPLATES, PromptBuilder
+from raylrec.llm.prompts import PromptBuilder
 
 __all__ = ["sample_mask", "encode_rows", "sample_fraction", "item_titles", "build_samples"]
 
@@ -49,10 +49,6 @@ def item_titles(dataset: str) -> dict[int, str]:
     if "title" not in table.schema.names:
         raise ValueError(f"{dataset}/items has no 'title' column: LLM prompts need item titles")
     return dict(zip(table["iid"].to_pylist(), table["title"].to_pylist(), strict=True))
-
-
-def template_text(name_or_text: str) -> str:
-    return TEMPLATES.get(name_or_text, name_or_text)
 
 
 def encode_rows(
@@ -92,7 +88,7 @@ def _builder(config_json: str, template: str) -> PromptBuilder:
     config = RaylrecConfig.model_validate_json(config_json)
     return PromptBuilder(
         load_tokenizer(config.backbone),
-        template_text(template),
+        template,
         item_titles(config.dataset_path()),
         config.prompt.max_tokens,
         config.prompt.history_items,
@@ -140,7 +136,7 @@ def local_samples(config: RaylrecConfig, split: str, template: str, cf_history: 
     table = read_table(dataset, split)
     builder = PromptBuilder(
         tokenizer,
-        template_text(template),
+        template,
         item_titles(dataset),
         config.prompt.max_tokens,
         config.prompt.history_items,

@@ -1,18 +1,21 @@
-"""LLM recommenders on one interface (``RecMethod``)."""
+"""LLM recommenders on one interface.
+
+``raylrec.methods.config`` holds the registry (``METHODS``) and the base config every method's
+config class extends; ``raylrec.methods.base.RecMethod`` is the model interface. Each method is
+a folder here (``tallrec/``, ``collm/``, ``reclora/``, ...): its torch-free config and
+registration in ``__init__.py``, its model in ``model.py``. Importing this package imports no
+torch: configs load and fail fast.
+"""
 
 from __future__ import annotations
 
-from raylrec.cf.bundle import CFBundle
-from raylrec.config import MethodConfig
-from raylrec.methods.base import RecMethod, Stage
-from raylrec.methods.collm import CoLLM
-from raylrec.methods.reclora import RecLoRA
-from raylrec.methods.tallrec import TALLRec
+from raylrec.methods.config import (
+    METHODS,
+    MethodConfig,
+    Stage,
+    prompt_templates,
+    register_method,
+    template_text,
+)
 
-__all__ = ["METHODS", "RecMethod", "Stage", "build_method", "CoLLM", "RecLoRA", "TALLRec"]
-
-METHODS: dict[str, type[RecMethod]] = {m.name: m for m in (TALLRec, CoLLM, RecLoRA)}
-
-
-def build_method(config: MethodConfig, backbone, cf: CFBundle | None) -> RecMethod:
-    return METHODS[config.name](config, backbone, cf)
+__all__ = ["METHODS", "MethodConfig", "Stage", "prompt_templates", "register_method", "template_text"]

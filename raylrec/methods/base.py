@@ -12,34 +12,22 @@ override ``score``), RLMRec (a CF-side alignment loss: override ``loss``).
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from raylrec.cf.bundle import CFBundle
-from raylrec.config import MethodConfig
+from raylrec.methods.config import MethodConfig, Stage
 
 __all__ = ["RecMethod", "Stage", "Batch"]
 
 Batch = dict[str, torch.Tensor]
 
 
-@dataclass(frozen=True)
-class Stage:
-    """One training phase: its prompt template and which parameter groups train."""
-
-    name: str
-    template: str
-    trainable: tuple[str, ...]
-    epochs: int | None = None  # None: train.epochs
-
-
 class RecMethod(nn.Module):
-    name: ClassVar[str]
-    default_score: ClassVar[str] = "yes_logit"
+    """The base every method's model subclasses; its config class (``raylrec.methods.config``)
+    declares the stages and capabilities."""
 
     def __init__(self, config: MethodConfig, backbone, cf: CFBundle | None):
         super().__init__()
@@ -48,7 +36,7 @@ class RecMethod(nn.Module):
         for p in self.lm.parameters():
             p.requires_grad_(False)
         self.yes_id, self.no_id = backbone.yes_no_token_ids()
-        self.score_kind = config.score or self.default_score
+        self.score_kind = config.score_kind
         self.cf = cf.encoder if cf is not None else None
         if self.cf is not None:
             for p in self.cf.parameters():
@@ -56,14 +44,12 @@ class RecMethod(nn.Module):
 
     # --- what each method defines -------------------------------------------------------------
 
-    @classmethod
-    def stages_for(cls, config: MethodConfig) -> list[Stage]:
-        """The training stages, from the config alone (the driver plans runs without building
-        the model)."""
-        raise NotImplementedError
+    @property
+    def name(self) -> str:
+        return self.config.name
 
     def stages(self) -> list[Stage]:
-        return self.stages_for(self.config)
+        return self.config.stages()
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Named groups of the method's own parameters (``Stage.trainable`` picks among them)."""

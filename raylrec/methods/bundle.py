@@ -25,11 +25,11 @@ from safetensors.torch import load_file, save_file
 from raylrec import storage
 from raylrec.bundle_dir import claim_bundle_dir
 from raylrec.cf.bundle import check_cf_bundle, check_finite, load_cf_bundle
-from raylrec.config import BackboneConfig, MethodConfig, PromptConfig, RaylrecConfig
+from raylrec.config import BackboneConfig, PromptConfig, RaylrecConfig
 from raylrec.data.output import read_table
 from raylrec.llm.prompts import PromptBuilder
-from raylrec.llm.samples import template_text
-from raylrec.methods import RecMethod, build_method
+from raylrec.methods.base import RecMethod
+from raylrec.methods.config import METHODS, template_text
 
 __all__ = ["save_model_bundle", "load_model_bundle", "check_model_bundle", "ModelBundle", "CONFIG_FILE"]
 
@@ -120,12 +120,12 @@ def load_model_bundle(path: str, device: str | torch.device = "cpu") -> ModelBun
 
     fs, root = storage.filesystem(path)
     description = _description(path)
-    method_config = MethodConfig.model_validate(
+    method_config = METHODS.validate_recorded(
         {**description["method"], "cf_bundle": storage.join(path, "cf") if fs.exists(f"{root}/cf") else None}
     )
     backbone = load_backbone(BackboneConfig.model_validate(description["backbone"]), device)
     cf = load_cf_bundle(method_config.cf_bundle) if method_config.cf_bundle else None
-    method = build_method(method_config, backbone, cf)
+    method = method_config.build(backbone, cf)
     with tempfile.TemporaryDirectory() as tmp:
         fs.get_file(storage.join(root, WEIGHTS_FILE), os.path.join(tmp, WEIGHTS_FILE))
         fs.get_file(storage.join(root, "items.parquet"), os.path.join(tmp, "items.parquet"))

@@ -18,7 +18,7 @@ import torch
 from raylrec import storage
 from raylrec.config import RaylrecConfig
 from raylrec.data.output import read_meta
-from raylrec.methods.base import Stage
+from raylrec.methods.config import METHODS, Stage, template_text
 from raylrec.methods.task import LLMTask, epoch_batches
 from raylrec.train.loop import TrainState, fit
 from raylrec.train.reporting import LocalReporter, config_fingerprint
@@ -58,12 +58,16 @@ def _absolute(config: RaylrecConfig) -> RaylrecConfig:
 def _cf_history(config: RaylrecConfig) -> int:
     if not config.method.cf_bundle:
         return 0
+    from raylrec.cf.config import encoder_config
+
     cf = storage.read_json(storage.join(config.method.cf_bundle, "config.json"))["cf"]
-    return int(cf["max_len"]) if cf["model"] == "sasrec" else 0
+    return encoder_config(cf).history_len
 
 
 def _stage_template(config: RaylrecConfig, stage: Stage, last: bool) -> str:
-    return config.prompt.template if (last and config.prompt.template) else stage.template
+    """The template text a stage trains with: ``prompt.template`` (a name or a text) for the
+    last stage when set, else the stage's own."""
+    return template_text(config.prompt.template if (last and config.prompt.template) else stage.template)
 
 
 def _fingerprint(config: RaylrecConfig, stage: Stage) -> str:
@@ -88,11 +92,10 @@ def _fingerprint(config: RaylrecConfig, stage: Stage) -> str:
 def _build(config: RaylrecConfig, stage: Stage, init: dict[str, torch.Tensor], device: torch.device):
     from raylrec.cf.bundle import load_cf_bundle
     from raylrec.llm.backbone import load_backbone
-    from raylrec.methods import build_method
 
     backbone = load_backbone(config.backbone, device)
     cf = load_cf_bundle(config.method.cf_bundle) if config.method.cf_bundle else None
-    method = build_method(config.method, backbone, cf)
+    method = config.method.build(backbone, cf)
     if init:
         method.load_method_state_dict(init, strict=False)
     method.set_stage(stage)
@@ -170,7 +173,7 @@ def _run_stage_ray(
     valid = build_samples(config, "valid", template, cf_history).materialize()
     say(
         f"stage {stage.name}: {train.count():,} training and {valid.count():,} validation prompts "
-        f"tokenised in {time.perf_counter() - started:.1f}s (template {template})"
+        f"tokenised in {time.perf_counter() - started:.1f}s"
     )
     from ray.train import DataConfig
 
@@ -221,9 +224,7 @@ def _run_stage_local(
 
 
 def _stages(config: RaylrecConfig) -> list[Stage]:
-    from raylrec.methods import METHODS
-
-    return METHODS[config.method.name].stages_for(config.method)
+    return config.method.stages()
 
 
 def _initial_weights(config: RaylrecConfig, say) -> dict[str, torch.Tensor]:
@@ -266,7 +267,7 @@ def train_method(
     from raylrec.train.ray_runner import default_run_name
 
     if config.method is None:
-        raise ValueError("set a 'method' section (name: tallrec | collm | reclora)")
+        raise ValueError(f"set a 'method' section (name: {' | '.join(METHODS.names())})")
     started = time.perf_counter()
     config = _absolute(config)
     meta = read_meta(config.dataset_path())

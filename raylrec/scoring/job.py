@@ -55,9 +55,9 @@ def _resolve(config: RaylrecConfig) -> tuple[str, str | None, str, dict[str, Any
 
 
 def _history_length(cf: dict[str, Any], model: dict[str, Any] | None) -> int:
-    lengths = [50]
-    if cf["cf"]["model"] == "sasrec":
-        lengths.append(int(cf["cf"]["max_len"]))
+    from raylrec.cf.config import encoder_config
+
+    lengths = [50, encoder_config(cf["cf"]).history_len]
     if model is not None:
         lengths.append(int(model["prompt"]["history_items"]))
     return max(lengths)

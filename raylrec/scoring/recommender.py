@@ -20,6 +20,7 @@ import torch
 
 from raylrec import storage
 from raylrec.cf.bundle import cf_vocabularies, load_cf_bundle
+from raylrec.cf.config import encoder_config
 from raylrec.data.output import read_table
 from raylrec.scoring.publish import RECS_SCHEMA
 from raylrec.scoring.rerank import Reranker, RerankRequest
@@ -52,8 +53,8 @@ class ScoringPlan:
 
 
 def _cf_history_length(config: dict) -> int:
-    cf = config["cf"]
-    return int(cf["max_len"]) if cf["model"] == "sasrec" else 0
+    """History the bundle's encoder reads (0: it knows users by id)."""
+    return encoder_config(config["cf"]).history_len
 
 
 def _pad(rows: list[np.ndarray], length: int) -> torch.Tensor:

@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from raylrec.cf.config import ENCODERS
 from raylrec.config import ConfigError, RaylrecConfig, build_config, merge_raw
+from raylrec.methods.config import METHODS
 
 __all__ = ["Distribution", "SearchSpace", "apply_params", "load_space", "model_of", "total_epochs"]
 
-MODELS = ("mf", "lightgcn", "sasrec", "tallrec", "collm", "reclora")
-CF_MODELS = ("mf", "lightgcn", "sasrec")
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
 # Keys that describe where and how a run executes, or what it is judged by: never a hyperparameter.
 UNTUNABLE = {
@@ -58,7 +58,7 @@ class Scheduler(_Strict):
 
 
 class SpaceFile(_Strict):
-    model: Literal["mf", "lightgcn", "sasrec", "tallrec", "collm", "reclora"]
+    model: str = Field(description="a registered CF encoder or method")
     search: Literal["optuna", "random", "grid"] = "optuna"
     num_samples: int | None = Field(
         default=None, ge=1, description="trials (default 16); grid: runs of the whole grid (default 1)"
@@ -66,6 +66,14 @@ class SpaceFile(_Strict):
     seed: int = 0
     scheduler: Scheduler = Scheduler()
     params: dict[str, Any] = Field(min_length=1)
+
+    @field_validator("model")
+    @classmethod
+    def _registered(cls, model: str) -> str:
+        known = (*ENCODERS.names(), *METHODS.names())
+        if model not in known:
+            raise ValueError(f"{model!r} is not a registered CF encoder or method ({', '.join(known)})")
+        return model
 
 
 @dataclass(frozen=True)
@@ -140,9 +148,7 @@ def stage_epochs(config: RaylrecConfig) -> list[int]:
     projector; a CF model: one stage)."""
     if config.method is None:
         return [config.train.epochs]
-    from raylrec.methods import METHODS
-
-    stages = METHODS[config.method.name].stages_for(config.method)
+    stages = config.method.stages()
     return [s.epochs if s.epochs is not None else config.train.epochs for s in stages]
 
 
@@ -151,23 +157,17 @@ def total_epochs(config: RaylrecConfig) -> int:
     return sum(stage_epochs(config))
 
 
-def _field(key: str) -> tuple[Any, dict[str, Any]]:
-    """The pydantic field a dotted key names: (annotation, json_schema_extra); KeyError if none."""
-    model: type[BaseModel] = RaylrecConfig
+def _field(key: str, config: RaylrecConfig) -> Any:
+    """The annotation of the field a dotted key names in ``config`` (the concrete config classes
+    of its CF encoder and method); KeyError naming the first part that is no field."""
+    node: Any = config
     parts = key.split(".")
     for i, part in enumerate(parts):
-        info = model.model_fields.get(part)
-        if info is None:
+        if not isinstance(node, BaseModel) or part not in type(node).model_fields:
             raise KeyError(".".join(parts[: i + 1]))
-        annotation = info.annotation
         if i == len(parts) - 1:
-            return annotation, dict(info.json_schema_extra or {})
-        nested = [
-            a for a in (annotation, *get_args(annotation)) if isinstance(a, type) and issubclass(a, BaseModel)
-        ]
-        if not nested:
-            raise KeyError(".".join(parts[: i + 2]))
-        model = nested[0]
+            return type(node).model_fields[part].annotation
+        node = getattr(node, part)
     raise KeyError(key)
 
 
@@ -201,23 +201,25 @@ def _parse_distribution(key: str, spec: Any, where: str) -> Distribution:
 
 
 def _check_key(key: str, kind: str, model: str, config: RaylrecConfig, where: str) -> None:
-    try:
-        annotation, extra = _field(key)
-    except KeyError as missing:
-        raise ConfigError(f"{where}: {missing.args[0]} is not a config field") from None
-    section = key.split(".", 1)[0]
-    family = "cf" if model in CF_MODELS else "llm"
+    section, _, leaf = key.partition(".")
+    family = "llm" if config.method is not None else "cf"
     if key in UNTUNABLE:
         raise ConfigError(f"{where}: {key} is not a hyperparameter (it sets where or how runs execute)")
-    if section not in SECTIONS[family] or "." not in key:
+    if section not in SECTIONS[family] or not leaf:
         allowed = ", ".join(f"{s}.*" for s in SECTIONS[family])
         raise ConfigError(f"{where}: {key} cannot be swept for {model} (sweepable: {allowed})")
-    if "applies_to" in extra and model not in extra["applies_to"]:
-        raise ConfigError(f"{where}: {key} is not a {model} setting (only {', '.join(extra['applies_to'])})")
+    try:
+        annotation = _field(key, config)
+    except KeyError as missing:
+        registry = {"cf": ENCODERS, "method": METHODS}.get(section)
+        owners = (
+            registry.owners(leaf.split(".")[0]) if registry is not None and missing.args[0] == key else ()
+        )
+        if owners:
+            raise ConfigError(f"{where}: {key} is not a {model} setting (only {', '.join(owners)})") from None
+        raise ConfigError(f"{where}: {missing.args[0]} is not a config field") from None
     if kind in ("uniform", "loguniform") and _is_integer(annotation):
         raise ConfigError(f"{where}: {key} is an integer; use randint, choice or grid")
-    if family == "llm" and config.method is None:
-        raise ConfigError(f"{where}: the config has no method section")
 
 
 def load_space(path: str | Path, config: RaylrecConfig, raw_config: dict[str, Any]) -> SearchSpace:

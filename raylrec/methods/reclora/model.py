@@ -1,4 +1,4 @@
-"""RecLoRA: personalised meta-LoRA mixtures.
+"""RecLoRA's model (see the package docstring for the paper): personalised meta-LoRA mixtures.
 
 Every adapted module (q and v) holds a bank of K meta-LoRAs and a router; the frozen CF
 encoder's user representation (detached; for a sequential encoder, over the long history)
@@ -14,17 +14,14 @@ from torch import nn
 
 from raylrec.adapters import AdapterContext, LoRAMixture, Router, inject_per_sample_lora
 from raylrec.cf.bundle import CFBundle
-from raylrec.config import MethodConfig
-from raylrec.methods.base import Batch, RecMethod, Stage
+from raylrec.methods.base import Batch, RecMethod
+from raylrec.methods.reclora import RecLoRAConfig
 
 __all__ = ["RecLoRA"]
 
 
 class RecLoRA(RecMethod):
-    name = "reclora"
-    default_score = "yes_no"
-
-    def __init__(self, config: MethodConfig, backbone, cf: CFBundle | None):
+    def __init__(self, config: RecLoRAConfig, backbone, cf: CFBundle | None):
         super().__init__(config, backbone, cf)
         if self.cf is None:
             raise ValueError("RecLoRA needs a CF bundle")
@@ -41,10 +38,6 @@ class RecLoRA(RecMethod):
         self.adapted = inject_per_sample_lora(
             self.lm, lora.targets, mixture, self._context, lora.alpha / lora.r, lora.dropout
         )
-
-    @classmethod
-    def stages_for(cls, config: MethodConfig) -> list[Stage]:
-        return [Stage("mixture", "reclora", ("mixture",))]
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         params = [p for name in self.adapted for p in self.lm.get_submodule(name).factors.parameters()]

@@ -1,4 +1,5 @@
-"""CoLLM: frozen CF embeddings projected into the token-embedding space, one token per ID.
+"""CoLLM's model (see the package docstring for the paper): frozen CF embeddings projected
+into the token-embedding space, one token per ID.
 
 The prompt's ``{user_id}`` and ``{item_id}`` slots hold placeholder tokens whose input
 embeddings are replaced by ``projector(cf user vector)`` and ``projector(cf item vector)``.
@@ -12,18 +13,16 @@ import torch
 from torch import nn
 
 from raylrec.cf.bundle import CFBundle
-from raylrec.config import MethodConfig
 from raylrec.llm.prompts import SLOT_ITEM, SLOT_USER
-from raylrec.methods.base import Batch, RecMethod, Stage
-from raylrec.methods.tallrec import add_lora
+from raylrec.methods.base import Batch, RecMethod
+from raylrec.methods.collm import CoLLMConfig
+from raylrec.methods.tallrec.model import add_lora
 
 __all__ = ["CoLLM"]
 
 
 class CoLLM(RecMethod):
-    name = "collm"
-
-    def __init__(self, config: MethodConfig, backbone, cf: CFBundle | None):
+    def __init__(self, config: CoLLMConfig, backbone, cf: CFBundle | None):
         super().__init__(config, backbone, cf)
         if self.cf is None:
             raise ValueError("CoLLM needs a CF bundle")
@@ -34,14 +33,7 @@ class CoLLM(RecMethod):
             nn.ReLU(),
             nn.Linear(config.projector_expansion * dim, hidden),
         )
-        self.lora = add_lora(self.lm, config)
-
-    @classmethod
-    def stages_for(cls, config: MethodConfig) -> list[Stage]:
-        stage2 = Stage("projector", "collm", ("projector", "cf") if config.tune_cf else ("projector",))
-        if config.stage1_epochs == 0:
-            return [stage2]
-        return [Stage("lora", "tallrec", ("lora",), epochs=config.stage1_epochs), stage2]
+        self.lora = add_lora(self.lm, config.lora)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         groups = {"lora": self.lora, "projector": list(self.projector.parameters())}

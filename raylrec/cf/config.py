@@ -1,0 +1,69 @@
+"""What every CF encoder's config has, and the registry of CF encoders.
+
+Each encoder lives in its own folder under ``raylrec/cf/encoders/`` (its config class,
+registered with ``@register_encoder``, in the torch-free ``__init__.py``; its ``nn.Module`` in
+``model.py``). The config class declares what the rest of raylrec needs to know about the
+encoder: ``history_len`` (how much of a user's history it reads: 0 for ID-based ones), the
+metrics its objective reports, and ``implementation``, the encoder class built from it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import Field
+
+from raylrec.config_types import Bool, Float, Int, StrictConfig
+from raylrec.metric_names import ctr_metric_names, ranking_metric_names
+from raylrec.registry import Registry, import_object
+
+if TYPE_CHECKING:
+    from raylrec.cf.data import Split
+    from raylrec.cf.models import CFEncoder
+
+__all__ = ["CFConfig", "ENCODERS", "register_encoder", "encoder_config"]
+
+ENCODERS: Registry = Registry("CF encoder", "model", "raylrec.cf.encoders", "raylrec.cf_encoders")
+register_encoder = ENCODERS.register
+
+
+class CFConfig(StrictConfig):
+    """A collaborative-filtering encoder and its objective (the fields every encoder shares)."""
+
+    model: str
+    dim: Int = Field(default=64, ge=1)
+    loss: Literal["bce", "bpr"] = Field(
+        default="bce", description="bce on CTR labels, or bpr with one sampled negative per positive"
+    )
+    implicit: Bool = Field(
+        default=False, description="bpr: every training row is a positive, not only label 1"
+    )
+    reg_weight: Float = Field(default=0.0, ge=0, description="L2 on the embeddings a step touches")
+    negatives: Literal["unseen", "uniform"] = Field(
+        default="unseen", description="bpr: redraw negatives the user interacted with in training, or not"
+    )
+
+    implementation: ClassVar[str]  # "package.module:Class", a CFEncoder subclass
+    paper: ClassVar[str] = ""
+
+    @property
+    def history_len(self) -> int:
+        """Items of each user's history the encoder reads (0: it knows users by id)."""
+        return 0
+
+    def reported_metrics(self, ks: list[int]) -> frozenset[str]:
+        """What evaluation reports for this objective: CTR metrics for bce, top-K at every
+        cut-off for bpr."""
+        return ranking_metric_names(ks) if self.loss == "bpr" else ctr_metric_names()
+
+    def encoder_class(self) -> type[CFEncoder]:
+        return import_object(self.implementation)
+
+    def build(self, train: Split) -> CFEncoder:
+        """A fresh encoder for the users and items of ``train``."""
+        return self.encoder_class().from_config(self, train)
+
+
+def encoder_config(raw: dict[str, Any]) -> CFConfig:
+    """A recorded ``cf`` section (a CF bundle's config.json) -> its encoder's config."""
+    return ENCODERS.validate_recorded({"model": "mf", **raw})

@@ -1,0 +1,103 @@
+"""LightGCN (see the package docstring for the paper)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from raylrec.cf.data import positives
+from raylrec.cf.models import CFEncoder
+
+if TYPE_CHECKING:
+    from raylrec.cf.data import Split
+    from raylrec.cf.encoders.lightgcn import LightGCNConfig
+
+__all__ = ["LightGCN", "normalized_adjacency"]
+
+
+def normalized_adjacency(
+    users: np.ndarray, items: np.ndarray, num_users: int, num_items: int
+) -> torch.Tensor:
+    """D^-1/2 A D^-1/2 of the user-item bipartite graph, users first then items (sparse CSR)."""
+    pairs = np.unique(np.stack([users, items], 1), axis=0)
+    u, i = pairs[:, 0], pairs[:, 1] + num_users
+    rows = np.concatenate([u, i])
+    cols = np.concatenate([i, u])
+    n = num_users + num_items
+    degree = np.bincount(rows, minlength=n).astype(np.float64)
+    inv_sqrt = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1)), 0.0)
+    values = inv_sqrt[rows] * inv_sqrt[cols]
+    coo = torch.sparse_coo_tensor(
+        torch.as_tensor(np.stack([rows, cols])), torch.as_tensor(values, dtype=torch.float32), (n, n)
+    )
+    return coo.coalesce().to_sparse_csr()
+
+
+class LightGCN(CFEncoder):
+    """LightGCN: embeddings propagated over the normalised graph, layers combined by mean (CoLLM)
+    or sum (RLMRec)."""
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        adjacency: torch.Tensor,
+        dim: int = 64,
+        layers: int = 3,
+        combine: str = "mean",
+    ):
+        super().__init__()
+        if combine not in ("mean", "sum"):
+            raise ValueError(f"combine must be 'mean' or 'sum', got {combine!r}")
+        self.num_users, self.num_items, self.dim = num_users, num_items, dim
+        self.layers, self.combine = layers, combine
+        self.embedding = nn.Embedding(num_users + num_items, dim)
+        nn.init.xavier_uniform_(self.embedding.weight)
+        self.register_buffer("adjacency", adjacency, persistent=False)
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def from_config(cls, config: LightGCNConfig, train: Split) -> LightGCN:
+        # The graph of a BCE encoder holds every training interaction; a BPR one, its positives.
+        users, items = positives(train, config.implicit or config.loss == "bce")
+        adjacency = normalized_adjacency(users, items, train.num_users, train.num_items)
+        return cls(train.num_users, train.num_items, adjacency, config.dim, config.layers, config.combine)
+
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final user and item tables. Cached in eval mode (the graph and weights are fixed)."""
+        if not self.training and self._cache is not None:
+            return self._cache
+        x = self.embedding.weight
+        outputs = [x]
+        for _ in range(self.layers):
+            x = torch.sparse.mm(self.adjacency, x)
+            outputs.append(x)
+        stacked = torch.stack(outputs)
+        final = stacked.mean(0) if self.combine == "mean" else stacked.sum(0)
+        tables = (final[: self.num_users], final[self.num_users :])
+        self._cache = None if self.training else tables
+        return tables
+
+    def train(self, mode: bool = True) -> LightGCN:
+        self._cache = None
+        return super().train(mode)
+
+    def embed(self, batch: dict[str, torch.Tensor], *items: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        users, table = self.propagate()
+        return (users[batch["uid"]], *(table if i is None else table[i] for i in items))
+
+    def user_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.propagate()[0][batch["uid"]]
+
+    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        table = self.propagate()[1]
+        return table if items is None else table[items]
+
+    def regularisation(self, batch: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
+        # LightGCN regularises the layer-0 embeddings, not the propagated ones.
+        ego_u = self.embedding(batch["uid"])
+        ego_i = self.embedding(items + self.num_users)
+        return (ego_u.pow(2).sum() + ego_i.pow(2).sum()) / (2 * len(ego_u))

@@ -1,0 +1,62 @@
+"""The building blocks of every config model: strict pydantic bases and number types.
+
+Torch-free and importing nothing else from raylrec, so that the config classes next to each
+model (``raylrec/cf/encoders/*``, ``raylrec/methods/*``) and the top-level ``raylrec.config``
+can all use them without cycles, and a config loads (and fails) without importing torch.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, StrictBool
+
+__all__ = [
+    "Bool",
+    "ConfigError",
+    "FieldError",
+    "Float",
+    "Int",
+    "OptionalFloat",
+    "OptionalInt",
+    "StrictConfig",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the field and the file."""
+
+
+class FieldError(ValueError):
+    """A cross-field check that blames one field: ``field`` (dotted, relative to the model whose
+    validator raises it) is appended to the error's location, so the message names
+    ``train.metric`` rather than the top level."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+class StrictConfig(BaseModel):
+    """Unknown keys are errors, values are frozen; ``allow_inf_nan=False``: a NaN or infinite
+    learning rate, threshold or amount is never meant."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _not_a_bool(value: Any) -> Any:
+    # pydantic takes True for 1 in a number field: `train.epochs=true` trained one epoch.
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
+
+
+NO_BOOL = BeforeValidator(_not_a_bool)
+# Optional ones wrap the whole union, so a field's annotation stays ``int | None`` for the code
+# that reads it (tune/space.py refuses a float distribution over an integer field).
+Int = Annotated[int, NO_BOOL]
+Float = Annotated[float, NO_BOOL]
+OptionalInt = Annotated[int | None, NO_BOOL]
+OptionalFloat = Annotated[float | None, NO_BOOL]
+# Only true/false (YAML's yes/no included): 1, 0 or "off" in a flag is more likely a mistake.
+Bool = StrictBool
