@@ -277,8 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="where outputs go (local or s3://)")
     demo.set_defaults(func=cmd_demo)
 
+    from raylrec.cf.config import ENCODERS
+    from raylrec.methods.config import METHODS
+
     train_cf = sub.add_parser(
-        "train-cf", help="train a CF encoder (MF, LightGCN, SASRec) and export its bundle"
+        "train-cf", help=f"train a CF encoder (cf.model: {', '.join(ENCODERS.names())}) and export its bundle"
     )
     train_cf.add_argument("--config", "-c", required=True, help="YAML config (see configs/)")
     train_cf.add_argument(
@@ -288,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_cf.set_defaults(func=cmd_train_cf)
 
     train = sub.add_parser(
-        "train", help="fine-tune an LLM method (TALLRec, CoLLM, RecLoRA) and export its model bundle"
+        "train",
+        help=f"fine-tune an LLM method (method.name: {', '.join(METHODS.names())}), export its model bundle",
     )
     train.add_argument("--config", "-c", required=True, help="YAML config (see configs/)")
     train.add_argument(
