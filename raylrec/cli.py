@@ -13,6 +13,7 @@ raylrec nightly --config FILE --date D         prepare -> refresh CF -> score ->
 raylrec recs read ROOT [--date D] [--user U]   read published recommendations (checksums verified)
 raylrec recs eval ROOT --dataset D [--split S]  Recall/NDCG@K of published lists vs held-out items
 raylrec recs dates ROOT                        the published dates under ROOT
+raylrec config docs                            the configuration reference, generated from the models
 """
 
 from __future__ import annotations
@@ -228,6 +229,13 @@ def cmd_recs_dates(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_docs(args: argparse.Namespace) -> int:
+    from raylrec.config_docs import render_reference
+
+    print(render_reference(), end="")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from raylrec.demo import run_demo
 
@@ -379,6 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
     dates = recs.add_parser("dates", help="list published dates")
     dates.add_argument("root")
     dates.set_defaults(func=cmd_recs_dates)
+
+    config_cmd = sub.add_parser("config", help="configuration tools").add_subparsers(
+        dest="config_command", required=True
+    )
+    config_docs = config_cmd.add_parser(
+        "docs", help="print the configuration reference (Markdown) generated from the config models"
+    )
+    config_docs.set_defaults(func=cmd_config_docs)
 
     data = sub.add_parser("data", help="prepare and inspect datasets").add_subparsers(
         dest="data_command", required=True

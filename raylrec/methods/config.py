@@ -58,10 +58,14 @@ class Stage:
 
 
 class LoRAConfig(StrictConfig):
-    r: Int = Field(default=8, ge=1)
-    alpha: Float = Field(default=16, gt=0)
-    dropout: Float = Field(default=0.05, ge=0, lt=1)
-    targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+    """A LoRA on the backbone's linear layers (scale alpha / r)."""
+
+    r: Int = Field(default=8, ge=1, description="rank")
+    alpha: Float = Field(default=16, gt=0, description="scale numerator: updates are scaled by alpha / r")
+    dropout: Float = Field(default=0.05, ge=0, lt=1, description="dropout on the adapter's input")
+    targets: list[str] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"], min_length=1, description="module names to adapt"
+    )
 
 
 class MethodConfig(StrictConfig):

@@ -1,4 +1,4 @@
-"""CoLLM (Zhang et al., TKDE 2025, arXiv 2310.19488): frozen CF embeddings projected into the
+"""CoLLM (Zhang et al., arXiv 2310.19488): frozen CF embeddings projected into the
 token-embedding space, one token per ID, in two stages (LoRA on the text prompt, then the
 projector)."""
 
