@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
@@ -56,11 +57,27 @@ class CFEncoder(nn.Module):
         return (self.user_vectors(batch), *(self.item_vectors(i) for i in items))
 
     def forward(
-        self, batch: dict[str, torch.Tensor], *items: torch.Tensor | None
+        self, batch: dict[str, torch.Tensor], *items: torch.Tensor | None, objective: CFConfig | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """``score(batch)`` or, given item sets, ``embed(batch, *items)``: going through
+        """``score(batch)`` or, given item sets, ``embed(batch, *items)``; given ``objective``
+        (the CF config), the training loss ``self.loss(batch, objective)``. Going through
         ``forward`` is what lets DistributedDataParallel synchronise gradients."""
+        if objective is not None:
+            return self.loss(batch, objective)
         return self.embed(batch, *items) if items else self.score(batch)
+
+    def loss(self, batch: dict[str, torch.Tensor], objective: CFConfig) -> torch.Tensor:
+        """What training optimises: BCE of ``score`` on CTR labels, or BPR on (``iid``, ``neg``)
+        with ``objective.reg_weight`` times ``regularisation``. Override it to add a term
+        (``super().loss(batch, objective) + ...``); training calls it through ``forward``."""
+        if objective.loss == "bce":
+            return F.binary_cross_entropy_with_logits(self.score(batch), batch["label"].float())
+        users, pos, neg = self.embed(batch, batch["iid"], batch["neg"])
+        loss = -F.logsigmoid((users * pos).sum(-1) - (users * neg).sum(-1)).mean()
+        if objective.reg_weight:
+            items = torch.cat([batch["iid"], batch["neg"]])
+            loss = loss + objective.reg_weight * self.regularisation(batch, items)
+        return loss
 
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits for the pairs (user, ``batch["iid"]``)."""

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from raylrec.cf.config import CFConfig
 from raylrec.cf.data import SeenPairs, Split, positives, sample_negatives
@@ -116,14 +115,9 @@ class CFTask:
         return unwrap(self.model)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.config.loss == "bce":
-            return F.binary_cross_entropy_with_logits(self.model(batch), batch["label"].float())
-        users, pos, neg = self.model(batch, batch["iid"], batch["neg"])
-        loss = -F.logsigmoid((users * pos).sum(-1) - (users * neg).sum(-1)).mean()
-        if self.config.reg_weight:
-            items = torch.cat([batch["iid"], batch["neg"]])
-            loss = loss + self.config.reg_weight * self.encoder.regularisation(batch, items)
-        return loss
+        """The encoder's own ``loss`` for this objective (``CFEncoder.loss``, overridable),
+        called through the wrapper's forward so DDP synchronises every gradient."""
+        return self.model(batch, objective=self.config)
 
     def evaluate(self) -> dict[str, float]:
         if self.config.loss == "bce":

@@ -6,7 +6,8 @@ parameters train in each stage, and saves/loads only its own weights (adapters, 
 router, generator, ID embeddings, ...), never the frozen backbone. The hooks cover the methods
 that come next: CoRA (a generator producing per-sample LoRA factors: ``condition`` +
 ``raylrec.adapters``), CLLM4Rec (new ID-token tables: ``input_embeddings``; an item head:
-override ``score``), RLMRec (a CF-side alignment loss: override ``loss``).
+override ``score``), RLMRec (a CF-side alignment loss: override ``loss``, which training
+calls through ``forward(batch, compute_loss=True)``).
 """
 
 from __future__ import annotations
@@ -133,13 +134,23 @@ class RecMethod(nn.Module):
         yes = logits[:, self.yes_id]
         return yes if self.score_kind == "yes_logit" else yes - logits[:, self.no_id]
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch, compute_loss: bool = False) -> torch.Tensor:
         """One logit per sample, read at the answer position (the last column: prompts are
-        left-padded). The LM head runs on that position only."""
+        left-padded). The LM head runs on that position only.
+
+        ``compute_loss``: the training loss of ``batch`` instead (``self.loss``). Training calls
+        ``model(batch, compute_loss=True)`` so that an overridden ``loss`` is what is optimised
+        while the call still goes through the wrapper's forward (DDP's gradient sync, the
+        DeepSpeed engine)."""
+        if compute_loss:
+            return self.loss(batch)
         return self.answer_logit(self.decode(batch).last_hidden_state[:, -1])
 
     def adapter_context(self):
         raise NotImplementedError
 
     def loss(self, batch: Batch) -> torch.Tensor:
+        """What training optimises (reached through ``forward(batch, compute_loss=True)``): BCE
+        of the logits against the labels. Override it to add a term (RLMRec's alignment loss):
+        ``super().loss(batch) + weight * term``."""
         return F.binary_cross_entropy_with_logits(self(batch), batch["label"].float())

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from raylrec.config import EvalConfig
@@ -95,7 +94,9 @@ class LLMTask:
         self.batch_size, self.device, self.rank, self.world = batch_size, device, rank, world
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(self.model(batch), batch["label"].float())
+        """The method's own ``loss`` (``RecMethod.loss``, overridable), called through the
+        wrapper's forward: DDP syncs gradients and the DeepSpeed engine runs its hooks."""
+        return self.model(batch, compute_loss=True)
 
     def evaluate(self) -> dict[str, float]:
         return ctr_metrics(
