@@ -14,17 +14,20 @@ NaN or infinite weight is refused before anything is written (a bundle already t
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
-from raylrec import storage
-from raylrec.bundle_dir import claim_bundle_dir
+from raylrec.bundle_dir import (
+    check_bundle,
+    fetch_files,
+    parquet_file,
+    read_description,
+    read_parquet,
+    write_bundle,
+)
 from raylrec.cf.config import CFConfig, encoder_config
 from raylrec.cf.data import Split
 from raylrec.cf.models import CFEncoder
@@ -40,7 +43,8 @@ __all__ = [
     "CFBundle",
 ]
 
-CONFIG_FILE = "config.json"
+KIND = "CF bundle"
+FORMAT = "raylrec.cf_bundle/1"
 BUNDLE_FILES = ("model.safetensors", "embeddings.safetensors", "users.parquet", "items.parquet")
 
 
@@ -93,29 +97,22 @@ def save_cf_bundle(
         if not v.is_sparse and v.layout == torch.strided
     }
     check_finite({**state, "embeddings users": users, "embeddings items": items}, f"CF bundle {out}")
-    claim_bundle_dir(out, "raylrec.cf_bundle/", BUNDLE_FILES)
-    fs, path = storage.filesystem(out)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_file(state, os.path.join(tmp, "model.safetensors"))
-        save_file({"users": users, "items": items}, os.path.join(tmp, "embeddings.safetensors"))
-        users_table = read_table(config.dataset_path(), "users.parquet").select(["user_id", "uid"])
-        items_table = read_table(config.dataset_path(), "items.parquet").select(["item_id", "iid"])
-        pq.write_table(users_table, os.path.join(tmp, "users.parquet"))
-        pq.write_table(items_table, os.path.join(tmp, "items.parquet"))
-        for name in BUNDLE_FILES:
-            fs.put_file(os.path.join(tmp, name), storage.join(path, name))
+    dataset = config.dataset_path()
+    files = {
+        "model.safetensors": lambda p: save_file(state, p),
+        "embeddings.safetensors": lambda p: save_file({"users": users, "items": items}, p),
+        "users.parquet": parquet_file(read_table(dataset, "users.parquet").select(["user_id", "uid"])),
+        "items.parquet": parquet_file(read_table(dataset, "items.parquet").select(["item_id", "iid"])),
+    }
     description = {
-        "format": "raylrec.cf_bundle/1",
         "cf": config.cf.model_dump(mode="json"),
-        "dataset": {"path": config.dataset_path(), "content_hash": meta["content_hash"]},
+        "dataset": {"path": dataset, "content_hash": meta["content_hash"]},
         "num_users": train.num_users,
         "num_items": train.num_items,
         "dim": int(items.shape[1]),
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-        "files": storage.file_digests(out, list(BUNDLE_FILES)),
     }
-    storage.write_json(storage.join(out, CONFIG_FILE), description)
-    return out
+    return write_bundle(out, FORMAT, files, description)
 
 
 class CFBundle:
@@ -132,48 +129,30 @@ class CFBundle:
 
 
 def _description(path: str) -> dict[str, Any]:
-    fs, root = storage.filesystem(path)
-    if not fs.exists(storage.join(root, CONFIG_FILE)):
-        raise FileNotFoundError(
-            f"{path} is not a CF bundle (no {CONFIG_FILE}: missing or interrupted export)"
-        )
-    try:
-        return storage.read_json(storage.join(path, CONFIG_FILE))
-    except ValueError as e:
-        raise storage.StorageError(f"CF bundle {path}: {CONFIG_FILE} is not valid JSON ({e})") from None
+    return read_description(path, KIND)
 
 
 def check_cf_bundle(path: str) -> dict[str, Any]:
     """Verify every file of the bundle against its recorded checksum; returns its description."""
-    description = _description(path)
-    storage.verify_digests(path, description.get("files", {}), "CF bundle")
-    return description
+    return check_bundle(path, KIND)
 
 
 def cf_vocabularies(path: str):
     """(users, items) ``Vocabulary`` of the bundle: its own tables, else its dataset's."""
     from raylrec.scoring.vocab import Vocabulary
 
-    fs, root = storage.filesystem(path)
-    if fs.exists(storage.join(root, "users.parquet")):
-        with fs.open(storage.join(root, "users.parquet"), "rb") as f:
-            users = pq.read_table(f)
-        with fs.open(storage.join(root, "items.parquet"), "rb") as f:
-            items = pq.read_table(f)
-    else:  # a bundle from before the tables were copied in: its dataset's
+    users, items = read_parquet(path, "users.parquet"), read_parquet(path, "items.parquet")
+    if users is None or items is None:  # a bundle from before the tables were copied in: its dataset's
         dataset = _description(path)["dataset"]["path"]
         users, items = read_table(dataset, "users.parquet"), read_table(dataset, "items.parquet")
     return Vocabulary.from_table(users, "user_id", "uid"), Vocabulary.from_table(items, "item_id", "iid")
 
 
 def load_cf_bundle(path: str) -> CFBundle:
-    fs, root = storage.filesystem(path)
     config = _description(path)
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in ("model.safetensors", "embeddings.safetensors"):
-            fs.get_file(storage.join(root, name), os.path.join(tmp, name))
-        tables = load_file(os.path.join(tmp, "embeddings.safetensors"))
-        state = load_file(os.path.join(tmp, "model.safetensors"))
+    with fetch_files(path, ("model.safetensors", "embeddings.safetensors")) as local:
+        tables = load_file(local["embeddings.safetensors"])
+        state = load_file(local["model.safetensors"])
     cf = encoder_config(config["cf"])
     sizes = (config["num_users"], config["num_items"])
     encoder = cf.encoder_class().for_serving(cf, sizes, state, tables)

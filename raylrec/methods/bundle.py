@@ -12,8 +12,6 @@ Weights with a NaN or infinite value are refused before anything is written.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +21,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from raylrec import storage
-from raylrec.bundle_dir import claim_bundle_dir
+from raylrec.bundle_dir import (
+    CONFIG_FILE,
+    check_bundle,
+    fetch_files,
+    parquet_file,
+    read_description,
+    write_bundle,
+)
 from raylrec.cf.bundle import check_cf_bundle, check_finite, load_cf_bundle
 from raylrec.config import BackboneConfig, PromptConfig, RaylrecConfig
 from raylrec.data.output import read_table
@@ -33,7 +38,8 @@ from raylrec.methods.config import METHODS, template_text
 
 __all__ = ["save_model_bundle", "load_model_bundle", "check_model_bundle", "ModelBundle", "CONFIG_FILE"]
 
-CONFIG_FILE = "config.json"
+KIND = "model bundle"
+FORMAT = "raylrec.model_bundle/1"
 WEIGHTS_FILE = "method.safetensors"
 
 
@@ -46,31 +52,31 @@ def save_model_bundle(
     run: str,
 ) -> str:
     check_finite(weights, f"model bundle {out}")
-    claim_bundle_dir(out, "raylrec.model_bundle/", (WEIGHTS_FILE, "items.parquet", "cf"))
-    fs, path = storage.filesystem(out)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_file({k: v.contiguous() for k, v in weights.items()}, os.path.join(tmp, WEIGHTS_FILE))
-        pq.write_table(read_table(config.dataset_path(), "items.parquet"), os.path.join(tmp, "items.parquet"))
-        for name in (WEIGHTS_FILE, "items.parquet"):
-            fs.put_file(os.path.join(tmp, name), storage.join(path, name))
-    if config.method.cf_bundle:
-        _copy_tree(config.method.cf_bundle, storage.join(out, "cf"))
-    storage.write_json(
-        storage.join(out, CONFIG_FILE),
-        {
-            "format": "raylrec.model_bundle/1",
-            "method": config.method.model_dump(mode="json", exclude={"cf_bundle"}),
-            "prompt": config.prompt.model_dump(mode="json"),
-            "backbone": config.backbone.model_dump(mode="json"),
-            "backbone_identity": identity,
-            "dataset": config.dataset_path(),
-            "cf_bundle_source": config.method.cf_bundle,
-            "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
-            "run": run,
-            "files": storage.file_digests(out, [WEIGHTS_FILE, "items.parquet"]),
-        },
+    state = {k: v.contiguous() for k, v in weights.items()}
+    files = {
+        WEIGHTS_FILE: lambda p: save_file(state, p),
+        "items.parquet": parquet_file(read_table(config.dataset_path(), "items.parquet")),
+    }
+    description = {
+        "method": config.method.model_dump(mode="json", exclude={"cf_bundle"}),
+        "prompt": config.prompt.model_dump(mode="json"),
+        "backbone": config.backbone.model_dump(mode="json"),
+        "backbone_identity": identity,
+        "dataset": config.dataset_path(),
+        "cf_bundle_source": config.method.cf_bundle,
+        "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+        "run": run,
+    }
+    source = config.method.cf_bundle
+    return write_bundle(
+        out,
+        FORMAT,
+        files,
+        description,
+        extra_entries=("cf",),
+        # the CF bundle it was trained with, copied in before the commit
+        before_commit=(lambda: _copy_tree(source, storage.join(out, "cf"))) if source else None,
     )
-    return out
 
 
 def _copy_tree(source: str, target: str) -> None:
@@ -85,20 +91,13 @@ def _copy_tree(source: str, target: str) -> None:
 
 
 def _description(path: str) -> dict[str, Any]:
-    fs, root = storage.filesystem(path)
-    if not fs.exists(storage.join(root, CONFIG_FILE)):
-        raise FileNotFoundError(f"{path} is not a model bundle (no {CONFIG_FILE}: missing or interrupted)")
-    try:
-        return storage.read_json(storage.join(path, CONFIG_FILE))
-    except ValueError as e:
-        raise storage.StorageError(f"model bundle {path}: {CONFIG_FILE} is not valid JSON ({e})") from None
+    return read_description(path, KIND)
 
 
 def check_model_bundle(path: str) -> dict[str, Any]:
     """Verify the bundle's files (and its CF copy) against their checksums without loading the
     model: what a job runs before it writes anything. Returns the bundle's description."""
-    description = _description(path)
-    storage.verify_digests(path, description.get("files", {}), "model bundle")
+    description = check_bundle(path, KIND)
     fs, root = storage.filesystem(path)
     if fs.exists(f"{root}/cf"):
         check_cf_bundle(storage.join(path, "cf"))
@@ -126,11 +125,9 @@ def load_model_bundle(path: str, device: str | torch.device = "cpu") -> ModelBun
     backbone = load_backbone(BackboneConfig.model_validate(description["backbone"]), device)
     cf = load_cf_bundle(method_config.cf_bundle) if method_config.cf_bundle else None
     method = method_config.build(backbone, cf)
-    with tempfile.TemporaryDirectory() as tmp:
-        fs.get_file(storage.join(root, WEIGHTS_FILE), os.path.join(tmp, WEIGHTS_FILE))
-        fs.get_file(storage.join(root, "items.parquet"), os.path.join(tmp, "items.parquet"))
-        method.load_method_state_dict(load_file(os.path.join(tmp, WEIGHTS_FILE)))
-        items = pq.read_table(os.path.join(tmp, "items.parquet"))
+    with fetch_files(path, (WEIGHTS_FILE, "items.parquet")) as local:
+        method.load_method_state_dict(load_file(local[WEIGHTS_FILE]))
+        items = pq.read_table(local["items.parquet"])
     titles = dict(zip(items["iid"].to_pylist(), items["title"].to_pylist(), strict=True))
     prompt = PromptConfig.model_validate(description["prompt"])
     template = method.stages()[-1].template if prompt.template is None else prompt.template
