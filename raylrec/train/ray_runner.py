@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -21,11 +21,11 @@ from raylrec import storage
 from raylrec.config import TrainConfig
 from raylrec.train.checkpoint_io import safe_load
 from raylrec.train.engines import Engine
+from raylrec.train.hooks import TrialHooks
 from raylrec.train.loop import Batch, NonFiniteLossError, Task, TrainState, fit, is_finished
 from raylrec.train.reporting import STATE_FILE, RayReporter, load_state, state_from_payload
 
 __all__ = [
-    "TrialHooks",
     "default_run_name",
     "fit_in_worker",
     "resume",
@@ -42,17 +42,6 @@ TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"
 # fit stop at once instead of training up to it again, and the driver raises it as it was.
 FATAL_FILE = "raylrec_fatal.json"
 FATAL_ERRORS: tuple[type[Exception], ...] = (NonFiniteLossError, ValueError)
-
-
-@dataclass(frozen=True)
-class TrialHooks:
-    """A Ray Train run inside a Ray Tune trial: every evaluated epoch's metrics go on to Tune (its
-    scheduler acts on ``metric``), and wandb groups the runs by sweep. ``epoch_offset`` counts
-    the epochs of earlier stages, so ``total_epoch`` keeps growing across a method's stages."""
-
-    group: str
-    metric: str
-    epoch_offset: int = 0
 
 
 def default_run_name(kind: str) -> str:

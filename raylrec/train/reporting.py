@@ -21,7 +21,7 @@ from raylrec.train.engines import Engine
 from raylrec.train.loop import TrainState
 
 if TYPE_CHECKING:
-    from raylrec.train.ray_runner import TrialHooks
+    from raylrec.train.hooks import TrialHooks
 
 __all__ = [
     "LocalReporter",

@@ -22,6 +22,9 @@ __all__ = [
     "write_results",
 ]
 
+# The sweep's own record (space, fingerprint, baseline), written by ``sweep`` when it claims the
+# experiment directory and read back with the results.
+SWEEP_FILE = "raylrec_sweep.json"
 FINISHED, PATIENCE, STOPPED, ERROR, NOT_RUN = "finished", "early stop", "stopped by ASHA", "error", "not run"
 
 
@@ -154,8 +157,6 @@ def write_results(
 
 def read_results(experiment: str) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """(trials, curves, sweep record) of a finished sweep."""
-    from raylrec.tune.sweep import SWEEP_FILE
-
     fs, root = storage.filesystem(experiment)
     if not fs.exists(f"{root}/trials.parquet"):
         raise FileNotFoundError(

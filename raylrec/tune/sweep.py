@@ -20,13 +20,17 @@ import pandas as pd
 
 from raylrec import storage
 from raylrec.config import ConfigError, RaylrecConfig, build_config, load_raw_config
-from raylrec.tune.results import best_config_yaml, format_leaderboard, trials_tables, write_results
+from raylrec.tune.results import (
+    SWEEP_FILE,
+    best_config_yaml,
+    format_leaderboard,
+    trials_tables,
+    write_results,
+)
 from raylrec.tune.space import SearchSpace, load_space, total_epochs
 from raylrec.tune.trial import run_trial
 
 __all__ = ["SweepResult", "default_values", "plan_concurrency", "run_sweep"]
-
-SWEEP_FILE = "raylrec_sweep.json"
 
 
 @dataclass

@@ -53,7 +53,7 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], group: str, runs: st
     import ray.data
     import ray.tune
 
-    from raylrec.train.ray_runner import TrialHooks
+    from raylrec.train.hooks import TrialHooks
 
     # One line per trial, not Ray Data's per-operator bars (the driver's setting stays there).
     ray.data.DataContext.get_current().enable_progress_bars = False
