@@ -11,29 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from raylrec.data.arrays import pad_histories
 from raylrec.data.output import read_meta, read_table
 
-__all__ = ["Split", "positives", "SeenPairs", "load_split", "to_arrays", "pad_histories", "sample_negatives"]
-
-
-def pad_histories(history: pa.ListArray | pa.ChunkedArray, length: int) -> np.ndarray:
-    """``[rows, length]`` int64, the newest item last, left-padded with 0 (vectorised)."""
-    if isinstance(history, pa.ChunkedArray):
-        history = history.combine_chunks()
-    n = len(history)
-    out = np.zeros((n, length), np.int64)
-    if n == 0:
-        return out
-    offsets = history.offsets.to_numpy().astype(np.int64)
-    values = history.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-    sizes = np.diff(offsets)
-    kept = np.minimum(sizes, length)
-    # For each row, its last `kept` values go to the last `kept` columns.
-    rows = np.repeat(np.arange(n), kept)
-    within = np.arange(kept.sum()) - np.repeat(np.cumsum(kept) - kept, kept)
-    source = np.repeat(offsets[1:] - offsets[0] - kept, kept) + within
-    out[rows, length - kept[rows] + within] = values[source]
-    return out
+__all__ = ["Split", "positives", "SeenPairs", "load_split", "to_arrays", "sample_negatives"]
 
 
 def to_arrays(table: pa.Table, history_len: int = 0) -> dict[str, np.ndarray]:

@@ -12,8 +12,8 @@ import functools
 import numpy as np
 import pyarrow as pa
 
-from raylrec.cf.data import pad_histories
 from raylrec.config import RaylrecConfig
+from raylrec.data.arrays import pad_histories
 from raylrec.data.output import read_meta, read_split, read_table
 from raylrec.llm.prompts import PromptBuilder
 

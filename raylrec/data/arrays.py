@@ -1,0 +1,29 @@
+"""Numpy arrays from a processed dataset's Arrow columns, shared by the CF encoders' and the LLM
+methods' sample builders (``cf.data``, ``llm.samples``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = ["pad_histories"]
+
+
+def pad_histories(history: pa.ListArray | pa.ChunkedArray, length: int) -> np.ndarray:
+    """``[rows, length]`` int64, the newest item last, left-padded with 0 (vectorised)."""
+    if isinstance(history, pa.ChunkedArray):
+        history = history.combine_chunks()
+    n = len(history)
+    out = np.zeros((n, length), np.int64)
+    if n == 0:
+        return out
+    offsets = history.offsets.to_numpy().astype(np.int64)
+    values = history.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    sizes = np.diff(offsets)
+    kept = np.minimum(sizes, length)
+    # For each row, its last `kept` values go to the last `kept` columns.
+    rows = np.repeat(np.arange(n), kept)
+    within = np.arange(kept.sum()) - np.repeat(np.cumsum(kept) - kept, kept)
+    source = np.repeat(offsets[1:] - offsets[0] - kept, kept) + within
+    out[rows, length - kept[rows] + within] = values[source]
+    return out
