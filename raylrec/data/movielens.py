@@ -16,7 +16,7 @@ from filelock import FileLock
 from raylrec import storage
 from raylrec.config import CsvOptions, MovieLens1MSource, MovieLens100KSource
 from raylrec.data.files import SourceError, TabularFile
-from raylrec.data.sources import LoadedSource, read_events
+from raylrec.data.loaded import LoadedSource, read_events
 from raylrec.wheels import fetch_wheel
 
 __all__ = ["cache_dir", "recbole_ml100k_dir", "load_ml100k", "load_ml1m"]

@@ -5,11 +5,9 @@ columns (``user_id``, ``item_id``, ``timestamp``, ``rating`` and/or ``label``, `
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import ray
 
 from raylrec import storage
 from raylrec.config import (
@@ -20,10 +18,11 @@ from raylrec.config import (
     SyntheticSource,
     ValidationConfig,
 )
-from raylrec.data.datasource import TabularFilesDatasource
+from raylrec.data import movielens, synthetic
 from raylrec.data.files import SourceError, TabularFile, infer_format, read_batches, read_table
+from raylrec.data.loaded import LoadedSource, read_events
 
-__all__ = ["LoadedSource", "load_source", "log_files"]
+__all__ = ["load_source", "log_files"]
 
 log = logging.getLogger(__name__)
 _LOG_EXTENSIONS = (
@@ -40,17 +39,6 @@ _LOG_EXTENSIONS = (
     ".inter",
     ".txt",
 )
-
-
-@dataclass
-class LoadedSource:
-    events: ray.data.Dataset
-    timestamp_unit: str = "s"
-    items: pa.Table | None = None  # item_id (string) + metadata columns such as title
-    users: pa.Table | None = None  # user_id (string) + metadata columns
-    files: list[str] = field(default_factory=list)
-    sample: pa.Table | None = None  # the first batch of the first file, read on the driver
-    description: dict[str, Any] = field(default_factory=dict)
 
 
 def log_files(source: LogSource, validation: ValidationConfig) -> list[TabularFile]:
@@ -74,10 +62,6 @@ def log_files(source: LogSource, validation: ValidationConfig) -> list[TabularFi
     if not files:
         raise SourceError(f"{source.paths}: every file is empty")
     return files
-
-
-def read_events(files: list[TabularFile], mapping: dict[str, str]) -> ray.data.Dataset:
-    return ray.data.read_datasource(TabularFilesDatasource(files, mapping))
 
 
 def read_metadata(meta: MetadataFile, id_name: str) -> pa.Table:
@@ -113,8 +97,6 @@ def _load_logs(source: LogSource, validation: ValidationConfig) -> LoadedSource:
 
 def load_source(source: Any, validation: ValidationConfig) -> LoadedSource:
     """Dispatch on the source config's type. (The CoLLM split has its own path: see given.py.)"""
-    from raylrec.data import movielens, synthetic
-
     if isinstance(source, LogSource):
         return _load_logs(source, validation)
     if isinstance(source, MovieLens100KSource):

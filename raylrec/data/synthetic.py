@@ -15,7 +15,7 @@ from ray.data.datasource import Datasource, ReadTask
 from raylrec import storage
 from raylrec.config import SyntheticSource
 from raylrec.data.files import FILE_COLUMN, ROW_COLUMN
-from raylrec.data.sources import LoadedSource
+from raylrec.data.loaded import LoadedSource
 
 __all__ = ["SyntheticDatasource", "generate_chunk", "item_titles", "load_synthetic", "write_synthetic"]
 
