@@ -27,13 +27,13 @@ from raylrec.cf.train import train_cf
 from raylrec.config import build_config
 from raylrec.data.output import read_table
 from raylrec.data.prepare import prepare
+from raylrec.data.vocab import Vocabulary
 from raylrec.methods.bundle import load_model_bundle
 from raylrec.methods.train import train_method
 from raylrec.scoring import publish as recs
 from raylrec.scoring.job import run_scoring
 from raylrec.scoring.quality import evaluate_published
 from raylrec.scoring.rerank import Reranker, RerankRequest
-from raylrec.scoring.vocab import Vocabulary
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

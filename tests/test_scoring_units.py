@@ -20,6 +20,7 @@ from raylrec import storage
 from raylrec.cf.bundle import CFBundle
 from raylrec.cf.encoders.mf.model import MF
 from raylrec.config import BackboneConfig
+from raylrec.data.vocab import Vocabulary
 from raylrec.llm.backbone import load_backbone
 from raylrec.llm.prompts import PromptBuilder
 from raylrec.methods import METHODS, template_text
@@ -27,7 +28,6 @@ from raylrec.scoring import publish as recs
 from raylrec.scoring.profiles import PROFILE_SCHEMA, profiles_of_block
 from raylrec.scoring.rerank import Reranker, RerankRequest
 from raylrec.scoring.retrieval import FaissIndex, exact_top_n
-from raylrec.scoring.vocab import Vocabulary
 
 
 def _brute_force(users, items, n, exclude):

@@ -139,7 +139,7 @@ def check_cf_bundle(path: str) -> dict[str, Any]:
 
 def cf_vocabularies(path: str):
     """(users, items) ``Vocabulary`` of the bundle: its own tables, else its dataset's."""
-    from raylrec.scoring.vocab import Vocabulary
+    from raylrec.data.vocab import Vocabulary
 
     users, items = read_parquet(path, "users.parquet"), read_parquet(path, "items.parquet")
     if users is None or items is None:  # a bundle from before the tables were copied in: its dataset's

@@ -1,13 +1,12 @@
-"""Distinct-ID counting on Ray Data and dense vocabularies (0 reserved for padding)."""
+"""Distinct-ID counting on Ray Data (the counts ``data.vocab.Vocabulary.from_counts`` numbers)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-__all__ = ["id_counts", "Vocabulary"]
+__all__ = ["id_counts"]
 
 _COMPACT_EVERY = 32
 
@@ -58,40 +57,3 @@ def _merge(tables: list[pa.Table]) -> pa.Table:
         .aggregate([("count", "sum")])
         .rename_columns(["column", "id", "count"])
     )
-
-
-def _sort_key(ids: pa.Array) -> np.ndarray:
-    """Numeric order when every id is an integer ("2" < "10"), text order otherwise."""
-    if len(ids) and pc.all(pc.match_substring_regex(ids, r"^-?\d{1,18}$")).as_py():
-        return np.argsort(pc.cast(ids, pa.int64()).to_numpy(), kind="stable")
-    return pc.sort_indices(ids).to_numpy()
-
-
-class Vocabulary:
-    """Raw id (string) <-> dense index 1..n; index 0 is padding."""
-
-    def __init__(self, raw_ids: pa.Array):
-        raw_ids = raw_ids.cast(pa.string())
-        self.raw = raw_ids.take(pa.array(_sort_key(raw_ids)))
-
-    @classmethod
-    def from_counts(cls, counts: pa.Table) -> Vocabulary:
-        return cls(counts["id"].combine_chunks())
-
-    def __len__(self) -> int:
-        return len(self.raw)
-
-    @property
-    def size(self) -> int:
-        """Embedding-table size: the ids plus padding row 0."""
-        return len(self.raw) + 1
-
-    def lookup(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        """Dense indices; 0 for ids the vocabulary does not hold."""
-        index = pc.index_in(ids, value_set=self.raw)
-        return pc.add(index, 1).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-
-    def to_table(self, raw_name: str, dense_name: str) -> pa.Table:
-        return pa.table(
-            {raw_name: self.raw, dense_name: pa.array(np.arange(1, len(self.raw) + 1), pa.int64())}
-        )

@@ -31,11 +31,13 @@ from raylrec.data.files import FILE_COLUMN, RAW_COLUMN, REASON_COLUMN, ROW_COLUM
 from raylrec.data.given import prepare_given
 from raylrec.data.hashing import row_hashes
 from raylrec.data.history import point_in_time_histories
-from raylrec.data.indexing import Vocabulary, id_counts
+from raylrec.data.indexing import id_counts
+from raylrec.data.loaded import LoadedSource
 from raylrec.data.output import commit, input_paths, new_write_id, prepare_output_dir, write_dataset
-from raylrec.data.sources import LoadedSource, load_source
+from raylrec.data.sources import load_source
 from raylrec.data.splits import SPLITS, assign_splits, fraction_cutoffs
 from raylrec.data.validate import RAW, REASON, validate_batch
+from raylrec.data.vocab import Vocabulary
 
 __all__ = ["PipelineError", "prepare", "OUTPUT_COLUMNS"]
 
@@ -457,7 +459,7 @@ def _prepare(config: DataConfig, progress: Progress | None) -> dict[str, Any]:
         raise SourceError(f"{config.source.type}: no valid rows (see the quarantine reasons)")
 
     cutoffs, end = _split_bounds(config, good, good_rows, say)
-    vocab_refs = (ray.put(users.raw), ray.put(items.raw))
+    vocab_refs = (ray.put(users.ids), ray.put(items.ids))
     events = _events_by_user(config, checked, vocab_refs, good_rows, cutoffs, end, say)
     write_id = new_write_id()
     splits = _write_splits(events, out, write_id, say)

@@ -20,10 +20,10 @@ from raylrec import storage
 from raylrec.cf.bundle import check_cf_bundle
 from raylrec.config import ConfigError, RaylrecConfig
 from raylrec.data.output import read_meta
+from raylrec.data.vocab import Vocabulary
 from raylrec.scoring import publish as recs
 from raylrec.scoring.profiles import item_popularity, known_splits, user_profiles
 from raylrec.scoring.recommender import Recommender, ScoringPlan
-from raylrec.scoring.vocab import Vocabulary
 
 __all__ = ["run_scoring", "new_run_id", "publish_run"]
 

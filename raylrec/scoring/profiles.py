@@ -18,7 +18,7 @@ import ray
 
 from raylrec import storage
 from raylrec.data.output import read_meta, read_split, read_table
-from raylrec.scoring.vocab import Vocabulary
+from raylrec.data.vocab import Vocabulary
 
 __all__ = ["user_profiles", "profiles_of_block", "item_popularity", "PROFILE_SCHEMA"]
 

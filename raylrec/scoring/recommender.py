@@ -22,10 +22,10 @@ from raylrec import storage
 from raylrec.cf.bundle import cf_vocabularies, load_cf_bundle
 from raylrec.cf.config import encoder_config
 from raylrec.data.output import read_table
+from raylrec.data.vocab import Vocabulary
 from raylrec.scoring.publish import RECS_SCHEMA
 from raylrec.scoring.rerank import Reranker, RerankRequest
 from raylrec.scoring.retrieval import FaissIndex, exact_top_n
-from raylrec.scoring.vocab import Vocabulary
 
 __all__ = ["ScoringPlan", "Recommender"]
 
