@@ -131,6 +131,41 @@ def test_ranking_matches_brute_force_in_chunks(denominator):
     assert "recall@10" in format_report("MF on test", out, acc.describe())
 
 
+@pytest.mark.parametrize("denominator", ["test_items", "min_k"])
+def test_published_list_metrics_equal_the_full_ranking_ones(denominator):
+    """``scoring.quality.list_metrics`` over the lists the full ranking would publish gives the
+    trainer's numbers: both reduce to ``eval.ranking.topk_metric_sums``."""
+    from raylrec.scoring.quality import list_metrics
+
+    rng = np.random.default_rng(2)
+    n_users, n_items, ks = 30, 25, (3, 10, 40)  # 40 > the catalogue: ranks past it are misses
+    scores = rng.random((n_users, n_items)).astype(np.float32)
+    pairs = rng.random((n_users, n_items)) < 0.25
+    split = rng.random((n_users, n_items)) < 0.5
+    users, items = np.nonzero(pairs & split & (np.arange(n_items) > 0))
+    train = ItemSets.from_pairs(users, items, n_users)
+    users, items = np.nonzero(pairs & ~split & (np.arange(n_items) > 0))
+    test = ItemSets.from_pairs(users, items, n_users)
+    acc = RankingAccumulator(ks=ks, recall_denominator=denominator)
+    acc.update(torch.from_numpy(scores), 0, train, test)
+    recommended, truth = {}, {}
+    for u in range(n_users):
+        s = scores[u].astype(np.float64)
+        s[train.indices[train.indptr[u] : train.indptr[u + 1]]] = -np.inf
+        s[0] = -np.inf
+        ranked = sorted(range(1, n_items), key=lambda i: (-s[i], i))
+        ranked = [i for i in ranked if np.isfinite(s[i])]
+        recommended[f"u{u}"] = [f"i{i}" for i in ranked]
+        relevant = test.indices[test.indptr[u] : test.indptr[u + 1]]
+        if len(relevant):
+            truth[f"u{u}"] = {f"i{i}" for i in relevant}
+    listed = list_metrics(recommended, truth, ks, denominator)
+    ranked = acc.compute()
+    assert listed["users"] == ranked["users"]
+    for name in listed:
+        assert listed[name] == pytest.approx(ranked[name], rel=1e-6), name
+
+
 @pytest.mark.skipif(not COLLM_DIR.exists(), reason="../shared/datasets/collm-ml1m is not beside the repo")
 def test_warm_rule_reproduces_collm_not_cold_flag():
     train = pq.read_table(COLLM_DIR / "train.parquet", columns=["user_id", "item_id"])

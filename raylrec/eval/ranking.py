@@ -17,9 +17,46 @@ from typing import Literal
 import numpy as np
 import torch
 
-__all__ = ["ItemSets", "RankingAccumulator", "RecallDenominator"]
+__all__ = ["ItemSets", "RankingAccumulator", "RecallDenominator", "topk_metric_sums"]
 
 RecallDenominator = Literal["test_items", "min_k"]
+
+
+def topk_metric_sums(
+    hits: torch.Tensor,
+    relevant: torch.Tensor,
+    ks: tuple[int, ...],
+    recall_denominator: RecallDenominator = "test_items",
+) -> dict[str, float]:
+    """Sums over users of ``recall@k``, ``ndcg@k``, ``hit@k`` and ``mrr@k`` for each k in ``ks``.
+
+    The one place these metrics are computed: full ranking (``RankingAccumulator``) and the
+    published lists (``raylrec.scoring.quality.list_metrics``) both reduce to it.
+    ``hits[u, r]`` is 1 when the item ranked ``r + 1`` for user ``u`` is relevant, else 0;
+    ranks past ``hits.shape[1]`` count as misses. ``relevant[u]`` (at least 1) is the number
+    of ``u``'s relevant items. Gains are binary; the ideal DCG ranks ``min(k, relevant)`` hits
+    first. Arithmetic is in ``hits``' dtype and on its device.
+    """
+    width = hits.shape[1]
+    relevant = relevant.to(hits.dtype)
+    discount = 1.0 / torch.log2(torch.arange(2, width + 2, device=hits.device, dtype=hits.dtype))
+    first_hit = torch.where(hits.any(1), hits.argmax(1), torch.full_like(relevant, width, dtype=torch.long))
+    sums: dict[str, float] = {}
+    for k in ks:
+        kk = min(k, width)
+        hit_k = hits[:, :kk]
+        found = hit_k.sum(1)
+        at_most_k = torch.clamp(relevant, max=kk)
+        denominator = relevant if recall_denominator == "test_items" else at_most_k
+        ideal = torch.cumsum(discount[:kk], 0)[at_most_k.long() - 1]
+        reciprocal = torch.where(
+            first_hit < kk, 1.0 / (first_hit.to(hits.dtype) + 1.0), torch.zeros_like(relevant)
+        )
+        sums[f"recall@{k}"] = float((found / denominator).sum())
+        sums[f"ndcg@{k}"] = float(((hit_k * discount[:kk]).sum(1) / ideal).sum())
+        sums[f"hit@{k}"] = float((found > 0).to(hits.dtype).sum())
+        sums[f"mrr@{k}"] = float(reciprocal.sum())
+    return sums
 
 
 @dataclass(frozen=True)
@@ -75,25 +112,13 @@ class RankingAccumulator:
         k_max = min(max(self.ks), n_items - 1)
         top = torch.topk(scores[keep], k_max, dim=1).indices
         hits = torch.gather(test.dense(first_user, stop, n_items, scores.device)[keep], 1, top).float()
-        n_test = n_test[keep].float()
-        discount = 1.0 / torch.log2(torch.arange(2, k_max + 2, device=scores.device, dtype=torch.float32))
-        first_hit = torch.where(hits.any(1), hits.argmax(1), torch.full_like(n_test, k_max, dtype=torch.long))
-        for k in self.ks:
-            kk = min(k, k_max)
-            hit_k = hits[:, :kk]
-            found = hit_k.sum(1)
-            denominator = n_test if self.recall_denominator == "test_items" else torch.clamp(n_test, max=kk)
-            ideal = torch.cumsum(discount[:kk], 0)[torch.clamp(n_test, max=kk).long() - 1]
-            reciprocal = torch.where(
-                first_hit < kk, 1.0 / (first_hit.float() + 1.0), torch.zeros_like(n_test)
-            )
-            self._add(f"recall@{k}", (found / denominator).sum())
-            self._add(f"ndcg@{k}", ((hit_k * discount[:kk]).sum(1) / ideal).sum())
-            self._add(f"hit@{k}", (found > 0).float().sum())
-            self._add(f"mrr@{k}", reciprocal.sum())
+        for name, total in topk_metric_sums(
+            hits, n_test[keep].float(), self.ks, self.recall_denominator
+        ).items():
+            self._add(name, total)
         self._users += int(keep.sum())
 
-    def _add(self, name: str, value: torch.Tensor) -> None:
+    def _add(self, name: str, value: float) -> None:
         self._sums[name] = self._sums.get(name, 0.0) + float(value)
 
     def compute(self) -> dict[str, float]:

@@ -1,20 +1,21 @@
 """Top-K quality of published recommendations against a held-out split.
 
 The ground truth is each user's positive items in ``split`` of a prepared dataset, matched by
-raw ids. Metrics follow ``raylrec.eval.ranking`` (Recall with an explicit denominator, NDCG
-with binary gains); users with no positives in the split are skipped, and a user the run did
-not score counts with zero hits.
+raw ids. The arithmetic is the trainer's own, ``raylrec.eval.ranking.topk_metric_sums`` (Recall
+with an explicit denominator, NDCG with binary gains); users with no positives in the split are
+skipped, and a user the run did not score counts with zero hits.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow.compute as pc
+import torch
 
 from raylrec.data.output import read_table
-from raylrec.eval.ranking import RecallDenominator
+from raylrec.data.vocab import Vocabulary
+from raylrec.eval.ranking import RecallDenominator, topk_metric_sums
 from raylrec.scoring.publish import read_recommendations
-from raylrec.scoring.vocab import Vocabulary
 
 __all__ = ["held_out_positives", "list_metrics", "evaluate_published"]
 
@@ -44,19 +45,15 @@ def list_metrics(
     """Recall@K / NDCG@K / HitRate@K of ranked lists (best first) over the users in ``truth``."""
     if not truth:
         raise ValueError("no user has held-out positives")
-    discount = 1.0 / np.log2(np.arange(2, max(ks) + 2))
-    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg", "hit")}
-    for user, relevant in truth.items():
-        hits = np.array([item in relevant for item in recommended.get(user, [])[: max(ks)]], float)
-        hits = np.pad(hits, (0, max(ks) - len(hits)))
-        for k in ks:
-            found = hits[:k].sum()
-            denominator = len(relevant) if recall_denominator == "test_items" else min(k, len(relevant))
-            ideal = discount[: min(k, len(relevant))].sum()
-            sums[f"recall@{k}"] += found / denominator
-            sums[f"ndcg@{k}"] += (hits[:k] * discount[:k]).sum() / ideal
-            sums[f"hit@{k}"] += float(found > 0)
-    metrics = {name: total / len(truth) for name, total in sums.items()}
+    width = max(ks)
+    hits = np.zeros((len(truth), width))
+    for row, (user, relevant) in enumerate(truth.items()):
+        ranked = recommended.get(user, [])[:width]
+        hits[row, : len(ranked)] = [item in relevant for item in ranked]
+    relevant = torch.tensor([len(items) for items in truth.values()], dtype=torch.float64)
+    sums = topk_metric_sums(torch.from_numpy(hits), relevant, ks, recall_denominator)
+    names = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "hit")]
+    metrics = {name: sums[name] / len(truth) for name in names}
     metrics["users"] = len(truth)
     return metrics
 
