@@ -1,5 +1,6 @@
 """Training an LLM method end to end: samples (Ray Data) -> each stage on Ray Train with
-DeepSpeed ZeRO (or a plain process) -> best weights -> model bundle.
+DeepSpeed ZeRO (or a plain process) -> best weights -> model bundle. The method is a
+``TaskDefinition`` with one ``StagePlan`` per stage; ``raylrec.train.pipeline`` runs it.
 
 A stage is one Ray Train run named ``<run>-<stage>``; re-running the same run name resumes the
 unfinished stage and skips finished ones (their checkpoints hold the best weights).
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,22 +20,16 @@ from raylrec.config import RaylrecConfig
 from raylrec.data.output import read_meta
 from raylrec.methods.config import METHODS, Stage, template_text
 from raylrec.methods.task import LLMTask, epoch_batches
-from raylrec.train.loop import TrainState, fit
-from raylrec.train.reporting import LocalReporter, config_fingerprint
+from raylrec.train.loop import TrainState
+from raylrec.train.pipeline import Fitting, StagePlan, TaskDefinition, TrainResult, run_pipeline
 
-__all__ = ["MethodResult", "train_method"]
+__all__ = ["MethodDefinition", "MethodResult", "train_method"]
 
 if TYPE_CHECKING:
     from raylrec.train.ray_runner import TrialHooks
 
 
-@dataclass
-class MethodResult:
-    run_name: str
-    states: dict[str, TrainState]
-    metrics: dict[str, float]
-    bundle: str | None
-    seconds: float
+MethodResult = TrainResult  # the result of train_method (``result.states`` by stage name)
 
 
 def _absolute(config: RaylrecConfig) -> RaylrecConfig:
@@ -70,25 +64,6 @@ def _stage_template(config: RaylrecConfig, stage: Stage, last: bool) -> str:
     return template_text(config.prompt.template if (last and config.prompt.template) else stage.template)
 
 
-def _fingerprint(config: RaylrecConfig, stage: Stage) -> str:
-    return config_fingerprint(
-        {
-            "dataset": config.dataset_path(),
-            "backbone": config.backbone.model_dump(),
-            "method": config.method.model_dump(),
-            "prompt": config.prompt.model_dump(),
-            "sample": config.sample.model_dump(),
-            "stage": stage.name,
-            "train": config.train.model_dump(
-                include={
-                    "batch_size", "lr", "weight_decay", "seed", "metric", "mode", "optimizer",
-                    "schedule", "warmup_ratio", "max_grad_norm", "strategy", "zero_stage",
-                }
-            ),
-        }
-    )  # fmt: skip
-
-
 def _build(config: RaylrecConfig, stage: Stage, init: dict[str, torch.Tensor], device: torch.device):
     from raylrec.cf.bundle import load_cf_bundle
     from raylrec.llm.backbone import load_backbone
@@ -102,12 +77,6 @@ def _build(config: RaylrecConfig, stage: Stage, init: dict[str, torch.Tensor], d
     return method.to(device), backbone
 
 
-def _stage_config(config: RaylrecConfig, stage: Stage) -> RaylrecConfig:
-    if stage.epochs is None:
-        return config
-    return config.model_copy(update={"train": config.train.model_copy(update={"epochs": stage.epochs})})
-
-
 def _canonical_order(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Rows sorted by (uid, timestamp, iid): every rank scores its slice of the same sequence
     and the gathered scores line up with the labels, whatever order the blocks arrived in."""
@@ -115,112 +84,140 @@ def _canonical_order(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v[order] for k, v in arrays.items()}
 
 
-def _worker_loop(loop_config: dict[str, Any]) -> None:
-    """``train_loop_per_worker``: build the method, wrap it in the engine, hand it to fit()."""
-    import ray.train
-    import ray.train.torch
+class MethodDefinition(TaskDefinition):
+    """An LLM method as a task: its stages (``config.method.stages()``), each a Ray Train run
+    with DeepSpeed ZeRO or a plain process, and its model bundle."""
 
-    from raylrec.train.engines import build_engine
-    from raylrec.train.ray_runner import fit_in_worker, shard_arrays
+    kind = "model bundle"
 
-    config = RaylrecConfig.model_validate(loop_config["config"])
-    stage = Stage(**loop_config["stage"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(config.train.seed)
-    device = ray.train.torch.get_device()
-    init = {k: torch.from_numpy(v) for k, v in loop_config["init"].items()}
-    method, _ = _build(config, stage, init, device)
-    train = shard_arrays("train")
-    valid = _canonical_order(shard_arrays("valid"))
-    steps_per_epoch = len(train["uid"]) // config.train.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"rank {rank} got {len(train['uid'])} training rows, fewer than one batch of "
-            f"{config.train.batch_size}: lower train.batch_size or sample more rows"
+    def default_run_name(self) -> str:
+        from raylrec.train.ray_runner import default_run_name
+
+        return default_run_name(self.config.method.name)
+
+    def stages(self) -> list[StagePlan]:
+        stages = self.config.method.stages()
+        plans = []
+        for i, stage in enumerate(stages):
+            train = self.config.train
+            if stage.epochs is not None:
+                train = train.model_copy(update={"epochs": stage.epochs})
+            template = _stage_template(self.config, stage, last=i == len(stages) - 1)
+            plans.append(StagePlan(stage.name, train, spec=(stage, template)))
+        return plans
+
+    def identity(self, stage: StagePlan) -> dict[str, Any]:
+        config = self.config
+        return {
+            "backbone": config.backbone.model_dump(),
+            "method": config.method.model_dump(),
+            "prompt": config.prompt.model_dump(),
+            "sample": config.sample.model_dump(),
+            "stage": stage.name,
+        }
+
+    def wandb_config(self, stage: StagePlan) -> dict[str, Any]:
+        return {
+            "method": self.config.method.model_dump(),
+            "train": stage.train.model_dump(),
+            "stage": stage.name,
+        }
+
+    def announce(self, run_name: str, stages: list[StagePlan], say) -> None:
+        config = self.config
+        meta = read_meta(config.dataset_path())
+        if "valid" not in meta["counts"]["splits"]:
+            raise ValueError(f"{config.dataset_path()} has no valid split to select the best epoch on")
+        say(
+            f"training {config.method.name} on {config.backbone.name} over {config.dataset_path()}: "
+            f"stages {[s.name for s in stages]}, run {run_name}"
         )
-    engine = build_engine(
-        method, config.train, config.train.epochs * steps_per_epoch, world, full_state=False
-    )
-    task = LLMTask(engine.model, valid, config.eval, config.train.batch_size, device, rank, world)
-    fit_in_worker(
-        task,
-        lambda epoch: epoch_batches(train, config.train.batch_size, config.train.seed + rank, epoch, device),
-        engine,
-        config.train,
-        loop_config,
-        {"method": config.method.model_dump(), "train": config.train.model_dump(), "stage": stage.name},
-        steps_per_epoch,
-    )
 
+    def initial_weights(self, say) -> dict[str, torch.Tensor]:
+        return _initial_weights(self.config, say)
 
-def _run_stage_ray(
-    config: RaylrecConfig,
-    stage: Stage,
-    template: str,
-    run_name: str,
-    init: dict[str, torch.Tensor],
-    say,
-    trial: TrialHooks | None = None,
-) -> TrainState:
-    from raylrec.llm.samples import build_samples
-    from raylrec.train.ray_runner import run_on_ray
+    def ray_datasets(self, stage: StagePlan, say):
+        from ray.train import DataConfig
 
-    cf_history = _cf_history(config)
-    started = time.perf_counter()
-    # Tokenise before the workers start (they would hold every CPU a tokenising actor needs).
-    train = build_samples(config, "train", template, cf_history).materialize()
-    valid = build_samples(config, "valid", template, cf_history).materialize()
-    say(
-        f"stage {stage.name}: {train.count():,} training and {valid.count():,} validation prompts "
-        f"tokenised in {time.perf_counter() - started:.1f}s"
-    )
-    from ray.train import DataConfig
+        from raylrec.llm.samples import build_samples
 
-    return run_on_ray(
-        _worker_loop,
-        {
-            "config": config.model_dump(mode="json"),
-            "stage": stage.__dict__,
-            "init": {k: v.numpy() for k, v in init.items()},
-        },
-        config.train,
-        run_name,
-        _fingerprint(config, stage),
-        {"train": train, "valid": valid},
+        config, (_, template) = self.config, stage.spec
+        cf_history = _cf_history(config)
+        started = time.perf_counter()
+        # Tokenise before the workers start (they would hold every CPU a tokenising actor needs).
+        train = build_samples(config, "train", template, cf_history).materialize()
+        valid = build_samples(config, "valid", template, cf_history).materialize()
+        say(
+            f"stage {stage.name}: {train.count():,} training and {valid.count():,} validation prompts "
+            f"tokenised in {time.perf_counter() - started:.1f}s"
+        )
         # every rank gets all validation rows and scores its own slice of them
-        data_config=DataConfig(datasets_to_split=["train"]),
-        trial=trial,
-    )
+        return {"train": train, "valid": valid}, DataConfig(datasets_to_split=["train"])
 
+    def worker_fitting(self, stage: StagePlan, init: dict[str, torch.Tensor]) -> Fitting:
+        import ray.train
+        import ray.train.torch
 
-def _run_stage_local(
-    config: RaylrecConfig, stage: Stage, template: str, init: dict[str, torch.Tensor], say
-) -> TrainState:
-    from raylrec.llm.samples import local_samples
-    from raylrec.train.engines import TorchEngine
+        from raylrec.train.engines import build_engine
+        from raylrec.train.ray_runner import shard_arrays
 
-    device = torch.device("cuda" if torch.cuda.is_available() and config.train.use_gpu else "cpu")
-    torch.manual_seed(config.train.seed)
-    method, backbone = _build(config, stage, init, device)
-    cf_history = _cf_history(config)
-    train = local_samples(config, "train", template, cf_history, backbone.tokenizer)
-    valid = local_samples(config, "valid", template, cf_history, backbone.tokenizer)
-    say(f"stage {stage.name}: {len(train['uid']):,} training and {len(valid['uid']):,} validation prompts")
-    steps_per_epoch = len(train["uid"]) // config.train.batch_size
-    params = [p for p in method.parameters() if p.requires_grad]
-    engine = TorchEngine(
-        method, config.train, config.train.epochs * steps_per_epoch, params, full_state=False
-    )
-    task = LLMTask(method, valid, config.eval, config.train.batch_size, device)
-    return fit(
-        task,
-        lambda epoch: epoch_batches(train, config.train.batch_size, config.train.seed, epoch, device),
-        config.train,
-        LocalReporter(),
-        engine,
-        steps_per_epoch=steps_per_epoch,
-    )
+        config, train_config = self.config, stage.train
+        context = ray.train.get_context()
+        rank, world = context.get_world_rank(), context.get_world_size()
+        device = ray.train.torch.get_device()
+        method, _ = _build(config, stage.spec[0], init, device)
+        train = shard_arrays("train")
+        valid = _canonical_order(shard_arrays("valid"))
+        size = train_config.batch_size
+        steps_per_epoch = len(train["uid"]) // size
+        if steps_per_epoch == 0:
+            raise ValueError(
+                f"rank {rank} got {len(train['uid'])} training rows, fewer than one batch of "
+                f"{size}: lower train.batch_size or sample more rows"
+            )
+        engine = build_engine(
+            method, train_config, train_config.epochs * steps_per_epoch, world, full_state=False
+        )
+        task = LLMTask(engine.model, valid, config.eval, size, device, rank, world)
+        seed = train_config.seed + rank
+        return Fitting(
+            task, lambda epoch: epoch_batches(train, size, seed, epoch, device), engine, steps_per_epoch
+        )
+
+    def local_fitting(self, stage: StagePlan, init: dict[str, torch.Tensor], say) -> Fitting:
+        from raylrec.llm.samples import local_samples
+        from raylrec.train.engines import TorchEngine
+
+        config, train_config, (spec, template) = self.config, stage.train, stage.spec
+        device = torch.device("cuda" if torch.cuda.is_available() and train_config.use_gpu else "cpu")
+        method, backbone = _build(config, spec, init, device)
+        cf_history = _cf_history(config)
+        train = local_samples(config, "train", template, cf_history, backbone.tokenizer)
+        valid = local_samples(config, "valid", template, cf_history, backbone.tokenizer)
+        say(
+            f"stage {stage.name}: {len(train['uid']):,} training and {len(valid['uid']):,} validation prompts"
+        )
+        size, seed = train_config.batch_size, train_config.seed
+        steps_per_epoch = len(train["uid"]) // size
+        params = [p for p in method.parameters() if p.requires_grad]
+        engine = TorchEngine(
+            method, train_config, train_config.epochs * steps_per_epoch, params, full_state=False
+        )
+        task = LLMTask(method, valid, config.eval, size, device)
+        return Fitting(
+            task, lambda epoch: epoch_batches(train, size, seed, epoch, device), engine, steps_per_epoch
+        )
+
+    def final_metrics(self, states: dict[str, TrainState], weights: dict[str, torch.Tensor], say):
+        final = states[next(reversed(states))]
+        metrics = next((h for h in final.history if h.get("epoch") == final.best_epoch), {})
+        metrics = {k: v for k, v in metrics.items() if k.startswith("valid/")}
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if "/" in k)
+        say("best validation: " + shown)
+        return metrics
+
+    def export(self, weights: dict[str, torch.Tensor], metrics: dict[str, float], run_name: str) -> str:
+        return _export(self.config, weights, metrics, run_name)
 
 
 def _stages(config: RaylrecConfig) -> list[Stage]:
@@ -260,52 +257,13 @@ def train_method(
     say: Callable[[str], None] = print,
     use_ray: bool = True,
     trial: TrialHooks | None = None,
-) -> MethodResult:
+) -> TrainResult:
     """Train ``config.method`` stage by stage; the best weights of each stage start the next.
     Exports the model bundle to ``config.output`` when set. ``trial``: this run is a Ray Tune
     trial (every epoch's metrics go to Tune, epochs counted across stages)."""
-    from raylrec.train.ray_runner import default_run_name
-
     if config.method is None:
         raise ValueError(f"set a 'method' section (name: {' | '.join(METHODS.names())})")
-    started = time.perf_counter()
-    config = _absolute(config)
-    meta = read_meta(config.dataset_path())
-    if "valid" not in meta["counts"]["splits"]:
-        raise ValueError(f"{config.dataset_path()} has no valid split to select the best epoch on")
-    run_name = config.train.run_name or default_run_name(config.method.name)
-    stages = _stages(config)
-    say(
-        f"training {config.method.name} on {config.backbone.name} over {config.dataset_path()}: "
-        f"stages {[s.name for s in stages]}, run {run_name}"
-    )
-    weights = _initial_weights(config, say)
-    states: dict[str, TrainState] = {}
-    epochs_before = 0
-    for i, stage in enumerate(stages):
-        stage_config = _stage_config(config, stage)
-        template = _stage_template(config, stage, last=i == len(stages) - 1)
-        if use_ray:
-            hooks = replace(trial, epoch_offset=epochs_before) if trial else None
-            state = _run_stage_ray(
-                stage_config, stage, template, f"{run_name}-{stage.name}", weights, say, hooks
-            )
-        else:
-            state = _run_stage_local(stage_config, stage, template, weights, say)
-        best = f"{config.train.metric} {state.best_metric:.4f}"
-        say(f"stage {stage.name}: best epoch {state.best_epoch} ({best})")
-        weights = {**weights, **state.best_model}
-        states[stage.name] = state
-        epochs_before += stage_config.train.epochs
-    final = states[stages[-1].name]
-    metrics = next((h for h in final.history if h.get("epoch") == final.best_epoch), {})
-    metrics = {k: v for k, v in metrics.items() if k.startswith("valid/")}
-    say("best validation: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if "/" in k))
-    bundle = None
-    if config.output:
-        bundle = _export(config, weights, metrics, run_name)
-        say(f"model bundle written to {bundle}")
-    return MethodResult(run_name, states, metrics, bundle, time.perf_counter() - started)
+    return run_pipeline(MethodDefinition(_absolute(config)), say, use_ray, trial)
 
 
 def _export(config: RaylrecConfig, weights: dict[str, torch.Tensor], metrics, run_name: str) -> str:
