@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -43,10 +42,12 @@ def _progress() -> Callable[[str], None]:
     return say
 
 
-def _init_ray(ray_config: RayConfig, dashboard: bool = False) -> None:
+def _init_ray(args: argparse.Namespace, ray_config: RayConfig, dashboard: bool = False) -> None:
     from raylrec.runtime import init_ray
 
-    init_ray(ray_config, dashboard)
+    # Without -v, Ray Data's own log lines are dropped: a failing Ray Data task logs its whole
+    # stack, and the error that reaches us names the file or field already.
+    init_ray(ray_config, dashboard, quiet_ray_data=not args.verbose)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -57,7 +58,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     # A refused output (a user's files, an input) fails here, before Ray starts.
     check_output_dir(config.data.output, config.data.overwrite, input_paths(config.data.source))
-    _init_ray(config.ray)
+    _init_ray(args, config.ray)
     from raylrec.data.prepare import prepare
     from raylrec.data.stats import dataset_stats, format_stats
 
@@ -68,7 +69,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    _init_ray(RayConfig(address=args.address))
+    _init_ray(args, RayConfig(address=args.address))
     from raylrec.data.stats import dataset_stats, format_stats
 
     stats = dataset_stats(args.path)
@@ -84,7 +85,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         zipf_exponent=args.zipf,
         seed=args.seed,
     )
-    _init_ray(RayConfig(address=args.address))
+    _init_ray(args, RayConfig(address=args.address))
     from raylrec.data.synthetic import write_synthetic
 
     say = _progress()
@@ -98,7 +99,7 @@ def cmd_train_cf(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     config.dataset_path()  # fails before any work when neither dataset nor data is set
     if not args.local:
-        _init_ray(config.ray)
+        _init_ray(args, config.ray)
     from raylrec.cf.train import train_cf
 
     train_cf(config, _progress(), use_ray=not args.local)
@@ -113,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.config}: no 'method' section (name: one of {', '.join(METHODS.names())})")
     config.dataset_path()
     if not args.local:
-        _init_ray(config.ray)
+        _init_ray(args, config.ray)
     from raylrec.methods.train import train_method
 
     train_method(config, _progress(), use_ray=not args.local)
@@ -127,7 +128,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     load_space(args.space, config, load_raw_config(args.config, args.overrides))  # before Ray starts
     storage.check_reachable(args.storage or config.train.storage_path)
-    _init_ray(config.ray, dashboard=True)  # its State API frees the workers of stopped trials
+    _init_ray(args, config.ray, dashboard=True)  # its State API frees the workers of stopped trials
     from raylrec.tune.sweep import run_sweep
 
     best = None if args.best_config == "none" else args.best_config
@@ -154,7 +155,7 @@ def cmd_tune_report(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
-    _init_ray(config.ray)
+    _init_ray(args, config.ray)
     from raylrec.scoring.job import run_scoring
 
     run_scoring(config, args.date, args.run_id, _progress())
@@ -166,7 +167,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     from raylrec.nightly import nightly_config, run_nightly
 
     nightly_config(config, args.date)  # config errors before Ray starts
-    _init_ray(config.ray)
+    _init_ray(args, config.ray)
     run_nightly(config, args.date, _progress(), force=args.force)
     return 0
 
@@ -239,7 +240,7 @@ def cmd_config_docs(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from raylrec.demo import run_demo
 
-    run_demo(args.out, _progress())
+    run_demo(args.out, _progress(), quiet_ray_data=not args.verbose)
     return 0
 
 
@@ -431,10 +432,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    if not args.verbose:
-        # A failing Ray Data task logs its whole stack; the error that reaches us names the
-        # file or field already, and -v shows everything.
-        os.environ.setdefault("RAYLREC_QUIET_RAY_DATA", "1")
     try:
         return args.func(args)
     except ConfigError as e:

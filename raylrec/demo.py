@@ -117,7 +117,13 @@ def demo_score_config(out: str) -> RaylrecConfig:
     return build_config(raw, "embedded demo config (scoring)")
 
 
-def run_demo(out: str, say: Callable[[str], None], train: bool = True, llm: bool = True) -> None:
+def run_demo(
+    out: str,
+    say: Callable[[str], None],
+    train: bool = True,
+    llm: bool = True,
+    quiet_ray_data: bool = False,
+) -> None:
     from raylrec.cf.train import train_cf
     from raylrec.data.prepare import prepare
     from raylrec.data.stats import dataset_stats, format_stats
@@ -126,7 +132,7 @@ def run_demo(out: str, say: Callable[[str], None], train: bool = True, llm: bool
     config = demo_config(out)
     stages = 1 + int(train) + 2 * int(train and llm)
     say(f"demo 1/{stages}: preparing MovieLens-100K (recbole==1.2.1 wheel, GroupLens ratings)")
-    init_ray(config.ray)
+    init_ray(config.ray, quiet_ray_data=quiet_ray_data)
     prepare(config.data, say)
     print(format_stats(dataset_stats(config.data.output)), flush=True)
     if train:

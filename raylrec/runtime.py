@@ -48,13 +48,19 @@ def _loopback_only() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
-def init_ray(config: RayConfig | None = None, dashboard: bool = False) -> None:
+def init_ray(config: RayConfig | None = None, dashboard: bool = False, quiet_ray_data: bool = False) -> None:
     """Idempotent: reuses a Ray instance this process already joined.
 
     ``dashboard`` starts a local instance with its dashboard, which serves the State API: Ray
     Train's placement-group cleaner needs it to free the workers of runs that Ray Tune stops
     (ASHA), else their CPUs stay reserved and later trials wait forever. Clusters started
-    with ``ray start`` run it already."""
+    with ``ray start`` run it already.
+
+    Ray Data's loggers are set to warnings and above (it logs every execution plan at INFO;
+    raylrec prints its own one-line progress), or with ``quiet_ray_data`` to nothing below
+    CRITICAL (the CLI without ``-v``). ``RAYLREC_RAY_DATA_LOGS=1`` leaves them as Ray sets them
+    and ``RAYLREC_PROGRESS_BARS=1`` turns Ray Data's progress bars on: debugging switches,
+    listed in ``docs/environment.md``."""
     if ray.is_initialized():
         return
     config = config or RayConfig()
@@ -68,14 +74,16 @@ def init_ray(config: RayConfig | None = None, dashboard: bool = False) -> None:
     else:
         kwargs: dict[str, Any] = {"address": "local"}
         if dashboard:
-            # Ray's processes inherit this environment: the State API then finds our dashboard
-            # even when other Ray instances run on the machine (it would refuse to guess).
+            # The one process-wide environment variable raylrec sets outside an entry point.
+            # Ray's State API has no parameter for its server's address: the clients inside Ray's
+            # own processes (Ray Train's placement-group cleaner, an actor) read it from
+            # RAY_API_SERVER_ADDRESS, and without it refuse to guess when other Ray instances
+            # run on the machine. The processes of the local instance started just below
+            # inherit this process's environment, so it is set here, before they start.
             kwargs["dashboard_port"] = _free_port()
             os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{kwargs['dashboard_port']}"
         with _loopback_only():
             ray.init(num_cpus=config.num_cpus, include_dashboard=dashboard, log_to_driver=True, **kwargs)
     ray.data.DataContext.get_current().enable_progress_bars = ctx.enable_progress_bars
-    # Ray Data logs every execution plan at INFO; raylrec prints its own one-line progress.
     if os.environ.get("RAYLREC_RAY_DATA_LOGS") != "1":
-        quiet = os.environ.get("RAYLREC_QUIET_RAY_DATA") == "1"
-        logging.getLogger("ray.data").setLevel(logging.CRITICAL if quiet else logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL if quiet_ray_data else logging.WARNING)

@@ -90,8 +90,9 @@ class RayReporter(LocalReporter):
         if self.rank == 0 and wandb_project and os.environ.get("WANDB_MODE", "offline") != "disabled":
             import wandb
 
-            os.environ.setdefault("WANDB_MODE", "offline")  # no network unless asked for
             self._wandb = wandb.init(
+                # Offline (no network) unless WANDB_MODE asks for more; wandb reads it when unset.
+                mode=None if os.environ.get("WANDB_MODE") else "offline",
                 project=wandb_project,
                 name=run_name,
                 group=trial.group if trial else run_name,
