@@ -56,16 +56,7 @@ LAYERS: dict[str, int] = {
 
 # Imports known to break the rules, each with the reason it is still there. Only shrink this:
 # a listed import that is gone fails the test too, so the list cannot go stale.
-PENDING: dict[tuple[str, str], str] = {
-    # The per-model config classes name their implementation types for type checkers only;
-    # issue 17's registry rewrite (cf/config.py, cf/models.py, methods/config.py) is to drop
-    # these TYPE_CHECKING imports (e.g. annotate with the registry's own type or a Protocol).
-    ("raylrec.cf.config", "raylrec.cf.models"): "TYPE_CHECKING CFEncoder; cycle with cf.models",
-    ("raylrec.cf.config", "raylrec.cf.data"): "TYPE_CHECKING Split",
-    ("raylrec.methods.config", "raylrec.methods.base"): (
-        "TYPE_CHECKING RecMethod; cycle methods.config -> methods.base -> cf.bundle -> config"
-    ),
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 
 def _module_name(path: Path) -> str:

@@ -9,17 +9,13 @@ metrics its objective reports, and ``implementation``, the encoder class built f
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from raylrec.config_types import Bool, Float, Int, StrictConfig
 from raylrec.metric_names import ctr_metric_names, ranking_metric_names
 from raylrec.registry import Registry, import_object
-
-if TYPE_CHECKING:
-    from raylrec.cf.data import Split
-    from raylrec.cf.models import CFEncoder
 
 __all__ = ["CFConfig", "ENCODERS", "register_encoder", "encoder_config"]
 
@@ -56,11 +52,14 @@ class CFConfig(StrictConfig):
         cut-off for bpr."""
         return ranking_metric_names(ks) if self.loss == "bpr" else ctr_metric_names()
 
-    def encoder_class(self) -> type[CFEncoder]:
+    # The encoder types are named in docstrings, not annotations: this module sits below them
+    # (configs load without torch) and imports nothing of theirs, not even for type checkers.
+    def encoder_class(self) -> type:
+        """The ``raylrec.cf.models.CFEncoder`` subclass ``implementation`` names."""
         return import_object(self.implementation)
 
-    def build(self, train: Split) -> CFEncoder:
-        """A fresh encoder for the users and items of ``train``."""
+    def build(self, train: Any) -> Any:
+        """A fresh ``CFEncoder`` for the users and items of ``train`` (a ``cf.data.Split``)."""
         return self.encoder_class().from_config(self, train)
 
 

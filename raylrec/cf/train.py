@@ -35,7 +35,7 @@ from raylrec.train.pipeline import Fitting, StagePlan, TaskDefinition, TrainResu
 __all__ = ["CFDefinition", "CFResult", "train_cf"]
 
 if TYPE_CHECKING:
-    from raylrec.train.ray_runner import TrialHooks
+    from raylrec.train.hooks import TrialHooks
 
 
 CFResult = TrainResult  # the result of train_cf (one stage, ``result.state``)

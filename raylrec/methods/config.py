@@ -18,16 +18,13 @@ prompt ``templates``, and the capabilities the rest of raylrec reads instead of 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from raylrec.config_types import FieldError, Float, Int, StrictConfig
 from raylrec.metric_names import ctr_metric_names
 from raylrec.registry import Registry, import_object
-
-if TYPE_CHECKING:
-    from raylrec.methods.base import RecMethod
 
 __all__ = [
     "LoRAConfig",
@@ -107,11 +104,14 @@ class MethodConfig(StrictConfig):
         """What evaluating this method reports (a pointwise scorer: CTR metrics)."""
         return ctr_metric_names()
 
-    def method_class(self) -> type[RecMethod]:
+    # The model types are named in docstrings, not annotations: this module sits below them
+    # (configs load without torch) and imports nothing of theirs, not even for type checkers.
+    def method_class(self) -> type:
+        """The ``raylrec.methods.base.RecMethod`` subclass ``implementation`` names."""
         return import_object(self.implementation)
 
-    def build(self, backbone: Any, cf: Any) -> RecMethod:
-        """The method over ``backbone`` (a loaded ``Backbone``) and ``cf`` (a ``CFBundle``)."""
+    def build(self, backbone: Any, cf: Any) -> Any:
+        """The ``RecMethod`` over ``backbone`` (a loaded ``Backbone``) and ``cf`` (a ``CFBundle``)."""
         return self.method_class()(self, backbone, cf)
 
     @model_validator(mode="after")

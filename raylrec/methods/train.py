@@ -26,7 +26,7 @@ from raylrec.train.pipeline import Fitting, StagePlan, TaskDefinition, TrainResu
 __all__ = ["MethodDefinition", "MethodResult", "train_method"]
 
 if TYPE_CHECKING:
-    from raylrec.train.ray_runner import TrialHooks
+    from raylrec.train.hooks import TrialHooks
 
 
 MethodResult = TrainResult  # the result of train_method (``result.states`` by stage name)

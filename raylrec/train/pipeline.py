@@ -35,7 +35,7 @@ from raylrec.train.reporting import LocalReporter, config_fingerprint
 if TYPE_CHECKING:
     import ray
 
-    from raylrec.train.ray_runner import TrialHooks
+    from raylrec.train.hooks import TrialHooks
 
 __all__ = [
     "TRAJECTORY_FIELDS",
