@@ -1,12 +1,14 @@
 """Scoring parts in a plain process: exact chunked retrieval against brute force, the faiss
 index against exact search, shared-prefix reranking against the full-prompt computation for
-every method (the max difference is printed), shared prompts against full prompts, raw-id
+every method (the max difference is printed), the full-prompt fallback for a method that cannot
+share a prefix, shared prompts against full prompts, raw-id
 vocabularies, user profiles against a per-user reference, and the publish protocol (manifest
 last, verified counts, replace, readers; races and hostile manifests: test_publish_safety)."""
 
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +26,8 @@ from raylrec.data.vocab import Vocabulary
 from raylrec.llm.backbone import load_backbone
 from raylrec.llm.prompts import PromptBuilder
 from raylrec.methods import METHODS, template_text
+from raylrec.methods.tallrec import TALLRecConfig
+from raylrec.methods.tallrec.model import TALLRec
 from raylrec.scoring import publish as recs
 from raylrec.scoring.profiles import PROFILE_SCHEMA, profiles_of_block
 from raylrec.scoring.rerank import Reranker, RerankRequest
@@ -120,6 +124,73 @@ def test_shared_prefix_scores_equal_full_prompt_scores(name):
     spread = float(np.concatenate(full).std())
     print(f"{name}: shared-prefix vs full-prompt max |diff| = {diff:.2e} (score std {spread:.3f})")
     assert diff < 1e-4 and spread > 1e-3  # the scores differ between candidates, and agree
+
+
+class _CandidateDependent(TALLRec):
+    """Every token's input embedding carries the candidate it belongs to: the prompt prefix's
+    keys and values depend on the candidate, as under CoRA's per-candidate generated weights."""
+
+    def input_embeddings(self, batch):
+        embeds = self.lm.get_input_embeddings()(batch["input_ids"])
+        items = self.token_items(batch)[..., None].float()
+        return embeds + 0.5 * torch.sin(items * torch.arange(1, embeds.shape[-1] + 1, device=items.device))
+
+
+class _NoSharedPrefixConfig(TALLRecConfig):
+    name: Literal["test_no_shared_prefix"] = "test_no_shared_prefix"
+    shares_prefix = False
+
+    def method_class(self):
+        return _CandidateDependent
+
+
+@pytest.fixture
+def no_shared_prefix_method():
+    """A method that cannot share a prefix, registered for this test only."""
+    METHODS.register(_NoSharedPrefixConfig)
+    yield _NoSharedPrefixConfig
+    METHODS._classes.pop("test_no_shared_prefix", None)
+
+
+def test_a_method_that_cannot_share_a_prefix_is_scored_with_full_prompts(
+    no_shared_prefix_method, monkeypatch
+):
+    rng = np.random.default_rng(2)
+    requests = [
+        RerankRequest(
+            uid, rng.integers(1, 60, size).tolist(), rng.choice(np.arange(1, 60), n, replace=False).tolist()
+        )
+        for uid, size, n in [(1, 8, 23), (2, 0, 5), (3, 3, 1), (4, 12, 9)]
+    ]
+    reranker = _reranker("test_no_shared_prefix", max_rows=16)
+    assert type(reranker.method) is _CandidateDependent
+    full = reranker.score_full(requests)
+
+    contexts, widths = [], []
+    decode = reranker.method.decode
+
+    def recording_decode(batch, context=None):
+        contexts.append(context)
+        widths.append(batch["input_ids"].shape[1])
+        return decode(batch, context)
+
+    def no_cache(*args, **kwargs):
+        raise AssertionError("the reranker built a prefix cache for a method that cannot share one")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(reranker.method, "decode", recording_decode)
+        patch.setattr("raylrec.scoring.rerank.DynamicCache", no_cache)
+        scores = reranker.score(requests)
+    assert contexts and all(c is None for c in contexts)
+    assert len(contexts) == -(-sum(len(r.candidates) for r in requests) // 16)  # batched, max_rows each
+    assert widths == sorted(widths)  # rows sorted by length: the last forward holds the longest
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(scores, full, strict=True))
+    print(f"full-prompt fallback vs score_full max |diff| = {diff:.2e}")
+    assert diff < 1e-5
+    # sharing the prefix would be wrong for it: the prefix never sees the candidate
+    monkeypatch.setattr(_NoSharedPrefixConfig, "shares_prefix", True)
+    shared = reranker.score(requests)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(shared, full, strict=True)) > 1e-3
 
 
 def test_shared_prompts_are_the_full_prompts_and_share_one_history():

@@ -8,11 +8,37 @@ that come next: CoRA (a generator producing per-sample LoRA factors: ``condition
 ``raylrec.adapters``), CLLM4Rec (new ID-token tables: ``input_embeddings``; an item head:
 override ``score``), RLMRec (a CF-side alignment loss: override ``loss``, which training
 calls through ``forward(batch, compute_loss=True)``).
+
+The input contract (a ``Batch``, every tensor on the model's device; ``rows`` prompts of
+``tokens`` tokens, left-padded in training and full-prompt scoring):
+
+- ``input_ids``, ``attention_mask`` [rows, tokens]: token ids, and 1 on real tokens, 0 on pads;
+- ``slots`` [rows, tokens]: which tokens are ID placeholders (``raylrec.llm.prompts.SLOT_USER``,
+  ``SLOT_ITEM``; 0 elsewhere);
+- ``uid``, ``iid`` [rows]: the row's user and candidate item (``iid`` is 0 in a row that holds
+  no single candidate: a shared prefix, or a packed row of several);
+- ``history`` [rows, L] (when the CF encoder reads histories), ``label`` [rows] (training);
+- ``token_items`` [rows, tokens], optional: the candidate item each token belongs to (0: none,
+  as on a shared prefix or a pad). Batch scoring packs several candidates' prompt suffixes into
+  one row and sets it; where it is absent every token belongs to the row's ``iid`` (training
+  batches, full prompts). A method reads it through ``RecMethod.token_items(batch)``, never by
+  guessing the scorer's layout.
+
+The decode context: ``decode(batch, context)`` runs the decoder over ``batch`` alone
+(``context`` None) or after a cached prompt prefix (a ``DecodeContext``: the cache, the 4-D
+mask over prefix + batch tokens, the positions that continue the prefix's). The reranker
+(``raylrec.scoring.rerank``) first decodes a batch of prefixes into an empty cache, then each
+packed row of suffixes against its prefix's cache, and reads one logit per candidate with
+``answer_logit`` at each suffix's last token. A method whose prefix keys and values depend on
+the candidate (per-candidate adapters, as CoRA's) declares ``shares_prefix = False`` in its
+config, and the reranker scores it with full prompts through ``forward`` instead.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,9 +47,24 @@ from torch import nn
 from raylrec.cf.bundle import CFBundle
 from raylrec.methods.config import MethodConfig, Stage
 
-__all__ = ["RecMethod", "Stage", "Batch"]
+__all__ = ["RecMethod", "Stage", "Batch", "DecodeContext"]
 
 Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class DecodeContext:
+    """How ``RecMethod.decode`` runs a batch after a cached prompt prefix (module docstring).
+
+    ``cache``: a ``transformers`` cache; it receives the batch's keys and values (an empty one:
+    the batch is the prefix) and, when not empty, already holds the prefix's, one row per
+    batch row. ``attention_mask``: None (the batch's own ``attention_mask``) or an additive
+    float mask [rows, 1, batch tokens, cached + batch tokens] (0: attend; dtype minimum: not).
+    ``position_ids``: None (counted from the batch's mask) or [rows, batch tokens]."""
+
+    cache: Any
+    attention_mask: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
 
 
 class RecMethod(nn.Module):
@@ -99,21 +140,23 @@ class RecMethod(nn.Module):
     def cf_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {k: batch[k] for k in ("uid", "iid", "history") if k in batch}
 
-    def decode(
-        self,
-        batch: Batch,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        past_key_values=None,
-    ):
-        """The decoder over ``batch`` with the method's input embeddings and adapters.
+    def token_items(self, batch: Batch) -> torch.Tensor:
+        """[rows, tokens]: the candidate item each token belongs to (0: none); the batch's
+        ``token_items`` where set, else the row's ``iid`` on every token."""
+        if "token_items" in batch:
+            return batch["token_items"]
+        return batch["iid"][:, None].expand_as(batch["input_ids"])
 
-        Plain use reads the mask and positions from the batch. Scoring with a cached prefix
-        passes ``past_key_values`` (the prefix's cache), the mask over prefix + batch, and the
-        positions that continue the prefix's."""
-        mask = batch["attention_mask"] if attention_mask is None else attention_mask
+    def decode(self, batch: Batch, context: DecodeContext | None = None):
+        """The decoder over ``batch`` with the method's input embeddings and adapters; with a
+        ``context``, after (and into) its cache (module docstring)."""
+        mask = batch["attention_mask"]
+        if context is not None and context.attention_mask is not None:
+            mask = context.attention_mask
+        position_ids = context.position_ids if context is not None else None
         if position_ids is None:
-            position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            position_ids = (batch["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+        past_key_values = context.cache if context is not None else None
         embeds = self.input_embeddings(batch)
         condition = self.condition(batch)
         context = self.adapter_context() if condition is not None else None

@@ -10,6 +10,14 @@ the prefix cache each) keeps the cache one copy per row of up to ``pack_tokens``
 the matmuls large. The logits equal the full-prompt ones up to float rounding:
 ``score_full`` is that plain computation, kept as the reference the tests and
 ``bench/score.py`` compare against.
+
+The reranker talks to the method through its contract only (``raylrec.methods.base``): batches
+with the documented fields (a packed row sets ``token_items``, the candidate each token belongs
+to), ``decode`` with a ``DecodeContext`` (the prefix cache, the 4-D mask, the positions), and
+``answer_logit`` at each suffix's last token. A method whose config says ``shares_prefix =
+False`` (the prefix's keys and values depend on the candidate) is scored with full prompts
+instead: every candidate's own prompt through ``forward``, rows sorted by length so that a
+forward pads little, ``max_rows`` to a forward.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import torch
 from transformers import DynamicCache
 
 from raylrec.llm.prompts import PromptBuilder, SharedPrompts
-from raylrec.methods.base import Batch, RecMethod
+from raylrec.methods.base import Batch, DecodeContext, RecMethod
 
 __all__ = ["RerankRequest", "Reranker"]
 
@@ -80,6 +88,7 @@ class Reranker:
     def _batch(
         self, ids: Sequence[Sequence[int]], slots: Sequence[Sequence[int]], uid, iid, histories
     ) -> Batch:
+        """Left-padded rows, each one prompt (or prefix, with ``iid`` 0) of its own."""
         pad = self.prompts.pad_id
         input_ids = _left_pad(ids, pad)
         mask = _left_pad([[1] * len(r) for r in ids], 0)
@@ -89,6 +98,7 @@ class Reranker:
             "slots": _left_pad(slots, 0),
             "uid": np.asarray(uid, np.int64),
             "iid": np.asarray(iid, np.int64),
+            "token_items": _left_pad([[item] * len(r) for item, r in zip(iid, ids, strict=True)], 0),
         }
         if self.cf_history:
             batch["history"] = np.stack([_padded_history(h, self.cf_history) for h in histories])
@@ -112,9 +122,17 @@ class Reranker:
 
     # --- scoring ------------------------------------------------------------------------------
 
+    @property
+    def shares_prefix(self) -> bool:
+        """Whether the method's candidates can share a cached prefix (its config says)."""
+        return bool(getattr(self.method.config, "shares_prefix", True))
+
     @torch.no_grad()
     def score(self, requests: Sequence[RerankRequest]) -> list[np.ndarray]:
-        """Logits per request's candidates: prefixes once per pass, suffixes packed."""
+        """Logits per request's candidates: prefixes once per pass, suffixes packed (full
+        prompts sorted by length for a method that cannot share a prefix)."""
+        if not self.shares_prefix:
+            return self._score_full_prompts(requests)
         out = [np.zeros(len(r.candidates), np.float32) for r in requests]
         for group in self._passes(requests):
             users = [requests[i] for i, _ in group]
@@ -130,7 +148,7 @@ class Reranker:
                 [u.history for u in users],
             )
             cache = DynamicCache()
-            self.method.decode(prefix, past_key_values=cache)
+            self.method.decode(prefix, DecodeContext(cache))
             prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
             packed = self._pack(encoded)
             for start in range(0, len(packed), self.rows_per_forward):
@@ -212,7 +230,7 @@ class Reranker:
             "input_ids": right_pad(ids, self.prompts.pad_id),
             "attention_mask": real.long(),
             "slots": right_pad(slots, 0),
-            "slot_items": right_pad(items, 0),
+            "token_items": right_pad(items, 0),
             "uid": torch.tensor([users[g].uid for g in owners], device=self.device),
             "iid": torch.zeros(len(rows), dtype=torch.long, device=self.device),
         }
@@ -220,11 +238,42 @@ class Reranker:
             history = np.stack([_padded_history(users[g].history, self.cf_history) for g in owners])
             batch["history"] = torch.from_numpy(history).to(self.device)
         cache = DynamicCache([(keys[owner], values[owner]) for keys, values in prefix_kv])
-        hidden = self.method.decode(batch, attention_mask=mask, position_ids=positions, past_key_values=cache)
+        hidden = self.method.decode(batch, DecodeContext(cache, mask, positions))
         states = hidden.last_hidden_state
         out = []
         for r, row_ends in enumerate(ends):
             out.append(self.method.answer_logit(states[r, row_ends]).cpu().numpy())
+        return out
+
+    def _full_rows(self, requests: Sequence[RerankRequest]) -> list[tuple[int, int, list[int], list[int]]]:
+        """(request, candidate, ids, slots) of every candidate's full prompt: the prompts
+        ``score_full`` runs (the history fitted per pass as there)."""
+        rows = []
+        for group in self._passes(requests):
+            for index, part in group:
+                request = requests[index]
+                e = self.prompts.encode_shared(request.history, list(request.candidates[part]))
+                for j, (suffix, slots) in enumerate(zip(e.suffixes, e.suffix_slots, strict=True)):
+                    rows.append((index, part.start + j, e.prefix + suffix, e.prefix_slots + slots))
+        return rows
+
+    def _score_full_prompts(self, requests: Sequence[RerankRequest]) -> list[np.ndarray]:
+        """Every candidate's full prompt through ``forward``, the rows sorted by length and
+        ``max_rows`` to a forward (the fallback for a method that cannot share a prefix)."""
+        out = [np.zeros(len(r.candidates), np.float32) for r in requests]
+        rows = sorted(self._full_rows(requests), key=lambda row: len(row[2]))
+        for start in range(0, len(rows), self.max_rows):
+            chunk = rows[start : start + self.max_rows]
+            batch = self._batch(
+                [ids for _, _, ids, _ in chunk],
+                [slots for _, _, _, slots in chunk],
+                [requests[i].uid for i, _, _, _ in chunk],
+                [requests[i].candidates[j] for i, j, _, _ in chunk],
+                [requests[i].history for i, _, _, _ in chunk],
+            )
+            logits = self.method(batch).cpu().numpy()
+            for (i, j, _, _), logit in zip(chunk, logits, strict=True):
+                out[i][j] = logit
         return out
 
     @torch.no_grad()

@@ -2,7 +2,8 @@
 into the token-embedding space, one token per ID.
 
 The prompt's ``{user_id}`` and ``{item_id}`` slots hold placeholder tokens whose input
-embeddings are replaced by ``projector(cf user vector)`` and ``projector(cf item vector)``.
+embeddings are replaced by ``projector(cf user vector)`` and ``projector(cf item vector)``; an
+item slot's item is the candidate its token belongs to (``RecMethod.token_items``).
 Two stages: LoRA on the text-only prompt (TALLRec), then the projector alone with LoRA and CF
 frozen (``tune_cf`` also tunes the CF encoder in stage 2).
 """
@@ -49,8 +50,9 @@ class CoLLM(RecMethod):
         users = self.projector(self.cf.user_vectors(self.cf_inputs(batch)).to(embeds.dtype))
         embeds = torch.where((slots == SLOT_USER)[..., None], users[:, None, :], embeds)
         item_slots = slots == SLOT_ITEM
-        if "slot_items" in batch:  # packed scoring rows: a different item at each item slot
-            items = self.projector(self.cf.item_vectors(batch["slot_items"][item_slots]).to(embeds.dtype))
-            return embeds.masked_scatter(item_slots[..., None], items)
-        items = self.projector(self.cf.item_vectors(batch["iid"]).to(embeds.dtype))
-        return torch.where(item_slots[..., None], items[:, None, :], embeds)
+        if not bool(item_slots.any()):  # a shared prefix: the user's slot only
+            return embeds
+        # each item slot holds its own candidate (a packed scoring row holds several)
+        slot_items = self.token_items(batch)[item_slots]
+        items = self.projector(self.cf.item_vectors(slot_items).to(embeds.dtype))
+        return embeds.masked_scatter(item_slots[..., None], items)
