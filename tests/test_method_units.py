@@ -56,7 +56,7 @@ def test_collm_replaces_exactly_the_id_slots():
     assert method.input_embeddings({**batch, "slots": torch.zeros_like(batch["slots"])}) is None
 
 
-@pytest.mark.parametrize("name", ["tallrec", "collm", "reclora"])
+@pytest.mark.parametrize("name", METHODS.names())
 def test_each_stage_trains_only_its_groups(name):
     method = _method(name)
     for stage in method.stages():

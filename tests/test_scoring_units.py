@@ -106,7 +106,7 @@ def _reranker(name: str, max_rows: int) -> Reranker:
     return Reranker(method, prompts, max_rows=max_rows, pack_tokens=64, rows_per_forward=3)
 
 
-@pytest.mark.parametrize("name", ["tallrec", "collm", "reclora"])
+@pytest.mark.parametrize("name", [n for n in METHODS.names() if METHODS.get(n).role == "pointwise"])
 def test_shared_prefix_scores_equal_full_prompt_scores(name):
     rng = np.random.default_rng(1)
     requests = [
