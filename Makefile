@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test cluster-test lint bench clean
+.PHONY: install demo test test-fast cluster-test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything that runs without starting Ray (units, configs, plain-process
+# training, DeepSpeed engines in-process); the full suite above is what CI runs.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not ray and not slow"
 
 # A real 4-node Ray cluster on this machine, the README's cluster workflow submitted to it, a node
 # lost mid-training (also part of `make test`; this runs it alone, printing placement and timings).

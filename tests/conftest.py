@@ -98,3 +98,16 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.section("summaries")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+# Fixtures that start Ray (a local instance, a multi-node cluster): their tests are the `ray`
+# tier, which `make test-fast` leaves out.
+_RAY_FIXTURES = {"ray_session", "cluster"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Mark every test that starts Ray as ``ray`` (through its fixtures, directly or via a
+    module's ``usefixtures``), so the fast tier (``-m "not ray and not slow"``) needs no list."""
+    for item in items:
+        if _RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
