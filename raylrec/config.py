@@ -57,15 +57,10 @@ YEAR_2100 = 4_102_444_800
 DEFAULT_COLLM_PATH = "../shared/datasets/collm-ml1m"
 
 
-# The CF encoders' and methods' own config classes (found by their registries) extend these.
-_Strict = StrictConfig
-_NO_BOOL = NO_BOOL
-
-
 # --- sources -------------------------------------------------------------------------------
 
 
-class ColumnMapping(_Strict):
+class ColumnMapping(StrictConfig):
     """Which source column holds each canonical field of an interaction log."""
 
     user_id: str = "user_id"
@@ -95,7 +90,7 @@ def _csv_char(value: str) -> str:
 CsvChar = Annotated[str, AfterValidator(_csv_char)]
 
 
-class CsvOptions(_Strict):
+class CsvOptions(StrictConfig):
     delimiter: CsvChar = ","
     quote_char: CsvChar | None = '"'
     has_header: Bool = True
@@ -109,7 +104,7 @@ class CsvOptions(_Strict):
         return self
 
 
-class MetadataFile(_Strict):
+class MetadataFile(StrictConfig):
     """An item (or user) metadata table: any format the logs accept."""
 
     path: str
@@ -122,7 +117,7 @@ class MetadataFile(_Strict):
     csv: CsvOptions = CsvOptions()
 
 
-class LogSource(_Strict):
+class LogSource(StrictConfig):
     """Generic interaction logs: Parquet, CSV or JSON Lines files, local or s3://."""
 
     type: Literal["logs"] = "logs"
@@ -142,7 +137,7 @@ class LogSource(_Strict):
         return [v] if isinstance(v, str) else v
 
 
-class MovieLens100KSource(_Strict):
+class MovieLens100KSource(StrictConfig):
     """MovieLens-100K: GroupLens files (u.data, u.item, u.user) at ``path``, or, when ``path``
     is unset, the copy the ``recbole==1.2.1`` wheel ships (downloaded once into the cache)."""
 
@@ -150,21 +145,21 @@ class MovieLens100KSource(_Strict):
     path: str | None = None
 
 
-class MovieLens1MSource(_Strict):
+class MovieLens1MSource(StrictConfig):
     """MovieLens-1M in GroupLens's format (ratings.dat, movies.dat, users.dat)."""
 
     type: Literal["movielens_1m"] = "movielens_1m"
     path: str
 
 
-class CoLLMSource(_Strict):
+class CoLLMSource(StrictConfig):
     """The CoLLM paper's MovieLens-1M split: already split, labelled and with histories."""
 
     type: Literal["collm_ml1m"] = "collm_ml1m"
     path: str = DEFAULT_COLLM_PATH
 
 
-class SyntheticSource(_Strict):
+class SyntheticSource(StrictConfig):
     """Zipf-distributed synthetic logs, generated in parallel chunks (never whole in memory)."""
 
     type: Literal["synthetic"] = "synthetic"
@@ -204,7 +199,7 @@ SourceConfig = Annotated[
 # --- preparation steps ---------------------------------------------------------------------
 
 
-class ValidationConfig(_Strict):
+class ValidationConfig(StrictConfig):
     rating_range: tuple[Float, Float] | None = Field(
         default=None, description="inclusive [min, max]; ratings outside are quarantined"
     )
@@ -224,7 +219,7 @@ class ValidationConfig(_Strict):
         return self
 
 
-class LabelConfig(_Strict):
+class LabelConfig(StrictConfig):
     threshold: Float = Field(default=4.0, description="label = 1 when rating >= threshold")
 
 
@@ -251,7 +246,7 @@ def _shares(v: tuple[float, float, float]) -> tuple[float, float, float]:
 Shares = Annotated[tuple[Float, Float, Float], AfterValidator(_shares)]
 
 
-class TemporalFractionSplit(_Strict):
+class TemporalFractionSplit(StrictConfig):
     """Global temporal split: the earliest ``fractions[0]`` of events train, and so on.
     Events sharing a timestamp always land in the same split."""
 
@@ -259,13 +254,13 @@ class TemporalFractionSplit(_Strict):
     fractions: Shares = (0.8, 0.1, 0.1)
 
 
-class TemporalWindowSplit(_Strict):
+class TemporalWindowSplit(StrictConfig):
     """Global temporal split at given instants: train < valid_start <= valid < test_start."""
 
     protocol: Literal["temporal_window"] = "temporal_window"
-    valid_start: Annotated[int | str | dt.date, _NO_BOOL]
-    test_start: Annotated[int | str | dt.date, _NO_BOOL]
-    end: Annotated[int | str | dt.date | None, _NO_BOOL] = Field(
+    valid_start: Annotated[int | str | dt.date, NO_BOOL]
+    test_start: Annotated[int | str | dt.date, NO_BOOL]
+    end: Annotated[int | str | dt.date | None, NO_BOOL] = Field(
         default=None, description="events at or after this instant are quarantined"
     )
 
@@ -292,14 +287,14 @@ class TemporalWindowSplit(_Strict):
         return _to_seconds(self.valid_start), _to_seconds(self.test_start), end
 
 
-class LeaveLastOutSplit(_Strict):
+class LeaveLastOutSplit(StrictConfig):
     """Per user: the last event is test, the one before valid, the rest train."""
 
     protocol: Literal["leave_last_out"] = "leave_last_out"
     min_events: Int = Field(default=3, ge=1, description="users with fewer events stay in train")
 
 
-class RandomRatioSplit(_Strict):
+class RandomRatioSplit(StrictConfig):
     """Per user: events shuffled (seeded) and cut by ratios, RecBole's 'RS' rule."""
 
     protocol: Literal["random_ratio"] = "random_ratio"
@@ -307,7 +302,7 @@ class RandomRatioSplit(_Strict):
     seed: Int = 2020
 
 
-class GivenSplit(_Strict):
+class GivenSplit(StrictConfig):
     """Keep the split the source already carries (the CoLLM data)."""
 
     protocol: Literal["given"] = "given"
@@ -329,11 +324,11 @@ SplitConfig = Annotated[
 ]
 
 
-class HistoryConfig(_Strict):
+class HistoryConfig(StrictConfig):
     max_len: Int = Field(default=50, ge=1, description="last N positive items before the event")
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictConfig):
     source: SourceConfig
     validation: ValidationConfig = ValidationConfig()
     label: LabelConfig = LabelConfig()
@@ -352,7 +347,7 @@ class DataConfig(_Strict):
         return self
 
 
-class RayConfig(_Strict):
+class RayConfig(StrictConfig):
     address: str | None = Field(
         default=None, description="cluster to join; RAY_ADDRESS, or a new local instance"
     )
@@ -366,7 +361,7 @@ CFSection = ENCODERS.union(default="mf")
 MethodSection = METHODS.union()
 
 
-class BackboneConfig(_Strict):
+class BackboneConfig(StrictConfig):
     """The causal LM under an LLM recommender."""
 
     name: str = Field(
@@ -386,7 +381,7 @@ class BackboneConfig(_Strict):
     )
 
 
-class PromptConfig(_Strict):
+class PromptConfig(StrictConfig):
     template: str | None = Field(
         default=None,
         description="a registered template's name (each method declares its own) or a template text; "
@@ -398,7 +393,7 @@ class PromptConfig(_Strict):
     history_items: Int = Field(default=10, ge=0, description="recent positive titles in the prompt")
 
 
-class SampleConfig(_Strict):
+class SampleConfig(StrictConfig):
     """Which rows the LLM sees (Few2Many: the CF encoder saw all of train, the LLM a sample)."""
 
     train_fraction: Float = Field(default=1.0, gt=0, le=1, description="hash sample of train, by (uid, iid)")
@@ -417,7 +412,7 @@ def _custom_resources(resources: dict[str, float]) -> dict[str, float]:
     return resources
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictConfig):
     """How any model trains: optimiser, schedule, scale, checkpoints, early stopping."""
 
     epochs: Int = Field(default=20, ge=1)
@@ -462,7 +457,7 @@ class TrainConfig(_Strict):
     log_every_s: Float = Field(default=10.0, gt=0, description="seconds between progress lines")
 
 
-class EvalConfig(_Strict):
+class EvalConfig(StrictConfig):
     ks: list[Annotated[Int, Field(ge=1)]] = Field(
         default_factory=lambda: [10, 20], min_length=1, description="cut-offs of the top-K metrics"
     )
@@ -471,7 +466,7 @@ class EvalConfig(_Strict):
     users_per_chunk: Int = Field(default=1024, ge=1)
 
 
-class ScoreConfig(_Strict):
+class ScoreConfig(StrictConfig):
     """Batch scoring: CF retrieval of ``candidates`` items per user, an optional LLM rerank,
     the top ``k`` written to ``output`` under a date partition."""
 
@@ -522,7 +517,7 @@ class ScoreConfig(_Strict):
         return self
 
 
-class NightlyConfig(_Strict):
+class NightlyConfig(StrictConfig):
     """``jobs/nightly.py --date D``: prepare -> (refresh CF) -> score -> publish, per date.
 
     ``{date}`` in ``data.source`` paths is replaced by D, so a source can name the day's logs.
@@ -545,7 +540,7 @@ def task_metrics(config: RaylrecConfig) -> frozenset[str]:
     return frozenset(model.reported_metrics(config.eval.ks) | {"train/loss"})
 
 
-class RaylrecConfig(_Strict):
+class RaylrecConfig(StrictConfig):
     data: DataConfig | None = None
     dataset: str | None = Field(default=None, description="a prepared dataset (default: data.output)")
     cf: CFSection = Field(default_factory=lambda: ENCODERS.get("mf")())

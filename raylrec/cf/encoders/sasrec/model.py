@@ -51,16 +51,14 @@ class SASRec(CFEncoder):
         )
 
     @classmethod
-    def from_config(cls, config: SASRecConfig, train: Split) -> SASRec:
+    def from_sizes(cls, config: SASRecConfig, num_users: int, num_items: int) -> SASRec:
         return cls(
-            train.num_users,
-            train.num_items,
-            config.dim,
-            config.max_len,
-            config.blocks,
-            config.heads,
-            config.dropout,
+            num_users, num_items, config.dim, config.max_len, config.blocks, config.heads, config.dropout
         )
+
+    @classmethod
+    def from_config(cls, config: SASRecConfig, train: Split) -> SASRec:
+        return cls.from_sizes(config, train.num_users, train.num_items)
 
     @classmethod
     def for_serving(
@@ -71,7 +69,7 @@ class SASRec(CFEncoder):
         tables: dict[str, torch.Tensor],
     ) -> SASRec:
         # Users are computed from their history at serving time: the whole encoder is needed.
-        encoder = cls(*sizes, config.dim, config.max_len, config.blocks, config.heads, config.dropout)
+        encoder = cls.from_sizes(config, *sizes)
         encoder.load_state_dict(state)
         return encoder
 
