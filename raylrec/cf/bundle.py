@@ -39,6 +39,7 @@ __all__ = [
     "load_cf_bundle",
     "check_cf_bundle",
     "check_finite",
+    "bundle_history_len",
     "cf_vocabularies",
     "CFBundle",
 ]
@@ -130,6 +131,12 @@ class CFBundle:
 
 def _description(path: str) -> dict[str, Any]:
     return read_description(path, KIND)
+
+
+def bundle_history_len(description: dict[str, Any]) -> int:
+    """Items of each user's history the bundle's encoder reads (0: it knows users by id), from
+    the bundle's recorded ``config.json``."""
+    return encoder_config(description["cf"]).history_len
 
 
 def check_cf_bundle(path: str) -> dict[str, Any]:

@@ -52,10 +52,9 @@ def _absolute(config: RaylrecConfig) -> RaylrecConfig:
 def _cf_history(config: RaylrecConfig) -> int:
     if not config.method.cf_bundle:
         return 0
-    from raylrec.cf.config import encoder_config
+    from raylrec.cf.bundle import bundle_history_len
 
-    cf = storage.read_json(storage.join(config.method.cf_bundle, "config.json"))["cf"]
-    return encoder_config(cf).history_len
+    return bundle_history_len(storage.read_json(storage.join(config.method.cf_bundle, "config.json")))
 
 
 def _stage_template(config: RaylrecConfig, stage: Stage, last: bool) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raylrec import storage
-from raylrec.cf.bundle import check_cf_bundle
+from raylrec.cf.bundle import bundle_history_len, check_cf_bundle
 from raylrec.config import ConfigError, RaylrecConfig
 from raylrec.data.output import read_meta
 from raylrec.data.vocab import Vocabulary
@@ -55,9 +55,7 @@ def _resolve(config: RaylrecConfig) -> tuple[str, str | None, str, dict[str, Any
 
 
 def _history_length(cf: dict[str, Any], model: dict[str, Any] | None) -> int:
-    from raylrec.cf.config import encoder_config
-
-    lengths = [50, encoder_config(cf["cf"]).history_len]
+    lengths = [50, bundle_history_len(cf)]
     if model is not None:
         lengths.append(int(model["prompt"]["history_items"]))
     return max(lengths)

@@ -19,8 +19,7 @@ import pyarrow as pa
 import torch
 
 from raylrec import storage
-from raylrec.cf.bundle import cf_vocabularies, load_cf_bundle
-from raylrec.cf.config import encoder_config
+from raylrec.cf.bundle import bundle_history_len, cf_vocabularies, load_cf_bundle
 from raylrec.data.output import read_table
 from raylrec.data.vocab import Vocabulary
 from raylrec.scoring.publish import RECS_SCHEMA
@@ -52,11 +51,6 @@ class ScoringPlan:
     popular_scores: tuple[float, ...]
 
 
-def _cf_history_length(config: dict) -> int:
-    """History the bundle's encoder reads (0: it knows users by id)."""
-    return encoder_config(config["cf"]).history_len
-
-
 def _pad(rows: list[np.ndarray], length: int) -> torch.Tensor:
     out = np.zeros((len(rows), length), np.int64)
     for i, row in enumerate(rows):
@@ -76,7 +70,7 @@ class Recommender:
         self.data_items = Vocabulary.from_table(read_table(plan.dataset, "items.parquet"), "item_id", "iid")
         self.cf = load_cf_bundle(plan.cf_bundle)
         self.cf_users, self.cf_items = cf_vocabularies(plan.cf_bundle)
-        self.cf_history = _cf_history_length(self.cf.config)
+        self.cf_history = bundle_history_len(self.cf.config)
         self.cf.encoder.to(self.device)
         self.item_table = self.cf.items.to(self.device)
         self.index = FaissIndex(self.cf.items) if plan.index == "faiss" else None
@@ -90,7 +84,7 @@ class Recommender:
             self.rr_items = Vocabulary.from_table(bundle.items, "item_id", "iid")
             self.rr_users = cf_vocabularies(own_cf)[0] if has_cf else None
             rr_history = (
-                _cf_history_length(storage.read_json(storage.join(own_cf, "config.json"))) if has_cf else 0
+                bundle_history_len(storage.read_json(storage.join(own_cf, "config.json"))) if has_cf else 0
             )
             self.reranker = Reranker(
                 bundle.method, bundle.prompts, rr_history, plan.rerank_rows, plan.rerank_pack_tokens
