@@ -27,7 +27,9 @@ directory beside the target and writes a completion marker last; the others wait
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -51,6 +53,7 @@ from raylrec.config import BackboneConfig
 from raylrec.wheels import fetch_wheel
 
 __all__ = [
+    "cache_argument",
     "Backbone",
     "BackboneError",
     "ANSWER_PROMPT",
@@ -120,6 +123,20 @@ def _answer_token_id(tokenizer: transformers.PreTrainedTokenizerBase, word: str)
             f"the tokenizer does not put {word!r} after {ANSWER_PROMPT!r} as one token: {pieces}"
         )
     return int(full[-1])
+
+
+def cache_argument(decoder: torch.nn.Module) -> str:
+    """The name of ``decoder.forward``'s KV-cache argument: ``cache`` in transformers 5.x,
+    ``past_key_values`` before it (5.x still accepts that name, with a FutureWarning on every
+    call). Read from the signature, so one code path serves every transformers raylrec
+    supports (``>=4.50``)."""
+    return _cache_argument(type(decoder))
+
+
+@functools.cache
+def _cache_argument(decoder_class: type) -> str:
+    parameters = inspect.signature(decoder_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def resolve_dtype(config_dtype: str, device: torch.device | str | None) -> torch.dtype:

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raylrec.cf.bundle import CFBundle
+from raylrec.llm.backbone import cache_argument
 from raylrec.methods.config import MethodConfig, Stage
 
 __all__ = ["RecMethod", "Stage", "Batch", "DecodeContext"]
@@ -156,18 +157,19 @@ class RecMethod(nn.Module):
         position_ids = context.position_ids if context is not None else None
         if position_ids is None:
             position_ids = (batch["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
-        past_key_values = context.cache if context is not None else None
+        cache = context.cache if context is not None else None
         embeds = self.input_embeddings(batch)
         condition = self.condition(batch)
-        context = self.adapter_context() if condition is not None else None
-        with context.use(condition) if context is not None else nullcontext():
-            return self.lm.get_decoder()(
+        adapters = self.adapter_context() if condition is not None else None
+        decoder = self.lm.get_decoder()
+        with adapters.use(condition) if adapters is not None else nullcontext():
+            return decoder(
                 input_ids=None if embeds is not None else batch["input_ids"],
                 inputs_embeds=embeds,
                 attention_mask=mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
-                use_cache=past_key_values is not None,
+                use_cache=cache is not None,
+                **({cache_argument(decoder): cache} if cache is not None else {}),
             )
 
     def answer_logit(self, hidden: torch.Tensor) -> torch.Tensor:
