@@ -42,12 +42,12 @@ def _progress() -> Callable[[str], None]:
     return say
 
 
-def _init_ray(args: argparse.Namespace, ray_config: RayConfig, dashboard: bool = False) -> None:
+def _init_ray(args: argparse.Namespace, ray_config: RayConfig) -> None:
     from raylrec.runtime import init_ray
 
     # Without -v, Ray Data's own log lines are dropped: a failing Ray Data task logs its whole
     # stack, and the error that reaches us names the file or field already.
-    init_ray(ray_config, dashboard, quiet_ray_data=not args.verbose)
+    init_ray(ray_config, quiet_ray_data=not args.verbose)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -128,7 +128,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     load_space(args.space, config, load_raw_config(args.config, args.overrides))  # before Ray starts
     storage.check_reachable(args.storage or config.train.storage_path)
-    _init_ray(args, config.ray, dashboard=True)  # its State API frees the workers of stopped trials
+    _init_ray(args, config.ray)
     from raylrec.tune.sweep import run_sweep
 
     best = None if args.best_config == "none" else args.best_config

@@ -20,7 +20,7 @@ import ray
 
 from raylrec.config import RayConfig
 
-__all__ = ["init_ray"]
+__all__ = ["configure_worker_process", "init_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,58 @@ def _loopback_only() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
-def init_ray(config: RayConfig | None = None, dashboard: bool = False, quiet_ray_data: bool = False) -> None:
+# Deprecation warnings raised inside Ray's and DeepSpeed's own code, about calls raylrec does
+# not make (a user cannot act on them); matched by message, so any other warning still shows.
+_THIRD_PARTY_WARNINGS = (
+    r"`ExecutionOptions\.exclude_resources` is deprecated",  # Ray Train's DatasetManager
+    r"`torch\.distributed\.all_gather_into_tensor` is deprecated",  # DeepSpeed ZeRO's gathers
+)
+
+
+def configure_worker_process() -> None:
+    """Ray's ``worker_process_setup_hook`` for the local instances raylrec starts: runs first in
+    every Ray worker process (tasks, actors, Ray Train workers) and ignores the known-harmless
+    deprecation warnings above. Everything else a worker logs still reaches the console and
+    its log file under the Ray session's ``logs/``."""
+    import warnings
+
+    for message in _THIRD_PARTY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
+def _worker_env() -> dict[str, str]:
+    """Environment of a new local instance's workers: Ray Data's logging config with its
+    console at warnings (each operator's execution plan is INFO there) and its
+    ``logs/ray-data/`` files at Ray's default levels. Derived from Ray Data's own default, so
+    it follows Ray's versions. A ``RAY_DATA_LOGGING_CONFIG`` of the user's, or
+    ``RAYLREC_RAY_DATA_LOGS=1``, leaves Ray Data's logging alone."""
+    if os.environ.get("RAYLREC_RAY_DATA_LOGS") == "1" or "RAY_DATA_LOGGING_CONFIG" in os.environ:
+        return {}
+    import copy
+    import tempfile
+
+    import yaml
+    from ray.data._internal.logging import DEFAULT_CONFIG
+
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    for handler in config["handlers"].values():
+        if handler["class"].endswith("PlainRayHandler"):  # the console
+            handler["level"] = "WARNING"
+    fd, path = tempfile.mkstemp(prefix="raylrec-ray-data-logging-", suffix=".yaml")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(config, f)
+    return {"RAY_DATA_LOGGING_CONFIG": path}
+
+
+def init_ray(config: RayConfig | None = None, dashboard: bool = True, quiet_ray_data: bool = False) -> None:
     """Idempotent: reuses a Ray instance this process already joined.
 
-    ``dashboard`` starts a local instance with its dashboard, which serves the State API: Ray
-    Train's placement-group cleaner needs it to free the workers of runs that Ray Tune stops
-    (ASHA), else their CPUs stay reserved and later trials wait forever. Clusters started
-    with ``ray start`` run it already.
+    A new local instance starts with its dashboard, which serves the State API (``dashboard``
+    False leaves it out): Ray Train's placement-group cleaner polls it every second to free
+    the workers of a run whose controller died or that Ray Tune stopped (ASHA); without it
+    the cleaner cannot work, logs a warning each second, and a stopped trial's CPUs stay
+    reserved so later trials wait forever. Clusters started with ``ray start`` run it already.
+    Its workers run ``configure_worker_process`` first.
 
     Ray Data's loggers are set to warnings and above (it logs every execution plan at INFO;
     raylrec prints its own one-line progress), or with ``quiet_ray_data`` to nothing below
@@ -83,7 +128,16 @@ def init_ray(config: RayConfig | None = None, dashboard: bool = False, quiet_ray
             kwargs["dashboard_port"] = _free_port()
             os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{kwargs['dashboard_port']}"
         with _loopback_only():
-            ray.init(num_cpus=config.num_cpus, include_dashboard=dashboard, log_to_driver=True, **kwargs)
+            ray.init(
+                num_cpus=config.num_cpus,
+                include_dashboard=dashboard,
+                log_to_driver=True,
+                runtime_env={
+                    "worker_process_setup_hook": f"{__name__}.configure_worker_process",
+                    "env_vars": _worker_env(),
+                },
+                **kwargs,
+            )
     ray.data.DataContext.get_current().enable_progress_bars = ctx.enable_progress_bars
     if os.environ.get("RAYLREC_RAY_DATA_LOGS") != "1":
         logging.getLogger("ray.data").setLevel(logging.CRITICAL if quiet_ray_data else logging.WARNING)

@@ -4,6 +4,7 @@ runs it (fingerprint, resume, result, export hook)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -121,9 +122,14 @@ class CFDefinition(TaskDefinition):
         mine = Split(arrays, full_train.num_users, full_train.num_items)
         model = build_encoder(config.cf, full_train)
         task = CFTask(model, config.cf, config.eval, full_train, valid)
-        task.model = ray.train.torch.prepare_model(
-            model, parallel_strategy_kwargs={"broadcast_buffers": False}
-        )
+        with warnings.catch_warnings():
+            # torch deprecates broadcast_buffers for forward_sync_buffers, which still syncs at
+            # init; its own warning says to keep broadcast_buffers=False until init_sync_buffers
+            # exists.
+            warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+            task.model = ray.train.torch.prepare_model(
+                model, parallel_strategy_kwargs={"broadcast_buffers": False}
+            )
         steps_per_epoch = len(mine) // config.train.batch_size
         engine = TorchEngine(task.model, config.train, config.train.epochs * steps_per_epoch)
         cf = config.cf.model_copy(update={"implicit": True}) if config.cf.loss == "bpr" else config.cf

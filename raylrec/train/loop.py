@@ -102,6 +102,7 @@ def fit(
         reporter.log(
             f"resumed after epoch {state.epoch} (step {state.step}, best {config.metric} {state.best_metric})"
         )
+    last_epoch_log = -math.inf
     while not is_finished(state, config):
         epoch = state.epoch + 1
         task.model.train()
@@ -130,7 +131,8 @@ def fit(
                 )
             total_loss += step_loss
             now = time.perf_counter()
-            if now - last_log >= config.log_every_s or index + 1 == steps_per_epoch:
+            # Within an epoch, a line every log_every_s; the epoch's own line closes it.
+            if now - last_log >= config.log_every_s and index + 1 != steps_per_epoch:
                 last_log, elapsed = now, now - started
                 left = (
                     f", ETA {(steps_per_epoch - index - 1) * elapsed / steps:.0f}s" if steps_per_epoch else ""
@@ -172,16 +174,23 @@ def fit(
                 state.stale_evals += 1
         state.history.append(metrics)
         shown = {k: v for k, v in metrics.items() if k.count("/") == 1 and k.startswith("valid/")}
-        shown = {k: v for k, v in shown.items() if k.endswith(("auc", "logloss")) or "@" in k}
+        shown = {
+            k: v for k, v in shown.items() if k.endswith(("auc", "logloss")) or "recall@" in k or "ndcg@" in k
+        }
         rate = metrics["train/samples_per_s"]
-        reporter.log(
-            f"epoch {epoch}: loss {metrics['train/loss']:.4f}, {rate:,.1f} samples/s"
-            + "".join(f", {k} {v:.4f}" for k, v in shown.items())
-        )
+        last = epoch == config.epochs or state.stale_evals >= config.patience
+        now = time.perf_counter()
+        # Short epochs (a CF encoder's take a fraction of a second) print one line per
+        # log_every_s, not one each; every epoch's metrics still go to wandb and the history.
+        if epoch == 1 or last or now - last_epoch_log >= config.log_every_s:
+            last_epoch_log = now
+            reporter.log(
+                f"epoch {epoch}: loss {metrics['train/loss']:.4f}, {rate:,.1f} samples/s"
+                + "".join(f", {k} {v:.4f}" for k, v in shown.items())
+            )
         # A checkpoint every `checkpoint_every` epochs and at the end (the best weights travel
         # inside it); metrics every epoch. A Ray Train checkpoint costs a synchronised write
         # and a wait for the controller, seconds on small models.
-        last = epoch == config.epochs or state.stale_evals >= config.patience
         checkpoint = last or epoch % config.checkpoint_every == 0
         reporter.report(metrics, state, engine if checkpoint else None)
     if state.stale_evals >= config.patience:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from raylrec import storage
@@ -99,6 +99,9 @@ def run_on_ray(
             failure_config=FailureConfig(max_failures=train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
+            # Ray Train's own INFO lines (worker group, each result and checkpoint) stay in the
+            # session's logs/train/ files; the console gets raylrec's progress and Ray's warnings.
+            logging_config=LoggingConfig(log_level=_ray_train_log_level()),
         ),
         datasets=datasets,
         dataset_config=data_config,
@@ -167,6 +170,7 @@ def fit_in_worker(
     fatal = _read_fatal(marker) if marker else None
     if fatal is not None:
         raise fatal  # an earlier attempt of this fit failed for good: retrying repeats it
+    _quiet_report_lines()
     fingerprint, run_name = loop_config["fingerprint"], loop_config["run_name"]
     trial = TrialHooks(**loop_config["trial"]) if loop_config.get("trial") else None
     reporter = RayReporter(fingerprint, run_name, train.wandb_project, wandb_config, trial)
@@ -179,6 +183,19 @@ def fit_in_worker(
         raise
     reporter.finish()
     return state
+
+
+def _ray_train_log_level() -> str:
+    return "INFO" if os.environ.get("RAYLREC_RAY_TRAIN_LOGS") == "1" else "WARNING"
+
+
+def _quiet_report_lines() -> None:
+    """Ray Train's per-report INFO line ("Reporting training result N: ...", on every rank)
+    comes from a logger named after its source file's path, which its ``LoggingConfig`` level
+    does not reach (that filter matches ``ray.train*`` names): hold it to the same level."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(_ray_train_log_level())
 
 
 def _read_fatal(marker: str) -> Exception | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -22,6 +23,8 @@ from raylrec.train.loop import TrainState
 
 if TYPE_CHECKING:
     from raylrec.train.hooks import TrialHooks
+
+progress = logging.getLogger("raylrec.train.progress")
 
 __all__ = [
     "LocalReporter",
@@ -98,8 +101,10 @@ class RayReporter(LocalReporter):
                 group=trial.group if trial else run_name,
                 config=wandb_config,
                 reinit="finish_previous",
-                settings=wandb.Settings(console="off"),  # Ray already forwards worker output
+                # Ray already forwards worker output; the banner and summary are wandb's noise.
+                settings=wandb.Settings(console="off", silent=True),
             )
+            self.log(f"wandb run {self._wandb.id} ({self._wandb.settings.mode}) in {self._wandb.dir}")
 
     def report(self, metrics: dict[str, float], state: TrainState, engine: Engine | None) -> None:
         import ray.train
@@ -131,8 +136,11 @@ class RayReporter(LocalReporter):
             ray.train.report(numeric, checkpoint=checkpoint)
 
     def log(self, message: str) -> None:
+        # Through logging, not print: Ray Train routes a worker's root logger to the console
+        # (once) and to its per-worker log file, while its patched print also tees to any
+        # wrapped stdout, which printed every line twice.
         if self.rank == 0:
-            super().log(message)
+            progress.info("%s %7.1fs %s", self.prefix, time.perf_counter() - self.started, message)
 
     def finish(self) -> None:
         if self._wandb is not None:
