@@ -246,12 +246,13 @@ LOGS = ["data.source.type=logs", "data.source.paths=[a.csv]", "data.output=out/x
         ([*LOGS, "data.source.csv.delimiter=§"], ["data.source.csv.delimiter", "'§'"]),
         ([*LOGS, "data.source.csv.quote_char=','"], ["data.source.csv.quote_char", "the delimiter"]),
         (["cf.model=sasrec", "cf.dim=10", "cf.heads=3"], ["cf.heads", "cf.dim 10", "3 heads"]),
+        (["cf.model=sasrec", "cf.loss=bpr"], ["cf.loss", "sasrec", "'bpr' is not supported"]),
         (["train.epochs=true"], ["train.epochs", "got true"]),
         (["train.use_gpu=1"], ["train.use_gpu", "valid boolean"]),
         ([*DATA, "data.label.threshold=.nan"], ["data.label.threshold", "finite number"]),
     ],
     ids=["bad-date", "not-a-date", "two-char-delimiter", "non-ascii-delimiter", "quote-is-delimiter",
-         "sasrec-heads", "bool-epochs", "int-bool", "nan-threshold"],
+         "sasrec-heads", "sasrec-bpr", "bool-epochs", "int-bool", "nan-threshold"],
 )  # fmt: skip
 def test_a_bad_value_is_refused_at_load_naming_its_field(overrides, fragments):
     _refused(overrides, *fragments)

@@ -70,6 +70,18 @@ def test_each_stage_trains_only_its_groups(name):
         method.zero_grad(set_to_none=True)
 
 
+@pytest.mark.parametrize("name", [n for n in METHODS.names() if METHODS.get(n).needs_cf])
+def test_a_frozen_cf_encoder_stays_in_eval_mode_while_the_method_trains(name):
+    method = _method(name)
+    for stage in method.stages():
+        method.set_stage(stage)
+        method.train()
+        tuned = any(p.requires_grad for p in method.cf.parameters())
+        assert method.training and method.cf.training == tuned, (stage.name, tuned)
+    method.eval()
+    assert not method.cf.training
+
+
 def test_reclora_personalises_by_user():
     method = _method("reclora", experts=4, lora={"r": 4, "alpha": 8, "dropout": 0.0})
     method.eval()

@@ -117,6 +117,15 @@ class RecMethod(nn.Module):
             for p in params:
                 p.requires_grad_(name in stage.trainable)
 
+    def train(self, mode: bool = True) -> RecMethod:
+        """A frozen CF encoder stays in eval mode while the method trains: its vectors are the
+        bundle's (SASRec's dropout would otherwise perturb them in training steps and not at
+        evaluation). One the stage tunes (CoLLM's ``tune_cf``) trains as usual."""
+        super().train(mode)
+        if self.cf is not None and not any(p.requires_grad for p in self.cf.parameters()):
+            self.cf.eval()
+        return self
+
     def method_state_dict(self) -> dict[str, torch.Tensor]:
         """Every parameter of every group (all stages), by its name in ``named_parameters``."""
         own = {id(p) for params in self.parameter_groups().values() for p in params}

@@ -35,4 +35,10 @@ class SASRecConfig(CFConfig):
             raise FieldError(
                 "heads", f"cf.dim {self.dim} is not divisible by {self.heads} heads (sasrec splits it evenly)"
             )
+        if self.loss == "bpr":
+            # BPR batches are rebuilt from the positives alone (cf.data.positives), without
+            # the history of each event that SASRec reads.
+            raise FieldError(
+                "loss", "sasrec trains with loss 'bce' on CTR labels; 'bpr' is not supported for it"
+            )
         return self
