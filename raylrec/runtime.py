@@ -56,15 +56,42 @@ _THIRD_PARTY_WARNINGS = (
 )
 
 
+# Log lines that say nothing a user can act on, by logger and message prefix.
+_KNOWN_NOISE = {
+    # Ray Data warns once per process that its bars are off: raylrec turns them off on purpose.
+    "ray.data._internal.progress": ("Progress bars disabled.",),
+    # DeepSpeed prints this on every rank at each CPU engine start; in a Ray Train worker the
+    # print goes through the root logger.
+    "": ("DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully",),
+}
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+def _drop_known_noise() -> None:
+    for name, prefixes in _KNOWN_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(prefixes))
+
+
 def configure_worker_process() -> None:
     """Ray's ``worker_process_setup_hook`` for the local instances raylrec starts: runs first in
-    every Ray worker process (tasks, actors, Ray Train workers) and ignores the known-harmless
-    deprecation warnings above. Everything else a worker logs still reaches the console and
-    its log file under the Ray session's ``logs/``."""
+    every Ray worker process (tasks, actors, Ray Train workers) and drops the known-harmless
+    deprecation warnings and log lines above. Everything else a worker logs still reaches the
+    console and its log file under the Ray session's ``logs/``."""
     import warnings
 
     for message in _THIRD_PARTY_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
+    _drop_known_noise()
 
 
 def _worker_env() -> dict[str, str]:
@@ -139,5 +166,6 @@ def init_ray(config: RayConfig | None = None, dashboard: bool = True, quiet_ray_
                 **kwargs,
             )
     ray.data.DataContext.get_current().enable_progress_bars = ctx.enable_progress_bars
+    _drop_known_noise()
     if os.environ.get("RAYLREC_RAY_DATA_LOGS") != "1":
         logging.getLogger("ray.data").setLevel(logging.CRITICAL if quiet_ray_data else logging.WARNING)
