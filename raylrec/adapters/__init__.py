@@ -1,5 +1,6 @@
 """Per-sample low-rank adapters: a different LoRA update for every sample of a batch."""
 
+from raylrec.adapters.generated import GeneratedFactor, WeightGenerator
 from raylrec.adapters.per_sample_lora import (
     AdapterContext,
     LoRAMixture,
@@ -8,4 +9,12 @@ from raylrec.adapters.per_sample_lora import (
     inject_per_sample_lora,
 )
 
-__all__ = ["AdapterContext", "LoRAMixture", "PerSampleLoRALinear", "Router", "inject_per_sample_lora"]
+__all__ = [
+    "AdapterContext",
+    "GeneratedFactor",
+    "LoRAMixture",
+    "PerSampleLoRALinear",
+    "Router",
+    "WeightGenerator",
+    "inject_per_sample_lora",
+]

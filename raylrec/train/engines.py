@@ -56,8 +56,18 @@ def lr_lambda(config: TrainConfig, total_steps: int):
     return factor
 
 
-def _optimizer(params: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(
+    params: Iterable[nn.Parameter], config: TrainConfig, model: nn.Module | None = None
+) -> torch.optim.Optimizer:
+    """Adam or AdamW over ``params``. A model may exempt some of them from weight decay with a
+    ``no_weight_decay()`` method (CoRA: biases and norms); those form a second group at 0."""
     params = list(params)
+    exempt = {id(p) for p in getattr(model, "no_weight_decay", lambda: [])()} if model is not None else set()
+    if exempt and config.weight_decay:
+        params = [
+            {"params": [p for p in params if id(p) not in exempt]},
+            {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0},
+        ]
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -84,7 +94,8 @@ class TorchEngine:
         self.model = model
         self.config = config
         self.full_state = full_state  # CF models keep every tensor (buffers too) in a snapshot
-        self.optimizer = _optimizer(params if params is not None else model.parameters(), config)
+        params = params if params is not None else model.parameters()
+        self.optimizer = _optimizer(params, config, self._inner())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, total_steps))
 
     def _inner(self) -> nn.Module:
@@ -162,7 +173,7 @@ class DeepSpeedEngine:
 
         self.config = config
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = _optimizer(params, config)
+        optimizer = _optimizer(params, config, model)
         use_gpu = torch.cuda.is_available() and config.use_gpu
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
