@@ -72,7 +72,7 @@ def _config(args: argparse.Namespace, model: str, workers: int, storage: str) ->
             "cpus_per_worker": max(1, args.cpus // max(workers, 1)),
             "storage_path": storage,
             "run_name": f"bench-{model}-{workers}w-{time.strftime('%H%M%S')}-{os.getpid()}",
-            "log_every_s": 10**6,  # one progress line per epoch
+            "log_every_s": 10**6,  # no step lines; epoch lines for the first and last epochs only
         }
     )
     return build_config(raw, str(CONFIGS[model]))

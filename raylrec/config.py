@@ -454,7 +454,9 @@ class TrainConfig(StrictConfig):
         default="ddp", description="ddp (CF default) or DeepSpeed ZeRO (LLM default) across Ray Train workers"
     )
     zero_stage: Int = Field(default=2, ge=0, le=3, description="DeepSpeed ZeRO stage")
-    log_every_s: Float = Field(default=10.0, gt=0, description="seconds between progress lines")
+    log_every_s: Float = Field(
+        default=30.0, gt=0, description="seconds between progress lines (and between epoch lines of short epochs)"
+    )
 
 
 class EvalConfig(StrictConfig):
