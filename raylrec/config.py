@@ -455,7 +455,7 @@ class TrainConfig(StrictConfig):
     )
     zero_stage: Int = Field(default=2, ge=0, le=3, description="DeepSpeed ZeRO stage")
     log_every_s: Float = Field(
-        default=30.0, gt=0, description="seconds between progress lines (and between epoch lines of short epochs)"
+        default=30.0, gt=0, description="seconds between progress lines (and between short epochs' lines)"
     )
 
 

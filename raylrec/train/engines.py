@@ -169,12 +169,15 @@ class DeepSpeedEngine:
     """``deepspeed.initialize`` around ``model``; only parameters with ``requires_grad`` train."""
 
     def __init__(self, model: nn.Module, config: TrainConfig, total_steps: int, world_size: int):
+        use_gpu = torch.cuda.is_available() and config.use_gpu
+        # Named before DeepSpeed's first import, which otherwise probes for an accelerator and
+        # warns when it settles on the CPU.
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_gpu else "cpu")
         import deepspeed  # inside the worker: the driver never imports it
 
         self.config = config
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = _optimizer(params, config, model)
-        use_gpu = torch.cuda.is_available() and config.use_gpu
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
