@@ -17,7 +17,10 @@ _NAME = re.compile(r"(?<![A-Za-z0-9_])RAYLREC_[A-Z0-9_]+")
 # The entry points may set the environment of the processes they start; nothing else may.
 ENTRY_POINTS = {"raylrec/cli.py"}
 # (module, variable): the exceptions docs/environment.md explains.
-ALLOWED_WRITES = {("raylrec/runtime.py", "RAY_API_SERVER_ADDRESS"), ("raylrec/train/engines.py", "DS_ACCELERATOR")}
+ALLOWED_WRITES = {
+    ("raylrec/runtime.py", "RAY_API_SERVER_ADDRESS"),
+    ("raylrec/train/engines.py", "DS_ACCELERATOR"),
+}
 _WRITING_METHODS = {"setdefault", "update", "pop", "popitem", "clear", "__setitem__", "__delitem__"}
 
 
