@@ -10,7 +10,11 @@ backward into the adapter parameters only) for:
 - the batched mixture: ``inject_per_sample_lora`` + ``LoRAMixture`` (r 8, q_proj/v_proj) with
   K = 4, 8, 16 meta-LoRAs and a ``Router`` over the condition;
 - a naive per-sample loop: the K = ``--loop-k`` mixture model called once per sample (batch of
-  1, its own mixed LoRA each, one backward each), i.e. per-sample LoRA without a batched module.
+  1, its own mixed LoRA each, one backward each), i.e. per-sample LoRA without a batched module;
+- the generated factor (CoRA): ``WeightGenerator`` (``--generator-layers`` layers, 8 heads,
+  width ``--cond-dim``, 4 queries) turns the condition into one [hidden, r] "A" per sample,
+  shared by q_proj/v_proj, each with its own ``GeneratedFactor`` P [r, d_out]; the generator's
+  forward and backward (once per step) are part of its time.
 
 Then the same for one ``--dim`` x ``--dim`` linear alone (frozen linear, plain LoRA, mixtures,
 loop), which isolates the adapter's own cost. Variants run interleaved (one step of each per
@@ -45,7 +49,15 @@ import torch.nn.functional as F
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
-from raylrec.adapters import AdapterContext, LoRAMixture, PerSampleLoRALinear, Router, inject_per_sample_lora
+from raylrec.adapters import (
+    AdapterContext,
+    GeneratedFactor,
+    LoRAMixture,
+    PerSampleLoRALinear,
+    Router,
+    WeightGenerator,
+    inject_per_sample_lora,
+)
 from raylrec.config import BackboneConfig
 from raylrec.llm.backbone import load_backbone
 
@@ -138,7 +150,7 @@ def randomise_b(params: dict[str, nn.Parameter], seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in params.items():
-            if "lora_B" in name:
+            if "lora_B" in name or "lora_P" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
 
 
@@ -172,6 +184,24 @@ def add_mixture(model, k, rank, alpha, cond_dim, targets=TARGETS) -> tuple[Adapt
     return context, trainable(model, lambda name: ".factors." in name or name.startswith("factors."))
 
 
+def add_generated(
+    model, rank, alpha, cond_dim, layers, targets=TARGETS
+) -> tuple[AdapterContext, list, nn.Module]:
+    """CoRA's adapters: one ``WeightGenerator`` for the model, a ``GeneratedFactor`` per target."""
+    widths = sorted({m.in_features for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in targets})
+    generator = WeightGenerator(cond_dim, widths, rank, layers=layers, heads=8, queries=4)
+    offsets = generator.offsets()
+    context = AdapterContext()
+
+    def make(linear: nn.Linear, name: str) -> nn.Module:
+        return GeneratedFactor(linear.in_features, linear.out_features, rank, offsets[linear.in_features])
+
+    inject_per_sample_lora(model, targets, make, context, alpha / rank)
+    randomise_b(dict(model.named_parameters()), seed=2)
+    params = trainable(model, lambda name: ".factors." in name)
+    return context, [*params, *generator.parameters()], generator
+
+
 # ----------------------------------------------------------------------------- whole model
 
 
@@ -202,6 +232,20 @@ def plain_step(model: nn.Module, x: Inputs) -> Callable[[], torch.Tensor]:
 def mixture_step(model: nn.Module, context: AdapterContext, x: Inputs) -> Callable[[], torch.Tensor]:
     def step() -> torch.Tensor:
         with context.use(x.condition):
+            logits = yes_logit(model, x.ids, x.mask, x.yes_id)
+        F.binary_cross_entropy_with_logits(logits, x.labels).backward()
+        return logits.detach()
+
+    return step
+
+
+def generated_step(
+    model: nn.Module, context: AdapterContext, generator: nn.Module, x: Inputs
+) -> Callable[[], torch.Tensor]:
+    """The generator once per step (as ``RecMethod.decode`` calls ``condition``), then the model."""
+
+    def step() -> torch.Tensor:
+        with context.use(generator(x.condition)):
             logits = yes_logit(model, x.ids, x.mask, x.yes_id)
         F.binary_cross_entropy_with_logits(logits, x.labels).backward()
         return logits.detach()
@@ -242,6 +286,14 @@ def model_variants(base: nn.Module, x: Inputs, args, device: torch.device) -> tu
             check = (variants[-1], Variant(f"per-sample loop K={k}", loop_step(model, context, x), params))
     plain.to(device).eval()
     variants.append(check[1])
+    model = frozen_copy(base)
+    context, params, generator = add_generated(
+        model, args.rank, args.alpha, args.cond_dim, args.generator_layers
+    )
+    model.to(device).eval()
+    generator.to(device, next(base.parameters()).dtype).eval()
+    name = f"generated (CoRA, L={args.generator_layers})"
+    variants.append(Variant(name, generated_step(model, context, generator, x), params))
     return variants, *check
 
 
@@ -295,6 +347,20 @@ def layer_variants(args, device: torch.device, dtype: torch.dtype) -> tuple[list
             loop = _layer_step(layer, context, x, condition, args.batch)
             check = (variants[-1], Variant(f"per-sample loop K={k}", loop, params))
     variants.append(check[1])
+    # CoRA's generated factor: A = a given unit-norm [dim, r] per sample (the generator's
+    # output; its cost is in the whole-model table), B = this layer's own P
+    context = AdapterContext()
+    layer = PerSampleLoRALinear(
+        frozen_copy(linear), GeneratedFactor(args.dim, args.dim, args.rank), context, args.scale
+    )
+    randomise_b(dict(layer.named_parameters()), seed=3)
+    layer.to(device).eval()
+    w_gen = torch.randn(args.batch, args.dim * args.rank, generator=gen)
+    w_gen = (
+        F.normalize(w_gen, dim=-1).view(args.batch, args.dim, args.rank).to(device, dtype).requires_grad_()
+    )
+    step = _layer_step(layer, context, x, w_gen, 0)
+    variants.append(Variant("generated factor (CoRA)", step, [x, w_gen, *layer.factors.parameters()]))
     return variants, *check
 
 
@@ -358,6 +424,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loop-k", type=int, default=8, help="K of the per-sample loop (one of --experts)")
     p.add_argument("--cond-dim", type=int, default=64)
     p.add_argument("--dim", type=int, default=576, help="the one-linear benchmark's width")
+    p.add_argument("--generator-layers", type=int, default=8, help="layers of CoRA's generator")
     args = p.parse_args(argv)
     if args.loop_k not in args.experts:
         p.error(f"--loop-k {args.loop_k} is not one of --experts {args.experts}")

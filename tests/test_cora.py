@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from test_method_units import _batch, _cf
 
-from raylrec.adapters import GeneratedFactor, WeightGenerator
+from raylrec.adapters import AdapterContext, GeneratedFactor, PerSampleLoRALinear, WeightGenerator
 from raylrec.config import BackboneConfig, TrainConfig
 from raylrec.llm.backbone import load_backbone
 from raylrec.methods.cora import CoRAConfig
@@ -127,6 +127,21 @@ def test_config_checks_the_generator_shape():
     assert w.shape == (5, 10, 2)
     a, b = GeneratedFactor(10, 7, 2)(w)
     assert a.shape == (5, 10, 2) and b.shape == (2, 7) and not bool(b.any())
+
+
+def test_generated_update_equals_a_per_sample_loop():
+    """The batched path (two matmuls over the batch) against one sample at a time:
+    ``W x + (x W_gen[b]) P * alpha / r``."""
+    torch.manual_seed(3)
+    base = torch.nn.Linear(12, 7)
+    context = AdapterContext()
+    layer = PerSampleLoRALinear(base, GeneratedFactor(12, 7, 3), context, scaling=2.0)
+    torch.nn.init.normal_(layer.factors.lora_P)
+    x, w_gen = torch.randn(4, 5, 12), torch.randn(4, 12, 3)
+    with context.use(w_gen):
+        got = layer(x)
+    want = torch.stack([base(x[b]) + (x[b] @ w_gen[b]) @ layer.factors.lora_P * 2.0 for b in range(4)])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_it_trains_in_process_and_decays_matrices_only():
