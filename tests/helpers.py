@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 import pyarrow as pa
@@ -17,6 +21,8 @@ from raylrec.config import build_config
 from raylrec.data.output import read_meta, read_table
 from raylrec.scoring.publish import RECS_SCHEMA
 from raylrec.train.ray_runner import TRAIN_SNAPSHOT
+
+T = TypeVar("T")
 
 
 def recs_table(run: str, rows: list[tuple[str, int]], item: str = "i") -> pa.Table:
@@ -83,22 +89,60 @@ def assert_point_in_time(table: pa.Table, max_len: int | None = None, max_users:
     return len(rows)
 
 
-def kill_a_training_worker_after_first_checkpoint(run_dir: Path, killed: list[int]) -> None:
+def wait_for(
+    state: Callable[[], T],
+    what: str,
+    cap_s: float = 900,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+    every_s: float = 0.2,
+) -> T:
+    """Poll ``state()`` until it returns something truthy, and return that. A wait on a state,
+    never on a time: ``cap_s`` is only a safety net for a broken run, many times what the state
+    normally takes even on a machine twice as slow; reaching it (or ``proc`` ending first) fails
+    naming the state waited for, with the tail of the process's ``log``."""
+    started = time.monotonic()
+    while True:
+        found = state()
+        if found:
+            return found
+        ended = proc is not None and proc.poll() is not None
+        if ended or time.monotonic() - started > cap_s:
+            why = f"exited with {proc.returncode}" if ended else f"still not there after {cap_s:.0f}s"
+            raise AssertionError(f"waited for {what}: {why}\n{tail(log) if log else ''}")
+        time.sleep(every_s)
+
+
+def tail(log: Path, chars: int = 6000) -> str:
+    """The end of a subprocess's log file (tests send a subprocess's output to a file, never to
+    a pipe nobody reads while they wait: a full pipe blocks the process)."""
+    return log.read_text(errors="replace")[-chars:] if log.exists() else ""
+
+
+def kill_a_training_worker_after_first_checkpoint(
+    run_dir: Path, killed: list[int], done: threading.Event | None = None
+) -> None:
     """SIGKILL one Ray Train worker process as soon as Ray Train has committed a checkpoint of
     the run in ``run_dir`` (its snapshot file is written once every rank's part is stored; a
-    checkpoint directory alone may still be uploading, and the run would start over)."""
-    deadline = time.time() + 300
-    while time.time() < deadline and not killed:
-        if (run_dir / TRAIN_SNAPSHOT).exists():
-            # Only this test process's own Ray (its raylet is our child): tests running in
-            # parallel have Ray Train workers of their own.
-            for proc in psutil.Process().children(recursive=True):
-                try:
-                    cmdline = " ".join(proc.cmdline())
-                except psutil.NoSuchProcess:
-                    continue
-                if "ray::RayTrainWorker" in cmdline:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    killed.append(proc.pid)
-                    return
-        time.sleep(0.2)
+    checkpoint directory alone may still be uploading, and the run would start over). Gives up
+    when ``done`` is set (the run ended: the test then fails on ``killed`` being empty)."""
+
+    def committed_with_a_worker() -> bool:
+        if done is not None and done.is_set():
+            return True
+        if not (run_dir / TRAIN_SNAPSHOT).exists():
+            return False
+        # Only this test process's own Ray (its raylet is our child): tests running in parallel
+        # have Ray Train workers of their own.
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                cmdline = " ".join(proc.cmdline())
+            except psutil.NoSuchProcess:
+                continue
+            if "ray::RayTrainWorker" in cmdline:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed.append(proc.pid)
+                return True
+        return False
+
+    wait_for(committed_with_a_worker, f"a committed checkpoint ({run_dir / TRAIN_SNAPSHOT})", 1800)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from helpers import assert_point_in_time, data_config, read_all
+from helpers import assert_point_in_time, data_config, read_all, wait_for
 
 from raylrec.config import load_config
 from raylrec.data import prepare as prepare_module
@@ -325,21 +324,21 @@ def test_killed_run_leaves_nothing_that_looks_complete_and_the_rerun_succeeds(tm
         "ray: {num_cpus: 1}\n"
     )
     cmd = [sys.executable, "-m", "raylrec.cli", "data", "prepare", "--config", str(config), "-q"]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    seen = []
+    log = tmp_path / "killed.log"  # a file: a pipe nobody reads while waiting could block the run
+    with log.open("w") as output:
+        proc = subprocess.Popen(
+            cmd, stdout=output, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},  # every line in the log when killed
+        )  # fmt: skip
     try:
-        for line in proc.stdout:
-            seen.append(line)
-            if "writing train" in line:
-                time.sleep(0.5)  # inside the write of the first split
-                break
-        else:
-            pytest.fail("the run ended before writing:\n" + "".join(seen[-20:]))
+        # Killed on a state, inside the write of the splits: the first split's first file is
+        # there. The commit (meta.json) needs the other splits and the vocabularies written after
+        # it, seconds of work; the slower the machine, the wider that margin.
+        wait_for(lambda: list((out / "train").glob("*")), f"a file in {out / 'train'}", 900, proc, log)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    assert "writing train" in log.read_text()
     assert out.exists() and not (out / "meta.json").exists()
     with pytest.raises(IncompleteDatasetError):
         read_meta(str(out))
