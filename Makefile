@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast cluster-test lint bench clean
+.PHONY: install demo test test-fast cluster-test lint docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ cluster-test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# The docs site under site/; a broken link or a page missing from the nav fails the build.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
 
 bench: $(STAMP)
 	$(BIN)/python bench/data_prepare.py

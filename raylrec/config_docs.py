@@ -118,7 +118,9 @@ def _union_sections(model: type[BaseModel], prefix: str) -> list[str]:
 def _models_section(section: str, base: type[BaseModel], registry) -> list[str]:
     shared = set(base.model_fields)
     out = [
-        f"## `{section}`: one of {', '.join(f'`{n}`' for n in registry.names())}\n\n"
+        # The heading stays the same when a model is registered: pages link to its anchor.
+        f"## `{section}`\n\n"
+        f"One of {', '.join(f'`{n}`' for n in registry.names())}. "
         f"Keys every {registry.kind} has (`{registry.key}` picks the model):\n\n",
         _table(_rows(base, f"{section}.", skip={registry.key})) + "\n",
     ]
