@@ -103,12 +103,17 @@ def test_a_killed_worker_resumes_and_a_reused_run_name_continues_or_refuses(tiny
     train = {"epochs": 5, "run_name": "mf-killed", "batch_size": 128, "checkpoint_every_steps": 25}
     config = _config(tiny_dataset, tmp_path, train=train)
     killed: list[int] = []
+    done = threading.Event()  # the killer waits on the run's state, and stops when the run ends
     killer = threading.Thread(
-        target=kill_a_training_worker_after_first_checkpoint, args=(tmp_path / "runs" / "mf-killed", killed)
+        target=kill_a_training_worker_after_first_checkpoint,
+        args=(tmp_path / "runs" / "mf-killed", killed, done),
     )
     killer.start()
-    interrupted = train_cf(config)
-    killer.join()
+    try:
+        interrupted = train_cf(config)
+    finally:
+        done.set()
+        killer.join()
     assert killed, "no Ray Train worker was found to kill"
     # resumed from a checkpoint, not restarted: every epoch once, and the state says where
     assert [h["epoch"] for h in interrupted.state.history] == list(range(1, 6))
