@@ -129,8 +129,8 @@ class LocalCluster:
             "--disable-usage-stats",
         ]
         done = subprocess.run(
-            [RAY, "start", *args, *common], env=self.node_env, capture_output=True, text=True, timeout=180
-        )
+            [RAY, "start", *args, *common], env=self.node_env, capture_output=True, text=True, timeout=900
+        )  # a safety net: `ray start` returns once its node has registered (seconds)
         if done.returncode != 0:
             raise RuntimeError(f"ray start for {name} failed:\n{done.stdout}\n{done.stderr}")
         (pid, node_id), *others = [(p, n) for p, n in _raylets(self.temp_dir).items() if p not in before]
@@ -154,42 +154,58 @@ class LocalCluster:
         """Lose node ``name`` as a machine is lost: SIGKILL to its raylet and all it runs."""
         _kill_tree(self._raylet_pids.pop(name))
 
-    def ray(self, *args: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+    def ray(self, *args: str, timeout: float = 1800, **env: str) -> subprocess.CompletedProcess:
         """Run the ``ray`` CLI against this cluster from the repository root."""
         return subprocess.run(
             [RAY, *args], env={**self.env, **env}, cwd=REPO, capture_output=True, text=True, timeout=timeout
         )
 
+    def job_log(self, submission_id: str) -> Path:
+        """Where ``ray job submit`` writes the job's log as it follows it."""
+        return (self.log_dir or Path(self.temp_dir)) / f"{submission_id}.log"
+
     def start_job(self, submission_id: str, *entrypoint: str) -> subprocess.Popen:
         """``ray job submit --working-dir . -- <entrypoint>`` in the background (it follows the
-        job's log to its end and exits with the job's status)."""
+        job's log to its end and exits with the job's status). The log goes to
+        ``job_log(submission_id)``, a file: nothing reads a pipe while a test waits for a job's
+        state, and the CLI would block on a full one."""
         args = ["job", "submit", "--submission-id", submission_id, "--working-dir", ".", "--", *entrypoint]
-        return subprocess.Popen(
-            [RAY, *args], env=self.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+        with self.job_log(submission_id).open("w") as log:
+            return subprocess.Popen(
+                [RAY, *args], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True
+            )
 
-    def submit(self, submission_id: str, *entrypoint: str, timeout: float = 600) -> str:
+    def wait_job(self, submission_id: str, job: subprocess.Popen, timeout: float = 1800) -> str:
+        """Wait for a job started with ``start_job`` to end (``timeout`` is a safety net, many
+        times a job's normal time); returns its log."""
+        try:
+            job.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            job.kill()
+            job.wait()
+            raise AssertionError(
+                f"job {submission_id} still running after {timeout:.0f}s:\n"
+                + self.job_log(submission_id).read_text(errors="replace")[-8000:]
+            ) from None
+        return self.job_log(submission_id).read_text(errors="replace")
+
+    def submit(self, submission_id: str, *entrypoint: str, timeout: float = 1800) -> str:
         """Submit and wait; returns the job's log, or raises with it when the job fails."""
         started = time.perf_counter()
         job = self.start_job(submission_id, *entrypoint)
-        log, _ = job.communicate(timeout=timeout)
+        log = self.wait_job(submission_id, job, timeout)
         took = time.perf_counter() - started
         self.say(f"[cluster] job {submission_id}: exit {job.returncode} in {took:.0f}s")
-        self.keep_log(submission_id, log)
         if job.returncode != 0:
             raise AssertionError(f"job {submission_id} failed:\n{log[-8000:]}")
         return log
-
-    def keep_log(self, submission_id: str, log: str) -> None:
-        if self.log_dir is not None:
-            (self.log_dir / f"{submission_id}.log").write_text(log)
 
     def list_state(self, kind: str, *filters: str) -> list[dict]:
         """``ray list <kind> --detail`` as records (the State API, through the dashboard)."""
         args = ["list", kind, "--detail", "--format=json", "--limit=10000"]
         for f in filters:
             args += ["--filter", f]
-        done = self.ray(*args, timeout=60)
+        done = self.ray(*args, timeout=600)  # a safety net: the State API answers in seconds
         if done.returncode != 0:
             raise RuntimeError(f"ray list {kind} failed:\n{done.stderr}")
         return json.loads(done.stdout)
