@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 import numpy as np
@@ -19,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import s3fs
-from helpers import data_config
+from helpers import data_config, wait_for
 
 from raylrec import storage
 from raylrec.cf.bundle import cf_vocabularies
@@ -215,23 +214,21 @@ def test_a_killed_run_publishes_nothing_and_its_rerun_publishes_every_user_once(
         "ray: {num_cpus: 2}\n"
     )
     cmd = [sys.executable, "-m", "raylrec.cli", "score", "--config", str(config), "--date", DATE]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
+    log = tmp_path / "killed.log"  # a file, not a pipe nobody reads while waiting (a full one blocks)
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
     runs = f"{output}/date={DATE}/_runs"
     fs = _s3()
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            if fs.exists(runs) and fs.glob(f"{runs}/*/*.parquet"):
-                break  # the first files of the run are written: kill the driver and its Ray
-            time.sleep(0.2)
-            fs.invalidate_cache()
-        else:
-            pytest.fail(
-                "the run ended (or hung) before writing:\n"
-                + (proc.stdout.read() if proc.poll() is not None else "")
-            )
+
+    def first_files_written() -> list[str]:
+        fs.invalidate_cache()
+        return fs.glob(f"{runs}/*/*.parquet") if fs.exists(runs) else []
+
+    try:  # the first files of the run are written: kill the driver and its Ray
+        wait_for(first_files_written, f"a Parquet file under {runs}/<run>/", 900, proc, log)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
