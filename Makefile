@@ -22,10 +22,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The inner loop: everything that runs without starting Ray (units, configs, plain-process
+# The inner loop: everything that runs without starting Ray or killing a process (units, configs, plain-process
 # training, DeepSpeed engines in-process); the full suite above is what CI runs.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not ray and not slow"
+	$(BIN)/python -m pytest -q -m "not ray and not slow and not kill"
 
 # A real 4-node Ray cluster on this machine, the README's cluster workflow submitted to it, a node
 # lost mid-training (also part of `make test`; this runs it alone, printing placement and timings).

@@ -107,7 +107,11 @@ _RAY_FIXTURES = {"ray_session", "cluster"}
 
 def pytest_collection_modifyitems(items) -> None:
     """Mark every test that starts Ray as ``ray`` (through its fixtures, directly or via a
-    module's ``usefixtures``), so the fast tier (``-m "not ray and not slow"``) needs no list."""
+    module's ``usefixtures``), so the fast tier (``-m "not ray and not slow"``) needs no list;
+    one that starts the multi-node cluster is ``cluster`` too."""
     for item in items:
-        if _RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if _RAY_FIXTURES & fixtures:
             item.add_marker(pytest.mark.ray)
+        if "cluster" in fixtures:
+            item.add_marker(pytest.mark.cluster)

@@ -98,6 +98,7 @@ def test_each_encoder_learns_in_a_plain_process(tiny_dataset, tmp_path, cf, metr
         assert torch.allclose(bundle.encoder.score(batch), trained.score(batch), atol=1e-5)
 
 
+@pytest.mark.kill
 def test_a_killed_worker_resumes_and_a_reused_run_name_continues_or_refuses(tiny_dataset, tmp_path, caplog):
     # A checkpoint inside the first epoch too: the kill lands with most of the run still to go.
     train = {"epochs": 5, "run_name": "mf-killed", "batch_size": 128, "checkpoint_every_steps": 25}

@@ -106,6 +106,7 @@ def _raylrec(*args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.kill
 def test_pipeline_on_a_multi_node_cluster_survives_losing_a_node(cluster, s3_bucket, s3_server):
     started = time.perf_counter()
     bucket = s3_bucket

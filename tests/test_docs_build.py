@@ -16,7 +16,7 @@ def test_the_docs_build_strict(tmp_path):
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert "No module named mkdocs" not in run.stderr, "install the docs extra: pip install -e '.[docs]'"
     assert run.returncode == 0, run.stderr[-3000:]
@@ -34,6 +34,6 @@ def test_a_broken_link_fails_the_build(tmp_path):
         [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(tmp_path / "s")],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert run.returncode != 0 and "missing.md" in run.stderr

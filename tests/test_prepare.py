@@ -312,6 +312,7 @@ def test_finished_output_is_protected_and_interrupted_output_is_redone(tmp_path)
     assert prepare(data_config(source, str(out), overwrite=True))["content_hash"] == first["content_hash"]
 
 
+@pytest.mark.kill
 def test_killed_run_leaves_nothing_that_looks_complete_and_the_rerun_succeeds(tmp_path):
     """SIGKILL a real `raylrec data prepare` (driver and its own Ray instance) while it writes
     the splits: the directory must not read as a dataset, and the same command then succeeds."""

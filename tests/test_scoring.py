@@ -204,6 +204,7 @@ def test_cf_only_run_matches_the_trainer_serves_cold_users_and_a_rerun_replaces_
     )  # same scores, replaced whole
 
 
+@pytest.mark.kill
 def test_a_killed_run_publishes_nothing_and_its_rerun_publishes_every_user_once(world, tmp_path):
     output = f"{world['bucket']}/recs-killed"
     config = tmp_path / "score.yaml"

@@ -89,6 +89,7 @@ def test_the_shipped_spaces_fit_their_configs():
         "tallrec": "tallrec_collm_ml1m",
         "collm": "collm_collm_ml1m",
         "reclora": "reclora_collm_ml1m",
+        "cora": "cora_collm_ml1m",
     }
     assert {p.stem for p in (repo / "tune_spaces").glob("*.yaml")} == set(pairs)
     for space, config in pairs.items():
@@ -209,6 +210,7 @@ def test_learning_curve_continues_across_stages():
     assert learning_curve([lora, projector], [1, 2], "valid/auc") == [[1, 0.6], [3, 0.7]]
 
 
+@pytest.mark.kill
 @pytest.mark.slow
 def test_a_sweep_stops_trailing_trials_and_resumes_after_a_kill(tmp_path, base_config, s3_bucket):
     from raylrec.data.prepare import prepare
