@@ -60,8 +60,9 @@ _THIRD_PARTY_WARNINGS = (
 _KNOWN_NOISE = {
     # Ray Data warns once per process that its bars are off: raylrec turns them off on purpose.
     "ray.data._internal.progress": ("Progress bars disabled.",),
-    # DeepSpeed prints this on every rank at each CPU engine start; in a Ray Train worker the
-    # print goes through the root logger.
+    # DeepSpeed prints this on every rank at each CPU engine start. Ray Train's patched print
+    # both tees it to the worker's stdout and logs it through the root logger; this drops the
+    # logged copy, so each rank prints it once, not twice.
     "": ("DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully",),
 }
 
