@@ -74,6 +74,8 @@ class RecMethod(nn.Module):
 
     def __init__(self, config: MethodConfig, backbone, cf: CFBundle | None):
         super().__init__()
+        if config.needs_cf and cf is None:
+            raise ValueError(f"{config.name} needs a CF bundle (method.cf_bundle)")
         self.config = config
         self.lm = backbone.model
         for p in self.lm.parameters():

@@ -25,8 +25,6 @@ __all__ = ["CoLLM"]
 class CoLLM(RecMethod):
     def __init__(self, config: CoLLMConfig, backbone, cf: CFBundle | None):
         super().__init__(config, backbone, cf)
-        if self.cf is None:
-            raise ValueError("CoLLM needs a CF bundle")
         hidden = self.lm.get_input_embeddings().embedding_dim
         dim = int(cf.config["dim"])
         self.projector = nn.Sequential(

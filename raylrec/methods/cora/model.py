@@ -27,8 +27,6 @@ __all__ = ["CoRA"]
 class CoRA(RecMethod):
     def __init__(self, config: CoRAConfig, backbone, cf: CFBundle | None):
         super().__init__(config, backbone, cf)
-        if self.cf is None:
-            raise ValueError("CoRA needs a CF bundle")
         targets = [
             m
             for name, m in self.lm.named_modules()

@@ -23,8 +23,6 @@ __all__ = ["RecLoRA"]
 class RecLoRA(RecMethod):
     def __init__(self, config: RecLoRAConfig, backbone, cf: CFBundle | None):
         super().__init__(config, backbone, cf)
-        if self.cf is None:
-            raise ValueError("RecLoRA needs a CF bundle")
         cf_dim = int(cf.config["dim"])
         self._context = AdapterContext()
         lora = config.lora
