@@ -2,11 +2,18 @@
 exactly at the frozen backbone, its generated factor has unit norm and depends on the (user,
 candidate) pair, so the prompt prefix's keys and values depend on the candidate (why it cannot
 share a prefix in scoring); it trains, decays matrices only, and its saved weights reload to
-identical scores. Training under ZeRO-3 with two Ray Train workers: tests/test_methods.py; the
-plugin matrix (train, bundle, reload, rerank): tests/test_plugins.py."""
+identical scores. On a local Ray instance and a loopback S3 server (moto): an s3:// model
+bundle reloads to identical scores, and the batch-scoring job, which runs CoRA's candidates as
+full prompts, publishes CoRA's own forward scores. Training under ZeRO-3 with two Ray Train
+workers: tests/test_methods.py; the plugin matrix (train, bundle, reload, rerank):
+tests/test_plugins.py."""
 
 from __future__ import annotations
 
+import uuid
+
+import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -193,3 +200,182 @@ def test_saved_weights_reload_to_identical_scores(tmp_path):
         want, got = trained.eval()(batch), fresh.eval()(batch)
     assert float(want.std()) > 0
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+# --- the bundle on S3 and the batch-scoring job (a local Ray instance, a loopback S3 server) ---
+
+DATE = "2026-12-02"
+
+
+@pytest.fixture(scope="module")
+def cora_on_s3(tmp_path_factory, s3_server, ray_session) -> dict:
+    """A small synthetic dataset (local), an MF CF bundle and a CoRA model bundle trained on it
+    (tiny Llama, one epoch), both on S3."""
+    import s3fs
+    from helpers import data_config
+
+    from raylrec.cf.train import train_cf
+    from raylrec.config import build_config
+    from raylrec.data.prepare import prepare
+    from raylrec.methods.train import train_method
+
+    root = tmp_path_factory.mktemp("cora-s3")
+    bucket = f"s3://raylrec-{uuid.uuid4().hex[:10]}"
+    s3fs.S3FileSystem(endpoint_url=s3_server, skip_instance_cache=True).mkdir(bucket.removeprefix("s3://"))
+    dataset = str(root / "data")
+    source = {"type": "synthetic", "num_events": 1_500, "num_users": 40, "num_items": 60, "seed": 11}
+    prepare(data_config(source, dataset, history={"max_len": 10}))
+    cf = f"{bucket}/bundles/mf"
+    train_cf(
+        build_config(
+            {
+                "dataset": dataset,
+                "cf": {"model": "mf", "dim": 8, "loss": "bce"},
+                "train": {"epochs": 2, "batch_size": 256, "lr": 1e-2, "storage_path": str(root / "runs")},
+                "output": cf,
+            }
+        ),
+        use_ray=False,
+    )
+    config = build_config(
+        {
+            "dataset": dataset,
+            "backbone": {"name": "tiny-random-llama"},
+            "method": {"name": "cora", "cf_bundle": cf, **SMALL},
+            "prompt": {"max_tokens": 256, "history_items": 3},  # the budget never bites
+            "sample": {"max_train": 32, "max_valid": 16},
+            "train": {
+                "epochs": 1,
+                "batch_size": 8,
+                "lr": 1e-2,
+                "optimizer": "adamw",
+                "num_workers": 0,
+                "storage_path": str(root / "runs-cora"),
+            },
+            "output": f"{bucket}/bundles/cora",
+        }
+    )
+    result = train_method(config, use_ray=False)
+    return {"root": root, "dataset": dataset, "config": config, "result": result}
+
+
+def test_bundle_on_s3_reloads_to_identical_scores(cora_on_s3):
+    """Two loads of the s3:// bundle, and the trained weights on a freshly built CoRA, score
+    the validation rows identically; the reload reproduces the validation AUC of training."""
+    from raylrec.cf.bundle import load_cf_bundle
+    from raylrec.llm.samples import local_samples
+    from raylrec.methods.bundle import load_model_bundle
+    from raylrec.methods.config import template_text
+    from raylrec.methods.task import ctr_metrics, score_arrays
+
+    config, result = cora_on_s3["config"], cora_on_s3["result"]
+    assert result.bundle.startswith("s3://")
+    first, second = load_model_bundle(result.bundle), load_model_bundle(result.bundle)
+    assert first.method.name == "cora" and first.config["cf_bundle_source"].startswith("s3://")
+    samples = local_samples(config, "valid", template_text("tallrec"), 0, first.prompts.tokenizer)
+    cpu = torch.device("cpu")
+    a = score_arrays(first.method, samples, 8, cpu)
+    b = score_arrays(second.method, samples, 8, cpu)
+    np.testing.assert_array_equal(a, b)
+
+    torch.manual_seed(123)  # another init: everything CoRA owns must come from the training run
+    trained = config.method.build(load_backbone(config.backbone), load_cf_bundle(config.method.cf_bundle))
+    best = {k: v for state in result.states.values() for k, v in state.best_model.items()}
+    trained.load_method_state_dict({**trained.method_state_dict(), **best})
+    want = score_arrays(trained.eval(), samples, 8, cpu)
+    assert float(np.std(want)) > 0
+    np.testing.assert_array_equal(a, want)
+    # training moved the projections off zero: the bundle is not the frozen backbone
+    assert any(bool(p.any()) for k, p in first.method.method_state_dict().items() if k.endswith("lora_P"))
+    assert ctr_metrics(samples, a, config.eval, "valid")["valid/auc"] == pytest.approx(
+        result.metrics["valid/auc"], abs=1e-6
+    )
+
+
+def _cf_candidates(bundle_path: str, user: str, seen: set[str], n: int) -> list[str]:
+    """The job's retrieval, spelled out: the user's n best unseen items by MF dot product."""
+    from raylrec.cf.bundle import cf_vocabularies, load_cf_bundle
+
+    cf = load_cf_bundle(f"{bundle_path}/cf")
+    users, items = cf_vocabularies(f"{bundle_path}/cf")
+    scores = (cf.items @ cf.users[int(users.to_dense([user])[0])]).double().numpy()
+    scores[0] = -np.inf
+    raw = items.to_raw(np.arange(len(scores)))
+    scores[[k for k, item in enumerate(raw) if k and item in seen]] = -np.inf
+    return [raw[k] for k in np.argsort(-scores, kind="stable")[:n]]
+
+
+def test_batch_scoring_publishes_the_methods_own_full_prompt_scores(cora_on_s3):
+    """The scoring job on Ray (actors load the s3:// bundle) publishes every user once; for
+    three users, the published items are the top k of the CF candidates by CoRA's score and
+    the scores are CoRA's own forward on each candidate's full prompt, built here the way
+    training builds prompts (``encode_batch``, ``to_batch``), not through the reranker."""
+    import pyarrow.compute as pc
+
+    from raylrec.cf.bundle import cf_vocabularies
+    from raylrec.config import build_config
+    from raylrec.data.output import read_table
+    from raylrec.data.vocab import Vocabulary
+    from raylrec.methods.bundle import load_model_bundle
+    from raylrec.methods.task import to_batch
+    from raylrec.scoring import publish as recs
+    from raylrec.scoring.job import run_scoring
+
+    dataset, bundle_path = cora_on_s3["dataset"], cora_on_s3["result"].bundle
+    output = str(cora_on_s3["root"] / "recs")
+    k, candidates = 4, 7
+    config = build_config(
+        {
+            "dataset": dataset,
+            "score": {
+                "model_bundle": bundle_path,
+                "output": output,
+                "candidates": candidates,
+                "k": k,
+                "splits": ["train", "valid"],
+                "users_per_batch": 16,
+            },
+        }
+    )
+    manifest = run_scoring(config, DATE)
+    table = recs.read_recommendations(output, DATE, verify=True)
+    user_ids = read_table(dataset, "users.parquet")["user_id"].to_pylist()
+    assert manifest["users"] == len(user_ids) and table.num_rows == len(user_ids) * k
+    assert set(table["source"].to_pylist()) == {"rerank"}
+
+    bundle = load_model_bundle(bundle_path)
+    assert bundle.method.config.shares_prefix is False  # the job ran full prompts
+    items = Vocabulary.from_table(bundle.items, "item_id", "iid")
+    uid = Vocabulary.from_table(read_table(dataset, "users.parquet"), "user_id", "uid")
+    events = pa.concat_tables(
+        [read_table(dataset, s, columns=["uid", "iid", "timestamp", "label"]) for s in ("train", "valid")]
+    )
+    data_items = Vocabulary.from_table(read_table(dataset, "items.parquet"), "item_id", "iid")
+    cf_users = cf_vocabularies(f"{bundle_path}/cf")[0]
+    for user in (user_ids[0], user_ids[len(user_ids) // 2], user_ids[-1]):
+        mine = events.filter(pc.equal(events["uid"], int(uid.to_dense([user])[0])))
+        seen = set(data_items.to_raw(mine["iid"].to_numpy()).tolist())
+        positives = mine.filter(pc.greater(mine["label"], 0))
+        order = np.lexsort((positives["iid"].to_numpy(), positives["timestamp"].to_numpy()))
+        history = items.to_dense(data_items.to_raw(positives["iid"].to_numpy()[order])).tolist()
+        pool = _cf_candidates(bundle_path, user, seen, candidates)
+        targets = items.to_dense(pool)
+        encoded = bundle.prompts.encode_batch([history] * len(pool), targets)
+        arrays = {
+            "input_ids": encoded.input_ids,
+            "attention_mask": encoded.attention_mask,
+            "slots": encoded.slots,
+            "uid": np.full(len(pool), int(cf_users.to_dense([user])[0]), np.int64),
+            "iid": targets.astype(np.int64),
+        }
+        batch = to_batch(arrays, np.arange(len(pool)), torch.device("cpu"))
+        with torch.no_grad():
+            own = bundle.method(batch).numpy()
+            # the scores carry the user's CF vector (through W_gen), far beyond the tolerance
+            other = bundle.method({**batch, "uid": batch["uid"] % (len(user_ids) - 1) + 1}).numpy()
+        assert float(np.abs(own - other).max()) > 1e-3, user
+        best = np.argsort(-own, kind="stable")[:k]
+        rows = table.filter(pc.equal(table["user_id"], user)).sort_by("rank")
+        assert rows["item_id"].to_pylist() == [pool[j] for j in best], user
+        np.testing.assert_allclose(rows["score"].to_numpy(), own[best], rtol=1e-5, atol=1e-5)
+        assert float(np.std(own)) > 0
