@@ -1,19 +1,27 @@
-"""Benchmark: batch-scoring throughput, in one run, on the same model and candidates:
+"""Benchmark: batch-scoring throughput of each method, in one run, on the same users and
+candidates, one table with a row per method:
 
 - CF retrieval alone: exact chunked top-N over the whole catalogue, seen items excluded
   (``raylrec.scoring.exact_top_n``), every user of the dataset;
-- LLM rerank with the shared prefix (``Reranker.score``): each user's prompt prefix runs once,
-  and the user's N candidates run only their suffixes, packed into one row against that cache;
+- the method's scoring path, what the batch-scoring job runs (``Reranker.score``): for a method
+  that shares a prefix (CoLLM, RecLoRA, TALLRec) each user's prompt prefix runs once and the
+  user's N candidates run only their suffixes, packed into one row against that cache; for one
+  that cannot (CoRA: its generated weights depend on the candidate, so every layer's keys and
+  values of the prefix do) every candidate's full prompt, rows sorted by length, ``--rows`` to
+  a forward;
 - naive full-prompt rerank (``Reranker.score_full``): every candidate's whole prompt on its own
-  row, the plain computation a user would otherwise write.
+  row, the plain computation a user would otherwise write; the "vs naive" column is the
+  method's path against it.
 
 Users are MovieLens-100K's (a prepared dataset and its CF bundle: ``make demo`` writes both);
 the prompt holds each user's ``--history`` latest positive titles, the candidates are the CF
-bundle's top ``--candidates``. The reranker is ``--method`` on SmolLM2-135M-Instruct with its
-adapters drawn at random (a trained bundle costs the same). Both rerank paths score the same
-candidates; their max abs difference is printed beside the table.
+bundle's top ``--candidates``. Each method of ``--methods`` is built on a fresh copy of the
+backbone (SmolLM2-135M-Instruct) with its own config defaults and the CF bundle, and the
+parameters it starts at zero (LoRA's B, CoRA's P) drawn at random: a trained bundle costs the
+same. Both paths score the same candidates; their max abs difference is in the table.
 
     .venv/bin/python bench/score.py                                 # CPU: 8 users x 50 candidates
+    .venv/bin/python bench/score.py --methods collm reclora cora tallrec --users 4
     .venv/bin/python bench/score.py --device cuda --users 256 --dtype bfloat16
 """
 
@@ -66,20 +74,42 @@ def _timed(fn, repeats: int) -> tuple[float, object]:
     return best, out
 
 
+def _method(name: str, args, cf, device: torch.device):
+    """``name`` with its config defaults on a fresh backbone (a method wraps the backbone's
+    layers in place), the parameters that start at zero drawn at random."""
+    config_class = METHODS.get(name)
+    own = {"cf_bundle": args.cf_bundle} if config_class.needs_cf else {}
+    backbone = load_backbone(BackboneConfig(name=args.backbone, dtype=args.dtype), device)
+    method = config_class(**own).build(backbone, cf if config_class.needs_cf else None).to(device)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a zero LoRA B (or CoRA P) skips nothing, but reads oddly
+        for params in method.parameter_groups().values():
+            for p in params:
+                if not bool(p.any()):
+                    p.copy_((torch.randn(p.shape, generator=generator) * 0.02).to(p.dtype))
+    return method, backbone
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="out/demo/ml100k")
     parser.add_argument("--cf-bundle", default="out/demo/bundles/mf_bpr_ml100k")
     parser.add_argument("--backbone", default="smollm2-135m-instruct")
-    parser.add_argument("--method", default="collm", choices=METHODS.names())
+    pointwise = [n for n in METHODS.names() if METHODS.get(n).role == "pointwise"]
+    parser.add_argument("--methods", nargs="+", default=["collm", "reclora", "cora"], choices=pointwise)
     parser.add_argument("--users", type=int, default=8, help="users reranked")
     parser.add_argument("--candidates", type=int, default=50)
     parser.add_argument("--history", type=int, default=10)
-    parser.add_argument("--rows", type=int, default=256, help="candidates whose users share a prefix pass")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=256,
+        help="candidates per pass (shared prefix) or per forward (full prompts)",
+    )
     parser.add_argument("--naive-rows", type=int, default=64, help="rows per naive full-prompt forward")
     parser.add_argument("--pack-tokens", type=int, default=256, help="suffix tokens per packed row")
     parser.add_argument(
-        "--template", help="prompt text instead of the method's (e.g. the question before {target})"
+        "--template", help="prompt text instead of each method's (e.g. the question before {target})"
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -98,58 +128,63 @@ def main() -> None:
     retrieval_s, (_, candidates) = _timed(
         lambda: exact_top_n(vectors, items, args.candidates, seen), args.repeats
     )
-
-    backbone = load_backbone(BackboneConfig(name=args.backbone, dtype=args.dtype), device)
-    method_config = METHODS.get(args.method)(cf_bundle=args.cf_bundle, lora={"dropout": 0.0})
-    method = method_config.build(backbone, cf).to(device)
-    generator = torch.Generator().manual_seed(0)
-    with (
-        torch.no_grad()
-    ):  # random adapters: LoRA's B starts at zero, which would skip nothing but reads oddly
-        for params in method.parameter_groups().values():
-            for p in params:
-                p.copy_((torch.randn(p.shape, generator=generator) * 0.02).to(p.dtype))
     titles = dict(
         zip(
             *[read_table(args.dataset, "items.parquet")[c].to_pylist() for c in ("iid", "title")], strict=True
         )
     )
-    template = args.template or template_text(method.stages()[-1].template)
-    prompts = PromptBuilder(backbone.tokenizer, template, titles, 512, args.history)
-    reranker = Reranker(method, prompts, max_rows=args.rows, pack_tokens=args.pack_tokens)
-    naive = Reranker(method, prompts, max_rows=args.naive_rows)
     picked = np.random.default_rng(0).choice(users, size=min(args.users, users), replace=False)
     requests = [RerankRequest(int(u) + 1, positives[u].tolist(), candidates[u].tolist()) for u in picked]
-    prompt_tokens = np.mean(
-        [
-            len(e.prefix) + np.mean([len(s) for s in e.suffixes])
-            for e in (prompts.encode_shared(r.history, r.candidates) for r in requests)
-        ]
-    )
-    prefix_tokens = np.mean([len(prompts.encode_shared(r.history, r.candidates).prefix) for r in requests])
-
-    reranker.score(requests[:1])  # warm up
-    shared_s, shared = _timed(lambda: reranker.score(requests), args.repeats)
-    full_s, full = _timed(lambda: naive.score_full(requests), args.repeats)
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(shared, full, strict=True))
-
     n = len(requests)
     cands = n * args.candidates
+
+    rows = []
+    for name in args.methods:
+        print(f"... {name}", flush=True)
+        method, backbone = _method(name, args, cf, device)
+        template = "custom" if args.template else method.stages()[-1].template
+        text = args.template or template_text(template)
+        prompts = PromptBuilder(backbone.tokenizer, text, titles, 512, args.history)
+        reranker = Reranker(method, prompts, max_rows=args.rows, pack_tokens=args.pack_tokens)
+        naive = Reranker(method, prompts, max_rows=args.naive_rows)
+        encoded = [prompts.encode_shared(r.history, r.candidates) for r in requests]
+        prompt_tokens = np.mean([len(e.prefix) + np.mean([len(s) for s in e.suffixes]) for e in encoded])
+        prefix_tokens = np.mean([len(e.prefix) for e in encoded])
+        reranker.score(requests[:1])  # warm up
+        path_s, scored = _timed(lambda r=reranker: r.score(requests), args.repeats)
+        full_s, full = _timed(lambda r=naive: r.score_full(requests), args.repeats)
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(scored, full, strict=True))
+        path = "shared prefix" if reranker.shares_prefix else "full prompts, length-sorted"
+        shown_prefix = f"{prefix_tokens:.0f}" if reranker.shares_prefix else "-"
+        rows.append(
+            (
+                name,
+                template,
+                f"{prompt_tokens:.0f} / {shown_prefix}",
+                path,
+                cands / path_s,
+                cands / full_s,
+                diff,
+            )
+        )
+        del method, backbone, reranker, naive
+
     print(
-        f"\n{args.method} on {args.backbone} ({args.dtype}, {device}), {n} users x {args.candidates} "
-        f"candidates, {args.history}-item history: prompt {prompt_tokens:.0f} tokens, shared prefix "
-        f"{prefix_tokens:.0f}"
+        f"\n{args.backbone} ({args.dtype}, {device}), {n} users x {args.candidates} candidates, "
+        f"{args.history}-item history; CF retrieval (exact, all {users} users): "
+        f"{users / retrieval_s:,.0f} users/s, {users * args.candidates / retrieval_s:,.0f} candidates/s"
     )
-    rows = [
-        ("CF retrieval (exact, all users)", users, users * args.candidates, retrieval_s, None),
-        ("LLM rerank, shared prefix (ours)", n, cands, shared_s, full_s / shared_s),
-        ("LLM rerank, full prompts (naive)", n, cands, full_s, 1.0),
-    ]
-    print(f"{'stage':<34}{'users/s':>10}{'candidates/s':>14}{'vs naive':>10}")
-    for name, u, c, seconds, ratio in rows:
-        shown = f"{ratio:.2f}x" if ratio is not None else ""
-        print(f"{name:<34}{u / seconds:>10.2f}{c / seconds:>14.1f}{shown:>10}")
-    print(f"max |shared - full| logit difference: {diff:.2e}")
+    header = (
+        f"{'method':<10}{'template':<10}{'prompt / prefix':>16}  {'scoring path':<28}"
+        f"{'path cand/s':>12}{'naive cand/s':>13}{'vs naive':>10}{'max diff':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, template, tokens, path, path_rate, naive_rate, diff in rows:
+        print(
+            f"{name:<10}{template:<10}{tokens:>16}  {path:<28}{path_rate:>12.1f}{naive_rate:>13.1f}"
+            f"{path_rate / naive_rate:>9.2f}x{diff:>10.1e}"
+        )
 
 
 if __name__ == "__main__":
