@@ -13,6 +13,8 @@ raylrec nightly --config FILE --date D         prepare -> refresh CF -> score ->
 raylrec recs read ROOT [--date D] [--user U]   read published recommendations (checksums verified)
 raylrec recs eval ROOT --dataset D [--split S]  Recall/NDCG@K of published lists vs held-out items
 raylrec recs dates ROOT                        the published dates under ROOT
+raylrec profiles generate --config FILE        RLMRec's LLM profiles of items and users, resumable
+raylrec profiles embed --config FILE           sentence embeddings of the profiles (--text metadata: no LLM)
 raylrec config docs                            the configuration reference, generated from the models
 """
 
@@ -230,6 +232,28 @@ def cmd_recs_dates(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profiles_generate(args: argparse.Namespace) -> int:
+    from raylrec.profiles.config import load_profiles_config
+
+    config = load_profiles_config(args.config, args.overrides)  # fails here, before Ray starts
+    from raylrec.profiles.generate import generate_profiles
+
+    _init_ray(args, config.ray)
+    generate_profiles(config, _progress())
+    return 0
+
+
+def cmd_profiles_embed(args: argparse.Namespace) -> int:
+    from raylrec.profiles.config import load_profiles_config
+
+    config = load_profiles_config(args.config, args.overrides)
+    from raylrec.profiles.embed import embed_profiles
+
+    _init_ray(args, config.ray)
+    embed_profiles(config, args.text, _progress())
+    return 0
+
+
 def cmd_config_docs(args: argparse.Namespace) -> int:
     from raylrec.config_docs import render_reference
 
@@ -388,6 +412,27 @@ def build_parser() -> argparse.ArgumentParser:
     dates = recs.add_parser("dates", help="list published dates")
     dates.add_argument("root")
     dates.set_defaults(func=cmd_recs_dates)
+
+    profiles = sub.add_parser("profiles", help="RLMRec's LLM profiles and their embeddings").add_subparsers(
+        dest="profiles_command", required=True
+    )
+    generate = profiles.add_parser("generate", help="write item, then user profiles with the LLM (resumable)")
+    generate.add_argument(
+        "--config", "-c", required=True, help="YAML config (see configs/profiles_ml100k.yaml)"
+    )
+    generate.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. max_items=32"
+    )
+    generate.set_defaults(func=cmd_profiles_generate)
+    embed = profiles.add_parser("embed", help="embed the profiles (or metadata text) with a sentence encoder")
+    embed.add_argument("--config", "-c", required=True, help="YAML config (see configs/profiles_ml100k.yaml)")
+    embed.add_argument(
+        "--text",
+        choices=["profiles", "metadata"],
+        help="what to embed (default: embed.text); metadata: no LLM",
+    )
+    embed.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
+    embed.set_defaults(func=cmd_profiles_embed)
 
     config_cmd = sub.add_parser("config", help="configuration tools").add_subparsers(
         dest="config_command", required=True

@@ -1,0 +1,356 @@
+"""RLMRec's profile generation as a Ray Data batch job (arXiv 2310.15950, section 3.2).
+
+Items first, then users (a user's prompt shows their items' profiles). For each kind the job
+works out which (id, prompt_hash) it wants, keeps those the directory already holds (see
+``raylrec.profiles.store``), and generates only the rest: a rerun after a kill redoes the
+chunks that were not written, and a rerun with the same inputs does nothing and says so.
+
+The work is cut into chunks of ids (``[c*N, (c+1)*N)``) and each chunk into batches of
+prompts sorted by id, so a chunk redone after a kill is batched (padded) exactly as in an
+uninterrupted run and greedy decoding gives the same text. One Ray Data row is one batch;
+``map_batches`` sends it to an actor of a pool that loads the backbone once per actor (a GPU
+each when the cluster has GPUs), which runs batched ``generate`` (left padding, KV cache,
+greedy or seeded sampling, bounded ``max_new_tokens``). An answer that is not the JSON asked
+for is retried once, sampled with a fixed seed per batch; still unparsed, it is kept as raw text
+with ``parse_ok = false``. The driver writes each chunk as one file once all of its rows are
+back, and prints a line per chunk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from raylrec import storage
+from raylrec.data.output import read_meta, read_table
+from raylrec.profiles import store
+from raylrec.profiles.config import BackboneConfig, GenerationConfig, ProfilesConfig
+from raylrec.profiles.prompts import (
+    PROMPT_VERSION,
+    PromptRow,
+    generation_salt,
+    item_attributes,
+    item_prompts,
+    parse_profile,
+    render_chat,
+    user_prompts,
+)
+
+__all__ = ["ProfileWriter", "generate_profiles", "plan_batches", "generate_texts", "dataset_user_ids"]
+
+
+def generate_texts(
+    backbone: Any, prompts: Sequence[str], generation: GenerationConfig, seed: int, sample: bool
+) -> tuple[list[str], list[int]]:
+    """One batched ``generate`` over ``prompts`` (chat-rendered text): left-padded, with the KV
+    cache, greedy or sampled after ``torch.manual_seed(seed)``. Returns the decoded answers and
+    the tokens each generated (up to and including its end token)."""
+    import torch
+    import transformers
+
+    tokenizer, model = backbone.tokenizer, backbone.model
+    encoded = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    encoded = {k: v.to(model.device) for k, v in encoded.items()}
+    eos = tokenizer.eos_token_id
+    options: dict[str, Any] = {
+        "max_new_tokens": generation.max_new_tokens,
+        "do_sample": sample,
+        "use_cache": True,
+    }
+    if sample:
+        options.update(temperature=generation.temperature, top_p=generation.top_p, top_k=0)
+    config = transformers.GenerationConfig(pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, **options)
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        output = model.generate(**encoded, generation_config=config)
+    new = output[:, encoded["input_ids"].shape[1] :].cpu()
+    counts = []
+    for row in new.tolist():
+        counts.append(row.index(eos) + 1 if eos in row else len(row))
+    texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+    return [t.strip() for t in texts], counts
+
+
+class ProfileWriter:
+    """Loaded once per Ray Data actor: the backbone, then one batch of prompts per input row."""
+
+    def __init__(self, backbone: BackboneConfig, generation: GenerationConfig, threads: int = 1):
+        import torch
+
+        from raylrec.llm.backbone import load_backbone
+
+        if not torch.cuda.is_available():
+            torch.set_num_threads(max(1, threads))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.backbone = load_backbone(backbone, device)
+        self.generation = generation
+        self.model_name = backbone.name
+
+    def write(
+        self, ids: list[int], system: str, users: list[str], hashes: list[str], kind: str
+    ) -> list[dict[str, Any]]:
+        """Profiles of one batch: first attempt, then one seeded sampled retry of the answers
+        that are not the JSON asked for."""
+        generation = self.generation
+        prompts = [render_chat(self.backbone.tokenizer, system, u) for u in users]
+        first = ids[0] * 1_000_003
+        texts, tokens = generate_texts(
+            self.backbone, prompts, generation, generation.seed + first, generation.do_sample
+        )
+        attempts = [1] * len(ids)
+        parsed = [parse_profile(t) for t in texts]
+        failed = [i for i, p in enumerate(parsed) if p is None]
+        if failed and generation.retry:
+            retried, retried_tokens = generate_texts(
+                self.backbone, [prompts[i] for i in failed], generation, generation.retry_seed + first, True
+            )
+            for i, text, count in zip(failed, retried, retried_tokens, strict=True):
+                texts[i], tokens[i], attempts[i], parsed[i] = text, count, 2, parse_profile(text)
+        rows = []
+        for i, uid in enumerate(ids):
+            summary, reasoning = parsed[i] if parsed[i] is not None else (None, None)
+            rows.append(
+                {
+                    "kind": kind,
+                    "id": uid,
+                    "summarization": summary,
+                    "reasoning": reasoning,
+                    "raw": texts[i],
+                    "parse_ok": parsed[i] is not None,
+                    "attempts": attempts[i],
+                    "gen_tokens": tokens[i],
+                    "model": self.model_name,
+                    "prompt_hash": hashes[i],
+                }
+            )
+        return rows
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows: list[dict[str, Any]] = []
+        chunks: list[int] = []
+        for record in batch.to_pylist():
+            out = self.write(
+                record["ids"], record["system"], record["users"], record["hashes"], record["kind"]
+            )
+            rows += out
+            chunks += [record["chunk"]] * len(out)
+        table = pa.Table.from_pylist(rows, schema=store.PROFILE_SCHEMA)
+        return table.append_column("chunk", pa.array(chunks, pa.int64()))
+
+
+def plan_batches(
+    prompts: Sequence[PromptRow], chunk_size: int, batch_size: int
+) -> dict[int, list[list[PromptRow]]]:
+    """{chunk: batches}: ids ``[c*chunk_size, (c+1)*chunk_size)`` form chunk ``c``, cut into
+    batches of prompts in id order: the same prompts are always batched the same way."""
+    chunks: dict[int, list[PromptRow]] = defaultdict(list)
+    for p in sorted(prompts, key=lambda p: p.id):
+        chunks[p.id // chunk_size].append(p)
+    return {
+        c: [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+        for c, rows in sorted(chunks.items())
+    }
+
+
+def _actors(config: ProfilesConfig) -> tuple[int, float]:
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = config.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
+    if config.actors:
+        return config.actors, gpus
+    if gpus:
+        return max(1, int(resources["GPU"] // gpus)), gpus
+    return 1, 0.0
+
+
+def _generate(
+    config: ProfilesConfig,
+    kind: str,
+    missing: Sequence[PromptRow],
+    out: str,
+    say: Callable[[str], None],
+) -> list[store.ProfileFile]:
+    """Generate ``missing`` on the actor pool; write each chunk as soon as it is whole."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from raylrec.runtime import init_ray
+
+    init_ray(config.ray)
+    plan = plan_batches(missing, config.chunk_size, config.generation.batch_size)
+    records = [
+        {
+            "kind": kind,
+            "chunk": chunk,
+            "ids": [p.id for p in batch],
+            "system": batch[0].system,
+            "users": [p.user for p in batch],
+            "hashes": [p.hash for p in batch],
+        }
+        for chunk, batches in plan.items()
+        for batch in batches
+    ]
+    expected = {chunk: sum(len(b) for b in batches) for chunk, batches in plan.items()}
+    actors, gpus = _actors(config)
+    say(
+        f"{kind}s: generating {len(missing):,} profiles in {len(expected)} chunk(s) of up to "
+        f"{config.chunk_size} ids on {actors} actor(s) ({f'{gpus:g} GPU' if gpus else 'CPU'} each), "
+        f"batch {config.generation.batch_size}, max_new_tokens {config.generation.max_new_tokens}"
+    )
+    ds = ray.data.from_items(records, override_num_blocks=len(records))
+    results = ds.map_batches(
+        ProfileWriter,
+        fn_constructor_kwargs={
+            "backbone": config.backbone,
+            "generation": config.generation,
+            "threads": int(config.cpus_per_actor),
+        },
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=actors),
+        num_gpus=gpus,
+        num_cpus=config.cpus_per_actor,
+    )
+    pending: dict[int, list[pa.Table]] = defaultdict(list)
+    received: dict[int, int] = defaultdict(int)
+    written: list[store.ProfileFile] = []
+    started, done, tokens = time.perf_counter(), 0, 0
+    for block in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for chunk in sorted(set(block["chunk"].to_pylist())):
+            part = block.filter(pa.compute.equal(block["chunk"], chunk))
+            pending[chunk].append(part)
+            received[chunk] += part.num_rows
+            if received[chunk] < expected[chunk]:
+                continue
+            table = pa.concat_tables(pending.pop(chunk)).drop_columns(["chunk"])
+            written.append(store.write_chunk(out, kind, chunk, table))
+            done += table.num_rows
+            tokens += sum(table["gen_tokens"].to_pylist())
+            ok, attempts = table["parse_ok"].to_pylist(), table["attempts"].to_pylist()
+            first = sum(1 for o, a in zip(ok, attempts, strict=True) if o and a == 1)
+            retry = sum(1 for o, a in zip(ok, attempts, strict=True) if o and a == 2)
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            say(
+                f"{kind}s chunk {chunk}: {table.num_rows} profiles ({first} parsed, {retry} on retry, "
+                f"{table.num_rows - first - retry} unparsed); {done:,}/{len(missing):,} done, "
+                f"{done / elapsed:.2f} profiles/s, {tokens / elapsed:.1f} tokens/s"
+            )
+    if pending:
+        raise RuntimeError(f"{kind}s: chunks {sorted(pending)} came back incomplete from the actor pool")
+    return written
+
+
+def _settle(
+    config: ProfilesConfig,
+    kind: str,
+    prompts: Sequence[PromptRow],
+    found: Sequence[store.ProfileFile],
+    out: str,
+    say: Callable[[str], None],
+) -> tuple[list[store.ProfileFile], int, int]:
+    """The files that hold exactly the wanted rows of ``kind``: found files kept whole where
+    every row is still wanted, rewritten with only the wanted rows where some are not, and
+    new chunks for what is missing. Returns (files, profiles generated, files rewritten)."""
+    wanted = {(p.id, p.hash) for p in prompts}
+    claimed: set[tuple[int, str]] = set()
+    files: list[store.ProfileFile] = []
+    rewritten = 0
+    for f in found:
+        if f.kind != kind:
+            continue
+        keys = list(zip(f.table["id"].to_pylist(), f.table["prompt_hash"].to_pylist(), strict=True))
+        keep = [k in wanted and k not in claimed for k in keys]
+        claimed.update(k for k, kept in zip(keys, keep, strict=True) if kept)
+        if all(keep):
+            files.append(f)
+        elif any(keep):
+            chunk = int(f.path.rsplit("/", 1)[-1].split("-")[1])
+            files.append(store.write_chunk(out, kind, chunk, f.table.filter(pa.array(keep))))
+            rewritten += 1
+    missing = [p for p in prompts if (p.id, p.hash) not in claimed]
+    if missing:
+        files += _generate(config, kind, missing, out, say)
+    else:
+        say(f"{kind}s: all {len(prompts):,} profiles are already written")
+    return files, len(missing), rewritten
+
+
+def dataset_user_ids(dataset: str, max_users: int | None) -> list[int]:
+    """The users to profile: every uid of ``users.parquet`` (the lowest ``max_users``)."""
+    uids = sorted(int(u) for u in read_table(dataset, "users.parquet", columns=["uid"])["uid"].to_pylist())
+    return uids[:max_users] if max_users is not None else uids
+
+
+def _descriptions(files: Sequence[store.ProfileFile]) -> dict[int, str]:
+    """{iid: summary} of the parsed item profiles (an unparsed one is described as None)."""
+    out = {}
+    for f in files:
+        for iid, ok, summary in zip(
+            f.table["id"].to_pylist(),
+            f.table["parse_ok"].to_pylist(),
+            f.table["summarization"].to_pylist(),
+            strict=True,
+        ):
+            if ok:
+                out[int(iid)] = summary
+    return out
+
+
+def generate_profiles(config: ProfilesConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write (or finish, or confirm) the profiles of ``config.dataset`` into ``config.output``;
+    returns the committed manifest (with ``"changed": False`` when nothing had to be done)."""
+    dataset, out = storage.absolute(config.dataset), storage.absolute(config.output)
+    meta = read_meta(dataset)  # a clear error for a missing or unfinished dataset
+    store.claim_output(out)
+    previous = store.read_manifest(out)
+    found = store.existing_files(out)
+    attributes = item_attributes(read_table(dataset, "items.parquet"))
+    items = item_prompts(config, attributes)
+    say(
+        f"{len(items):,} items and their metadata from {dataset}; {len(found)} chunk file(s) already in {out}"
+    )
+    item_files, new_items, rewritten_items = _settle(config, "item", items, found, out, say)
+
+    users: list[PromptRow] = []
+    uids = dataset_user_ids(dataset, config.max_users)
+    if uids:
+        train = read_table(dataset, "train", columns=["uid", "iid", "label"])
+        users = user_prompts(config, train, uids, attributes, _descriptions(item_files))
+    user_files, new_users, rewritten_users = _settle(config, "user", users, found, out, say)
+
+    files = item_files + user_files
+    unchanged = (
+        previous is not None
+        and not (new_items or new_users or rewritten_items or rewritten_users)
+        and sorted(e["path"] for e in previous["files"]) == sorted(f.path for f in files)
+    )
+    if unchanged:
+        say(f"profiles in {out} are up to date ({len(items):,} items, {len(users):,} users): nothing to do")
+        return {**previous, "changed": False}
+    details = {
+        "dataset": dataset,
+        "dataset_hash": meta.get("content_hash"),
+        "model": config.backbone.name,
+        "prompt_version": PROMPT_VERSION,
+        "generation_salt": generation_salt(config),
+        "domain": config.domain,
+        "user_sample": config.users.model_dump(mode="json"),
+        "last_run": {"generated": {"item": new_items, "user": new_users}},
+    }
+    manifest = store.write_manifest(out, files, details)
+    removed = store.remove_unlisted(out, files, found)
+    parse = manifest["parse"]
+    say(
+        f"committed {manifest['rows']['item']:,} item and {manifest['rows']['user']:,} user profiles "
+        f"in {out} "
+        f"(generated {new_items:,} + {new_users:,} now; parse item {parse['item']}, user {parse['user']}"
+        + (f"; removed {len(removed)} superseded file(s))" if removed else ")")
+    )
+    return {**manifest, "changed": True}

@@ -1,0 +1,347 @@
+"""RLMRec's profile jobs (arXiv 2310.15950): generated, committed, leak-free, counted, embedded.
+
+A tiny random Llama writes the profiles (its answers are garbage: every one is retried and kept
+unparsed, which is what the counting tests need); real MiniLM embeds them; a real local Ray
+instance runs both jobs and moto's S3 server holds one round trip.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from raylrec.config import build_config
+from raylrec.data.output import read_table
+from raylrec.data.prepare import prepare
+from raylrec.profiles import store
+from raylrec.profiles.config import build_profiles_config
+from raylrec.profiles.embed import embed_profiles, read_embeddings
+from raylrec.profiles.generate import ProfileWriter, generate_profiles
+from raylrec.profiles.prompts import (
+    generation_salt,
+    item_attributes,
+    item_metadata_text,
+    parse_profile,
+    prompt_hash,
+    system_prompt,
+    user_prompts,
+    user_samples,
+)
+
+MAX_USER_ITEMS = 6
+
+
+def small_dataset(path: str) -> str:
+    """A prepared synthetic log: 40 items with titles, 25 users, a random 8:1:1 split."""
+    data = build_config(
+        {
+            "data": {
+                "source": {
+                    "type": "synthetic",
+                    "num_events": 600,
+                    "num_users": 25,
+                    "num_items": 40,
+                    "seed": 3,
+                },
+                "output": path,
+                "split": {"protocol": "random_ratio", "ratios": [0.8, 0.1, 0.1], "seed": 3},
+            }
+        }
+    ).data
+    prepare(data)
+    return path
+
+
+def profiles_config(dataset: str, output: str, **extra):
+    raw = {
+        "dataset": dataset,
+        "output": output,
+        "backbone": {"name": "tiny-random-llama"},
+        "generation": {"max_new_tokens": 6, "batch_size": 4},
+        "users": {"max_items": MAX_USER_ITEMS},
+        "chunk_size": 8,
+        "ray": {"num_cpus": 2},
+        **extra,
+    }
+    return build_profiles_config(raw)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, ray_session):
+    root = tmp_path_factory.mktemp("profiles")
+    dataset = small_dataset(str(root / "dataset"))
+    config = profiles_config(dataset, str(root / "profiles"))
+    manifest = generate_profiles(config)
+    return {"root": root, "dataset": dataset, "config": config, "manifest": manifest}
+
+
+def _ids(dataset: str, table: str, column: str) -> set[int]:
+    ids = read_table(dataset, table, columns=[column])[column].to_pylist()
+    return {int(i) for i in ids}
+
+
+def test_profiles_are_committed_every_row_kept_and_counted(world):
+    dataset, config, manifest = world["dataset"], world["config"], world["manifest"]
+    profiles = store.read_profiles(config.output)
+    items, users = _ids(dataset, "items.parquet", "iid"), _ids(dataset, "users.parquet", "uid")
+    by_kind = {
+        k: [
+            i
+            for k2, i in zip(profiles["kind"].to_pylist(), profiles["id"].to_pylist(), strict=True)
+            if k2 == k
+        ]
+        for k in ("item", "user")
+    }
+    # rows in = rows out: one row per item and per user, none dropped, none twice
+    assert sorted(by_kind["item"]) == sorted(items) and sorted(by_kind["user"]) == sorted(users)
+    assert manifest["rows"] == {"item": len(items), "user": len(users)} and manifest["changed"]
+    for kind in ("item", "user"):
+        parse = manifest["parse"][kind]
+        assert parse["first_try"] + parse["retry"] + parse["unparsed"] == manifest["rows"][kind]
+    # the tiny random model writes no JSON: each answer retried once, then kept as raw text
+    assert not any(profiles["parse_ok"].to_pylist()) and set(profiles["attempts"].to_pylist()) == {2}
+    assert manifest["parse"]["item"]["unparsed"] == len(items)
+    assert all(isinstance(t, str) for t in profiles["raw"].to_pylist())
+    assert profiles["summarization"].null_count == profiles.num_rows
+    assert set(profiles["model"].to_pylist()) == {"tiny-random-llama"}
+    assert set(profiles.schema.names) >= {
+        "kind",
+        "id",
+        "summarization",
+        "reasoning",
+        "raw",
+        "parse_ok",
+        "model",
+        "prompt_hash",
+    }
+    listed = {e["path"] for e in manifest["files"]}
+    assert listed == {f.path for f in store.existing_files(config.output)}
+
+
+def test_a_rerun_with_the_same_inputs_is_a_no_op(world, capsys):
+    config = world["config"]
+    before = store.read_manifest(config.output)
+    manifest = generate_profiles(config)
+    assert manifest["changed"] is False and "nothing to do" in capsys.readouterr().out
+    assert store.read_manifest(config.output) == before  # not even rewritten
+
+
+def test_every_user_prompt_shows_only_that_users_training_items(world):
+    dataset, config = world["dataset"], world["config"]
+    profiles = store.read_profiles(config.output)
+    train = read_table(dataset, "train", columns=["uid", "iid", "label"])
+    held_out = {
+        split: read_table(dataset, split, columns=["uid", "iid"]).to_pylist() for split in ("valid", "test")
+    }
+    train_items: dict[int, set[int]] = {}
+    liked: dict[int, set[int]] = {}
+    for row in train.to_pylist():
+        train_items.setdefault(row["uid"], set()).add(row["iid"])
+        if row["label"] == 1:
+            liked.setdefault(row["uid"], set()).add(row["iid"])
+    attributes = item_attributes(read_table(dataset, "items.parquet"))
+    descriptions = {
+        i: s
+        for i, s, ok in zip(
+            profiles["id"].to_pylist(),
+            profiles["summarization"].to_pylist(),
+            profiles["parse_ok"].to_pylist(),
+            strict=True,
+        )
+        if ok
+    }
+    uids = sorted(_ids(dataset, "users.parquet", "uid"))
+    prompts = user_prompts(config, train, uids, attributes, descriptions)
+    assert [p.id for p in prompts] == uids
+    leaked_elsewhere = 0
+    for p in prompts:
+        used = set(p.used)
+        assert used <= train_items.get(p.id, set()), (
+            f"user {p.id}'s prompt shows items outside their training split"
+        )
+        assert used <= liked[p.id] if p.id in liked else True
+        assert len(p.used) == min(MAX_USER_ITEMS, len(liked.get(p.id) or train_items.get(p.id, ())))
+        # the message lists exactly the used items, in order, with their titles: nothing else
+        entries = [json.loads(line) for line in p.user.splitlines()[1:] if line.startswith("{")]
+        assert [e["title"] for e in entries] == [attributes[i]["title"] for i in p.used]
+        only_held_out = {
+            r["iid"] for s in held_out.values() for r in s if r["uid"] == p.id
+        } - train_items.get(p.id, set())
+        leaked_elsewhere += len(only_held_out & used)
+    assert leaked_elsewhere == 0
+    # and these are the prompts the job ran: the committed users carry their hashes
+    committed = {
+        (i, h)
+        for k, i, h in zip(
+            profiles["kind"].to_pylist(),
+            profiles["id"].to_pylist(),
+            profiles["prompt_hash"].to_pylist(),
+            strict=True,
+        )
+        if k == "user"
+    }
+    assert committed == {(p.id, p.hash) for p in prompts}
+
+
+def test_user_samples_are_seeded_bounded_and_per_user():
+    train = pa.table(
+        {
+            "uid": [1] * 30 + [2] * 3,
+            "iid": list(range(1, 31)) + [5, 6, 7],
+            "label": [1] * 29 + [0] + [0, 0, 0],
+        }
+    )
+    config = profiles_config("d", "o")
+    first = user_samples(train, config.users)
+    assert len(first[1]) == MAX_USER_ITEMS and set(first[1]) <= set(range(1, 30))  # liked only
+    assert first[2] == [5, 6, 7]  # no liked item: all their training items
+    assert user_samples(train, config.users) == first
+    alone = user_samples(train.filter(pa.compute.equal(train["uid"], 1)), config.users)
+    assert alone[1] == first[1]  # a user's sample does not depend on other users
+
+
+def test_parse_profile_accepts_the_asked_json_only():
+    assert parse_profile('{"summarization": "Fans of space.", "reasoning": "It is set in space."}') == (
+        "Fans of space.",
+        "It is set in space.",
+    )
+    assert parse_profile('Sure! ```json\n{"summarization": "x"}\n```') == ("x", "")
+    for text in ("", "no json here", '{"summarization": ""}', '{"reasoning": "r"}', "{broken", "[1, 2]"):
+        assert parse_profile(text) is None, text
+
+
+def test_unparsed_answers_are_retried_once_and_counted_never_dropped(monkeypatch):
+    """Answers that parse at once, parse on the retry, or never: every row comes back."""
+    import raylrec.profiles.generate as generate
+
+    calls = []
+
+    def fake(backbone, prompts, generation, seed, sample):
+        calls.append((len(prompts), sample))
+        good = '{"summarization": "S", "reasoning": "R"}'
+        if not sample:  # first attempt: prompts ending in "0" parse
+            return [good if p.endswith("0") else "garbage" for p in prompts], [3] * len(prompts)
+        return [good if p.endswith("1") else "still garbage" for p in prompts], [4] * len(prompts)
+
+    monkeypatch.setattr(generate, "generate_texts", fake)
+    writer = ProfileWriter.__new__(ProfileWriter)
+    writer.backbone = type("B", (), {"tokenizer": object()})()
+    writer.generation = profiles_config("d", "o").generation
+    writer.model_name = "fake"
+    monkeypatch.setattr(generate, "render_chat", lambda tok, system, user: user)
+    users = ["p0", "p1", "p2", "p10", "p11"]
+    rows = writer.write([1, 2, 3, 4, 5], "sys", users, ["h"] * 5, "item")
+    assert [r["id"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [(r["parse_ok"], r["attempts"]) for r in rows] == [
+        (True, 1),
+        (True, 2),
+        (False, 2),
+        (True, 1),
+        (True, 2),
+    ]
+    assert calls == [(5, False), (3, True)]  # one retry, of the three that failed, sampled
+    assert rows[2]["raw"] == "still garbage" and rows[2]["summarization"] is None
+    table = pa.Table.from_pylist(rows, schema=store.PROFILE_SCHEMA)
+    _, parse, _ = store._counts([store.ProfileFile("items/x", "item", table, 0, "")])
+    assert parse["item"] == {"first_try": 2, "retry": 2, "unparsed": 1}
+
+
+@pytest.mark.slow
+def test_a_rerun_generates_only_what_the_directory_lacks(world):
+    """Users dropped from the wanted set are uncommitted and their files removed; asked for
+    again, only they are generated, and they come back identical (greedy, same batches)."""
+    config = world["config"]
+    before = store.read_profiles(config.output).sort_by([("kind", "ascending"), ("id", "ascending")])
+    fewer = generate_profiles(profiles_config(world["dataset"], config.output, max_users=0))
+    assert fewer["changed"] and fewer["rows"]["user"] == 0
+    assert fewer["last_run"]["generated"] == {"item": 0, "user": 0}
+    assert not any(f.kind == "user" for f in store.existing_files(config.output))
+    back = generate_profiles(config)
+    assert back["last_run"]["generated"] == {"item": 0, "user": world["manifest"]["rows"]["user"]}
+    after = store.read_profiles(config.output).sort_by([("kind", "ascending"), ("id", "ascending")])
+    assert after.equals(before)
+
+
+def _check_embeddings(directory: str, text: str, dataset: str, rows: dict[str, int]) -> pa.Table:
+    table, manifest = read_embeddings(directory)
+    assert manifest["text"] == text and manifest["dim"] == 384 and manifest["model"] == "all-minilm-l6-v2"
+    assert manifest["dataset"] == dataset and manifest["rows"] == rows
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), 384)
+    assert table.schema.field("id").type == pa.int64() and set(table["kind"].to_pylist()) <= {"user", "item"}
+    vectors = np.stack(table["embedding"].to_numpy(zero_copy_only=False))
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    keys = list(zip(table["kind"].to_pylist(), table["id"].to_pylist(), strict=True))
+    assert len(set(keys)) == len(keys) == sum(rows.values())
+    return table
+
+
+@pytest.mark.slow
+def test_embeddings_of_profiles_and_of_metadata_follow_the_contract(world, capsys):
+    config, dataset = world["config"], world["dataset"]
+    items, users = _ids(dataset, "items.parquet", "iid"), _ids(dataset, "users.parquet", "uid")
+    rows = {"item": len(items), "user": len(users)}
+    for text in ("profiles", "metadata"):
+        manifest = embed_profiles(config, text)
+        assert manifest["changed"]
+        table = _check_embeddings(config.embeddings_dir(text), text, dataset, rows)
+        kinds, found = table["kind"].to_pylist(), table["id"].to_pylist()
+        ids = {k: {i for k2, i in zip(kinds, found, strict=True) if k2 == k} for k in rows}
+        assert ids == {"item": items, "user": users}
+        assert embed_profiles(config, text)["changed"] is False
+        assert "nothing to do" in capsys.readouterr().out
+
+
+def test_minilm_embeds_like_a_sentence_encoder():
+    """Mean pooling and normalisation as sentence-transformers does for all-MiniLM-L6-v2: the
+    vectors order texts by meaning, and a text's vector does not depend on its batch."""
+    from raylrec.profiles.embed import TextEmbedder
+
+    embedder = TextEmbedder("all-minilm-l6-v2")
+    texts = [
+        "a film about astronauts lost in outer space",
+        "science fiction movie set on a spaceship",
+        "a recipe for chocolate cake",
+    ]
+    vectors = embedder.embed(texts)
+    similarity = vectors @ vectors[1]
+    assert similarity[0] > similarity[2] + 0.2
+    alone = embedder.embed(texts[:1])[0]
+    assert np.allclose(alone, vectors[0], atol=1e-5)
+
+
+def test_metadata_text_and_prompts_use_the_datasets_fields():
+    attributes = {"title": "Toy Story", "release_year": "1995", "genres": "Animation Children's Comedy"}
+    assert item_metadata_text(attributes, 1) == "Toy Story, Animation Children's Comedy, 1995"
+    assert "movie" in system_prompt("item", "movie") and "books" in system_prompt("user", "book")
+    config = profiles_config("d", "o")
+    salt = generation_salt(config)
+    assert prompt_hash("s", "u", salt) != prompt_hash(
+        "s", "u", generation_salt(profiles_config("d", "o", generation={"max_new_tokens": 7}))
+    )
+    assert salt == generation_salt(
+        profiles_config("d", "o", generation={"max_new_tokens": 6, "batch_size": 2})
+    )
+
+
+@pytest.mark.slow
+def test_profiles_round_trip_on_s3(world, s3_bucket):
+    config = profiles_config(world["dataset"], f"{s3_bucket}/profiles", max_items=12, max_users=5)
+    manifest = generate_profiles(config)
+    assert manifest["rows"] == {"item": 12, "user": 5}
+    profiles = store.read_profiles(config.output)
+    assert profiles.num_rows == 17 and sorted(set(profiles["kind"].to_pylist())) == ["item", "user"]
+    assert generate_profiles(config)["changed"] is False
+    embed_profiles(config, "profiles")
+    _check_embeddings(
+        config.embeddings_dir("profiles"), "profiles", world["dataset"], {"item": 12, "user": 5}
+    )
+
+
+def test_a_directory_raylrec_did_not_make_is_refused(world, tmp_path):
+    (tmp_path / "mine.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="raylrec did not make"):
+        generate_profiles(profiles_config(world["dataset"], str(tmp_path)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
