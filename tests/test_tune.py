@@ -90,6 +90,7 @@ def test_the_shipped_spaces_fit_their_configs():
         "collm": "collm_collm_ml1m",
         "reclora": "reclora_collm_ml1m",
         "cora": "cora_collm_ml1m",
+        "rlmrec": "rlmrec_con_ml100k",
     }
     assert {p.stem for p in (repo / "tune_spaces").glob("*.yaml")} == set(pairs)
     for space, config in pairs.items():

@@ -1,5 +1,6 @@
 """LightGCN (He et al., SIGIR 2020, arXiv 2002.02126): ID embeddings propagated over the
-normalised user-item graph, the layers combined by mean (the paper, CoLLM) or sum (RLMRec)."""
+normalised user-item graph, the layers combined by mean (the paper, CoLLM) or sum (RLMRec), with
+RLMRec's optional edge dropout in training (arXiv 2310.15950, code HKUDS/RLMRec)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from raylrec.cf.config import CFConfig, register_encoder
-from raylrec.config_types import Int
+from raylrec.config_types import Float, Int
 
 __all__ = ["LightGCNConfig"]
 
@@ -18,6 +19,15 @@ class LightGCNConfig(CFConfig):
     model: Literal["lightgcn"] = "lightgcn"
     layers: Int = Field(default=3, ge=1, description="propagation layers")
     combine: Literal["mean", "sum"] = Field(default="mean", description="how the layers' outputs combine")
+    edge_dropout: Float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description=(
+            "training only: share of the graph's entries dropped on each step, the rest not rescaled "
+            "(RLMRec: 0.2); evaluation and the bundle use the full graph"
+        ),
+    )
 
     implementation = "raylrec.cf.encoders.lightgcn.model:LightGCN"
     paper = "LightGCN, arXiv 2002.02126"
