@@ -107,9 +107,10 @@ def check_model_bundle(path: str) -> dict[str, Any]:
 @dataclass
 class ModelBundle:
     method: RecMethod
-    prompts: PromptBuilder
+    prompts: PromptBuilder | None  # None: the method builds its own prompts (its stages name no template)
     config: dict[str, Any]
     items: pa.Table  # iid, item_id, title, ...: the id space the method scores in
+    tokenizer: Any = None  # the backbone's
 
 
 def load_model_bundle(path: str, device: str | torch.device = "cpu") -> ModelBundle:
@@ -131,7 +132,9 @@ def load_model_bundle(path: str, device: str | torch.device = "cpu") -> ModelBun
     titles = dict(zip(items["iid"].to_pylist(), items["title"].to_pylist(), strict=True))
     prompt = PromptConfig.model_validate(description["prompt"])
     template = method.stages()[-1].template if prompt.template is None else prompt.template
-    builder = PromptBuilder(
-        backbone.tokenizer, template_text(template), titles, prompt.max_tokens, prompt.history_items
-    )
-    return ModelBundle(method.to(device).eval(), builder, description, items)
+    builder = None
+    if template:  # a full-catalog method (CLLM4Rec) assembles its own prompts and names none
+        builder = PromptBuilder(
+            backbone.tokenizer, template_text(template), titles, prompt.max_tokens, prompt.history_items
+        )
+    return ModelBundle(method.to(device).eval(), builder, description, items, backbone.tokenizer)

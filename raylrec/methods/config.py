@@ -12,7 +12,10 @@ prompt ``templates``, and the capabilities the rest of raylrec reads instead of 
 - ``shares_prefix``: a user's candidates can share one cached prompt prefix in batch scoring
   (False when the prefix's keys and values depend on the candidate, as CoRA's generated
   weights do); the scorer then runs full prompts for it;
-- ``score_kinds`` / ``default_score``: how the answer position becomes one logit.
+- ``score_kinds`` / ``default_score``: how the answer position becomes one logit;
+- ``definition``: the ``raylrec.train.pipeline.TaskDefinition`` that trains it (the pointwise
+  one, unless the method brings its own corpora, batches and evaluation, as a full-catalog
+  recommender does).
 """
 
 from __future__ import annotations
@@ -83,6 +86,8 @@ class MethodConfig(StrictConfig):
     )
 
     implementation: ClassVar[str]  # "package.module:Class", a RecMethod subclass
+    # "package.module:Class", the TaskDefinition that trains the method
+    definition: ClassVar[str] = "raylrec.methods.train:MethodDefinition"
     paper: ClassVar[str] = ""
     role: ClassVar[Role] = "pointwise"
     needs_cf: ClassVar[bool] = False

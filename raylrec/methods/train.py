@@ -20,6 +20,7 @@ from raylrec.config import RaylrecConfig
 from raylrec.data.output import read_meta
 from raylrec.methods.config import METHODS, Stage, template_text
 from raylrec.methods.task import LLMTask, epoch_batches
+from raylrec.registry import import_object
 from raylrec.train.loop import TrainState
 from raylrec.train.pipeline import Fitting, StagePlan, TaskDefinition, TrainResult, run_pipeline
 
@@ -261,7 +262,10 @@ def train_method(
     trial (every epoch's metrics go to Tune, epochs counted across stages)."""
     if config.method is None:
         raise ValueError(f"set a 'method' section (name: {' | '.join(METHODS.names())})")
-    return run_pipeline(MethodDefinition(_absolute(config)), say, use_ray, trial)
+    # A method may bring its own definition (``MethodConfig.definition``): its corpora,
+    # batches and evaluation in place of the pointwise prompts and CTR metrics.
+    definition = import_object(config.method.definition)
+    return run_pipeline(definition(_absolute(config)), say, use_ray, trial)
 
 
 def _export(config: RaylrecConfig, weights: dict[str, torch.Tensor], metrics, run_name: str) -> str:

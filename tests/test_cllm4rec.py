@@ -1,0 +1,325 @@
+"""CLLM4Rec (arXiv 2311.01343) on the tiny Llama and a small in-memory catalogue: ID tokens map to
+their own rows of tables outside the frozen backbone, the item head is the item table, training
+moves only the ID tables, the masked prompt never shows a held-out item, each stage's loss
+falls through the training loop, and the chunked full-catalogue top-K equals a full sort with
+training items masked. The end-to-end runs (a prepared dataset, ZeRO on Ray Train, the bundle
+on S3) are at the bottom, marked ``ray``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from raylrec.config import BackboneConfig, EvalConfig, TrainConfig, build_config
+from raylrec.eval.ranking import ItemSets
+from raylrec.llm.backbone import load_backbone
+from raylrec.methods import METHODS
+from raylrec.methods.cllm4rec import SELECTION_METRIC
+from raylrec.methods.cllm4rec.corpora import IGNORE, ContentDoc, Corpora, Pieces
+from raylrec.methods.cllm4rec.model import OBJECTIVES
+from raylrec.methods.cllm4rec.serve import recommend, running_top_k
+from raylrec.methods.cllm4rec.task import CLLM4RecTask, evaluate_ranking, stage_batches, stage_steps
+from raylrec.scoring.retrieval import exact_top_n
+from raylrec.train.engines import TorchEngine
+from raylrec.train.loop import fit
+from raylrec.train.reporting import LocalReporter
+
+USERS, ITEMS = 17, 31  # dense ids 1.., row 0 padding
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return load_backbone(BackboneConfig(name="tiny-random-llama"))
+
+
+def _corpora(tokenizer, max_items: int = 12) -> Corpora:
+    """Users 1..16 in three taste clusters (user u likes items of cluster u % 3: ten ids each),
+    7-9 of them each, the last two held out for validation, and every item's text."""
+    rng = np.random.default_rng(0)
+    users, items, vu, vi = [], [], [], []
+    for u in range(1, USERS):
+        cluster = 1 + 10 * (u % 3) + np.arange(10)
+        chosen = rng.choice(cluster, rng.integers(7, 10), replace=False)
+        users += [u] * (len(chosen) - 2)
+        items += chosen[:-2].tolist()
+        vu += [u] * 2
+        vi += chosen[-2:].tolist()
+    train = ItemSets.from_pairs(np.array(users), np.array(items), USERS)
+    valid = ItemSets.from_pairs(np.array(vu), np.array(vi), USERS)
+
+    def tokens(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    docs = [ContentDoc("item", j, tokens(f" film {j} of kind {(j - 1) // 10}")) for j in range(1, ITEMS)]
+    docs += [ContentDoc("user", u, tokens(f" age {20 + u}")) for u in (1, 2, 3)]
+    return Corpora(USERS, ITEMS, train, valid, docs, Pieces.build(tokenizer), max_items=max_items)
+
+
+def _method(backbone, **kw):
+    torch.manual_seed(0)
+    config = METHODS.get("cllm4rec")(num_users=USERS, num_items=ITEMS, **kw)
+    return config.build(backbone, None)
+
+
+def _torch(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+
+# --- ID tokens --------------------------------------------------------------------------------
+
+
+def test_id_tokens_map_to_their_own_rows_outside_the_word_embeddings(backbone):
+    method = _method(backbone)
+    corpora = _corpora(backbone.tokenizer)
+    items = np.array([5, 9, 2])
+    batch = _torch(pad_one(corpora.prompt_row(4, items)))
+    words = method.lm.get_input_embeddings()(batch["input_ids"])
+    for side, users_table, items_table in (
+        ("collab", method.collab_users, method.collab_items),
+        ("content", method.content_users, method.content_items),
+    ):
+        embeds = method.embed(batch, side)[0]
+        ids_u, ids_i = batch["id_users"][0], batch["id_items"][0]
+        user_pos, item_pos = torch.nonzero(ids_u).flatten(), torch.nonzero(ids_i).flatten()
+        assert len(user_pos) == 2 and ids_i[item_pos].tolist() == items.tolist()  # "user_4 ... user_4"
+        torch.testing.assert_close(embeds[user_pos], users_table.weight[[4, 4]], rtol=0, atol=0)
+        torch.testing.assert_close(embeds[item_pos], items_table.weight[items], rtol=0, atol=0)
+        text = (ids_u == 0) & (ids_i == 0)
+        torch.testing.assert_close(embeds[text], words[0][text], rtol=0, atol=0)
+    # the vocabulary was not extended, and the tables are N(0, 0.02) of the hidden size
+    assert method.lm.get_input_embeddings().weight.shape[0] == len(backbone.tokenizer)
+    table = method.collab_items.weight
+    assert (
+        table.shape == (ITEMS, method.lm.config.hidden_size)
+        and abs(float(table.detach().std()) - 0.02) < 0.004
+    )
+
+
+def pad_one(row) -> dict[str, np.ndarray]:
+    from raylrec.methods.cllm4rec.corpora import pad_rows
+
+    return pad_rows([row])
+
+
+def test_the_item_head_is_the_item_table(backbone):
+    method = _method(backbone)
+    hidden = torch.randn(3, method.lm.config.hidden_size)
+    logits = method.item_logits(hidden)
+    torch.testing.assert_close(logits[:, 1:], (hidden @ method.collab_items.weight.T)[:, 1:])
+    assert bool(torch.isinf(logits[:, 0]).all())  # the padding item never wins
+    # one tensor: a change to the table is a change to the head, and no other head exists
+    with torch.no_grad():
+        method.collab_items.weight[7] += 1.0
+    assert not torch.allclose(method.item_logits(hidden)[:, 7], logits[:, 7])
+    assert set(method.method_state_dict()) == {
+        "collab_users.weight",
+        "collab_items.weight",
+        "content_users.weight",
+        "content_items.weight",
+    }
+
+
+# --- corpora ----------------------------------------------------------------------------------
+
+
+def test_a_masked_item_never_appears_in_its_own_prompt(backbone):
+    corpora = _corpora(backbone.tokenizer)
+    batches = list(corpora.recommendation_batches(4, seed=0, epoch=1))
+    assert sum(len(b["uid"]) for b in batches) == USERS - 1
+    for batch in batches:
+        for row, uid in enumerate(batch["uid"]):
+            shown = set(batch["id_items"][row][batch["id_items"][row] > 0].tolist())
+            held = set(batch["target_items"][row][batch["target_items"][row] > 0].tolist())
+            items = set(corpora.items_of(int(uid)).tolist())
+            assert held and not shown & held
+            assert len(held) == max(1, int(0.2 * len(items))) and shown | held == items
+            assert set(batch["id_users"][row][batch["id_users"][row] > 0].tolist()) == {int(uid)}
+    # a fresh mask each epoch; the same one for the same (seed, epoch): resume is exact
+    again = list(corpora.recommendation_batches(4, seed=0, epoch=1))
+    other = list(corpora.recommendation_batches(4, seed=0, epoch=2))
+    assert all((a["target_items"] == b["target_items"]).all() for a, b in zip(batches, again, strict=True))
+    assert any(
+        a["target_items"].shape != b["target_items"].shape or (a["target_items"] != b["target_items"]).any()
+        for a, b in zip(batches, other, strict=True)
+    )
+
+
+def test_the_collaborative_lm_predicts_each_next_item_in_a_fresh_order(backbone):
+    corpora = _corpora(backbone.tokenizer)
+    first = next(corpora.collaborative_batches(16, seed=0, epoch=1))
+    second = next(corpora.collaborative_batches(16, seed=0, epoch=2))
+    for row, uid in enumerate(first["uid"]):
+        ids, labels = first["id_items"][row], first["item_labels"][row]
+        sequence = ids[ids > 0]
+        assert sorted(sequence.tolist()) == sorted(corpora.items_of(int(uid)).tolist())
+        # every item, the first one too, is predicted from the position before it
+        assert labels[labels > 0].tolist() == sequence.tolist()
+        where = np.flatnonzero(labels > 0)
+        assert (ids[where + 1] == labels[where]).all()
+    orders = [
+        [tuple(b["id_items"][r][b["id_items"][r] > 0]) for r in np.argsort(b["uid"])] for b in (first, second)
+    ]
+    assert orders[0] != orders[1]
+
+
+def test_the_content_lm_predicts_the_text_after_its_id_prompt(backbone):
+    corpora = _corpora(backbone.tokenizer)
+    batch = next(corpora.content_batches(64, seed=0, epoch=1))
+    assert len(batch["input_ids"]) == len(corpora.docs)
+    for row in range(len(batch["input_ids"])):
+        labels, words = batch["token_labels"][row], batch["input_ids"][row]
+        where = np.flatnonzero(labels != IGNORE)
+        assert len(where) and (words[where + 1] == labels[where]).all()
+        assert (batch["id_users"][row] > 0).sum() + (batch["id_items"][row] > 0).sum() == 1
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def _fit_stage(method, corpora, stage_name: str, epochs: int, lr: float = 0.1, batch_size: int = 16):
+    """``epochs`` of one stage through the training loop (TorchEngine, a plain process), with
+    one evaluation, at the end."""
+    stage = next(s for s in method.stages() if s.name == stage_name)
+    method.set_stage(stage)
+    finetune = stage_name == "finetune"
+    config = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=0, log_every_s=1e9, patience=100, eval_every=100,
+        metric=SELECTION_METRIC if finetune else "train/loss", mode="max" if finetune else "min",
+    )  # fmt: skip
+    params = [p for p in method.parameters() if p.requires_grad]
+    content = method.config.finetune_content
+    steps = stage_steps(corpora, stage_name, content, batch_size)
+    engine = TorchEngine(method, config, epochs * steps, params, full_state=False)
+    task = CLLM4RecTask(method, corpora, EvalConfig(ks=[10, 20]), batch_size, 0)
+    return fit(
+        task,
+        lambda e: stage_batches(corpora, stage_name, content, batch_size, 0, e, CPU),
+        config,
+        LocalReporter(),
+        engine,
+        steps_per_epoch=steps,
+    )
+
+
+def _stage_loss(method, corpora, stage: str) -> float:
+    """The mean loss over a fixed epoch's batches of ``stage`` (epoch 1's masks and orders)."""
+    with torch.no_grad():
+        losses = [float(method.loss(b)) for b in stage_batches(corpora, stage, False, 16, 0, 1, CPU)]
+    return float(np.mean(losses))
+
+
+def test_every_stage_trains_only_the_id_tables_and_its_loss_falls(backbone):
+    # fine-tuning without its content pass: its loss is then the recommendation objective alone
+    method = _method(backbone, mr_weight=0.1, finetune_content=False)
+    corpora = _corpora(backbone.tokenizer)
+    frozen = {k: v.clone() for k, v in method.lm.state_dict().items()}
+    tables = {k: v.clone() for k, v in method.method_state_dict().items()}
+    for stage, epochs, lr in (("content", 3, 0.05), ("pretrain", 2, 0.05), ("finetune", 4, 0.01)):
+        method.set_stage(next(s for s in method.stages() if s.name == stage))
+        before = _stage_loss(method, corpora, stage)
+        state = _fit_stage(method, corpora, stage, epochs, lr=lr, batch_size=4)
+        after = _stage_loss(method, corpora, stage)
+        assert after < before, (stage, before, after, [h["train/loss"] for h in state.history])
+    weights = method.lm.state_dict()
+    assert all(torch.equal(frozen[k], weights[k]) for k in frozen), "a backbone weight changed"
+    changed = {k for k, v in method.method_state_dict().items() if not torch.equal(v, tables[k])}
+    assert changed == set(tables)
+    assert SELECTION_METRIC in state.history[-1] and state.best_epoch == 4
+
+
+def test_only_the_id_tables_get_gradients(backbone):
+    method = _method(backbone)
+    corpora = _corpora(backbone.tokenizer)
+    for stage in method.stages():
+        method.set_stage(stage)
+        # the first batch of each of the stage's passes
+        firsts = {int(b["objective"][0]): b for b in stage_batches(corpora, stage.name, True, 16, 0, 1, CPU)}
+        for batch in firsts.values():
+            method.zero_grad(set_to_none=True)
+            method.loss(batch).backward()
+            with_grad = {n for n, p in method.named_parameters() if p.grad is not None}
+            owner = "content" if int(batch["objective"][0]) == OBJECTIVES["content"] else "collab"
+            # the other model's tables are held fixed by the mutual regularisation
+            assert with_grad and with_grad <= {f"{owner}_users.weight", f"{owner}_items.weight"}, (
+                stage.name,
+                with_grad,
+            )
+            assert all(p.grad is None for p in method.lm.parameters())
+
+
+def test_mutual_regularisation_pulls_toward_the_other_model(backbone):
+    method = _method(backbone, mr_weight=1.0)
+    corpora = _corpora(backbone.tokenizer)
+    batch = next(stage_batches(corpora, "pretrain", True, 8, 0, 1, CPU))
+    ids = batch["id_items"][batch["id_items"] > 0].unique()
+    with torch.no_grad():
+        apart = ((method.collab_items.weight[ids] - method.content_items.weight[ids]) ** 2).sum(-1)
+        distance = float(method.mutual_regularisation(batch, "collab"))
+    assert distance > 0 and float(apart.min()) > 0
+    with torch.no_grad():
+        method.collab_items.weight.copy_(method.content_items.weight)
+        method.collab_users.weight.copy_(method.content_users.weight)
+    assert float(method.mutual_regularisation(batch, "collab")) == 0.0
+
+
+# --- serving ----------------------------------------------------------------------------------
+
+
+def test_chunked_top_k_equals_a_full_sort_with_training_items_masked():
+    generator = torch.Generator().manual_seed(3)
+    users, items, dim, k = 9, 23, 5, 7
+    hidden, table = torch.randn(users, dim, generator=generator), torch.randn(items, dim, generator=generator)
+    rng = np.random.default_rng(1)
+    exclude = [rng.choice(np.arange(1, items), rng.integers(0, 12), replace=False) for _ in range(users)]
+    exclude[2] = np.arange(1, items - 3)  # only 3 items left for this user: the tail is id 0
+    full = (hidden @ table.T).clone()
+    full[:, 0] = -torch.inf
+    for row, seen in enumerate(exclude):
+        full[row, seen] = -torch.inf
+    for chunk in (1, 4, 100):
+        scores, ids = running_top_k(lambda lo, hi: hidden @ table[lo:hi].T, users, items, k, exclude, chunk)
+        for row in range(users):
+            left = items - 1 - len(exclude[row])
+            order = torch.argsort(full[row], descending=True)[: min(k, left)]
+            assert ids[row, : len(order)].tolist() == order.tolist(), (chunk, row)
+            assert (ids[row, len(order) :] == 0).all()
+            torch.testing.assert_close(scores[row, : len(order)], full[row, order])
+    # the same answer as the CF retrieval's exact search
+    want_scores, want_ids = exact_top_n(hidden, table, k, exclude, item_chunk=4)
+    assert (ids.numpy() == want_ids).all()
+
+
+def test_served_top_k_never_holds_a_training_item(backbone):
+    method = _method(backbone).eval()
+    corpora = _corpora(backbone.tokenizer)
+    users = list(range(1, USERS))
+    scores, ids = recommend(method, corpora, users, k=10, users_per_batch=5, item_chunk=7)
+    for row, uid in enumerate(users):
+        assert not set(ids[row].tolist()) & set(corpora.items_of(uid).tolist())
+        assert 0 not in ids[row] and len(set(ids[row].tolist())) == 10
+        assert (np.diff(scores[row]) <= 0).all()
+    # one forward pass per user: the batched answer is each user's own
+    alone_scores, alone = recommend(method, corpora, [users[3]], k=10, item_chunk=ITEMS)
+    assert (alone[0] == ids[3]).all()
+    np.testing.assert_allclose(alone_scores[0], scores[3], rtol=1e-5, atol=1e-5)
+
+
+def test_validation_reports_the_papers_selection_metric(backbone):
+    method = _method(backbone).eval()
+    corpora = _corpora(backbone.tokenizer)
+    metrics = evaluate_ranking(method, corpora, [10, 20, 40, 100], "min_k", 4, 0)
+    assert metrics["valid/users"] == USERS - 1
+    total = metrics["valid/recall@20"] + metrics["valid/recall@40"] + metrics["valid/ndcg@100"]
+    assert metrics[SELECTION_METRIC] == pytest.approx(total)
+    assert set(metrics) - {"valid/users"} <= METHODS.get("cllm4rec")().reported_metrics([10, 20])
+
+
+def test_the_config_accepts_the_selection_metric_and_refuses_ctr_metrics():
+    base = {"dataset": "unused", "method": {"name": "cllm4rec"}}
+    config = build_config({**base, "train": {"metric": SELECTION_METRIC}})
+    assert config.method.role == "full_catalog"
+    assert [s.name for s in config.method.stages()] == ["content", "pretrain", "finetune"]
+    with pytest.raises(Exception, match="not reported by method cllm4rec"):
+        build_config({**base, "train": {"metric": "valid/auc"}})
