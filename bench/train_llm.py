@@ -4,6 +4,7 @@ LoRA loop with the full LM head), on the same backbone, prompts and batch size, 
 
     python bench/train_llm.py                                   # SmolLM2-135M, CoLLM ML-1M split
     python bench/train_llm.py --methods reclora --rows 64 --stages 2
+    python bench/train_llm.py --methods cora --cf-bundle cora=/tmp/mf_collm_ml1m --rows 32
 
 Samples/s and tokens/s are steady-state rates measured inside the training loop (start-up,
 tokenisation and evaluation excluded), summed over workers. Each configuration gets all the
@@ -27,9 +28,31 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from raylrec.config import build_config  # noqa: E402
-from raylrec.methods import template_text  # noqa: E402
+from raylrec.methods import METHODS, template_text  # noqa: E402
 
-CF_BUNDLES = {"collm": "out/bundles/mf_collm_ml1m", "reclora": "out/bundles/sasrec_collm_ml1m"}
+# CoRA-MF: the paper's best encoder (configs/mf_collm_ml1m.yaml)
+CF_BUNDLES = {
+    "collm": "out/bundles/mf_collm_ml1m",
+    "reclora": "out/bundles/sasrec_collm_ml1m",
+    "cora": "out/bundles/mf_collm_ml1m",
+}
+LABELS = {
+    "collm": "raylrec CoLLM (stage 2: projector)",
+    "reclora": "raylrec RecLoRA",
+    "cora": "raylrec CoRA-MF (generator + P_l)",
+}
+
+
+def _method(args, method: str) -> dict:
+    """The method section: its CF bundle where it needs one; CoLLM's second stage only (the
+    projector over the frozen LoRA, the stage it adds to TALLRec)."""
+    fields = METHODS.get(method).model_fields
+    section: dict = {"name": method}
+    if METHODS.get(method).needs_cf:
+        section["cf_bundle"] = args.cf_bundles.get(method, CF_BUNDLES.get(method))
+    if "stage1_epochs" in fields:  # a key of another method is an error
+        section["stage1_epochs"] = 0
+    return section
 
 
 def _config(args, method: str, workers: int, stage: int, storage: str):
@@ -37,8 +60,7 @@ def _config(args, method: str, workers: int, stage: int, storage: str):
         {
             "dataset": args.dataset,
             "backbone": {"name": args.backbone},
-            # CoLLM: its second stage (projector over the frozen LoRA), the one it adds to TALLRec
-            "method": {"name": method, "cf_bundle": CF_BUNDLES.get(method), "stage1_epochs": 0},
+            "method": _method(args, method),
             "prompt": {"max_tokens": args.max_tokens, "history_items": 10},
             "sample": {"max_train": args.rows, "max_valid": args.batch * max(workers, 1)},
             "train": {
@@ -124,7 +146,18 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="H100 SXM dense bf16")
+    parser.add_argument(
+        "--cf-bundle",
+        action="append",
+        default=[],
+        metavar="METHOD=PATH",
+        help="a method's CF bundle instead of CF_BUNDLES' (repeatable)",
+    )
     args = parser.parse_args()
+    args.cf_bundles = dict(item.split("=", 1) for item in args.cf_bundle)
+    unknown = set(args.cf_bundles) - set(METHODS.names())
+    if unknown:
+        parser.error(f"--cf-bundle names unknown methods: {sorted(unknown)}")
 
     from raylrec.config import RayConfig
     from raylrec.runtime import init_ray
@@ -140,7 +173,7 @@ def main() -> None:
                 print(f"... {method} ZeRO-{stage} {workers} worker(s)", flush=True)
                 rows.append(
                     (
-                        f"raylrec {method}",
+                        LABELS.get(method, f"raylrec {method}"),
                         f"ZeRO-{stage}",
                         workers,
                         *bench_raylrec(args, method, workers, stage),
