@@ -363,7 +363,7 @@ def tiny_dataset(tmp_path_factory, ray_session) -> str:
     return out
 
 
-@pytest.mark.parametrize("variant", ["con", "gen"])
+@pytest.mark.parametrize("variant", ["con", pytest.param("gen", marks=pytest.mark.slow)])
 def test_trains_on_ray_train_with_two_workers_and_exports_an_ordinary_bundle(tiny_dataset, tmp_path, variant):
     from raylrec.cf.train import train_cf
     from raylrec.data.output import read_meta

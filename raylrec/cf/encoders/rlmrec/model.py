@@ -206,24 +206,26 @@ class RLMRec(CFEncoder):
         profile are left out."""
         users, items = tables
         offset = self.num_users
-        mapped_users = self.mapper(self.profiles[:offset])  # all users: the users' negatives
+        roles = [key for key in ("iid", "neg") if key in batch]
+        # Each needed profile is mapped once: every user (the users' candidates) and the
+        # batch's distinct items, not one MLP pass per row.
+        rows = [torch.arange(offset, device=self.profiles.device), *(batch[k] + offset for k in roles)]
+        needed, where = torch.unique(torch.cat(rows), return_inverse=True)
+        mapped = self.mapper(self.profiles[needed])[where].split([len(r) for r in rows])
         uid = batch["uid"]
         term = info_nce(
             users[uid],
-            mapped_users[uid],
-            mapped_users,
+            mapped[0][uid],
+            mapped[0],
             self.temperature,
             rows=self.has_profile[uid],
             columns=self.has_profile[:offset],
         )
-        for key in ("iid", "neg"):
-            if key not in batch:
-                continue
+        for key, mapped_items in zip(roles, mapped[1:], strict=True):
             iid = batch[key]
             present = self.has_profile[iid + offset]
-            mapped = self.mapper(self.profiles[iid + offset])
             term = term + info_nce(
-                items[iid], mapped, mapped, self.temperature, rows=present, columns=present
+                items[iid], mapped_items, mapped_items, self.temperature, rows=present, columns=present
             )
         return term
 
