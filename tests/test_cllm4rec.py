@@ -19,7 +19,13 @@ from raylrec.methods.cllm4rec import SELECTION_METRIC
 from raylrec.methods.cllm4rec.corpora import IGNORE, ContentDoc, Corpora, Pieces
 from raylrec.methods.cllm4rec.model import OBJECTIVES
 from raylrec.methods.cllm4rec.serve import recommend, running_top_k
-from raylrec.methods.cllm4rec.task import CLLM4RecTask, evaluate_ranking, stage_batches, stage_steps
+from raylrec.methods.cllm4rec.task import (
+    CLLM4RecTask,
+    _to_torch,
+    evaluate_ranking,
+    stage_batches,
+    stage_steps,
+)
 from raylrec.scoring.retrieval import exact_top_n
 from raylrec.train.engines import TorchEngine
 from raylrec.train.loop import fit
@@ -323,3 +329,19 @@ def test_the_config_accepts_the_selection_metric_and_refuses_ctr_metrics():
     assert [s.name for s in config.method.stages()] == ["content", "pretrain", "finetune"]
     with pytest.raises(Exception, match="not reported by method cllm4rec"):
         build_config({**base, "train": {"metric": "valid/auc"}})
+
+
+def test_the_recommendation_loss_is_the_multinomial_likelihood_of_the_held_out_items(backbone):
+    method = _method(backbone)
+    corpora = _corpora(backbone.tokenizer)
+    # users holding out different numbers of items: the padded targets must not count
+    corpora.train = ItemSets.from_pairs(
+        np.r_[[1] * 20, [2] * 5], np.r_[np.arange(1, 21), np.arange(3, 8)], USERS
+    )
+    batch = _to_torch(next(corpora.recommendation_batches(8, 0, 1)), "recommendation", CPU)
+    assert sorted((batch["target_items"] > 0).sum(1).tolist()) == [1, 4]
+    with torch.no_grad():
+        loss = float(method.recommendation_loss(batch))
+        log_probs = torch.log_softmax(method.item_logits(method.user_states(batch)), -1)
+    want = -np.mean([float(log_probs[r, t[t > 0]].sum()) for r, t in enumerate(batch["target_items"])])
+    assert np.isfinite(loss) and loss == pytest.approx(want, rel=1e-5)

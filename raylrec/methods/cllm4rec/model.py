@@ -170,7 +170,8 @@ class CLLM4Rec(RecMethod):
         averaged over users."""
         log_probs = torch.log_softmax(self.item_logits(self.user_states(batch)), dim=-1)
         targets = batch["target_items"]
-        picked = log_probs.gather(1, targets) * (targets > 0)
+        # where(), not a product: padding targets gather item 0's -inf (and -inf * 0 is NaN)
+        picked = torch.where(targets > 0, log_probs.gather(1, targets), 0.0)
         return -picked.sum(1).mean()
 
     def mutual_regularisation(self, batch: Batch, side: str) -> torch.Tensor:
