@@ -1,6 +1,6 @@
-"""Accuracy of MF, TALLRec, CoLLM-MF and RecLoRA on the CoLLM MovieLens-1M split, one backbone,
-one table: AUC / UAUC on all, warm and cold validation rows, every model scored on the same
-validation rows.
+"""Accuracy of MF, TALLRec, CoLLM-MF, RecLoRA and CoRA-MF on the CoLLM MovieLens-1M split, one
+backbone, one table: AUC / UAUC on all, warm and cold validation rows, every model scored on the
+same validation rows.
 
     python bench/quality.py --train-rows 2000 --valid-rows 2000          # through Ray (2 workers)
     python bench/quality.py --local --train-rows 33891 --valid-rows 10401 # plain process (GPU box)
@@ -11,7 +11,14 @@ Needs the prepared split and the MF bundle:
 
 ``--train-rows`` is the Few2Many sample the LLMs train on (MF always saw all of train);
 ``--valid-rows`` caps the validation rows every model is scored on (a hash sample, the same rows
-for every model). The papers' reading to reproduce: CoLLM-MF and RecLoRA above TALLRec and MF.
+for every model). The papers' reading to reproduce: CoLLM-MF and RecLoRA above TALLRec and MF;
+CoRA-MF (arXiv 2408.10645: its generator and P_l over the frozen LLM, AdamW lr 1e-3) at or
+above CoLLM-MF.
+
+    python bench/quality.py --methods cora --train-rows 16 --valid-rows 32 --max-tokens 128 \
+        --out /tmp/bench_quality --tag smoke                                     # a smoke run
+
+Runs and bundles go under ``--out`` (default out/bench_quality).
 """
 
 from __future__ import annotations
@@ -30,14 +37,16 @@ sys.path.insert(0, str(REPO))
 from raylrec.config import build_config  # noqa: E402
 
 SLICES = ("", "warm/", "cold/")
+ORDER = ("tallrec", "collm", "reclora", "cora")  # collm starts from tallrec's bundle
+NAMES = {"tallrec": "TALLRec", "collm": "CoLLM-MF", "reclora": "RecLoRA (MF router)", "cora": "CoRA-MF"}
 
 
-def _bundle(name: str) -> str:
-    return str(REPO / "out" / "bench_quality" / "bundles" / name)
+def _bundle(args, name: str) -> str:
+    return str(Path(args.out) / "bundles" / name)
 
 
 def _llm_config(args, method: dict, run: str):
-    lr = {"reclora": 5e-4}.get(method["name"], 1e-3)
+    lr = {"reclora": 5e-4}.get(method["name"], 1e-3)  # CoRA's paper: 1e-3
     return build_config(
         {
             "dataset": args.dataset,
@@ -59,11 +68,11 @@ def _llm_config(args, method: dict, run: str):
                 "use_gpu": args.gpu,
                 "strategy": "deepspeed",
                 "zero_stage": 2,
-                "storage_path": str(REPO / "out" / "bench_quality" / "runs"),
+                "storage_path": str(Path(args.out) / "runs"),
                 "run_name": f"quality-{run}-{args.tag}",
                 "wandb_project": "raylrec-bench",
             },
-            "output": _bundle(run),
+            "output": _bundle(args, run),
         }
     )
 
@@ -95,7 +104,7 @@ def main() -> None:
     parser.add_argument("--dataset", default=str(REPO / "out" / "collm_ml1m"))
     parser.add_argument("--mf-bundle", default=str(REPO / "out" / "bundles" / "mf_collm_ml1m"))
     parser.add_argument("--backbone", default="smollm2-135m-instruct")
-    parser.add_argument("--methods", nargs="+", default=["tallrec", "collm", "reclora"])
+    parser.add_argument("--methods", nargs="+", default=list(ORDER), choices=ORDER)
     parser.add_argument("--train-rows", type=int, default=2000)
     parser.add_argument("--valid-rows", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=1)
@@ -104,6 +113,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--local", action="store_true", help="a plain process: no Ray, no DeepSpeed")
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--out", default=str(REPO / "out" / "bench_quality"), help="runs and bundles")
     parser.add_argument("--tag", default="v1", help="run names: reuse to resume, change to retrain")
     args = parser.parse_args()
 
@@ -121,17 +131,24 @@ def main() -> None:
             "name": "collm",
             "cf_bundle": args.mf_bundle,
             "stage1_epochs": 0,
-            "init_from": _bundle("tallrec"),
+            "init_from": _bundle(args, "tallrec"),
         },
         "reclora": {"name": "reclora", "cf_bundle": args.mf_bundle, "experts": 8},
+        # CoRA-MF, the paper's best CF encoder, as configs/cora_collm_ml1m.yaml: r 16, alpha 32,
+        # q/k/v/o, an 8-layer generator with BERT's FFN width 3072 (the code's)
+        "cora": {"name": "cora", "cf_bundle": args.mf_bundle, "generator_ffn": 3072},
     }
-    if "collm" in args.methods and "tallrec" not in args.methods and not Path(_bundle("tallrec")).exists():
+    if (
+        "collm" in args.methods
+        and "tallrec" not in args.methods
+        and not Path(_bundle(args, "tallrec")).exists()
+    ):
         parser.error("collm starts from the TALLRec bundle: include tallrec in --methods")
     results: dict[str, tuple[dict[str, float], float]] = {"MF (dim 256)": (mf_metrics(args), 0.0)}
-    for name in sorted(args.methods, key=["tallrec", "collm", "reclora"].index):
+    for name in sorted(args.methods, key=ORDER.index):
         started = time.perf_counter()
         result = train_method(_llm_config(args, methods[name], name), use_ray=not args.local)
-        results[{"collm": "CoLLM-MF", "reclora": "RecLoRA (MF router)", "tallrec": "TALLRec"}[name]] = (
+        results[NAMES[name]] = (
             result.metrics,
             time.perf_counter() - started,
         )
