@@ -345,3 +345,104 @@ def test_the_recommendation_loss_is_the_multinomial_likelihood_of_the_held_out_i
         log_probs = torch.log_softmax(method.item_logits(method.user_states(batch)), -1)
     want = -np.mean([float(log_probs[r, t[t > 0]].sum()) for r, t in enumerate(batch["target_items"])])
     assert np.isfinite(loss) and loss == pytest.approx(want, rel=1e-5)
+
+
+# --- end to end: a prepared dataset, the training pipeline, Ray Train with ZeRO, the bundle -----
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, ray_session) -> str:
+    from helpers import data_config
+
+    from raylrec.data.prepare import prepare
+
+    out = str(tmp_path_factory.mktemp("cllm4rec") / "data")
+    source = {"type": "synthetic", "num_events": 1_200, "num_users": 40, "num_items": 60, "seed": 7}
+    prepare(data_config(source, out, history={"max_len": 10}))
+    return out
+
+
+def _pipeline_config(dataset: str, root, **train):
+    return build_config(
+        {
+            "dataset": dataset,
+            "backbone": {"name": "tiny-random-llama"},
+            "method": {"name": "cllm4rec", "content_epochs": 1, "pretrain_epochs": 1, "max_items": 16},
+            "train": {
+                "epochs": 2,
+                "batch_size": 8,
+                "lr": 1e-2,
+                "optimizer": "adam",
+                "metric": SELECTION_METRIC,
+                "storage_path": str(root / "runs"),
+                "patience": 5,
+                **train,
+            },
+            "eval": {"ks": [10, 20], "recall_denominator": "min_k"},
+            "output": str(root / "bundle"),
+        }
+    )
+
+
+def _rankings(bundle_path: str, dataset: str):
+    from raylrec.methods.bundle import load_model_bundle
+    from raylrec.methods.cllm4rec.corpora import load_corpora
+
+    bundle = load_model_bundle(bundle_path)
+    corpora = load_corpora(dataset, bundle.tokenizer, max_items=bundle.method.config.max_items)
+    users = corpora.users_with_train()
+    scores, ids = recommend(bundle.method, corpora, users.tolist(), k=10, item_chunk=16)
+    for row, uid in enumerate(users):
+        assert not set(ids[row].tolist()) & set(corpora.items_of(int(uid)).tolist())
+    return scores, ids
+
+
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_cllm4rec_trains_under_zero_with_two_workers(prepared, tmp_path, zero_stage):
+    from safetensors.torch import load_file
+
+    from raylrec.methods.train import train_method
+
+    config = _pipeline_config(prepared, tmp_path, num_workers=2, strategy="deepspeed", zero_stage=zero_stage)
+    result = train_method(config, lambda _: None)
+    for stage, state in result.states.items():
+        losses = [h["train/loss"] for h in state.history]
+        assert np.isfinite(losses).all(), (stage, losses)
+    finetune = [h["train/loss"] for h in result.states["finetune"].history]
+    assert finetune[-1] < finetune[0], finetune
+    assert 0.0 <= result.metrics["valid/recall@20"] <= 1.0 and SELECTION_METRIC in result.metrics
+    # every table at its full shape (ZeRO-3 partitions gathered before saving)
+    from raylrec.data.output import read_meta
+
+    counts = read_meta(prepared)["counts"]
+    rows = {"users": counts["num_users"], "items": counts["num_items"]}
+    saved = load_file(f"{result.bundle}/method.safetensors")
+    assert {k: tuple(v.shape) for k, v in saved.items()} == {
+        f"{side}_{kind}.weight": (rows[kind], 64)
+        for side in ("collab", "content")
+        for kind in ("users", "items")
+    }
+    _rankings(result.bundle, prepared)
+
+
+def test_cllm4rec_bundle_on_s3_gives_identical_rankings(prepared, tmp_path, s3_bucket):
+    from raylrec.methods.bundle import load_model_bundle
+    from raylrec.methods.cllm4rec.corpora import load_corpora
+    from raylrec.methods.train import train_method
+
+    config = _pipeline_config(prepared, tmp_path, num_workers=0)
+    config = config.model_copy(update={"output": f"{s3_bucket}/cllm4rec"})
+    result = train_method(config, lambda _: None, use_ray=False)
+    assert result.bundle.startswith("s3://")
+    bundle = load_model_bundle(result.bundle)
+    assert bundle.prompts is None and bundle.method.config.num_items is not None
+    # the trained weights (every stage's best, later over earlier) on a freshly built model
+    fresh = METHODS.validate_recorded(bundle.config["method"]).build(load_backbone(config.backbone), None)
+    trained = {k: v for state in result.states.values() for k, v in state.best_model.items()}
+    fresh.load_method_state_dict({**fresh.method_state_dict(), **trained})
+    corpora = load_corpora(prepared, bundle.tokenizer, max_items=16)
+    users = corpora.users_with_train().tolist()
+    want_scores, want_ids = recommend(fresh.eval(), corpora, users, k=10)
+    got_scores, got_ids = recommend(bundle.method, corpora, users, k=10, item_chunk=7)
+    assert (got_ids == want_ids).all()
+    np.testing.assert_allclose(got_scores, want_scores, rtol=1e-6, atol=1e-6)
