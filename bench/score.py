@@ -182,7 +182,7 @@ def main() -> None:
     print("-" * len(header))
     for name, template, tokens, path, path_rate, naive_rate, diff in rows:
         print(
-            f"{name:<10}{template:<10}{tokens:>16}  {path:<28}{path_rate:>12.1f}{naive_rate:>13.1f}"
+            f"{name:<10}{template:<10}{tokens:>16}  {path:<28}{path_rate:>12.2f}{naive_rate:>13.2f}"
             f"{path_rate / naive_rate:>9.2f}x{diff:>10.1e}"
         )
 
