@@ -221,6 +221,8 @@ def run_protocol(
             continue
         if path is not None:
             manifest = check_embeddings_match(path, dataset, args.allow_other_dataset)
+            if manifest.get("text") not in (None, kind):  # two directories given the wrong way round
+                raise SystemExit(f"--{kind}-embeddings {path}: its manifest says text {manifest['text']!r}")
             print(f"... {label} on {protocol}: {path} ({manifest.get('model')}, text {manifest.get('text')})")
         for seed in range(2020, 2020 + args.seeds):
             got = one_run(run_config(row, dataset, path, seed, args, runs_dir))
