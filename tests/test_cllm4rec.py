@@ -181,6 +181,34 @@ def test_the_content_lm_predicts_the_text_after_its_id_prompt(backbone):
         assert (batch["id_users"][row] > 0).sum() + (batch["id_items"][row] > 0).sum() == 1
 
 
+def test_the_content_corpus_is_what_movielens_has(backbone):
+    import pyarrow as pa
+
+    from raylrec.methods.cllm4rec.corpora import content_docs
+
+    items = pa.table(
+        {
+            "item_id": ["1", "2"],
+            "iid": [1, 2],
+            "title": ["Toy Story", "GoldenEye"],
+            "genres": ["Animation Comedy", None],
+            "release_year": ["1995", "1995"],
+        }
+    )
+    users = pa.table({"user_id": ["1"], "uid": [1], "age": ["24"], "gender": ["M"], "occupation": ["writer"]})
+    docs = content_docs(backbone.tokenizer, items, users, max_tokens=64)
+    text = {(d.kind, d.id): backbone.tokenizer.decode(d.tokens) for d in docs}
+    assert text == {
+        ("item", 1): " Toy Story, Animation Comedy",
+        ("item", 2): " GoldenEye",
+        ("user", 1): " age 24, gender M, occupation writer",
+    }
+    # a dataset without user fields gives item documents only
+    assert {d.kind for d in content_docs(backbone.tokenizer, items, users.select(["user_id", "uid"]), 8)} == {
+        "item"
+    }
+
+
 # --- training ---------------------------------------------------------------------------------
 
 
@@ -267,7 +295,7 @@ def test_mutual_regularisation_pulls_toward_the_other_model(backbone):
     with torch.no_grad():
         method.collab_items.weight.copy_(method.content_items.weight)
         method.collab_users.weight.copy_(method.content_users.weight)
-    assert float(method.mutual_regularisation(batch, "collab")) == 0.0
+        assert float(method.mutual_regularisation(batch, "collab")) == 0.0
 
 
 # --- serving ----------------------------------------------------------------------------------
@@ -367,7 +395,7 @@ def _pipeline_config(dataset: str, root, **train):
         {
             "dataset": dataset,
             "backbone": {"name": "tiny-random-llama"},
-            "method": {"name": "cllm4rec", "content_epochs": 1, "pretrain_epochs": 1, "max_items": 16},
+            "method": {"name": "cllm4rec", "content_epochs": 2, "pretrain_epochs": 2, "max_items": 16},
             "train": {
                 "epochs": 2,
                 "batch_size": 8,
@@ -407,9 +435,10 @@ def test_cllm4rec_trains_under_zero_with_two_workers(prepared, tmp_path, zero_st
     result = train_method(config, lambda _: None)
     for stage, state in result.states.items():
         losses = [h["train/loss"] for h in state.history]
-        assert np.isfinite(losses).all(), (stage, losses)
-    finetune = [h["train/loss"] for h in result.states["finetune"].history]
-    assert finetune[-1] < finetune[0], finetune
+        assert len(losses) == 2 and np.isfinite(losses).all(), (stage, losses)
+        # the language models' losses fall epoch on epoch; the recommendation objective's
+        # epochs hold out fresh items each, so its fall is checked on fixed batches above
+        assert stage == "finetune" or losses[-1] < losses[0], (stage, losses)
     assert 0.0 <= result.metrics["valid/recall@20"] <= 1.0 and SELECTION_METRIC in result.metrics
     # every table at its full shape (ZeRO-3 partitions gathered before saving)
     from raylrec.data.output import read_meta

@@ -66,7 +66,7 @@ class CLLM4RecConfig(MethodConfig):
     definition = "raylrec.methods.cllm4rec.task:CLLM4RecDefinition"
     paper = "CLLM4Rec, arXiv 2311.01343"
     role = "full_catalog"
-    score_kinds = ()
+    score_kinds = ("item_head",)  # the tied item head; no Yes/No answer
     default_score = "item_head"
 
     def stages(self) -> list[Stage]:

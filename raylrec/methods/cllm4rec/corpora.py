@@ -325,14 +325,18 @@ def load_corpora(
     item_noun: str = "movie",
     implicit: bool = True,
     valid_split: str | None = "valid",
+    known_splits: Sequence[str] = ("train",),
 ) -> Corpora:
-    """The corpora of a prepared dataset (``raylrec data prepare``): its train split, its valid
-    split (the held-out items of evaluation), and ``items.parquet`` / ``users.parquet``."""
+    """The corpora of a prepared dataset (``raylrec data prepare``): the items of
+    ``known_splits`` (training: the train split; batch scoring: every split it counts as known),
+    the valid split's (the held-out items of evaluation), and ``items.parquet`` /
+    ``users.parquet``."""
     from raylrec.data.output import read_meta, read_table
 
     counts = read_meta(dataset)["counts"]
     num_users, num_items = int(counts["num_users"]), int(counts["num_items"])
-    train = _item_sets(read_table(dataset, "train"), num_users, implicit)
+    known = [read_table(dataset, split, ["uid", "iid", "label"]) for split in known_splits]
+    train = _item_sets(pa.concat_tables(known), num_users, implicit)
     valid = None
     if valid_split and valid_split in counts["splits"]:
         valid = _item_sets(read_table(dataset, valid_split), num_users, implicit)
