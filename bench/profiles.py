@@ -11,7 +11,9 @@ same ``max_new_tokens``, greedy, no retry (so every setup generates exactly once
   timed end to end (actor start and model load included, as a user waits for them; the plain
   row's load is timed too and shown beside it).
 
-Prints one table: profiles/s and generated tokens/s, and each setup's ratio to plain.
+Prints one table: profiles/s and generated tokens/s, and each setup's ratio to plain (the mean
+rate of two plain runs, one before and one after the Ray runs: on a shared machine the load
+drifts between them).
 """
 
 from __future__ import annotations
@@ -99,17 +101,21 @@ def main() -> None:
     init_ray(RayConfig(num_cpus=os.cpu_count()))
     for actors in (1, 2):
         rows.append((f"ray data, {actors} actor(s)", ray_job(args, actors)))
-    base = rows[0][1]
+    # Again at the end: on a shared machine the load drifts, and the two plain runs bracket it.
+    rows.append(("plain generate loop, again", plain(args)))
+    plain_rate = sum(r["profiles"] / r["seconds"] for n, r in rows if n.startswith("plain")) / 2
     print(
         f"\n{args.backbone}, {args.items} items, batch {args.batch_size}, "
         f"max_new_tokens {args.max_new_tokens}, greedy, {os.cpu_count()} CPU cores\n"
     )
-    print("| setup | profiles | generated tokens | seconds | profiles/s | tokens/s | vs plain |")
+    print(
+        "| setup | profiles | generated tokens | seconds | profiles/s | tokens/s | vs plain (mean of both) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in rows:
         rate, token_rate = r["profiles"] / r["seconds"], r["tokens"] / r["seconds"]
         extra = f" (+{r['load']:.1f} s load)" if "load" in r else " (incl. actor start, load)"
-        ratio = rate / (base["profiles"] / base["seconds"])
+        ratio = rate / plain_rate
         print(
             f"| {name} | {r['profiles']} | {r['tokens']:,} | {r['seconds']:.1f}{extra} | {rate:.3f} "
             f"| {token_rate:.1f} | {ratio:.2f}x |"

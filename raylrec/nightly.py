@@ -10,11 +10,14 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raylrec import storage
 from raylrec.config import ConfigError, RaylrecConfig, build_config
 from raylrec.scoring import publish as recs
+
+if TYPE_CHECKING:
+    from raylrec.profiles.config import ProfilesConfig
 
 __all__ = ["run_nightly", "NightlySummary", "nightly_config"]
 
@@ -82,9 +85,16 @@ def _exists(uri: str) -> bool:
 
 
 def run_nightly(
-    config: RaylrecConfig, date: str, say: Callable[[str], None] = print, force: bool = False
+    config: RaylrecConfig,
+    date: str,
+    say: Callable[[str], None] = print,
+    force: bool = False,
+    profiles: ProfilesConfig | None = None,
 ) -> NightlySummary:
-    """Run (or finish) the nightly pipeline for ``date``; ``force`` re-scores a published date."""
+    """Run (or finish) the nightly pipeline for ``date``; ``force`` re-scores a published date.
+
+    ``profiles`` (off by default) adds a step after prepare: RLMRec's profiles of the date's new
+    items and users only, and their embeddings (``raylrec.profiles.refresh``)."""
     config = nightly_config(config, date)
     summary = NightlySummary(date)
 
@@ -104,6 +114,21 @@ def run_nightly(
             time.perf_counter() - started,
             config.data.output,
             rows=meta["counts"]["rows_out"],
+        )
+
+    if profiles is not None:
+        from raylrec.profiles.refresh import refresh_profiles
+
+        started = time.perf_counter()
+        say(f"[{date}] refreshing profiles of new items and users -> {profiles.output}")
+        done = refresh_profiles(profiles, config.dataset_path() if config.data else config.score.dataset, say)
+        summary.add(
+            "profiles",
+            "ran" if done["changed"] else "skipped",
+            time.perf_counter() - started,
+            profiles.output,
+            new_items=done["generated"]["item"],
+            new_users=done["generated"]["user"],
         )
 
     started = time.perf_counter()

@@ -19,7 +19,7 @@ from raylrec.data.prepare import prepare
 from raylrec.profiles import store
 from raylrec.profiles.config import build_profiles_config
 from raylrec.profiles.embed import embed_profiles, read_embeddings
-from raylrec.profiles.generate import ProfileWriter, generate_profiles
+from raylrec.profiles.generate import ProfileWriter, generate_profiles, raw_ids
 from raylrec.profiles.prompts import (
     generation_salt,
     item_attributes,
@@ -34,18 +34,13 @@ from raylrec.profiles.prompts import (
 MAX_USER_ITEMS = 6
 
 
-def small_dataset(path: str) -> str:
-    """A prepared synthetic log: 40 items with titles, 25 users, a random 8:1:1 split."""
+def small_dataset(path: str, users: int = 25, items: int = 40, events: int = 600) -> str:
+    """A prepared synthetic log (by default 40 items with titles, 25 users), random 8:1:1 split."""
+    source = {"type": "synthetic", "num_events": events, "num_users": users, "num_items": items, "seed": 3}
     data = build_config(
         {
             "data": {
-                "source": {
-                    "type": "synthetic",
-                    "num_events": 600,
-                    "num_users": 25,
-                    "num_items": 40,
-                    "seed": 3,
-                },
+                "source": source,
                 "output": path,
                 "split": {"protocol": "random_ratio", "ratios": [0.8, 0.1, 0.1], "seed": 3},
             }
@@ -324,6 +319,36 @@ def test_metadata_text_and_prompts_use_the_datasets_fields():
     assert salt == generation_salt(
         profiles_config("d", "o", generation={"max_new_tokens": 6, "batch_size": 2})
     )
+
+
+@pytest.mark.slow
+def test_the_nightly_refresh_generates_only_new_items_and_users(world, tmp_path):
+    """A re-prepared, bigger dataset (new items and users, ids renumbered): the known ones keep
+    their profiles (by raw id, re-keyed), only the new ones are generated, then embedded."""
+    import shutil
+
+    from raylrec.profiles.refresh import refresh_profiles
+
+    out = str(tmp_path / "profiles")
+    shutil.copytree(world["config"].output, out, ignore=shutil.ignore_patterns("embeddings_*"))
+    before = store.read_profiles(out)
+    bigger = small_dataset(str(tmp_path / "bigger"), users=30, items=48, events=720)
+    old = {k: set(raw_ids(world["dataset"], k).values()) for k in ("item", "user")}
+    new = {k: raw_ids(bigger, k) for k in ("item", "user")}
+    done = refresh_profiles(profiles_config(world["dataset"], out), bigger)
+    assert done["generated"] == {k: len(set(new[k].values()) - old[k]) for k in ("item", "user")}
+    assert done["generated"]["item"] > 0 and done["generated"]["user"] > 0
+    after = store.read_profiles(out)
+    for kind in ("item", "user"):
+        rows = [r for r in after.to_pylist() if r["kind"] == kind]
+        assert sorted(r["id"] for r in rows) == sorted(new[kind])  # the new dataset's ids
+        assert all(new[kind][r["id"]] == r["raw_id"] for r in rows)
+    kept = {(r["kind"], r["raw_id"]): r["raw"] for r in before.to_pylist()}
+    again = {(r["kind"], r["raw_id"]): r["raw"] for r in after.to_pylist()}
+    assert all(again[k] == text for k, text in kept.items() if k in again)  # not regenerated
+    _, manifest = read_embeddings(done["embeddings"])
+    assert manifest["rows"] == {"item": len(new["item"]), "user": len(new["user"])}
+    assert refresh_profiles(profiles_config(world["dataset"], out), bigger)["changed"] is False
 
 
 @pytest.mark.slow

@@ -105,6 +105,11 @@ class ProfilesConfig(StrictConfig):
     max_users: OptionalInt = Field(
         default=None, ge=0, description="only the users of the lowest uids; 0: no users"
     )
+    refresh: Literal["changed", "new_only"] = Field(
+        default="changed",
+        description="changed: regenerate a profile whenever its prompt changes; new_only: keep every "
+        "profile of an item or user (matched by raw id) the directory holds, generate only the new ones",
+    )
     chunk_size: Int = Field(
         default=64, ge=1, description="ids per committed file: the unit a killed run redoes"
     )

@@ -138,7 +138,8 @@ class ProfileWriter:
             )
             rows += out
             chunks += [record["chunk"]] * len(out)
-        table = pa.Table.from_pylist(rows, schema=store.PROFILE_SCHEMA)
+        schema = pa.schema([f for f in store.PROFILE_SCHEMA if f.name != "raw_id"])
+        table = pa.Table.from_pylist(rows, schema=schema)
         return table.append_column("chunk", pa.array(chunks, pa.int64()))
 
 
@@ -174,10 +175,12 @@ def _generate(
     config: ProfilesConfig,
     kind: str,
     missing: Sequence[PromptRow],
+    raw: dict[int, str],
     out: str,
     say: Callable[[str], None],
 ) -> list[store.ProfileFile]:
-    """Generate ``missing`` on the actor pool; write each chunk as soon as it is whole."""
+    """Generate ``missing`` on the actor pool; write each chunk as soon as it is whole (with
+    each row's raw id from ``raw``)."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -230,6 +233,9 @@ def _generate(
             if received[chunk] < expected[chunk]:
                 continue
             table = pa.concat_tables(pending.pop(chunk)).drop_columns(["chunk"])
+            table = table.append_column(
+                "raw_id", pa.array([raw[i] for i in table["id"].to_pylist()], pa.string())
+            )
             written.append(store.write_chunk(out, kind, chunk, table))
             done += table.num_rows
             tokens += sum(table["gen_tokens"].to_pylist())
@@ -251,35 +257,68 @@ def _settle(
     config: ProfilesConfig,
     kind: str,
     prompts: Sequence[PromptRow],
+    raw: dict[int, str],
     found: Sequence[store.ProfileFile],
     out: str,
     say: Callable[[str], None],
 ) -> tuple[list[store.ProfileFile], int, int]:
     """The files that hold exactly the wanted rows of ``kind``: found files kept whole where
-    every row is still wanted, rewritten with only the wanted rows where some are not, and
-    new chunks for what is missing. Returns (files, profiles generated, files rewritten)."""
-    wanted = {(p.id, p.hash) for p in prompts}
-    claimed: set[tuple[int, str]] = set()
+    every row is still wanted as it is, rewritten with only the wanted rows where some are not,
+    and new chunks for what is missing. Returns (files, profiles generated, files rewritten).
+
+    A found row is wanted when its (id, prompt_hash) is a prompt's (``refresh: changed``), or,
+    with ``refresh: new_only``, when its raw id is a wanted item's or user's whatever its prompt
+    is now; it then takes that item's or user's id in this dataset."""
+    if config.refresh == "new_only":
+        by_raw = {raw[p.id]: p.id for p in prompts}
+
+        def wanted(key: tuple[int, str, str]) -> int | None:
+            return by_raw.get(key[2])
+    else:
+        prompt_keys = {(p.id, p.hash) for p in prompts}
+
+        def wanted(key: tuple[int, str, str]) -> int | None:
+            return key[0] if key[:2] in prompt_keys else None
+
+    claimed: set[int] = set()
     files: list[store.ProfileFile] = []
     rewritten = 0
     for f in found:
         if f.kind != kind:
             continue
-        keys = list(zip(f.table["id"].to_pylist(), f.table["prompt_hash"].to_pylist(), strict=True))
-        keep = [k in wanted and k not in claimed for k in keys]
-        claimed.update(k for k, kept in zip(keys, keep, strict=True) if kept)
-        if all(keep):
+        ids = f.table["id"].to_pylist()
+        found_keys = zip(ids, f.table["prompt_hash"].to_pylist(), f.table["raw_id"].to_pylist(), strict=True)
+        targets = [wanted(k) for k in found_keys]
+        keep = []
+        for target in targets:
+            keep.append(target is not None and target not in claimed)
+            if keep[-1]:
+                claimed.add(target)
+        if all(keep) and targets == ids:
             files.append(f)
         elif any(keep):
-            chunk = int(f.path.rsplit("/", 1)[-1].split("-")[1])
-            files.append(store.write_chunk(out, kind, chunk, f.table.filter(pa.array(keep))))
+            table = f.table.filter(pa.array(keep))
+            new_ids = pa.array([t for t, k in zip(targets, keep, strict=True) if k], pa.int64())
+            table = table.set_column(table.schema.get_field_index("id"), "id", new_ids)
+            chunk = min(new_ids.to_pylist()) // config.chunk_size
+            files.append(store.write_chunk(out, kind, chunk, table))
             rewritten += 1
-    missing = [p for p in prompts if (p.id, p.hash) not in claimed]
+    missing = [p for p in prompts if p.id not in claimed]
     if missing:
-        files += _generate(config, kind, missing, out, say)
+        files += _generate(config, kind, missing, raw, out, say)
     else:
         say(f"{kind}s: all {len(prompts):,} profiles are already written")
     return files, len(missing), rewritten
+
+
+def raw_ids(dataset: str, kind: str) -> dict[int, str]:
+    """{dense id: raw id} of the dataset's items or users."""
+    name, dense, source = {
+        "item": ("items.parquet", "iid", "item_id"),
+        "user": ("users.parquet", "uid", "user_id"),
+    }[kind]
+    table = read_table(dataset, name, columns=[dense, source])
+    return {int(d): str(r) for d, r in zip(table[dense].to_pylist(), table[source].to_pylist(), strict=True)}
 
 
 def dataset_user_ids(dataset: str, max_users: int | None) -> list[int]:
@@ -316,14 +355,18 @@ def generate_profiles(config: ProfilesConfig, say: Callable[[str], None] = print
     say(
         f"{len(items):,} items and their metadata from {dataset}; {len(found)} chunk file(s) already in {out}"
     )
-    item_files, new_items, rewritten_items = _settle(config, "item", items, found, out, say)
+    item_files, new_items, rewritten_items = _settle(
+        config, "item", items, raw_ids(dataset, "item"), found, out, say
+    )
 
     users: list[PromptRow] = []
     uids = dataset_user_ids(dataset, config.max_users)
     if uids:
         train = read_table(dataset, "train", columns=["uid", "iid", "label"])
         users = user_prompts(config, train, uids, attributes, _descriptions(item_files))
-    user_files, new_users, rewritten_users = _settle(config, "user", users, found, out, say)
+    user_files, new_users, rewritten_users = _settle(
+        config, "user", users, raw_ids(dataset, "user"), found, out, say
+    )
 
     files = item_files + user_files
     unchanged = (
@@ -341,6 +384,7 @@ def generate_profiles(config: ProfilesConfig, say: Callable[[str], None] = print
         "prompt_version": PROMPT_VERSION,
         "generation_salt": generation_salt(config),
         "domain": config.domain,
+        "refresh": config.refresh,
         "user_sample": config.users.model_dump(mode="json"),
         "last_run": {"generated": {"item": new_items, "user": new_users}},
     }

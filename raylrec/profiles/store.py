@@ -56,6 +56,7 @@ PROFILE_SCHEMA = pa.schema(
     [
         ("kind", pa.string()),
         ("id", pa.int64()),
+        ("raw_id", pa.string()),  # the source's item_id / user_id: what survives a re-prepared dataset
         ("summarization", pa.string()),
         ("reasoning", pa.string()),
         ("raw", pa.string()),
