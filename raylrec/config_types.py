@@ -36,6 +36,9 @@ class FieldError(ValueError):
         super().__init__(message)
         self.field = field
 
+    def __reduce__(self):  # raised in a Ray worker, it must unpickle in the driver
+        return type(self), (self.field, str(self))
+
 
 class StrictConfig(BaseModel):
     """Unknown keys are errors, values are frozen; ``allow_inf_nan=False``: a NaN or infinite

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import signal
 import subprocess
@@ -12,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -146,3 +149,51 @@ def kill_a_training_worker_after_first_checkpoint(
         return False
 
     wait_for(committed_with_a_worker, f"a committed checkpoint ({run_dir / TRAIN_SNAPSHOT})", 1800)
+
+
+def write_embeddings(
+    root: str,
+    users: np.ndarray,
+    items: np.ndarray,
+    dim: int = 16,
+    seed: int = 0,
+    manifest: bool = True,
+    parts: int = 2,
+    listed: bool = True,
+) -> str:
+    """A profile-embeddings directory in the contract's layout: random unit vectors for the
+    ``users`` and ``items`` ids, in ``parts`` Parquet files, ``_manifest.json`` last (listing
+    the files with their sha256, as ``raylrec profiles embed`` does, when ``listed``)."""
+    rng = np.random.default_rng(seed)
+    kinds = ["user"] * len(users) + ["item"] * len(items)
+    ids = np.concatenate([users, items]).astype(np.int64)
+    vectors = rng.normal(size=(len(ids), dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    order = rng.permutation(len(ids))  # rows in no particular order
+    files = []
+    for part, rows in enumerate(np.array_split(order, parts)):
+        table = pa.table(
+            {
+                "kind": pa.array([kinds[r] for r in rows], pa.string()),
+                "id": pa.array(ids[rows], pa.int64()),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors[rows].ravel()), dim),
+            }
+        )
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        name = f"part-{part:05d}.parquet"
+        storage.write_bytes(storage.join(root, name), buffer.getvalue())
+        files.append({"path": name, "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()})
+    if manifest:
+        storage.write_json(
+            storage.join(root, "_manifest.json"),
+            {
+                "model": "random-unit-vectors",
+                "dim": dim,
+                "text": "profiles",
+                "dataset": "test",
+                "rows": {"user": len(users), "item": len(items)},
+                **({"files": files} if listed else {}),
+            },
+        )
+    return root

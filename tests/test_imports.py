@@ -45,8 +45,9 @@ LAYERS: dict[str, int] = {
     "cf.task": 4,
     "cf.train": 4,
     "methods": 4,
-    # 5 - batch scoring and hyperparameter search
+    # 5 - batch jobs and hyperparameter search: scoring, RLMRec's LLM profiles
     "scoring": 5,
+    "profiles": 5,
     "tune": 5,
     # 6 - entry points
     "nightly": 6,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import data_config
+from helpers import data_config, write_embeddings
 
 from raylrec.cf.bundle import load_cf_bundle
 from raylrec.cf.config import ENCODERS, encoder_config
@@ -77,10 +77,16 @@ def cf_bundle(dataset, tmp_path_factory) -> str:
 
 @pytest.mark.parametrize("name", ENCODERS.names())
 def test_cf_encoder_trains_exports_reloads_and_retrieves(name, dataset, tmp_path):
+    cf = {"model": name, "dim": 8}
+    if getattr(ENCODERS.get(name), "needs_profiles", False):  # a CF enhancer aligned to profiles
+        train = load_split(dataset, "train")
+        cf["profiles"] = write_embeddings(
+            str(tmp_path / "profiles"), np.arange(1, train.num_users), np.arange(1, train.num_items)
+        )
     config = build_config(
         {
             "dataset": dataset,
-            "cf": {"model": name, "dim": 8},
+            "cf": cf,
             "train": _train(tmp_path, batch_size=256),
             "output": str(tmp_path / "cf"),
         }

@@ -10,18 +10,13 @@ data: nothing is learned from them that a test checks beyond the loss itself).""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import data_config
+from helpers import data_config, write_embeddings
 
-from raylrec import storage
 from raylrec.cf.bundle import load_cf_bundle
 from raylrec.cf.config import ENCODERS
 from raylrec.cf.data import Split, load_split
@@ -36,54 +31,6 @@ from raylrec.train.loop import fit
 from raylrec.train.reporting import LocalReporter
 
 USERS, ITEMS, DIM = 40, 60, 16  # table sizes (index 0 is padding) and the profile width
-
-
-def write_embeddings(
-    root: str,
-    users: np.ndarray,
-    items: np.ndarray,
-    dim: int = DIM,
-    seed: int = 0,
-    manifest: bool = True,
-    parts: int = 2,
-    listed: bool = True,
-) -> str:
-    """A profile-embeddings directory in the contract's layout: random unit vectors for the
-    ``users`` and ``items`` ids, in ``parts`` Parquet files, ``_manifest.json`` last (listing
-    the files with their sha256, as ``raylrec profiles embed`` does, when ``listed``)."""
-    rng = np.random.default_rng(seed)
-    kinds = ["user"] * len(users) + ["item"] * len(items)
-    ids = np.concatenate([users, items]).astype(np.int64)
-    vectors = rng.normal(size=(len(ids), dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    order = rng.permutation(len(ids))  # rows in no particular order
-    files = []
-    for part, rows in enumerate(np.array_split(order, parts)):
-        table = pa.table(
-            {
-                "kind": pa.array([kinds[r] for r in rows], pa.string()),
-                "id": pa.array(ids[rows], pa.int64()),
-                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors[rows].ravel()), dim),
-            }
-        )
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        name = f"part-{part:05d}.parquet"
-        storage.write_bytes(storage.join(root, name), buffer.getvalue())
-        files.append({"path": name, "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()})
-    if manifest:
-        storage.write_json(
-            storage.join(root, "_manifest.json"),
-            {
-                "model": "random-unit-vectors",
-                "dim": dim,
-                "text": "profiles",
-                "dataset": "test",
-                "rows": {"user": len(users), "item": len(items)},
-                **({"files": files} if listed else {}),
-            },
-        )
-    return root
 
 
 def _all_ids(n: int) -> np.ndarray:
