@@ -77,7 +77,8 @@ class CLLM4Rec(RecMethod):
 
     @property
     def num_items(self) -> int:
-        return self.collab_items.weight.shape[0]
+        # from the config: under ZeRO-3 a partitioned table's local shape is a placeholder's
+        return int(self.config.num_items)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {
