@@ -131,6 +131,9 @@ def _method_config(name: str, dataset: str, cf: str, root):
     method = {"name": name}
     if METHODS.get(name).needs_cf:
         method["cf_bundle"] = cf
+    # select on what the method reports: AUC for a pointwise scorer, top-K for a full-catalog one
+    reported = METHODS.get(name)(**method).reported_metrics([10, 20])
+    metric = "valid/auc" if "valid/auc" in reported else "valid/recall@20"
     return build_config(
         {
             "dataset": dataset,
@@ -138,7 +141,7 @@ def _method_config(name: str, dataset: str, cf: str, root):
             "method": method,
             "prompt": {"max_tokens": 96, "history_items": 3},
             "sample": {"max_train": 32, "max_valid": 16},
-            "train": _train(root, batch_size=8, optimizer="adamw", patience=5),
+            "train": _train(root, batch_size=8, optimizer="adamw", patience=5, metric=metric),
             "output": str(root / "bundle"),
         }
     )
@@ -170,6 +173,18 @@ def test_method_trains_saves_reloads_and_reranks(name, dataset, cf_bundle, tmp_p
     trained = config.method.build(backbone, cf)
     trained.load_method_state_dict({**trained.method_state_dict(), **_trained_weights(result)})
     trained.eval()
+    if config.method.role == "full_catalog":  # it ranks the catalogue: compare its top 10s
+        from raylrec.methods.cllm4rec.corpora import load_corpora
+        from raylrec.methods.cllm4rec.serve import recommend
+
+        corpora = load_corpora(dataset, bundle.tokenizer, max_items=config.method.max_items)
+        users = [1, 2, 3]
+        want_s, want_i = recommend(trained, corpora, users, k=10)
+        got_s, got_i = recommend(bundle.method, corpora, users, k=10)
+        assert np.isfinite(want_s).all() and (want_i > 0).all()
+        np.testing.assert_array_equal(got_i, want_i)
+        np.testing.assert_array_equal(got_s, want_s)
+        return
     cf_history = encoder_config(cf.config["cf"]).history_len if cf is not None else 0
     template = template_text(config.method.stages()[-1].template)
     samples = local_samples(config, "valid", template, cf_history, bundle.prompts.tokenizer)

@@ -60,7 +60,7 @@ BAD_SPACES = [
     ({"model": "mf", "params": {"train.lr": {"loguniform": [1e-2, 1e-4]}}}, r"loguniform needs low < high, got \[0.01, 0.0001\]"),
     ({"model": "mf", "params": {"train.lr": {"loguniform": [0, 1e-2]}}}, r"loguniform needs 0 < low"),
     ({"model": "mf", "params": {"train.learning_rate": {"uniform": [0.1, 0.2]}}}, r"train.learning_rate is not a config field"),
-    ({"model": "mf", "params": {"cf.layers": {"randint": [1, 4]}}}, r"cf.layers is not a mf setting \(only lightgcn\)"),
+    ({"model": "mf", "params": {"cf.layers": {"randint": [1, 4]}}}, r"cf.layers is not a mf setting \(only lightgcn"),
     ({"model": "mf", "params": {"method.experts": {"choice": [4, 8]}}}, r"method.experts cannot be swept for mf"),
     ({"model": "mf", "params": {"cf.dim": {"uniform": [8, 64]}}}, r"cf.dim is an integer; use randint, choice or grid"),
     ({"model": "mf", "params": {"train.weight_decay": {"uniform": [-1.0, 0.1]}}}, r"-1.0 is not a valid value \(train.weight_decay: Input should be greater than or equal to 0\)"),
@@ -90,6 +90,7 @@ def test_the_shipped_spaces_fit_their_configs():
         "collm": "collm_collm_ml1m",
         "reclora": "reclora_collm_ml1m",
         "cora": "cora_collm_ml1m",
+        "cllm4rec": "cllm4rec_ml100k",
         "rlmrec": "rlmrec_con_ml100k",
     }
     assert {p.stem for p in (repo / "tune_spaces").glob("*.yaml")} == set(pairs)
