@@ -170,7 +170,8 @@ def test_method_trains_saves_reloads_and_reranks(name, dataset, cf_bundle, tmp_p
     torch.manual_seed(config.train.seed)
     backbone = load_backbone(config.backbone)
     cf = load_cf_bundle(config.method.cf_bundle) if config.method.cf_bundle else None
-    trained = config.method.build(backbone, cf)
+    # the method's config as trained (training may fill in what the dataset sizes, as CLLM4Rec's tables)
+    trained = bundle.method.config.build(backbone, cf)
     trained.load_method_state_dict({**trained.method_state_dict(), **_trained_weights(result)})
     trained.eval()
     if config.method.role == "full_catalog":  # it ranks the catalogue: compare its top 10s
