@@ -119,6 +119,52 @@ def _worker_env() -> dict[str, str]:
     return {"RAY_DATA_LOGGING_CONFIG": path}
 
 
+# Ray gives a new local node a fixed 30 s to register its raylet with the GCS; on a loaded
+# machine (a 2-core CI box running other jobs) that can pass with nothing wrong. Retried on a
+# fresh instance, that one failure is not a reason to fail the job.
+_STARTUP_TIMEOUT = "timed out during startup"
+_START_ATTEMPTS = 3
+
+
+def _start_local_instance(config: RayConfig, dashboard: bool) -> None:
+    """A new local Ray instance (its dashboard on a free loopback port), retried when Ray's
+    own start-up deadline passes."""
+    for attempt in range(1, _START_ATTEMPTS + 1):
+        try:
+            kwargs: dict[str, Any] = {"address": "local"}
+            if dashboard:
+                # The one process-wide environment variable raylrec sets outside an entry point.
+                # Ray's State API has no parameter for its server's address: the clients inside Ray's
+                # own processes (Ray Train's placement-group cleaner, an actor) read it from
+                # RAY_API_SERVER_ADDRESS, and without it refuse to guess when other Ray instances
+                # run on the machine. The processes of the local instance started just below
+                # inherit this process's environment, so it is set here, before they start.
+                kwargs["dashboard_port"] = _free_port()
+                os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{kwargs['dashboard_port']}"
+            with _loopback_only():
+                ray.init(
+                    num_cpus=config.num_cpus,
+                    include_dashboard=dashboard,
+                    log_to_driver=True,
+                    runtime_env={
+                        "worker_process_setup_hook": f"{__name__}.configure_worker_process",
+                        "env_vars": _worker_env(),
+                    },
+                    **kwargs,
+                )
+            return
+        except Exception as error:  # Ray raises a bare Exception for this one
+            if _STARTUP_TIMEOUT not in str(error) or attempt == _START_ATTEMPTS:
+                raise
+            log.warning(
+                "Ray's local node %s (attempt %d of %d); starting a fresh one",
+                _STARTUP_TIMEOUT,
+                attempt,
+                _START_ATTEMPTS,
+            )
+            ray.shutdown()
+
+
 def init_ray(config: RayConfig | None = None, dashboard: bool = True, quiet_ray_data: bool = False) -> None:
     """Idempotent: reuses a Ray instance this process already joined.
 
@@ -145,27 +191,7 @@ def init_ray(config: RayConfig | None = None, dashboard: bool = True, quiet_ray_
         log.info("joining the Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
     else:
-        kwargs: dict[str, Any] = {"address": "local"}
-        if dashboard:
-            # The one process-wide environment variable raylrec sets outside an entry point.
-            # Ray's State API has no parameter for its server's address: the clients inside Ray's
-            # own processes (Ray Train's placement-group cleaner, an actor) read it from
-            # RAY_API_SERVER_ADDRESS, and without it refuse to guess when other Ray instances
-            # run on the machine. The processes of the local instance started just below
-            # inherit this process's environment, so it is set here, before they start.
-            kwargs["dashboard_port"] = _free_port()
-            os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{kwargs['dashboard_port']}"
-        with _loopback_only():
-            ray.init(
-                num_cpus=config.num_cpus,
-                include_dashboard=dashboard,
-                log_to_driver=True,
-                runtime_env={
-                    "worker_process_setup_hook": f"{__name__}.configure_worker_process",
-                    "env_vars": _worker_env(),
-                },
-                **kwargs,
-            )
+        _start_local_instance(config, dashboard)
     ray.data.DataContext.get_current().enable_progress_bars = ctx.enable_progress_bars
     _drop_known_noise()
     if os.environ.get("RAYLREC_RAY_DATA_LOGS") != "1":

@@ -85,3 +85,40 @@ def test_local_instance_listens_on_loopback_only_with_token_auth(probe):
 
 def test_a_leftover_ray_start_record_is_not_joined(probe):
     assert probe["started_new"] and probe["gcs_address"] != DEAD_RECORD, probe
+
+
+def test_a_start_up_timeout_is_retried_on_a_fresh_instance_and_other_errors_are_not(monkeypatch):
+    """Ray gives a new node a fixed 30 s to register (ray/_private/node.py); a loaded machine can
+    miss it with nothing wrong. A stand-in for ``ray.init`` (the real one cannot be made to time
+    out on demand) fails that way once: ``init_ray`` starts a fresh instance. Any other error
+    is raised at once."""
+    import ray
+
+    from raylrec.config import RayConfig
+    from raylrec.runtime import init_ray
+
+    calls: list[str] = []
+
+    def timing_out_once(**kwargs):
+        calls.append(f"init dashboard_port={kwargs.get('dashboard_port')}")
+        if len(calls) == 1:
+            raise Exception("The current node timed out during startup. This could happen ...")
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "unset-by-the-test")  # restored afterwards
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", timing_out_once)
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    init_ray(RayConfig(num_cpus=1))
+    assert [c.split()[0] for c in calls] == ["init", "shutdown", "init"]
+    assert calls[0] != calls[2]  # the fresh instance gets a fresh dashboard port
+
+    def refusing(**kwargs):
+        calls.append("refused")
+        raise ValueError("num_cpus must be positive")
+
+    calls.clear()
+    monkeypatch.setattr(ray, "init", refusing)
+    with pytest.raises(ValueError, match="num_cpus"):
+        init_ray(RayConfig(num_cpus=1))
+    assert calls == ["refused"]
