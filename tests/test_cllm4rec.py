@@ -13,12 +13,13 @@ import torch
 
 from raylrec.config import BackboneConfig, EvalConfig, TrainConfig, build_config
 from raylrec.eval.ranking import ItemSets
+from raylrec.eval.topk import running_top_k
 from raylrec.llm.backbone import load_backbone
 from raylrec.methods import METHODS
 from raylrec.methods.cllm4rec import SELECTION_METRIC
 from raylrec.methods.cllm4rec.corpora import IGNORE, ContentDoc, Corpora, Pieces
 from raylrec.methods.cllm4rec.model import OBJECTIVES
-from raylrec.methods.cllm4rec.serve import recommend, running_top_k
+from raylrec.methods.cllm4rec.serve import recommend
 from raylrec.methods.cllm4rec.task import (
     CLLM4RecTask,
     _to_torch,

@@ -14,18 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from raylrec.eval.topk import running_top_k
+
 __all__ = ["exact_top_n", "FaissIndex"]
-
-
-def _exclusion_pairs(exclude: Sequence[np.ndarray] | None, users: int) -> tuple[np.ndarray, np.ndarray]:
-    if exclude is None:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    sizes = np.fromiter((len(e) for e in exclude), np.int64, users)
-    rows = np.repeat(np.arange(users), sizes)
-    cols = (
-        np.concatenate([np.asarray(e, np.int64) for e in exclude]) if sizes.sum() else np.zeros(0, np.int64)
-    )
-    return rows, cols
 
 
 @torch.no_grad()
@@ -39,28 +30,17 @@ def exact_top_n(
     """``[users, dim]`` against ``[num_items, dim]`` (row 0 = padding) -> (scores, item ids),
     both ``[users, n]``, best first. Where fewer than ``n`` items remain, the tail has id 0
     and score -inf."""
-    users, device = len(user_vectors), user_vectors.device
-    rows, cols = _exclusion_pairs(exclude, users)
-    best_scores = torch.full((users, n), -torch.inf, device=device)
-    best_ids = torch.zeros((users, n), dtype=torch.long, device=device)
-    for start in range(0, len(items), item_chunk):
-        stop = min(start + item_chunk, len(items))
-        scores = (user_vectors @ items[start:stop].T).float()
-        if start == 0:
-            scores[:, 0] = -torch.inf
-        inside = (cols >= start) & (cols < stop)
-        masked = (
-            torch.from_numpy(rows[inside]).to(device),
-            torch.from_numpy(cols[inside] - start).to(device),
-        )
-        scores[masked] = -torch.inf
-        top = scores.topk(min(n, stop - start), dim=1)
-        merged_scores = torch.cat([best_scores, top.values], dim=1)
-        merged_ids = torch.cat([best_ids, top.indices + start], dim=1)
-        keep = merged_scores.topk(n, dim=1).indices
-        best_scores = merged_scores.gather(1, keep)
-        best_ids = merged_ids.gather(1, keep)
-    best_ids[torch.isinf(best_scores)] = 0
+    users = len(user_vectors)
+    if len(items) == 0:  # nothing to rank: every slot is the empty tail
+        return np.full((users, n), -np.inf, np.float32), np.zeros((users, n), np.int64)
+    best_scores, best_ids = running_top_k(
+        lambda start, stop: user_vectors @ items[start:stop].T,
+        users,
+        len(items),
+        n,
+        exclude,
+        item_chunk,
+    )
     return best_scores.cpu().numpy(), best_ids.cpu().numpy()
 
 
