@@ -202,3 +202,59 @@ def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path, request, tar
     with pytest.raises(UnsafeCheckpointError, match="refusing to load"):
         load()
     assert not marker.exists()
+
+
+class _ShardedRegression(_Regression):
+    """One rank's view: its own shard of the data (a different target scale per rank), so its
+    local training loss and validation error differ from every other rank's."""
+
+    def __init__(self, rank: int):
+        super().__init__(seed=1)
+        self.y = self.y * (1 + rank)
+
+
+class _SilentReporter:
+    def report(self, metrics, state, engine):
+        pass
+
+    def log(self, message):
+        pass
+
+
+def _fit_one_rank(rank: int, port: int, metric: str, out: str) -> None:
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
+    )
+    try:
+        task = _ShardedRegression(rank)
+        config = _config(metric=metric, epochs=4, checkpoint_every_steps=None)
+        state = fit(task, task.batches, config, _SilentReporter(), _torch_engine(task, config))
+        local = [float(nn.functional.mse_loss(task.model(task.x), task.y))]
+        record = {
+            "history": [h[metric] for h in state.history],
+            "best_epoch": state.best_epoch,
+            "local": local,
+        }
+        with open(f"{out}/rank{rank}.json", "w") as f:
+            json.dump(record, f)
+        torch.distributed.barrier()  # neither rank closes its gloo pairs while the other still uses them
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("metric", ["train/loss", "valid/mse"])
+def test_every_rank_selects_on_the_same_number(tmp_path, metric):
+    """Two gloo ranks with different shards: the metric the loop selects on is one number on
+    every rank (the reduced training loss; rank 0's evaluation), so the best-epoch decision that
+    starts a ZeRO-3 gather is the same everywhere. Each rank deciding on its own local loss is
+    what hung CLLM4Rec's pretraining under ZeRO-3."""
+    import torch.multiprocessing
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_fit_one_rank, args=(port, metric, str(tmp_path)), nprocs=2)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["local"] != ranks[1]["local"]  # the shards really differ
+    assert ranks[0]["history"] == ranks[1]["history"]
+    assert ranks[0]["best_epoch"] == ranks[1]["best_epoch"]

@@ -17,7 +17,17 @@ from torch import nn
 from raylrec.config import TrainConfig
 from raylrec.train.engines import Engine
 
-__all__ = ["NonFiniteLossError", "Task", "Reporter", "TrainState", "fit", "is_better", "unwrap"]
+__all__ = [
+    "NonFiniteLossError",
+    "Task",
+    "Reporter",
+    "TrainState",
+    "fit",
+    "global_mean_loss",
+    "is_better",
+    "rank0_value",
+    "unwrap",
+]
 
 Batch = dict[str, torch.Tensor]
 
@@ -78,6 +88,40 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _collective_device() -> torch.device:
+    # NCCL reduces CUDA tensors only; gloo (CPU workers) reduces CPU ones.
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def global_mean_loss(total_loss: float, steps: int) -> float:
+    """The epoch's mean training loss over every rank's steps. Each rank sees its own shard, so
+    its local mean differs from the others'; a method that selects on ``train/loss`` (CLLM4Rec's
+    pretraining stages) must decide on one number everywhere, or only some ranks enter the
+    engine's gather of the best weights and the run deadlocks."""
+    if not _distributed():
+        return total_loss / max(steps, 1)
+    sums = torch.tensor([total_loss, float(steps)], dtype=torch.float64, device=_collective_device())
+    torch.distributed.all_reduce(sums)
+    return float(sums[0]) / max(float(sums[1]), 1.0)
+
+
+def rank0_value(value: float) -> float:
+    """Rank 0's ``value`` on every rank: the best-epoch and early-stop decisions (which start
+    collectives: a ZeRO-3 gather, a checkpoint barrier) are then the same everywhere, even when
+    an evaluation's float sums differ in the last bit between ranks."""
+    if not _distributed():
+        return value
+    shared = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+    torch.distributed.broadcast(shared, src=0)
+    return float(shared[0])
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel (or similar) wrapper."""
     return model.module if hasattr(model, "module") else model
@@ -94,8 +138,8 @@ def fit(
 ) -> TrainState:
     """Train ``task.model`` with ``engine`` from ``state`` (a resumed run: the engine is already
     restored) or from scratch; returns the final state, whose ``best_model`` holds the weights
-    of the best evaluation. Every rank makes the same decisions (evaluations return the same
-    metrics everywhere), so collectives inside the engine stay in lockstep."""
+    of the best evaluation. Every rank makes the same decisions (the epoch's loss is reduced over
+    ranks and the selection metric is rank 0's), so collectives inside the engine stay in lockstep."""
     state = state or TrainState()
     if state.step:
         state.resumed_at_steps.append(state.step)
@@ -150,7 +194,7 @@ def fit(
         metrics: dict[str, float] = {
             "epoch": epoch,
             "step": state.step,
-            "train/loss": total_loss / max(steps, 1),
+            "train/loss": global_mean_loss(total_loss, steps),
             "train/samples_per_s": samples / max(seconds, 1e-9),
             "train/epoch_s": seconds,
         }
@@ -166,7 +210,7 @@ def fit(
                     f"train.metric {config.metric!r} is not among the metrics this task reports "
                     f"({', '.join(sorted(k for k in metrics if '/' in k))})"
                 )
-            value = metrics[config.metric]
+            value = metrics[config.metric] = rank0_value(metrics[config.metric])
             if is_better(value, state.best_metric, config.mode):
                 state.best_metric, state.best_epoch, state.stale_evals = value, epoch, 0
                 state.best_model = engine.weights()

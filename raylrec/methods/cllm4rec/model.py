@@ -141,6 +141,9 @@ class CLLM4Rec(RecMethod):
     # --- objectives ---------------------------------------------------------------------------
 
     def loss(self, batch: Batch) -> torch.Tensor:
+        return self._objective_loss(batch) + self._zero3_gradient_anchor(batch)
+
+    def _objective_loss(self, batch: Batch) -> torch.Tensor:
         objective = int(batch["objective"][0])
         if objective == OBJECTIVES["content"]:
             loss = self.content_loss(batch)
@@ -149,6 +152,20 @@ class CLLM4Rec(RecMethod):
         if objective == OBJECTIVES["collaborative"]:
             return self.collaborative_loss(batch) + self.mutual_regularisation(batch, "collab")
         return self.recommendation_loss(batch) + self.mutual_regularisation(batch, "collab")
+
+    def _zero3_gradient_anchor(self, batch: Batch) -> torch.Tensor:
+        """Zero, with every ID table in the graph. Each pass trains one side's tables; under
+        DeepSpeed ZeRO-3 (0.19) a parameter that gets no gradient in a backward keeps its
+        previous one, so a content pass re-applied the last collaborative gradient to the
+        collaborative tables at every step (measured: ZeRO-3's pretraining loss rose where
+        ZeRO-2's fell). A zero contribution overwrites it. Only under ZeRO-3 (its parameters
+        carry ``ds_id``): a plain torch optimiser skips parameters without a gradient, and a
+        zero one would move them by Adam's momentum."""
+        if not hasattr(self.collab_users.weight, "ds_id"):
+            return torch.zeros((), device=batch["input_ids"].device)
+        padding = torch.zeros(1, dtype=torch.long, device=batch["input_ids"].device)
+        tables = (self.collab_users, self.collab_items, self.content_users, self.content_items)
+        return 0.0 * sum(table(padding).sum() for table in tables)
 
     def collaborative_loss(self, batch: Batch) -> torch.Tensor:
         """Next-item softmax over items only, the head tied to the item table."""
