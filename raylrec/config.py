@@ -472,7 +472,16 @@ class ScoreConfig(StrictConfig):
     """Batch scoring: CF retrieval of ``candidates`` items per user, an optional LLM rerank,
     the top ``k`` written to ``output`` under a date partition."""
 
-    model_bundle: str | None = Field(default=None, description="LLM reranker bundle; None: CF only")
+    model_bundle: str | None = Field(
+        default=None,
+        description="LLM bundle: a pointwise reranker, or a full-catalog method (CLLM4Rec) that ranks "
+        "alone; None: CF only",
+    )
+    retriever_bundle: str | None = Field(
+        default=None,
+        description="a full-catalog model bundle (CLLM4Rec) that retrieves the candidates in place of "
+        "the CF bundle, for model_bundle to rerank",
+    )
     cf_bundle: str | None = Field(
         default=None, description="retrieval CF bundle (default: the model bundle's own CF copy)"
     )

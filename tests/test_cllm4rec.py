@@ -479,3 +479,71 @@ def test_cllm4rec_bundle_on_s3_gives_identical_rankings(prepared, tmp_path, s3_b
     got_scores, got_ids = recommend(bundle.method, corpora, users, k=10, item_chunk=7)
     assert (got_ids == want_ids).all()
     np.testing.assert_allclose(got_scores, want_scores, rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def local_bundle(prepared, tmp_path_factory) -> str:
+    """A CLLM4Rec bundle trained in this process (no Ray Train) on the prepared dataset."""
+    from raylrec.methods.train import train_method
+
+    config = _pipeline_config(prepared, tmp_path_factory.mktemp("cllm4rec_local"), num_workers=0)
+    return train_method(config, lambda _: None, use_ray=False).bundle
+
+
+def test_batch_scoring_with_cllm4rec_as_the_whole_ranker_publishes_its_own_top_k(
+    prepared, local_bundle, tmp_path
+):
+    """The scoring job on Ray with the CLLM4Rec bundle alone (no CF bundle): every user once, k
+    rows each; for three users the published items and scores are the top k of the method's
+    full item-head logits over its serving prompt (built here from the user's known items),
+    known items masked: a full sort, not the job's chunked running top-K."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from raylrec.data.output import read_table
+    from raylrec.data.vocab import Vocabulary
+    from raylrec.methods.bundle import load_model_bundle
+    from raylrec.methods.cllm4rec.corpora import pad_rows, serving_row
+    from raylrec.scoring import publish as recs
+    from raylrec.scoring.job import run_scoring
+
+    output, k, date = str(tmp_path / "recs"), 5, "2026-12-03"
+    config = build_config(
+        {
+            "dataset": prepared,
+            "score": {
+                "model_bundle": local_bundle,
+                "output": output,
+                "k": k,
+                "splits": ["train", "valid"],
+                "users_per_batch": 16,
+                "item_chunk": 7,  # several chunks of the 60-item catalogue
+            },
+        }
+    )
+    manifest = run_scoring(config, date)
+    table = recs.read_recommendations(output, date, verify=True)
+    user_ids = read_table(prepared, "users.parquet")["user_id"].to_pylist()
+    assert manifest["users"] == len(user_ids) and manifest["retriever_bundle"] and not manifest["cf_bundle"]
+    assert table.num_rows == len(user_ids) * k and set(table["source"].to_pylist()) == {"cllm4rec"}
+
+    bundle = load_model_bundle(local_bundle)
+    method = bundle.method
+    items = Vocabulary.from_table(bundle.items, "item_id", "iid")
+    users = Vocabulary.from_table(bundle.users, "user_id", "uid")
+    events = pa.concat_tables([read_table(prepared, s, columns=["uid", "iid"]) for s in ("train", "valid")])
+    data_users = Vocabulary.from_table(read_table(prepared, "users.parquet"), "user_id", "uid")
+    data_items = Vocabulary.from_table(read_table(prepared, "items.parquet"), "item_id", "iid")
+    for user in (user_ids[0], user_ids[len(user_ids) // 2], user_ids[-1]):
+        mine = events.filter(pc.equal(events["uid"], int(data_users.to_dense([user])[0])))
+        known = np.unique(items.to_dense(data_items.to_raw(mine["iid"].to_numpy())))
+        uid = int(users.to_dense([user])[0])
+        row = serving_row(method.pieces, uid, known, method.config.max_items, seed=0)
+        batch = {key: torch.from_numpy(v) for key, v in pad_rows([row]).items()}
+        with torch.no_grad():
+            logits = method.item_logits(method.user_states(batch))[0].numpy()
+        logits[known] = -np.inf
+        best = np.argsort(-logits, kind="stable")[:k]
+        rows = table.filter(pc.equal(table["user_id"], user)).sort_by("rank")
+        assert rows["item_id"].to_pylist() == items.to_raw(best).tolist(), user
+        np.testing.assert_allclose(rows["score"].to_numpy(), logits[best], rtol=1e-5, atol=1e-5)

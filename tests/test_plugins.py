@@ -158,6 +158,13 @@ def _requests(num_items: int) -> list[RerankRequest]:
     ]
 
 
+def _train_items(dataset: str, uid: int) -> np.ndarray:
+    from raylrec.data.output import read_table
+
+    train = read_table(dataset, "train", columns=["uid", "iid"])
+    return np.unique(train["iid"].to_numpy()[train["uid"].to_numpy() == uid])
+
+
 @pytest.mark.parametrize("name", METHODS.names())
 def test_method_trains_saves_reloads_and_reranks(name, dataset, cf_bundle, tmp_path):
     config = _method_config(name, dataset, cf_bundle, tmp_path)
@@ -175,14 +182,12 @@ def test_method_trains_saves_reloads_and_reranks(name, dataset, cf_bundle, tmp_p
     trained.load_method_state_dict({**trained.method_state_dict(), **_trained_weights(result)})
     trained.eval()
     if config.method.role == "full_catalog":  # it ranks the catalogue: compare its top 10s
-        from raylrec.methods.cllm4rec.corpora import load_corpora
-        from raylrec.methods.cllm4rec.serve import recommend
-
-        corpora = load_corpora(dataset, bundle.tokenizer, max_items=config.method.max_items)
-        users = [1, 2, 3]
-        want_s, want_i = recommend(trained, corpora, users, k=10)
-        got_s, got_i = recommend(bundle.method, corpora, users, k=10)
+        users = np.array([1, 2, 3])
+        known = [_train_items(dataset, int(u)) for u in users]
+        want_s, want_i = trained.recommend(users, known, 10)
+        got_s, got_i = bundle.method.recommend(users, known, 10)
         assert np.isfinite(want_s).all() and (want_i > 0).all()
+        assert not any(set(row) & set(k) for row, k in zip(want_i.tolist(), known, strict=True))
         np.testing.assert_array_equal(got_i, want_i)
         np.testing.assert_array_equal(got_s, want_s)
         return
@@ -208,3 +213,52 @@ def test_method_trains_saves_reloads_and_reranks(name, dataset, cf_bundle, tmp_p
     kind = "shared-prefix" if config.method.shares_prefix else "full-prompt fallback"
     print(f"{name}: {kind} vs full-prompt max |diff| = {diff:.2e}")
     assert diff < (1e-4 if config.method.shares_prefix else 1e-5)
+
+
+def test_a_full_catalog_method_retrieves_the_candidates_a_pointwise_method_reranks(dataset, tmp_path):
+    """The scoring actor with CLLM4Rec as the retriever and TALLRec as the reranker (no CF
+    bundle at all): every user's rows come from the rerank, its items are among CLLM4Rec's top
+    ``candidates`` for the user (known items excluded), and the scores are TALLRec's own logits
+    for them, best first."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from raylrec.data.output import read_table
+    from raylrec.data.vocab import Vocabulary
+    from raylrec.scoring.recommender import Recommender, ScoringPlan
+
+    bundles = {
+        name: train_method(_method_config(name, dataset, "", tmp_path / name), _quiet, use_ray=False).bundle
+        for name in ("cllm4rec", "tallrec")
+    }
+    k, candidates = 3, 6
+    plan = ScoringPlan(
+        dataset=dataset, cf_bundle=None, retriever_bundle=bundles["cllm4rec"],
+        model_bundle=bundles["tallrec"],
+        model_name="m", run_id="r", k=k, candidates=candidates, exclude_seen=True, index="exact",
+        item_chunk=16, rerank_rows=8, rerank_pack_tokens=64, popular_items=("x",), popular_scores=(0.0,),
+    )  # fmt: skip
+    users = read_table(dataset, "users.parquet").sort_by("uid").slice(0, 4)
+    data_items = Vocabulary.from_table(read_table(dataset, "items.parquet"), "item_id", "iid")
+    known = [_train_items(dataset, int(u)) for u in users["uid"].to_pylist()]
+    profiles = pa.table(
+        {
+            "user_id": users["user_id"],
+            "history": pa.array([k_[-3:].tolist() for k_ in known], pa.list_(pa.int64())),
+            "seen": pa.array([k_.tolist() for k_ in known], pa.list_(pa.int64())),
+        }
+    )
+    recommender = Recommender(plan, device="cpu")
+    table = recommender(profiles)
+    assert set(table["source"].to_pylist()) == {"rerank"} and table.num_rows == len(known) * k
+
+    retriever, reranker = recommender.catalog.method, recommender.reranker
+    uids = users["uid"].to_numpy()
+    _, top = retriever.recommend(uids, known, candidates)
+    for row, (user, history, pool) in enumerate(zip(users["user_id"].to_pylist(), known, top, strict=True)):
+        logits = reranker.score([RerankRequest(0, history[-3:].tolist(), pool.tolist())])[0]
+        best = np.argsort(-logits, kind="stable")[:k]
+        mine = table.filter(pc.equal(table["user_id"], user)).sort_by("rank")
+        assert mine["item_id"].to_pylist() == data_items.to_raw(pool[best]).tolist(), row
+        np.testing.assert_allclose(mine["score"].to_numpy(), logits[best], rtol=1e-5, atol=1e-5)
+        assert not set(pool.tolist()) & set(history.tolist())

@@ -36,10 +36,12 @@ config, and the reranker scores it with full prompts through ``forward`` instead
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -201,6 +203,19 @@ class RecMethod(nn.Module):
         if compute_loss:
             return self.loss(batch)
         return self.answer_logit(self.decode(batch).last_hidden_state[:, -1])
+
+    def recommend(
+        self, users: np.ndarray, known: Sequence[np.ndarray], k: int, *, exclude_seen: bool = True,
+        item_chunk: int = 65_536,
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """A ``full_catalog`` method's top-``k`` (scores, item ids), ``[len(users), k]`` each, over
+        the whole catalogue: ``users`` and ``known`` (each user's known items) in the method's
+        own dense id space, ids 0 where fewer than ``k`` items are left. Batch scoring calls it
+        when the method is the retriever or the whole ranker."""
+        raise NotImplementedError(
+            f"{self.name} is a {self.config.role} method: it scores given candidates and does not "
+            "rank the catalogue (only full_catalog methods, as CLLM4Rec, retrieve)"
+        )
 
     def adapter_context(self):
         raise NotImplementedError

@@ -4,6 +4,7 @@
     <bundle>/method.safetensors   the method's own weights (adapters, projector, router, ...)
     <bundle>/cf/                  the CF bundle it was trained with (a copy)
     <bundle>/items.parquet        item ids and titles (prompts are built from them)
+    <bundle>/users.parquet        user ids and their dense ids (a full-catalog method's user tokens)
 
 ``config.json`` is written last, with each file's size and sha256: a bundle without it is
 incomplete and refuses to load, and ``check_model_bundle`` finds a corrupted one cheaply.
@@ -27,6 +28,7 @@ from raylrec.bundle_dir import (
     fetch_files,
     parquet_file,
     read_description,
+    read_parquet,
     write_bundle,
 )
 from raylrec.cf.bundle import check_cf_bundle, check_finite, load_cf_bundle
@@ -56,6 +58,9 @@ def save_model_bundle(
     files = {
         WEIGHTS_FILE: lambda p: save_file(state, p),
         "items.parquet": parquet_file(read_table(config.dataset_path(), "items.parquet")),
+        "users.parquet": parquet_file(
+            read_table(config.dataset_path(), "users.parquet").select(["user_id", "uid"])
+        ),
     }
     description = {
         "method": config.method.model_dump(mode="json", exclude={"cf_bundle"}),
@@ -111,6 +116,7 @@ class ModelBundle:
     config: dict[str, Any]
     items: pa.Table  # iid, item_id, title, ...: the id space the method scores in
     tokenizer: Any = None  # the backbone's
+    users: pa.Table | None = None  # user_id, uid (None: a bundle written before bundles held it)
 
 
 def load_model_bundle(path: str, device: str | torch.device = "cpu") -> ModelBundle:
@@ -137,4 +143,5 @@ def load_model_bundle(path: str, device: str | torch.device = "cpu") -> ModelBun
         builder = PromptBuilder(
             backbone.tokenizer, template_text(template), titles, prompt.max_tokens, prompt.history_items
         )
-    return ModelBundle(method.to(device).eval(), builder, description, items, backbone.tokenizer)
+    users = read_parquet(path, "users.parquet")
+    return ModelBundle(method.to(device).eval(), builder, description, items, backbone.tokenizer, users)

@@ -34,8 +34,26 @@ def new_run_id(date: str) -> str:
     return f"{date}-{dt.datetime.now(dt.UTC):%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
-def _resolve(config: RaylrecConfig) -> tuple[str, str | None, str, dict[str, Any], dict[str, Any] | None]:
-    """(output, model bundle, retrieval CF bundle, its description, the model's), all checked."""
+@dataclass(frozen=True)
+class _Bundles:
+    """What ranks: a retriever (a CF bundle, or a full-catalog model bundle) and an optional
+    pointwise reranker, each checked; descriptions as their ``config.json`` records them."""
+
+    retriever: str
+    retriever_description: dict[str, Any]
+    retriever_is_cf: bool
+    reranker: str | None
+    reranker_description: dict[str, Any] | None
+
+
+def _role(description: dict[str, Any]) -> str:
+    from raylrec.methods.config import METHODS
+
+    return METHODS.get(description["method"]["name"]).role
+
+
+def _resolve(config: RaylrecConfig) -> tuple[str, _Bundles]:
+    """(output, the bundles), all checked before anything is written."""
     from raylrec.methods.bundle import check_model_bundle
 
     score = config.score
@@ -45,19 +63,46 @@ def _resolve(config: RaylrecConfig) -> tuple[str, str | None, str, dict[str, Any
     storage.check_reachable(output)
     model_bundle = storage.absolute(score.model_bundle) if score.model_bundle else None
     model_description = check_model_bundle(model_bundle) if model_bundle else None
+    retriever = storage.absolute(score.retriever_bundle) if score.retriever_bundle else None
+    retriever_description = check_model_bundle(retriever) if retriever else None
+    if retriever_description is not None and _role(retriever_description) != "full_catalog":
+        raise ConfigError(
+            f"score.retriever_bundle {retriever} holds {retriever_description['method']['name']}, a "
+            f"{_role(retriever_description)} method: only a full_catalog method (cllm4rec) retrieves"
+        )
+    if model_description is not None and _role(model_description) == "full_catalog":
+        if retriever:
+            raise ConfigError(
+                f"score.model_bundle {model_bundle} is a full-catalog method: it ranks alone; "
+                "unset score.retriever_bundle, or give a pointwise reranker as score.model_bundle"
+            )
+        # the whole ranker: it retrieves the top k itself and nothing reranks
+        return output, _Bundles(model_bundle, model_description, False, None, None)
+    if model_description is not None and _role(model_description) != "pointwise":
+        raise ConfigError(
+            f"score.model_bundle {model_bundle} holds {model_description['method']['name']}, a "
+            f"{_role(model_description)} method: it reranks nothing (give a pointwise reranker or none)"
+        )
+    if retriever:
+        return output, _Bundles(retriever, retriever_description, False, model_bundle, model_description)
     if score.cf_bundle:
         cf_bundle = storage.absolute(score.cf_bundle)
     elif model_bundle and model_description.get("cf_bundle_source"):
         cf_bundle = storage.join(model_bundle, "cf")
     else:
-        raise ConfigError("set score.cf_bundle (retrieval needs a CF bundle; this model bundle has none)")
-    return output, model_bundle, cf_bundle, check_cf_bundle(cf_bundle), model_description
+        raise ConfigError(
+            "set score.cf_bundle (retrieval needs a CF bundle, or a full-catalog score.retriever_bundle; "
+            "this model bundle has none)"
+        )
+    return output, _Bundles(cf_bundle, check_cf_bundle(cf_bundle), True, model_bundle, model_description)
 
 
-def _history_length(cf: dict[str, Any], model: dict[str, Any] | None) -> int:
-    lengths = [50, bundle_history_len(cf)]
-    if model is not None:
-        lengths.append(int(model["prompt"]["history_items"]))
+def _history_length(bundles: _Bundles) -> int:
+    lengths = [50]
+    if bundles.retriever_is_cf:
+        lengths.append(bundle_history_len(bundles.retriever_description))
+    if bundles.reranker_description is not None:
+        lengths.append(int(bundles.reranker_description["prompt"]["history_items"]))
     return max(lengths)
 
 
@@ -112,18 +157,18 @@ def run_scoring(
     """Score every requested user and publish ``date``; returns the manifest."""
     recs.check_date(date)
     run_id = recs.check_run_id(run_id or new_run_id(date))
-    output, model_bundle, cf_bundle, cf_description, model_description = _resolve(config)
+    output, bundles = _resolve(config)
     score = config.score
-    dataset = storage.absolute(score.dataset or config.dataset or cf_description["dataset"]["path"])
+    recorded = bundles.retriever_description
+    default_dataset = recorded["dataset"]["path"] if bundles.retriever_is_cf else recorded["dataset"]
+    dataset = storage.absolute(score.dataset or config.dataset or default_dataset)
     read_meta(dataset)  # a clear error for a missing or unfinished dataset
+    named = bundles.reranker or bundles.retriever
     inputs = _Inputs(
         dataset=dataset,
         splits=known_splits(dataset, score.splits),
-        model_name=score.model_name or posixpath.basename((model_bundle or cf_bundle).rstrip("/")),
-        model_bundle=model_bundle,
-        cf_bundle=cf_bundle,
-        cf_description=cf_description,
-        model_description=model_description,
+        model_name=score.model_name or posixpath.basename(named.rstrip("/")),
+        bundles=bundles,
     )
     lease_s = score.run_lease_s
     return publish_run(
@@ -138,10 +183,7 @@ class _Inputs:
     dataset: str
     splits: list[str]
     model_name: str
-    model_bundle: str | None
-    cf_bundle: str
-    cf_description: dict[str, Any]
-    model_description: dict[str, Any] | None
+    bundles: _Bundles
 
 
 def _score_into(
@@ -155,7 +197,8 @@ def _score_into(
     score = config.score
     dataset, splits = inputs.dataset, inputs.splits
     say(f"profiles of the users to score from {dataset} (splits {', '.join(splits)})")
-    history = _history_length(inputs.cf_description, inputs.model_description)
+    bundles = inputs.bundles
+    history = _history_length(bundles)
     profiles = user_profiles(dataset, splits, score.users, history)
     profiles = profiles.materialize()
     users = profiles.count()
@@ -165,8 +208,9 @@ def _score_into(
     items = Vocabulary.from_table(read_table(dataset, "items.parquet"), "item_id", "iid")
     plan = ScoringPlan(
         dataset=dataset,
-        cf_bundle=inputs.cf_bundle,
-        model_bundle=inputs.model_bundle,
+        cf_bundle=bundles.retriever if bundles.retriever_is_cf else None,
+        retriever_bundle=None if bundles.retriever_is_cf else bundles.retriever,
+        model_bundle=bundles.reranker,
         model_name=inputs.model_name,
         run_id=run_id,
         k=score.k,
@@ -180,11 +224,14 @@ def _score_into(
         popular_scores=tuple(float(s) for s in popular_scores),
     )
     actors, gpus, cpus = _actor_resources(config)
-    stage = "CF retrieval + LLM rerank" if inputs.model_bundle else "CF retrieval"
-    say(
-        f"scoring {users:,} users ({stage}, {score.candidates} candidates, top {score.k})"
-        f" on {actors} actor(s)"
+    retrieval = (
+        "CF retrieval" if bundles.retriever_is_cf else f"{bundles.retriever_description['method']['name']}"
     )
+    if bundles.reranker:
+        stage = f"{retrieval} of {score.candidates} candidates + LLM rerank"
+    else:
+        stage = retrieval if bundles.retriever_is_cf else f"{retrieval} over the whole catalogue"
+    say(f"scoring {users:,} users ({stage}, top {score.k}) on {actors} actor(s)")
     recommendations = profiles.map_batches(
         Recommender,
         fn_constructor_kwargs={"plan": plan},
@@ -200,8 +247,9 @@ def _score_into(
         recommendations.write_parquet(root, filesystem=fs)
     return users, {
         "model": inputs.model_name,
-        "model_bundle": inputs.model_bundle,
-        "cf_bundle": inputs.cf_bundle,
+        "model_bundle": bundles.reranker,
+        "cf_bundle": bundles.retriever if bundles.retriever_is_cf else None,
+        "retriever_bundle": None if bundles.retriever_is_cf else bundles.retriever,
         "dataset": dataset,
         "splits": splits,
         "k": score.k,

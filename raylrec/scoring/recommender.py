@@ -1,11 +1,13 @@
 """The scoring actor: a batch of user profiles in, their top-K recommendation rows out.
 
-Per user: CF retrieval of ``candidates`` items (seen items excluded), then, with a model
+Per user: retrieval of ``candidates`` items (seen items excluded) by the CF bundle or by a
+full-catalog method (CLLM4Rec: one forward pass ranks every item), then, with a pointwise model
 bundle, the LLM reranks them (shared-prefix scoring) and the top ``k`` by its logit are kept;
-without one, the top ``k`` by CF score. Users the CF bundle has no vector for (unknown to
-MF/LightGCN, or no history for SASRec) get the fallback: the most popular items they have not
-seen (``source = "popular"``; a user who has seen all of them gets them anyway, so nobody is
-left without rows). Every row says which of these produced it.
+without one, the top ``k`` by retrieval score (``source`` "cf", or the method's name). Users
+the retriever cannot rank (unknown to MF/LightGCN or to the method's ID tables, or no history
+for SASRec) get the fallback: the most popular items they have not seen (``source =
+"popular"``; a user who has seen all of them gets them anyway, so nobody is left without
+rows). Every row says which of these produced it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from raylrec.scoring.publish import RECS_SCHEMA
 from raylrec.scoring.rerank import Reranker, RerankRequest
 from raylrec.scoring.retrieval import FaissIndex, exact_top_n
 
-__all__ = ["ScoringPlan", "Recommender"]
+__all__ = ["CatalogRetriever", "ScoringPlan", "Recommender"]
 
 _PROGRESS_EVERY_S = 15.0
 
@@ -36,8 +38,9 @@ class ScoringPlan:
     """Everything an actor needs, resolved on the driver (paths absolute, ids raw)."""
 
     dataset: str
-    cf_bundle: str
-    model_bundle: str | None
+    cf_bundle: str | None  # the retriever: a CF bundle, or
+    retriever_bundle: str | None  # a full-catalog model bundle
+    model_bundle: str | None  # the pointwise reranker
     model_name: str
     run_id: str
     k: int
@@ -59,6 +62,46 @@ def _pad(rows: list[np.ndarray], length: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+class CatalogRetriever:
+    """A full-catalog method's bundle (CLLM4Rec) as the retriever: each user's top ``n`` over
+    every item from ``RecMethod.recommend``, their known items masked, in the bundle's own id
+    space (its ``users.parquet`` and ``items.parquet``), mapped back to raw ids."""
+
+    def __init__(self, path: str, device: torch.device, item_chunk: int):
+        from raylrec.methods.bundle import load_model_bundle
+
+        bundle = load_model_bundle(path, device)
+        if bundle.users is None:
+            raise ValueError(
+                f"model bundle {path} has no users.parquet (written before bundles held one): "
+                "retrain it to rank with it"
+            )
+        self.method, self.item_chunk = bundle.method, item_chunk
+        self.name = bundle.method.name
+        self.users = Vocabulary.from_table(bundle.users, "user_id", "uid")
+        self.items = Vocabulary.from_table(bundle.items, "item_id", "iid")
+
+    def top_n(
+        self, users: np.ndarray, seen: list[np.ndarray], n: int, exclude_seen: bool
+    ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """(the rows of ``users`` the method has an ID token for, their raw top ids, scores)."""
+        uid = self.users.to_dense(users)
+        rows = np.flatnonzero(uid > 0)
+        if not len(rows):
+            return rows, [], []
+        known = [(lambda d: d[d > 0])(self.items.to_dense(seen[r])) for r in rows]
+        n = min(n, self.method.num_items - 1)
+        scores, ids = self.method.recommend(
+            uid[rows], known, n, exclude_seen=exclude_seen, item_chunk=self.item_chunk
+        )
+        found = ids > 0
+        return (
+            rows,
+            [self.items.to_raw(i[f]) for i, f in zip(ids, found, strict=True)],
+            [s[f] for s, f in zip(scores, found, strict=True)],
+        )
+
+
 class Recommender:
     """Loaded once per Ray Data actor (``map_batches(Recommender, compute=ActorPoolStrategy)``)."""
 
@@ -68,12 +111,18 @@ class Recommender:
         self._last_report = self._started
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.data_items = Vocabulary.from_table(read_table(plan.dataset, "items.parquet"), "item_id", "iid")
-        self.cf = load_cf_bundle(plan.cf_bundle)
-        self.cf_users, self.cf_items = cf_vocabularies(plan.cf_bundle)
-        self.cf_history = bundle_history_len(self.cf.config)
-        self.cf.encoder.to(self.device)
-        self.item_table = self.cf.items.to(self.device)
-        self.index = FaissIndex(self.cf.items) if plan.index == "faiss" else None
+        self.cf, self.catalog = None, None
+        if plan.cf_bundle:
+            self.cf = load_cf_bundle(plan.cf_bundle)
+            self.cf_users, self.cf_items = cf_vocabularies(plan.cf_bundle)
+            self.cf_history = bundle_history_len(self.cf.config)
+            self.cf.encoder.to(self.device)
+            self.item_table = self.cf.items.to(self.device)
+            self.index = FaissIndex(self.cf.items) if plan.index == "faiss" else None
+            self.retrieval_source = "cf"
+        else:
+            self.catalog = CatalogRetriever(plan.retriever_bundle, self.device, plan.item_chunk)
+            self.retrieval_source = self.catalog.name
         self.reranker = None
         if plan.model_bundle:
             from raylrec.methods.bundle import load_model_bundle
@@ -108,11 +157,29 @@ class Recommender:
         has = uid > 0
         return self.cf.users[torch.from_numpy(uid[has])].to(self.device), has
 
-    def _retrieve(self, vectors: torch.Tensor, seen: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _candidates(
+        self, users: np.ndarray, histories: list[np.ndarray], seen: list[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """(the users' rows that got candidates, their raw candidate ids, retrieval scores), best
+        first: ``candidates`` of them when a reranker follows, else ``k``."""
+        n = self.plan.candidates if self.reranker is not None else self.plan.k
+        if self.catalog is not None:
+            return self.catalog.top_n(users, seen, n, self.plan.exclude_seen)
+        vectors, has_vector = self._user_vectors(users, histories)
+        rows = np.flatnonzero(has_vector)
+        if not len(rows):
+            return rows, [], []
+        scores, ids = self._retrieve(vectors, [seen[r] for r in rows], n)
+        candidates = [self.cf_items.to_raw(i[i > 0]) for i in ids]
+        return rows, candidates, [s[i > 0] for s, i in zip(scores, ids, strict=True)]
+
+    def _retrieve(
+        self, vectors: torch.Tensor, seen: list[np.ndarray], n: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         exclude = None
         if self.plan.exclude_seen:
             exclude = [s[s > 0] for s in (self.cf_items.to_dense(x) for x in seen)]
-        n = min(self.plan.candidates, len(self.item_table) - 1)
+        n = min(n, len(self.item_table) - 1)
         if self.index is not None:
             return self.index.top_n(vectors.cpu(), n, exclude)
         return exact_top_n(vectors, self.item_table, n, exclude, self.plan.item_chunk)
@@ -175,23 +242,19 @@ class Recommender:
         users = np.asarray(batch["user_id"].to_pylist(), dtype=object)
         histories = [self.data_items.to_raw(np.asarray(h, np.int64)) for h in batch["history"].to_pylist()]
         seen = [self.data_items.to_raw(np.asarray(s, np.int64)) for s in batch["seen"].to_pylist()]
-        vectors, has_vector = self._user_vectors(users, histories)
         picks: list[tuple[np.ndarray, np.ndarray, str]] = [None] * len(users)  # type: ignore[list-item]
-        rows = np.flatnonzero(has_vector)
+        rows, candidates, retrieval_scores = self._candidates(users, histories, seen)
         if len(rows):
-            scores, ids = self._retrieve(vectors, [seen[r] for r in rows])
-            candidates = [self.cf_items.to_raw(i[i > 0]) for i in ids]
-            cf_scores = [s[i > 0] for s, i in zip(scores, ids, strict=True)]
             reranked = (
                 self._rerank(users[rows], [histories[r] for r in rows], candidates)
                 if self.reranker is not None
                 else [None] * len(rows)
             )
-            for r, cand, cf_score, rr in zip(rows, candidates, cf_scores, reranked, strict=True):
+            for r, cand, score, rr in zip(rows, candidates, retrieval_scores, reranked, strict=True):
                 if rr is not None and len(rr[0]):
                     picks[r] = (rr[0][: self.plan.k], rr[1][: self.plan.k], "rerank")
                 else:
-                    picks[r] = (cand[: self.plan.k], cf_score[: self.plan.k], "cf")
+                    picks[r] = (cand[: self.plan.k], score[: self.plan.k], self.retrieval_source)
         for r in range(len(users)):
             if picks[r] is None or not len(picks[r][0]):  # no CF vector, or every item excluded
                 picks[r] = (*self._popular(seen[r]), "popular")

@@ -29,7 +29,16 @@ import pyarrow as pa
 
 from raylrec.eval.ranking import ItemSets
 
-__all__ = ["Corpora", "Pieces", "RowBuilder", "content_docs", "load_corpora", "shard_range"]
+__all__ = [
+    "Corpora",
+    "Pieces",
+    "RowBuilder",
+    "content_docs",
+    "load_corpora",
+    "prompt_row",
+    "serving_row",
+    "shard_range",
+]
 
 IGNORE = -100
 # Item metadata the content text leaves out (ids and vocabulary columns).
@@ -61,6 +70,19 @@ class Pieces:
             ids(" is described as"),
             int(pad),
         )
+
+
+def prompt_row(pieces: Pieces, uid: int, items: Sequence[int]) -> RowBuilder:
+    """ "user_i has interacted with <items>, user_i will interact with"."""
+    row = RowBuilder(pieces.pad_id).user(uid).text(pieces.interacted).item_tokens(items)
+    return row.text(pieces.comma).user(uid).text(pieces.will_interact)
+
+
+def serving_row(pieces: Pieces, uid: int, known: np.ndarray, max_items: int, seed: int) -> RowBuilder:
+    """The serving prompt: every known item (a seeded random subset of ``max_items`` when more,
+    the same subset for the same (seed, user) in evaluation and batch scoring)."""
+    items = np.random.default_rng([seed, uid]).permutation(np.asarray(known, np.int64))[:max_items]
+    return prompt_row(pieces, uid, items)
 
 
 class RowBuilder:
@@ -226,10 +248,7 @@ class Corpora:
         return row.item_tokens(items).predict_items(start)
 
     def prompt_row(self, uid: int, items: np.ndarray) -> RowBuilder:
-        """ "user_i has interacted with <items>, user_i will interact with"."""
-        p = self.pieces
-        row = RowBuilder(p.pad_id).user(uid).text(p.interacted).item_tokens(items)
-        return row.text(p.comma).user(uid).text(p.will_interact)
+        return prompt_row(self.pieces, uid, items)
 
     def recommendation_row(self, uid: int, rng: np.random.Generator) -> tuple[RowBuilder, np.ndarray]:
         """The masked prompt and its held-out items (the paper's ``max(1, int(0.2 n))``)."""
@@ -238,9 +257,7 @@ class Corpora:
         return self.prompt_row(uid, items[held:][: self.max_items]), np.sort(items[:held])
 
     def serving_row(self, uid: int, seed: int) -> RowBuilder:
-        """Every training item (a seeded random subset of ``max_items`` when more)."""
-        items = np.random.default_rng([seed, uid]).permutation(self.items_of(uid))[: self.max_items]
-        return self.prompt_row(uid, items)
+        return serving_row(self.pieces, uid, self.items_of(uid), self.max_items, seed)
 
     def content_row(self, doc: ContentDoc) -> RowBuilder:
         p = self.pieces

@@ -23,6 +23,9 @@ warm-up stage runs without it, as the paper's code does.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +33,7 @@ from torch import nn
 from raylrec.cf.bundle import CFBundle
 from raylrec.methods.base import Batch, RecMethod
 from raylrec.methods.cllm4rec import CLLM4RecConfig
+from raylrec.methods.cllm4rec.corpora import Pieces
 
 __all__ = ["CLLM4Rec", "IDTable", "OBJECTIVES"]
 
@@ -74,11 +78,25 @@ class CLLM4Rec(RecMethod):
         self.content_items = IDTable(config.num_items, dim)
         self.mr_weight = config.mr_weight
         self.stage_name = ""
+        self.pieces = Pieces.build(backbone.tokenizer, config.item_noun)  # the serving prompt's text
 
     @property
     def num_items(self) -> int:
         # from the config: under ZeRO-3 a partitioned table's local shape is a placeholder's
         return int(self.config.num_items)
+
+    def recommend(
+        self, users: np.ndarray, known: Sequence[np.ndarray], k: int, *, exclude_seen: bool = True,
+        item_chunk: int = 65_536,
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """The catalogue's top-``k`` for each user from one forward pass of its serving prompt
+        (``serve.recommend_known``; the paper's section 3.5)."""
+        from raylrec.methods.cllm4rec.serve import recommend_known
+
+        return recommend_known(
+            self, self.pieces, users, known, k, max_items=self.config.max_items,
+            seed=0, exclude_seen=exclude_seen, item_chunk=item_chunk,
+        )  # fmt: skip
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {

@@ -15,12 +15,11 @@ import numpy as np
 import torch
 
 from raylrec.eval.topk import running_top_k
-from raylrec.methods.cllm4rec.corpora import Corpora
+from raylrec.methods.cllm4rec.corpora import Corpora, Pieces, pad_rows, serving_row
 
-__all__ = ["recommend"]
+__all__ = ["recommend", "recommend_known"]
 
 
-@torch.no_grad()
 def recommend(
     method,
     corpora: Corpora,
@@ -32,9 +31,42 @@ def recommend(
     item_chunk: int = 65_536,
     exclude_seen: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` (scores, item ids) ``[len(users), k]`` for ``users``: one forward pass of each
-    user's prompt (``Corpora.serving_row``), then the chunked item head. ``method`` is a
-    ``CLLM4Rec`` (or the module a training engine wraps it in)."""
+    """Top-``k`` (scores, item ids) ``[len(users), k]`` for ``users`` of ``corpora`` (their
+    training items are what the prompt shows and what is masked). ``method`` is a ``CLLM4Rec``
+    (or the module a training engine wraps it in)."""
+    known = [corpora.items_of(int(u)) for u in users]
+    return recommend_known(
+        method,
+        corpora.pieces,
+        users,
+        known,
+        k,
+        max_items=corpora.max_items,
+        seed=seed,
+        users_per_batch=users_per_batch,
+        item_chunk=item_chunk,
+        exclude_seen=exclude_seen,
+    )
+
+
+@torch.no_grad()
+def recommend_known(
+    method,
+    pieces: Pieces,
+    users: Sequence[int],
+    known: Sequence[np.ndarray],
+    k: int,
+    *,
+    max_items: int,
+    seed: int = 0,
+    users_per_batch: int = 64,
+    item_chunk: int = 65_536,
+    exclude_seen: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores, item ids) ``[len(users), k]``: one forward pass of each user's serving
+    prompt over ``known[i]`` (their known items, dense ids; ``corpora.serving_row``), then the
+    chunked item head, the known items and the padding item masked. Batch scoring calls it with
+    the users' known items from the scored dataset's profiles."""
     inner = method.module if hasattr(method, "module") else method
     device = next(inner.parameters()).device
     users = np.asarray(users, np.int64)
@@ -42,12 +74,11 @@ def recommend(
     out_ids = np.zeros((len(users), k), np.int64)
     for start in range(0, len(users), users_per_batch):
         chunk = users[start : start + users_per_batch]
-        batch = {
-            key: torch.from_numpy(value).to(device)
-            for key, value in corpora.serving_batch(chunk.tolist(), seed).items()
-        }
+        items = known[start : start + len(chunk)]
+        rows = [serving_row(pieces, int(u), i, max_items, seed) for u, i in zip(chunk, items, strict=True)]
+        batch = {key: torch.from_numpy(value).to(device) for key, value in pad_rows(rows).items()}
         hidden = inner.user_states(batch)
-        exclude = [corpora.items_of(int(u)) for u in chunk] if exclude_seen else None
+        exclude = [np.asarray(i, np.int64) for i in items] if exclude_seen else None
         scores, ids = running_top_k(
             lambda lo, hi, states=hidden: inner.item_logits(states, lo, hi),
             len(chunk),
