@@ -431,7 +431,11 @@ class TrainConfig(StrictConfig):
         default=1, ge=1, description="epochs between checkpoints (and one at the end)"
     )
     checkpoint_every_steps: OptionalInt = Field(default=None, ge=1, description="mid-epoch checkpoints")
-    num_workers: Int = Field(default=1, ge=0, description="Ray Train workers; 0 = Train's local mode")
+    num_workers: Int = Field(
+        default=1,
+        ge=0,
+        description="Ray Train workers; 0 = train in the driver process (no Ray Train, no checkpoints)",
+    )
     cpus_per_worker: Float = Field(default=1, gt=0)
     use_gpu: Bool = False
     resources_per_worker: dict[str, Float] = Field(

@@ -176,3 +176,15 @@ def test_a_retry_after_a_recorded_verdict_stops_before_training(tmp_path):
     never = lambda *_: pytest.fail("trained after the verdict")  # noqa: E731
     with pytest.raises(NonFiniteLossError, match="epoch 3"):
         fit_in_worker(None, never, None, TrainConfig(), {"fatal_marker": marker}, {}, 1)
+
+
+def test_zero_workers_through_the_ray_path_trains_in_the_driver_and_exports(tiny_dataset, tmp_path):
+    """``train.num_workers: 0`` from the command line (``use_ray`` left on): Ray Train's local
+    mode would keep its checkpoint only in the reporter's temporary directory, gone by the end
+    of the run; the pipeline trains in this process instead and the bundle is written."""
+    config = _config(tiny_dataset, tmp_path, train={"metric": "valid/auc", "epochs": 2, "num_workers": 0})
+    said: list[str] = []
+    result = train_cf(config, said.append)
+    assert any("training in this process" in line for line in said)
+    assert result.state.epoch == 2 and "valid/auc" in result.metrics
+    assert load_cf_bundle(result.bundle).items.shape == (result.state.best_model["items.weight"].shape[0], 16)

@@ -260,6 +260,12 @@ def run_pipeline(
     is a Ray Tune trial (every epoch's metrics go to Tune, epochs counted across stages)."""
     started = time.perf_counter()
     config = definition.config
+    if use_ray and config.train.num_workers == 0 and trial is None:
+        # Ray Train's local mode runs in this process too, but keeps a reported checkpoint only
+        # as the directory it was given (ours is temporary: the run's end found it gone); the
+        # plain-process loop is the same training without that detour.
+        say("train.num_workers 0: training in this process (no Ray Train workers, no checkpoints)")
+        use_ray = False
     run_name = run_name or config.train.run_name or definition.default_run_name()
     stages = definition.stages()
     definition.announce(run_name, stages, say)
