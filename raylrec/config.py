@@ -533,7 +533,8 @@ class ScoreConfig(StrictConfig):
 
 
 class NightlyConfig(StrictConfig):
-    """``jobs/nightly.py --date D``: prepare -> (refresh CF) -> score -> publish, per date.
+    """``jobs/nightly.py --date D``: prepare -> (refresh profiles) -> (refresh CF) -> score ->
+    publish, per date.
 
     ``{date}`` in ``data.source`` paths is replaced by D, so a source can name the day's logs.
     """
@@ -542,6 +543,11 @@ class NightlyConfig(StrictConfig):
         default=None, description="dated outputs: <root>/datasets/date=D, <root>/cf/date=D"
     )
     refresh_cf: Bool = Field(default=False, description="retrain the retrieval CF encoder on D's data")
+    profiles: str | None = Field(
+        default=None,
+        description="a profiles YAML (raylrec profiles): after prepare, RLMRec's profiles of D's new "
+        "items and users are generated and embedded (its dataset is replaced by D's)",
+    )
 
 
 # --- metrics a task reports -----------------------------------------------------------------

@@ -93,9 +93,14 @@ def run_nightly(
 ) -> NightlySummary:
     """Run (or finish) the nightly pipeline for ``date``; ``force`` re-scores a published date.
 
-    ``profiles`` (off by default) adds a step after prepare: RLMRec's profiles of the date's new
-    items and users only, and their embeddings (``raylrec.profiles.refresh``)."""
+    ``profiles`` (default: the YAML ``nightly.profiles`` names; off when neither is set) adds a
+    step after prepare: RLMRec's profiles of the date's new items and users only, and their
+    embeddings (``raylrec.profiles.refresh``)."""
     config = nightly_config(config, date)
+    if profiles is None and config.nightly.profiles:
+        from raylrec.profiles.config import load_profiles_config
+
+        profiles = load_profiles_config(config.nightly.profiles)  # its errors before any step
     summary = NightlySummary(date)
 
     started = time.perf_counter()

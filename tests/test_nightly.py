@@ -15,11 +15,11 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 DATE = "2026-11-24"
 
 
-def _config(tmp_path, **nightly):
+def _config(tmp_path, source: dict | None = None, **nightly):
     return build_config(
         {
             "data": {
-                "source": {"type": "movielens_100k"},
+                "source": source or {"type": "movielens_100k"},
                 "split": {"protocol": "random_ratio", "ratios": [0.8, 0.1, 0.1], "seed": 2020},
                 "output": "replaced-by-nightly",
             },
@@ -64,3 +64,33 @@ def test_nightly_runs_each_step_once_and_resumes(tmp_path, capsys, s3_server):
     assert recs.read_manifest(str(tmp_path / "recs"), DATE)["run_id"] == manifest["run_id"]
     out = capsys.readouterr().out
     assert f"nightly {DATE}:" in out and "skipped" in out
+
+
+@pytest.mark.slow
+def test_nightly_refreshes_profiles_named_in_its_config_then_skips_them(tmp_path):
+    """``nightly.profiles`` names a profiles YAML: the first run of a date generates and embeds
+    the profiles of every item and user of the date's dataset (all new), the second generates
+    none; scoring still publishes. A small synthetic log and the tiny Llama keep it short."""
+    import yaml
+
+    profiles_yaml = tmp_path / "profiles.yaml"
+    profiles_yaml.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": "replaced-by-nightly",
+                "output": str(tmp_path / "profiles"),
+                "backbone": {"name": "tiny-random-llama"},
+                "generation": {"max_new_tokens": 4, "batch_size": 8},
+                "chunk_size": 16,
+            }
+        )
+    )
+    source = {"type": "synthetic", "num_events": 400, "num_users": 12, "num_items": 20, "seed": 3}
+    config = _config(tmp_path, source, profiles=str(profiles_yaml))
+    first = run_nightly(config, DATE)
+    step = next(s for s in first.steps if s["step"] == "profiles")
+    assert step["status"] == "ran" and step["new_items"] == 20 and step["new_users"] == 12
+    assert _statuses(first)["publish"] == "done"
+    second = run_nightly(config, DATE)
+    step = next(s for s in second.steps if s["step"] == "profiles")
+    assert step["status"] == "skipped" and step["new_items"] == 0 and step["new_users"] == 0
