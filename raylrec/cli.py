@@ -8,6 +8,7 @@ raylrec train-cf --config FILE [--local]       train a CF encoder, export its CF
 raylrec train --config FILE [--local]          train an LLM method, export its model bundle
 raylrec tune --space FILE --config FILE        a Ray Tune sweep (ASHA; re-run the name to resume)
 raylrec tune report EXPERIMENT                 draw a finished sweep to PNG files
+raylrec tune confirm --config C --tuned T      retrain both with 3 seeds, compare on held-out data
 raylrec score --config FILE [--date D]         top-K recommendations for every user, published
 raylrec nightly --config FILE --date D         prepare -> refresh CF -> score -> publish, idempotent
 raylrec recs read ROOT [--date D] [--user U]   read published recommendations (checksums verified)
@@ -129,21 +130,99 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     load_space(args.space, config, load_raw_config(args.config, args.overrides))  # before Ray starts
+    if args.confirm:
+        load_config(args.config, args.confirm_override)  # the confirmation's config, before any trial
     storage.check_reachable(args.storage or config.train.storage_path)
     _init_ray(args, config.ray)
     from raylrec.tune.sweep import run_sweep
 
     best = None if args.best_config == "none" else args.best_config
-    run_sweep(
+    say = _progress()
+    result = run_sweep(
         args.space,
         args.config,
         args.overrides,
         name=args.name,
         storage_path=args.storage,
-        best_config=best,
+        # With --confirm the best config goes outside the experiment only once confirmed.
+        best_config=None if args.confirm else best,
         include_default=not args.no_default,
-        say=_progress(),
+        say=say,
     )
+    if args.confirm:
+        _confirm_sweep(args, result, best, say)
+    return 0
+
+
+def _confirm_sweep(args: argparse.Namespace, result, best: str | None, say) -> None:
+    """Retrain the sweep's best trial and the default with each seed on held-out data; the
+    best config goes to ``best`` (configs/<config>_tuned.yaml by default) only if confirmed."""
+    from pathlib import Path
+
+    from raylrec.config import load_raw_config
+    from raylrec.tune.confirm import confirm_tuning, confirmation_header, format_confirmation
+    from raylrec.tune.space import load_space
+
+    raw = load_raw_config(args.config, args.overrides)
+    space = load_space(args.space, load_config(args.config, args.overrides), raw)
+    params = {p.key: _plain(result.best[p.key]) for p in space.params}
+    confirmation = confirm_tuning(
+        args.config,
+        params,
+        args.confirm_override,
+        seeds=tuple(args.seeds),
+        held_out_dir=storage.join(result.path, "confirm_data"),
+        say=say,
+    )
+    table = format_confirmation(confirmation)
+    storage.write_json(storage.join(result.path, "confirmation.json"), confirmation.to_dict())
+    fs, root = storage.filesystem(result.path)
+    fs.pipe_file(f"{root}/confirmation.md", (table + "\n").encode())
+    say("confirmation:\n" + table)
+    best_yaml = storage.join(result.path, "best_config.yaml")
+    if not confirmation.confirmed:
+        say(f"the default stands: {args.config} is kept; the sweep's best config stays in {best_yaml}")
+        return
+    if best == "auto":
+        best = f"configs/{Path(args.config).stem}_tuned.yaml"
+    if best is None:
+        say(f"tuned config confirmed; it stays in {best_yaml} (--best-config none)")
+        return
+    with fs.open(f"{root}/best_config.yaml", "rb") as f:
+        text = "\n".join(confirmation_header(confirmation)) + "\n" + f.read().decode()
+    out_fs, out = storage.filesystem(best)
+    parent = out.rsplit("/", 1)[0] if "/" in out else "."
+    out_fs.makedirs(parent, exist_ok=True)
+    out_fs.pipe_file(out, text.encode())
+    say(f"tuned config confirmed: written to {best}")
+
+
+def _plain(value):
+    """numpy scalars from the trials table -> plain Python values."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def cmd_tune_confirm(args: argparse.Namespace) -> int:
+    from raylrec.config import load_raw_config
+    from raylrec.tune.confirm import compare_configs, format_confirmation
+
+    default = load_raw_config(args.config, args.overrides)
+    tuned = load_raw_config(args.tuned, args.overrides)
+    for path in (args.config, args.tuned):
+        load_config(path, args.overrides)  # a bad config fails here, before any training
+    confirmation = compare_configs(
+        default,
+        tuned,
+        seeds=tuple(args.seeds),
+        held_out_dir=args.held_out,
+        overrides=args.overrides,
+        say=_progress(),
+        verbose=args.verbose,
+    )
+    table = format_confirmation(confirmation)
+    print(table)
+    if args.out:
+        storage.write_json(args.out, confirmation.to_dict())
     return 0
 
 
@@ -357,7 +436,40 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="key=value",
         help="dotted overrides every trial shares, e.g. train.epochs=4",
     )
+    tune.add_argument(
+        "--confirm",
+        action="store_true",
+        help="after the sweep, retrain the best trial and the default with each --seeds and compare "
+        "them on held-out data; the best config leaves the experiment only if confirmed",
+    )
+    tune.add_argument(
+        "--confirm-override",
+        action="append",
+        default=[],
+        metavar="key=value",
+        help="an override for both confirmation arms (repeatable; the sweep's overrides are not applied)",
+    )
+    tune.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="confirmation seeds")
     tune.set_defaults(func=cmd_tune)
+    # `raylrec tune confirm ...` (main() routes it here, as `tune report`)
+    confirm = sub.add_parser(
+        "tune-confirm", help="compare a tuned config with its default on held-out data (also: tune confirm)"
+    )
+    confirm.add_argument("--config", "-c", required=True, help="the default config")
+    confirm.add_argument("--tuned", "-t", required=True, help="the tuned config (e.g. configs/*_tuned.yaml)")
+    confirm.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed of each run")
+    confirm.add_argument(
+        "--held-out",
+        help="where the derived dataset goes when the dataset has no test split (default: a temporary one)",
+    )
+    confirm.add_argument("--out", help="write the result as JSON here")
+    confirm.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides for both configs, e.g. train.epochs=50",
+    )
+    confirm.set_defaults(func=cmd_tune_confirm)
     # `raylrec tune report PATH` (main() routes it here: `tune` itself takes free-form overrides)
     report = sub.add_parser("tune-report", help="draw a finished sweep to PNG files (also: tune report)")
     report.add_argument("experiment", help="the sweep's directory, <storage>/<name>, local or s3://")
@@ -471,8 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:2] == ["tune", "report"]:
-        argv = ["tune-report", *argv[2:]]
+    if argv[:2] in (["tune", "report"], ["tune", "confirm"]):
+        argv = [f"tune-{argv[1]}", *argv[2:]]
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
