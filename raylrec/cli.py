@@ -130,8 +130,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     load_space(args.space, config, load_raw_config(args.config, args.overrides))  # before Ray starts
-    if args.confirm:
-        load_config(args.config, args.confirm_override)  # the confirmation's config, before any trial
+    # The confirmation's config, checked before any trial.
+    if args.confirm and load_config(args.config, args.confirm_override).method is not None:
+        raise ConfigError("tune --confirm retrains CF encoders only (an LLM method reports no test metrics)")
     storage.check_reachable(args.storage or config.train.storage_path)
     _init_ray(args, config.ray)
     from raylrec.tune.sweep import run_sweep

@@ -165,6 +165,36 @@ def test_a_sweep_whose_best_trial_is_noise_reports_that_the_default_stands(no_te
     ]
 
 
+def test_a_clear_gain_is_confirmed_and_the_tuned_config_written(no_test_split, tmp_path):
+    """The other branch of ``raylrec tune --confirm``: a default that cannot learn (lr 1e-6)
+    against a best trial that does (lr 0.05) is confirmed, and the tuned config is written with
+    the confirmation's numbers in its header."""
+    from raylrec.cli import _confirm_sweep
+    from raylrec.tune.sweep import SweepResult
+
+    config = tmp_path / "mf_tiny.yaml"
+    slow = {**BASE, "train": {**BASE["train"], "lr": 1e-6}}
+    config.write_text(yaml.safe_dump({**slow, "dataset": no_test_split}))
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"model": "mf", "params": {"train.lr": {"loguniform": [1e-6, 0.1]}}}))
+    experiment = tmp_path / "sweep"
+    experiment.mkdir()
+    (experiment / "best_config.yaml").write_text("# Best of sweep s\n" + config.read_text())
+    result = SweepResult(str(experiment), None, None, {"train.lr": LR}, None, 0.0)
+    tuned = tmp_path / "configs" / "mf_tiny_tuned.yaml"
+    args = argparse.Namespace(
+        space=str(space), config=str(config), overrides=[], confirm_override=[], seeds=[0, 1]
+    )
+
+    _confirm_sweep(args, result, str(tuned), print)
+
+    record = json.loads((experiment / "confirmation.json").read_text())
+    assert record["confirmed"] and record["verdict"] == CONFIRMED and record["seeds"] == [0, 1]
+    assert record["gain"] > record["spread"]
+    text = tuned.read_text()
+    assert text.startswith("# Confirmed on the later half") and "# Best of sweep s" in text
+
+
 def test_tune_confirm_is_a_cli_command():
     from raylrec.cli import build_parser, main
 
