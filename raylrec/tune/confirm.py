@@ -11,8 +11,10 @@ and compares them on a held-out split:
 
 The tuned config counts as better only when its mean gain over the default exceeds the seeds'
 spread (``Confirmation.confirmed``). Runs train in a plain process (``use_ray=False``: the same
-training code without a Ray Train start-up per run, which dominates small runs); only CF
-encoders are supported, since an LLM method's training reports its valid metrics only.
+training code without a Ray Train start-up per run, which dominates small runs; ``num_workers``
+is then ignored, so both arms train on one ``batch_size`` rather than a multi-worker global
+batch). Only CF encoders are supported, since an LLM method's training reports its valid
+metrics only.
 
     raylrec tune confirm --config configs/mf_collm_ml1m.yaml --tuned configs/mf_collm_ml1m_tuned.yaml
     raylrec tune --space S --config C --confirm     # after the sweep, with its best trial
