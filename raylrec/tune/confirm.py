@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -48,14 +47,18 @@ from raylrec.data.output import (
 from raylrec.tune.space import apply_params
 
 __all__ = [
+    "CONFIRMED",
+    "DEFAULT_STANDS",
     "Arm",
     "Confirmation",
     "changed_params",
     "compare_configs",
     "confirm_tuning",
+    "confirmation_header",
     "format_confirmation",
     "held_out_dataset",
     "split_valid_by_time",
+    "verdict_confirmed",
 ]
 
 CONFIRMED, DEFAULT_STANDS = "tuned config confirmed", "the default stands"
@@ -368,14 +371,3 @@ def confirmation_header(result: Confirmation) -> list[str]:
         f"{result.default.mean:.4f} ± {result.default.std:.4f} (gain {result.gain:+.4f} > spread "
         f"{result.spread:.4f}).",
     ]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m raylrec.tune.confirm``: the same as ``raylrec tune confirm``."""
-    from raylrec.cli import main as cli_main
-
-    return cli_main(["tune", "confirm", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
