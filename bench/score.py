@@ -11,7 +11,11 @@ candidates, one table with a row per method:
   a forward;
 - naive full-prompt rerank (``Reranker.score_full``): every candidate's whole prompt on its own
   row, the plain computation a user would otherwise write; the "vs naive" column is the
-  method's path against it.
+  method's path against it;
+- each full-catalog method of ``--catalog-methods`` (CLLM4Rec): its top ``--k`` over the whole
+  catalogue for the same users (``RecMethod.recommend``: one forward pass of each user's prompt
+  over their seen items, then the item head in ``--item-chunk`` chunks), in users/s beside CF
+  retrieval's and each reranker's users/s (candidates/s over ``--candidates``).
 
 Users are MovieLens-100K's (a prepared dataset and its CF bundle: ``make demo`` writes both);
 the prompt holds each user's ``--history`` latest positive titles, the candidates are the CF
@@ -23,6 +27,7 @@ same. Both paths score the same candidates; their max abs difference is in the t
     .venv/bin/python bench/score.py                                 # CPU: 8 users x 50 candidates
     .venv/bin/python bench/score.py --methods collm reclora cora tallrec --users 4
     .venv/bin/python bench/score.py --device cuda --users 256 --dtype bfloat16
+    .venv/bin/python bench/score.py --methods tallrec --catalog-methods cllm4rec --users 8
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import torch
 
 from raylrec.cf.bundle import load_cf_bundle
 from raylrec.config import BackboneConfig
-from raylrec.data.output import read_table
+from raylrec.data.output import read_meta, read_table
 from raylrec.llm.backbone import load_backbone
 from raylrec.llm.prompts import PromptBuilder
 from raylrec.methods import METHODS, template_text
@@ -90,6 +95,15 @@ def _method(name: str, args, cf, device: torch.device):
     return method, backbone
 
 
+def _catalog_method(name: str, args, dataset_meta: dict, device: torch.device):
+    """A full-catalog method with its config defaults, its tables sized from the dataset (drawn
+    at random, N(0, 0.02), as they start: a trained bundle costs the same)."""
+    counts = dataset_meta["counts"]
+    config = METHODS.get(name)(num_users=counts["num_users"], num_items=counts["num_items"])
+    backbone = load_backbone(BackboneConfig(name=args.backbone, dtype=args.dtype), device)
+    return config.build(backbone, None).to(device).eval()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="out/demo/ml100k")
@@ -97,6 +111,10 @@ def main() -> None:
     parser.add_argument("--backbone", default="smollm2-135m-instruct")
     pointwise = [n for n in METHODS.names() if METHODS.get(n).role == "pointwise"]
     parser.add_argument("--methods", nargs="+", default=["collm", "reclora", "cora"], choices=pointwise)
+    catalog = [n for n in METHODS.names() if METHODS.get(n).role == "full_catalog"]
+    parser.add_argument("--catalog-methods", nargs="*", default=["cllm4rec"], choices=catalog)
+    parser.add_argument("--k", type=int, default=10, help="a full-catalog method's top k")
+    parser.add_argument("--item-chunk", type=int, default=65_536, help="items per item-head matmul")
     parser.add_argument("--users", type=int, default=8, help="users reranked")
     parser.add_argument("--candidates", type=int, default=50)
     parser.add_argument("--history", type=int, default=10)
@@ -169,6 +187,22 @@ def main() -> None:
         )
         del method, backbone, reranker, naive
 
+    catalog_rows = []
+    meta = read_meta(args.dataset)
+    uids = np.array([r.uid for r in requests], np.int64)
+    known = [seen[u - 1] for u in uids]  # masked, and what the prompt shows
+    for name in args.catalog_methods:
+        print(f"... {name} (full catalogue)", flush=True)
+        method = _catalog_method(name, args, meta, device)
+        with torch.no_grad():
+            method.recommend(uids[:1], known[:1], args.k, item_chunk=args.item_chunk)  # warm up
+            catalog_s, _ = _timed(
+                lambda m=method: m.recommend(uids, known, args.k, item_chunk=args.item_chunk), args.repeats
+            )
+        prompt = np.mean([min(len(x), method.config.max_items) for x in known])
+        catalog_rows.append((name, prompt, n / catalog_s))
+        del method
+
     print(
         f"\n{args.backbone} ({args.dtype}, {device}), {n} users x {args.candidates} candidates, "
         f"{args.history}-item history; CF retrieval (exact, all {users} users): "
@@ -185,6 +219,21 @@ def main() -> None:
             f"{name:<10}{template:<10}{tokens:>16}  {path:<28}{path_rate:>12.2f}{naive_rate:>13.2f}"
             f"{path_rate / naive_rate:>9.2f}x{diff:>10.1e}"
         )
+    cf_users_s = users / retrieval_s
+    print(
+        f"\nusers/s, the same {n} users: CF retrieval (top {args.candidates} of "
+        f"{len(items) - 1:,} items) {cf_users_s:,.0f}"
+    )
+    header = f"{'ranker':<58}{'users/s':>10}{'cost vs CF retrieval':>22}"
+    print(header)
+    print("-" * len(header))
+    for name, prompt, rate in catalog_rows:
+        label = f"{name}: top {args.k} of the whole catalogue ({prompt:.0f} items in prompt)"
+        print(f"{label:<58}{rate:>10.2f}{cf_users_s / rate:>21,.0f}x")
+    for name, _, _, _, path_rate, _, _ in rows:
+        rate = path_rate / args.candidates
+        label = f"CF retrieval + {name} rerank of {args.candidates}"
+        print(f"{label:<58}{rate:>10.2f}{cf_users_s / rate:>21,.0f}x")
 
 
 if __name__ == "__main__":
