@@ -9,6 +9,8 @@ with the token in ``~/.ray/auth_token``). ``RAY_AUTH_MODE=disabled`` in the envi
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
 import socket
@@ -116,7 +118,15 @@ def _worker_env() -> dict[str, str]:
     fd, path = tempfile.mkstemp(prefix="raylrec-ray-data-logging-", suffix=".yaml")
     with os.fdopen(fd, "w") as f:
         yaml.safe_dump(config, f)
+    # Workers start (and read it) for as long as the local instance lives, which is as long as
+    # this driver: removed when the driver exits.
+    atexit.register(_remove_if_present, path)
     return {"RAY_DATA_LOGGING_CONFIG": path}
+
+
+def _remove_if_present(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
 
 
 # Ray gives a new local node a fixed 30 s to register its raylet with the GCS; on a loaded

@@ -122,3 +122,20 @@ def test_a_start_up_timeout_is_retried_on_a_fresh_instance_and_other_errors_are_
     with pytest.raises(ValueError, match="num_cpus"):
         init_ray(RayConfig(num_cpus=1))
     assert calls == ["refused"]
+
+
+def test_the_ray_data_logging_file_lives_as_long_as_the_driver():
+    """The logging YAML handed to a new local instance's workers exists while the driver runs
+    and is removed when it exits (one per Ray start, never left in the temp directory)."""
+    code = (
+        "import os\n"
+        "from raylrec.runtime import _worker_env\n"
+        "path = _worker_env()['RAY_DATA_LOGGING_CONFIG']\n"
+        "print(path, os.path.exists(path))\n"
+    )
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RAYLREC_RAY_DATA_LOGS", "RAY_DATA_LOGGING_CONFIG")
+    }
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    path, existed = out.stdout.split()
+    assert existed == "True" and not os.path.exists(path)
