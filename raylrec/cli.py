@@ -158,18 +158,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def _confirm_sweep(args: argparse.Namespace, result, best: str | None, say) -> None:
     """Retrain the sweep's best trial and the default with each seed on held-out data; the
     best config goes to ``best`` (configs/<config>_tuned.yaml by default) only if confirmed."""
-    from pathlib import Path
-
     from raylrec.config import load_raw_config
     from raylrec.tune.confirm import confirm_tuning, confirmation_header, format_confirmation
+    from raylrec.tune.results import best_params, default_tuned_path, write_text
     from raylrec.tune.space import load_space
 
-    raw = load_raw_config(args.config, args.overrides)
-    space = load_space(args.space, load_config(args.config, args.overrides), raw)
-    params = {p.key: _plain(result.best[p.key]) for p in space.params}
+    space = load_space(
+        args.space, load_config(args.config, args.overrides), load_raw_config(args.config, args.overrides)
+    )
     confirmation = confirm_tuning(
         args.config,
-        params,
+        best_params(result.best, space),
         args.confirm_override,
         seeds=tuple(args.seeds),
         held_out_dir=storage.join(result.path, "confirm_data"),
@@ -177,30 +176,21 @@ def _confirm_sweep(args: argparse.Namespace, result, best: str | None, say) -> N
     )
     table = format_confirmation(confirmation)
     storage.write_json(storage.join(result.path, "confirmation.json"), confirmation.to_dict())
-    fs, root = storage.filesystem(result.path)
-    fs.pipe_file(f"{root}/confirmation.md", (table + "\n").encode())
+    write_text(storage.join(result.path, "confirmation.md"), table + "\n")
     say("confirmation:\n" + table)
     best_yaml = storage.join(result.path, "best_config.yaml")
     if not confirmation.confirmed:
         say(f"the default stands: {args.config} is kept; the sweep's best config stays in {best_yaml}")
         return
     if best == "auto":
-        best = f"configs/{Path(args.config).stem}_tuned.yaml"
+        best = default_tuned_path(args.config)
     if best is None:
         say(f"tuned config confirmed; it stays in {best_yaml} (--best-config none)")
         return
-    with fs.open(f"{root}/best_config.yaml", "rb") as f:
-        text = "\n".join(confirmation_header(confirmation)) + "\n" + f.read().decode()
-    out_fs, out = storage.filesystem(best)
-    parent = out.rsplit("/", 1)[0] if "/" in out else "."
-    out_fs.makedirs(parent, exist_ok=True)
-    out_fs.pipe_file(out, text.encode())
+    fs, path = storage.filesystem(best_yaml)
+    text = "\n".join(confirmation_header(confirmation)) + "\n" + fs.cat_file(path).decode()
+    write_text(best, text)
     say(f"tuned config confirmed: written to {best}")
-
-
-def _plain(value):
-    """numpy scalars from the trials table -> plain Python values."""
-    return value.item() if hasattr(value, "item") else value
 
 
 def cmd_tune_confirm(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import math
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -16,10 +17,13 @@ from raylrec.tune.space import SearchSpace, apply_params
 
 __all__ = [
     "best_config_yaml",
+    "best_params",
+    "default_tuned_path",
     "format_leaderboard",
     "read_results",
     "trials_tables",
     "write_results",
+    "write_text",
 ]
 
 # The sweep's own record (space, fingerprint, baseline), written by ``sweep`` when it claims the
@@ -110,7 +114,7 @@ def best_config_yaml(
     ``<output>_tuned``), as YAML with a header saying where it came from (the sweep's
     command-line overrides are not applied: they usually cut budget)."""
     best = trials.iloc[0]
-    params = {p.key: _plain(best[p.key]) for p in space.params}
+    params = best_params(best, space)
     lines = [
         f"# Best of sweep {name}: {len(trials)} trials over {space.path} ({space.search} search, "
         f"{space.scheduler.type}), {metric} {best['metric']:.4f} (trial {best['trial_id']}).",
@@ -134,6 +138,24 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def best_params(trial: Any, space: SearchSpace) -> dict[str, Any]:
+    """The swept values of ``trial`` (a row of the trials table, or its dict), as plain Python."""
+    return {p.key: _plain(trial[p.key]) for p in space.params}
+
+
+def default_tuned_path(config_path: str) -> str:
+    """Where a sweep of ``config_path`` writes its best config by default."""
+    return f"configs/{Path(config_path).stem}_tuned.yaml"
+
+
+def write_text(uri: str, text: str) -> None:
+    """``text`` to ``uri`` (local or s3://), its parent directory made first."""
+    out_fs, out = storage.filesystem(uri)
+    parent = out.rsplit("/", 1)[0] if "/" in out else "."
+    out_fs.makedirs(parent, exist_ok=True)
+    out_fs.pipe_file(out, text.encode())
+
+
 def write_results(
     experiment: str, trials: pd.DataFrame, curves: pd.DataFrame, best_yaml: str, best_config: str | None
 ) -> str:
@@ -148,10 +170,7 @@ def write_results(
     fs.pipe_file(f"{root}/best_config.yaml", best_yaml.encode())
     if best_config is None:
         return storage.join(experiment, "best_config.yaml")
-    out_fs, out = storage.filesystem(best_config)
-    parent = out.rsplit("/", 1)[0] if "/" in out else "."
-    out_fs.makedirs(parent, exist_ok=True)
-    out_fs.pipe_file(out, best_yaml.encode())
+    write_text(best_config, best_yaml)
     return best_config
 
 

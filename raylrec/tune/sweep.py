@@ -23,6 +23,7 @@ from raylrec.config import ConfigError, RaylrecConfig, build_config, load_raw_co
 from raylrec.tune.results import (
     SWEEP_FILE,
     best_config_yaml,
+    default_tuned_path,
     format_leaderboard,
     trials_tables,
     write_results,
@@ -203,7 +204,7 @@ def run_sweep(
         raise RuntimeError(f"sweep {name}: no trial reported {metric}{first}")
     text = best_config_yaml(load_raw_config(config_path), trials, name, space, metric, overrides)
     if best_config == "auto":
-        best_config = f"configs/{Path(config_path).stem}_tuned.yaml"
+        best_config = default_tuned_path(config_path)
     written = write_results(experiment, trials, curves, text, best_config)
     say(format_leaderboard(trials, metric, [p.key for p in space.params]))
     best = trials.iloc[0].to_dict()
