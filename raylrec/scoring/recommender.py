@@ -89,7 +89,8 @@ class CatalogRetriever:
         rows = np.flatnonzero(uid > 0)
         if not len(rows):
             return rows, [], []
-        known = [(lambda d: d[d > 0])(self.items.to_dense(seen[r])) for r in rows]
+        dense = [self.items.to_dense(seen[r]) for r in rows]
+        known = [d[d > 0] for d in dense]  # items the bundle does not know are not masked
         n = min(n, self.method.num_items - 1)
         scores, ids = self.method.recommend(
             uid[rows], known, n, exclude_seen=exclude_seen, item_chunk=self.item_chunk

@@ -256,9 +256,6 @@ class Corpora:
         held = max(1, int(self.mask_ratio * len(items)))
         return self.prompt_row(uid, items[held:][: self.max_items]), np.sort(items[:held])
 
-    def serving_row(self, uid: int, seed: int) -> RowBuilder:
-        return serving_row(self.pieces, uid, self.items_of(uid), self.max_items, seed)
-
     def content_row(self, doc: ContentDoc) -> RowBuilder:
         p = self.pieces
         row = RowBuilder(p.pad_id)
@@ -317,11 +314,6 @@ class Corpora:
         n = len(self.docs) if kind == "content" else len(self.users_with_train())
         lo, hi = shard_range(n, 0, world)
         return -(-(hi - lo) // batch_size)
-
-    def serving_batch(self, users: Sequence[int], seed: int) -> dict[str, np.ndarray]:
-        batch = pad_rows([self.serving_row(int(u), seed) for u in users])
-        batch["uid"] = np.asarray(users, np.int64)
-        return batch
 
 
 def _item_sets(table: pa.Table, num_users: int, implicit: bool) -> ItemSets:
