@@ -34,6 +34,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import cf_ctr_metrics  # noqa: E402
 from raylrec.config import build_config  # noqa: E402
 
 SLICES = ("", "warm/", "cold/")
@@ -79,24 +80,12 @@ def _llm_config(args, method: dict, run: str):
 
 def mf_metrics(args) -> dict[str, float]:
     """The MF bundle scored on the same validation rows as the LLMs."""
-    from raylrec.cf.bundle import load_cf_bundle
     from raylrec.cf.data import load_split
-    from raylrec.eval import CTRAccumulator
-    from raylrec.llm.samples import sample_fraction, sample_mask
+    from raylrec.llm.samples import sample_fraction
 
-    valid = load_split(args.dataset, "valid")
     config = _llm_config(args, {"name": "tallrec"}, "mf")
-    fraction = sample_fraction(config, "valid", len(valid))
-    keep = sample_mask(valid.arrays["uid"], valid.arrays["iid"], config.sample.seed, fraction)
-    rows = {k: v[keep] for k, v in valid.arrays.items()}
-    bundle = load_cf_bundle(args.mf_bundle)
-    with torch.no_grad():
-        logits = bundle.encoder.score(
-            {"uid": torch.from_numpy(rows["uid"]), "iid": torch.from_numpy(rows["iid"])}
-        )
-    acc = CTRAccumulator()
-    acc.update(rows["uid"], rows["label"], torch.sigmoid(logits).numpy(), rows.get("warm"))
-    return {f"valid/{k.removeprefix('all/')}": v for k, v in acc.compute().items()}
+    fraction = sample_fraction(config, "valid", len(load_split(args.dataset, "valid")))
+    return cf_ctr_metrics(args.dataset, args.mf_bundle, "valid", config.sample.seed, fraction)
 
 
 def main() -> None:
