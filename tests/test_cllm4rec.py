@@ -376,6 +376,68 @@ def test_the_recommendation_loss_is_the_multinomial_likelihood_of_the_held_out_i
     assert np.isfinite(loss) and loss == pytest.approx(want, rel=1e-5)
 
 
+# --- sampled softmax (training on catalogues too large for a full one) --------------------------
+
+
+def test_the_sampled_normaliser_is_an_unbiased_estimate_of_the_full_one():
+    from raylrec.methods.cllm4rec.model import IDTable, sampled_item_log_probs
+
+    torch.manual_seed(0)
+    table = IDTable(200, 8)
+    with torch.no_grad():
+        table.weight.mul_(10.0)  # spread logits: a uniform proposal must still be unbiased
+    hidden = torch.randn(3, 8)
+    targets = torch.tensor([[5, 0], [7, 9], [150, 0]])
+    logits = hidden @ table.weight.T
+    logits[:, 0] = -torch.inf
+    full = torch.log_softmax(logits, -1).gather(1, targets)
+    with torch.no_grad():
+        draws = torch.stack([sampled_item_log_probs(hidden, targets, table, 200, 64) for _ in range(600)])
+    # log p = o_t - log Z_hat: E[Z_hat] = Z, so E[exp(o_t - log p_hat)] = exp(o_t - log p)
+    partition_ratio = torch.exp(full - draws).mean(0)  # E[Z_hat] / Z
+    real = targets > 0
+    assert torch.allclose(partition_ratio[real], torch.ones_like(partition_ratio[real]), atol=0.03)
+    assert torch.isneginf(draws[:, ~real]).all()
+
+
+def test_sampled_training_reads_only_the_sampled_rows_and_evaluation_uses_the_full_softmax(backbone):
+    from raylrec.methods.cllm4rec.model import sampled_item_log_probs
+
+    method = _method(backbone, sampled_negatives=4)
+    corpora = _corpora(backbone.tokenizer)
+    method.set_stage(next(s for s in method.stages() if s.name == "finetune"))
+    batch = _to_torch(next(corpora.recommendation_batches(8, 0, 1)), "recommendation", CPU)
+    targets = batch["target_items"]
+    method.eval()
+    with torch.no_grad():
+        full = float(method.recommendation_loss(batch))
+        hidden = method.user_states(batch)
+        log_probs = torch.log_softmax(method.item_logits(hidden), -1)
+    want = -np.mean([float(log_probs[r, t[t > 0]].sum()) for r, t in enumerate(targets)])
+    assert full == pytest.approx(want, rel=1e-5)  # eval: the sampled option changes nothing
+    method.train()
+    torch.manual_seed(3)
+    assert float(method.recommendation_loss(batch)) != pytest.approx(full)  # training samples
+    # the head's gradient reaches the targets' rows and at most 4 sampled rows, not the catalogue
+    # (the prompt's own item tokens are looked up in the same table, so the head is taken alone)
+    method.zero_grad(set_to_none=True)
+    sampled_item_log_probs(hidden, targets, method.collab_items, ITEMS, 4).clamp(min=-1e4).sum().backward()
+    touched = set(torch.nonzero(method.collab_items.weight.grad.abs().sum(1)).flatten().tolist())
+    wanted = set(targets[targets > 0].tolist())
+    assert wanted <= touched and len(touched) <= len(wanted) + 4 < ITEMS - 1
+
+
+def test_a_sampled_softmax_finetune_lowers_the_full_objective(backbone):
+    method = _method(backbone, sampled_negatives=8, finetune_content=False, mr_weight=0.0)
+    corpora = _corpora(backbone.tokenizer)
+    method.set_stage(next(s for s in method.stages() if s.name == "finetune"))
+    method.eval()
+    before = _stage_loss(method, corpora, "finetune")  # the full softmax, in eval mode
+    _fit_stage(method, corpora, "finetune", 4, lr=0.01, batch_size=4)
+    method.eval()
+    assert _stage_loss(method, corpora, "finetune") < before
+
+
 # --- end to end: a prepared dataset, the training pipeline, Ray Train with ZeRO, the bundle -----
 
 

@@ -61,6 +61,14 @@ class CLLM4RecConfig(MethodConfig):
     implicit: Bool = Field(
         default=True, description="every training interaction is a positive (False: label-1 rows only)"
     )
+    sampled_negatives: OptionalInt = Field(
+        default=None,
+        ge=1,
+        description=(
+            "training only: the item softmax over each row's targets plus this many uniform negatives "
+            "shared by the batch, importance-corrected (log N/S); None: the full catalogue"
+        ),
+    )
 
     implementation = "raylrec.methods.cllm4rec.model:CLLM4Rec"
     definition = "raylrec.methods.cllm4rec.task:CLLM4RecDefinition"

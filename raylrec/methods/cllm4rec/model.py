@@ -19,6 +19,14 @@ of the squared distance between this model's and the other model's vector of tha
 other side held fixed (the released code sums over tokens and dimensions, so its weight grows
 with the batch; a mean keeps ``mr_weight`` independent of the batch size). The content
 warm-up stage runs without it, as the paper's code does.
+
+For catalogues too large for a full softmax in training, ``sampled_negatives`` = S replaces the
+item softmax's normaliser by an importance-sampling estimate (``sampled_item_log_probs``; Bengio
+& Senecal 2008, Jean et al. 2015, arXiv 1412.2007): the row's targets exactly, plus S negatives
+drawn uniformly from the N items and shared by the batch, each weighted 1 / (S q) = N / S (its
+logit + log(N/S)), a negative that is one of the row's targets dropped. The estimate of the
+partition function is unbiased; its log, and so the loss, is biased low for small S. Evaluation
+and serving always use the full softmax.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from raylrec.methods.base import Batch, RecMethod
 from raylrec.methods.cllm4rec import CLLM4RecConfig
 from raylrec.methods.cllm4rec.corpora import Pieces
 
-__all__ = ["CLLM4Rec", "IDTable", "OBJECTIVES"]
+__all__ = ["CLLM4Rec", "IDTable", "OBJECTIVES", "sampled_item_log_probs"]
 
 OBJECTIVES = {"content": 0, "collaborative": 1, "recommendation": 2}
 _IGNORE = -100
@@ -61,6 +69,24 @@ class IDTable(nn.Module):
             table = self.weight[start:stop]
             return hidden.to(table.dtype) @ table.T
         return F.embedding(ids, self.weight)
+
+
+def sampled_item_log_probs(
+    hidden: torch.Tensor, targets: torch.Tensor, table: IDTable, num_items: int, negatives: int
+) -> torch.Tensor:
+    """Estimated log-probabilities [n, t] of ``targets`` [n, t] (0 = padding) under the tied item
+    softmax of ``hidden`` [n, dim], with ``negatives`` uniform samples for the non-target mass
+    (see the module docstring). Only the targets' and the samples' rows of ``table`` are read."""
+    real_items = num_items - 1  # row 0 is padding
+    drawn = torch.randint(1, num_items, (negatives,), device=hidden.device)
+    hidden = hidden.float()
+    target_logits = torch.einsum("nd,ntd->nt", hidden, table(targets).float())
+    target_logits = target_logits.masked_fill(targets == 0, -torch.inf)
+    negative_logits = hidden @ table(drawn).float().T + float(np.log(real_items / negatives))
+    hits = (drawn[None, None, :] == targets[:, :, None]).any(1)  # already counted exactly
+    negative_logits = negative_logits.masked_fill(hits, -torch.inf)
+    log_partition = torch.logsumexp(torch.cat([target_logits, negative_logits], 1), dim=1, keepdim=True)
+    return target_logits - log_partition
 
 
 class CLLM4Rec(RecMethod):
@@ -190,6 +216,8 @@ class CLLM4Rec(RecMethod):
         labels = batch["item_labels"]
         where = labels > 0
         hidden = self.hidden_states(batch, "collab")[where]
+        if self._sampling():
+            return -self._sampled_log_probs(hidden, labels[where][:, None]).mean()
         return F.cross_entropy(self.item_logits(hidden), labels[where])
 
     def content_loss(self, batch: Batch) -> torch.Tensor:
@@ -204,11 +232,22 @@ class CLLM4Rec(RecMethod):
     def recommendation_loss(self, batch: Batch) -> torch.Tensor:
         """Multinomial likelihood of the held-out items: -sum_j t_j log softmax(h W_items^T)_j,
         averaged over users."""
-        log_probs = torch.log_softmax(self.item_logits(self.user_states(batch)), dim=-1)
         targets = batch["target_items"]
-        # where(), not a product: padding targets gather item 0's -inf (and -inf * 0 is NaN)
-        picked = torch.where(targets > 0, log_probs.gather(1, targets), 0.0)
-        return -picked.sum(1).mean()
+        if self._sampling():
+            picked = self._sampled_log_probs(self.user_states(batch), targets)
+        else:
+            log_probs = torch.log_softmax(self.item_logits(self.user_states(batch)), dim=-1)
+            picked = log_probs.gather(1, targets)
+        # where(), not a product: padding targets are at -inf (and -inf * 0 is NaN)
+        return -torch.where(targets > 0, picked, 0.0).sum(1).mean()
+
+    def _sampling(self) -> bool:
+        return self.training and self.config.sampled_negatives is not None
+
+    def _sampled_log_probs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return sampled_item_log_probs(
+            hidden, targets, self.collab_items, self.num_items, int(self.config.sampled_negatives)
+        )
 
     def mutual_regularisation(self, batch: Batch, side: str) -> torch.Tensor:
         """``mr_weight`` x mean over the batch's ID tokens of ||e_side - e_other||^2, the other
