@@ -416,7 +416,6 @@ def test_sampled_training_reads_only_the_sampled_rows_and_evaluation_uses_the_fu
     want = -np.mean([float(log_probs[r, t[t > 0]].sum()) for r, t in enumerate(targets)])
     assert full == pytest.approx(want, rel=1e-5)  # eval: the sampled option changes nothing
     method.train()
-    torch.manual_seed(3)
     assert float(method.recommendation_loss(batch)) != pytest.approx(full)  # training samples
     # the head's gradient reaches the targets' rows and at most 4 sampled rows, not the catalogue
     # (the prompt's own item tokens are looked up in the same table, so the head is taken alone)
@@ -436,6 +435,53 @@ def test_a_sampled_softmax_finetune_lowers_the_full_objective(backbone):
     _fit_stage(method, corpora, "finetune", 4, lr=0.01, batch_size=4)
     method.eval()
     assert _stage_loss(method, corpora, "finetune") < before
+
+
+# --- resume --------------------------------------------------------------------------------------
+
+
+def test_a_stage_resumed_mid_epoch_ends_with_the_tables_of_an_uninterrupted_run(backbone, tmp_path):
+    """Fine-tuning with its content pass and the sampled softmax: every random choice of the
+    stage (orders, held-out masks, sampled negatives) is seeded by (seed, epoch) or by the batch,
+    so a run restored from a mid-epoch checkpoint replays the same batches and ends bit-identical
+    to one never interrupted."""
+    from helpers import CheckpointingReporter, Interrupt
+
+    corpora = _corpora(backbone.tokenizer)
+    steps = stage_steps(corpora, "finetune", True, 4)
+    config = TrainConfig(
+        epochs=2, batch_size=4, lr=0.01, seed=0, log_every_s=1e9, patience=100, eval_every=100,
+        metric=SELECTION_METRIC, mode="max", checkpoint_every_steps=1,
+    )  # fmt: skip
+    recommendation_steps = corpora.steps("users", 4, 1)  # each epoch's first pass, then content's
+
+    def run(method, reporter, restore_from=None, state=None):
+        method.set_stage(next(s for s in method.stages() if s.name == "finetune"))
+        params = [p for p in method.parameters() if p.requires_grad]
+        engine = TorchEngine(method, config, config.epochs * steps, params, full_state=False)
+        if restore_from is not None:
+            engine.load(str(restore_from))
+        task = CLLM4RecTask(method, corpora, EvalConfig(ks=[10, 20]), 4, 0)
+        batches = lambda e: stage_batches(corpora, "finetune", True, 4, 0, e, CPU)  # noqa: E731
+        return fit(task, batches, config, reporter, engine, state, steps_per_epoch=steps)
+
+    reference = _method(backbone, sampled_negatives=6)
+    run(reference, CheckpointingReporter(tmp_path / "a"))
+    interrupted = _method(backbone, sampled_negatives=6)
+    # lost inside epoch 2's recommendation pass: the resumed steps draw sampled negatives
+    reporter = CheckpointingReporter(tmp_path / "b", fail_at_step=steps + 2)
+    with pytest.raises(Interrupt):
+        run(interrupted, reporter)
+    assert reporter.saved.epoch == 1 and 0 < reporter.saved.epoch_step < recommendation_steps
+    resumed = _method(backbone, sampled_negatives=6)
+    with torch.no_grad():  # other starting tables: everything must come from the checkpoint
+        for table in resumed.method_state_dict().values():
+            table.normal_()
+    state = run(resumed, CheckpointingReporter(tmp_path / "c"), tmp_path / "b", reporter.saved)
+    assert state.step == config.epochs * steps
+    want = reference.method_state_dict()
+    for name, value in resumed.method_state_dict().items():
+        torch.testing.assert_close(value, want[name], rtol=0, atol=0)
 
 
 # --- end to end: a prepared dataset, the training pipeline, Ray Train with ZeRO, the bundle -----

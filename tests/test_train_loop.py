@@ -5,18 +5,18 @@ A lost rank on Ray Train resuming from such a checkpoint is the cluster test's j
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import socket
 
 import pytest
 import torch
+from helpers import CheckpointingReporter, Interrupt
 from torch import nn
 
 from raylrec.config import TrainConfig
 from raylrec.train.engines import DeepSpeedEngine, Engine, TorchEngine, lr_lambda
-from raylrec.train.loop import TrainState, fit
+from raylrec.train.loop import fit
 
 
 class _Regression:
@@ -39,30 +39,6 @@ class _Regression:
         for start in range(0, 64, 8):
             index = order[start : start + 8]
             yield {"x": self.x[index], "y": self.y[index]}
-
-
-class _Interrupt(Exception):
-    pass
-
-
-class _CheckpointingReporter:
-    """Keeps the last checkpoint in memory (as Ray Train would on disk) and can fail after it."""
-
-    def __init__(self, tmp_path, fail_at_step: int | None = None):
-        self.tmp_path, self.fail_at_step = tmp_path, fail_at_step
-        tmp_path.mkdir(exist_ok=True)
-        self.saved: TrainState | None = None
-
-    def report(self, metrics, state, engine):
-        if engine is None:
-            return
-        engine.save(str(self.tmp_path), 0)
-        self.saved = copy.deepcopy(state)
-        if self.fail_at_step is not None and state.step >= self.fail_at_step:
-            raise _Interrupt
-
-    def log(self, message):
-        pass
 
 
 def _config(**kw) -> TrainConfig:
@@ -111,13 +87,13 @@ def test_a_mid_epoch_checkpoint_resumes_exactly(tmp_path, request, build, train)
     config = _config(**train)
     reference = _Regression(seed=1)
     fit(
-        reference, reference.batches, config, _CheckpointingReporter(tmp_path / "a"), build(reference, config)
+        reference, reference.batches, config, CheckpointingReporter(tmp_path / "a"), build(reference, config)
     )
     expected = _weights(reference, config)
 
     first = _Regression(seed=1)
-    reporter = _CheckpointingReporter(tmp_path / "b", fail_at_step=10)  # epoch 2, batch 2 of 8
-    with pytest.raises(_Interrupt):
+    reporter = CheckpointingReporter(tmp_path / "b", fail_at_step=10)  # epoch 2, batch 2 of 8
+    with pytest.raises(Interrupt):
         fit(first, first.batches, config, reporter, build(first, config))
     assert reporter.saved is not None and reporter.saved.epoch == 1 and reporter.saved.epoch_step == 2
 
@@ -125,7 +101,7 @@ def test_a_mid_epoch_checkpoint_resumes_exactly(tmp_path, request, build, train)
     engine = build(resumed, config)
     engine.load(str(tmp_path / "b"))
     state = fit(
-        resumed, resumed.batches, config, _CheckpointingReporter(tmp_path / "c"), engine, reporter.saved
+        resumed, resumed.batches, config, CheckpointingReporter(tmp_path / "c"), engine, reporter.saved
     )
     assert state.step == 3 * 8
     for name, value in _weights(resumed, config).items():

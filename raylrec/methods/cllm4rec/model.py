@@ -31,6 +31,7 @@ and serving always use the full softmax.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -72,13 +73,19 @@ class IDTable(nn.Module):
 
 
 def sampled_item_log_probs(
-    hidden: torch.Tensor, targets: torch.Tensor, table: IDTable, num_items: int, negatives: int
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    table: IDTable,
+    num_items: int,
+    negatives: int,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Estimated log-probabilities [n, t] of ``targets`` [n, t] (0 = padding) under the tied item
-    softmax of ``hidden`` [n, dim], with ``negatives`` uniform samples for the non-target mass
-    (see the module docstring). Only the targets' and the samples' rows of ``table`` are read."""
+    softmax of ``hidden`` [n, dim], with ``negatives`` uniform samples (from ``generator``, a CPU
+    one) for the non-target mass (see the module docstring). Only the targets' and the samples'
+    rows of ``table`` are read."""
     real_items = num_items - 1  # row 0 is padding
-    drawn = torch.randint(1, num_items, (negatives,), device=hidden.device)
+    drawn = torch.randint(1, num_items, (negatives,), generator=generator).to(hidden.device)
     hidden = hidden.float()
     target_logits = torch.einsum("nd,ntd->nt", hidden, table(targets).float())
     target_logits = target_logits.masked_fill(targets == 0, -torch.inf)
@@ -245,9 +252,13 @@ class CLLM4Rec(RecMethod):
         return self.training and self.config.sampled_negatives is not None
 
     def _sampled_log_probs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # Seeded by the batch's targets, not the global RNG: a run resumed mid-epoch replays the
+        # same batches and so draws the same negatives (the checkpoint holds no RNG state).
+        seed = zlib.crc32(targets.detach().cpu().numpy().tobytes())
         return sampled_item_log_probs(
-            hidden, targets, self.collab_items, self.num_items, int(self.config.sampled_negatives)
-        )
+            hidden, targets, self.collab_items, self.num_items, int(self.config.sampled_negatives),
+            generator=torch.Generator().manual_seed(seed),
+        )  # fmt: skip
 
     def mutual_regularisation(self, batch: Batch, side: str) -> torch.Tensor:
         """``mr_weight`` x mean over the batch's ID tokens of ||e_side - e_other||^2, the other
