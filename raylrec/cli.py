@@ -14,7 +14,7 @@ raylrec nightly --config FILE --date D         prepare -> refresh CF -> score ->
 raylrec recs read ROOT [--date D] [--user U]   read published recommendations (checksums verified)
 raylrec recs eval ROOT --dataset D [--split S]  Recall/NDCG@K of published lists vs held-out items
 raylrec recs dates ROOT                        the published dates under ROOT
-raylrec profiles generate --config FILE        RLMRec's LLM profiles of items and users, resumable
+raylrec profiles generate --config FILE [--local]  RLMRec's LLM profiles of items and users, resumable
 raylrec profiles embed --config FILE           sentence embeddings of the profiles (--text metadata: no LLM)
 raylrec config docs                            the configuration reference, generated from the models
 """
@@ -308,8 +308,9 @@ def cmd_profiles_generate(args: argparse.Namespace) -> int:
     config = load_profiles_config(args.config, args.overrides)  # fails here, before Ray starts
     from raylrec.profiles.generate import generate_profiles
 
-    _init_ray(args, config.ray)
-    generate_profiles(config, _progress())
+    if not args.local:
+        _init_ray(args, config.ray)
+    generate_profiles(config, _progress(), use_ray=not args.local)
     return 0
 
 
@@ -522,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate = profiles.add_parser("generate", help="write item, then user profiles with the LLM (resumable)")
     generate.add_argument(
         "--config", "-c", required=True, help="YAML config (see configs/profiles_ml100k.yaml)"
+    )
+    generate.add_argument(
+        "--local", action="store_true", help="generate in this process, no Ray (same batches and output)"
     )
     generate.add_argument(
         "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. max_items=32"

@@ -245,6 +245,20 @@ def test_unparsed_answers_are_retried_once_and_counted_never_dropped(monkeypatch
 
 
 @pytest.mark.slow
+def test_the_in_process_path_writes_the_rows_the_actor_pool_writes(world, tmp_path):
+    """``raylrec profiles generate --local`` (a GPU machine without Ray): the same prompts,
+    batches and seeds in one process give the same committed rows as the Ray Data actor pool."""
+    config = world["config"]
+    local = profiles_config(world["dataset"], str(tmp_path / "local"))
+    manifest = generate_profiles(local, use_ray=False)
+    assert manifest["rows"] == world["manifest"]["rows"] and manifest["parse"] == world["manifest"]["parse"]
+    order = [("kind", "ascending"), ("id", "ascending")]
+    assert store.read_profiles(local.output).sort_by(order).equals(
+        store.read_profiles(config.output).sort_by(order)
+    )
+    assert generate_profiles(local, use_ray=False)["changed"] is False  # and resumes the same way
+
+
 def test_a_rerun_generates_only_what_the_directory_lacks(world):
     """Users dropped from the wanted set are uncommitted and their files removed; asked for
     again, only they are generated, and they come back identical (greedy, same batches)."""

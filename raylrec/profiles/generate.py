@@ -18,9 +18,10 @@ back, and prints a line per chunk.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -178,15 +179,10 @@ def _generate(
     raw: dict[int, str],
     out: str,
     say: Callable[[str], None],
+    use_ray: bool = True,
 ) -> list[store.ProfileFile]:
-    """Generate ``missing`` on the actor pool; write each chunk as soon as it is whole (with
-    each row's raw id from ``raw``)."""
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    from raylrec.runtime import init_ray
-
-    init_ray(config.ray)
+    """Generate ``missing`` on the actor pool (or, ``use_ray=False``, in this process); write each
+    chunk as soon as it is whole (with each row's raw id from ``raw``)."""
     plan = plan_batches(missing, config.chunk_size, config.generation.batch_size)
     records = [
         {
@@ -201,31 +197,17 @@ def _generate(
         for batch in batches
     ]
     expected = {chunk: sum(len(b) for b in batches) for chunk, batches in plan.items()}
-    actors, gpus = _actors(config)
+    blocks, where = _blocks_on_ray(config, records) if use_ray else _blocks_in_process(config, records)
     say(
         f"{kind}s: generating {len(missing):,} profiles in {len(expected)} chunk(s) of up to "
-        f"{config.chunk_size} ids on {actors} actor(s) ({f'{gpus:g} GPU' if gpus else 'CPU'} each), "
+        f"{config.chunk_size} ids on {where}, "
         f"batch {config.generation.batch_size}, max_new_tokens {config.generation.max_new_tokens}"
-    )
-    ds = ray.data.from_items(records, override_num_blocks=len(records))
-    results = ds.map_batches(
-        ProfileWriter,
-        fn_constructor_kwargs={
-            "backbone": config.backbone,
-            "generation": config.generation,
-            "threads": int(config.cpus_per_actor),
-        },
-        batch_size=1,
-        batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=actors),
-        num_gpus=gpus,
-        num_cpus=config.cpus_per_actor,
     )
     pending: dict[int, list[pa.Table]] = defaultdict(list)
     received: dict[int, int] = defaultdict(int)
     written: list[store.ProfileFile] = []
     started, done, tokens = time.perf_counter(), 0, 0
-    for block in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+    for block in blocks:
         for chunk in sorted(set(block["chunk"].to_pylist())):
             part = block.filter(pa.compute.equal(block["chunk"], chunk))
             pending[chunk].append(part)
@@ -253,6 +235,44 @@ def _generate(
     return written
 
 
+def _blocks_on_ray(config: ProfilesConfig, records: list[dict[str, Any]]) -> tuple[Iterator[pa.Table], str]:
+    """The generated rows of ``records`` from a Ray Data actor pool (the model loaded once per
+    actor, a GPU per actor when the cluster has GPUs), as they arrive; and where they run."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from raylrec.runtime import init_ray
+
+    init_ray(config.ray)
+    actors, gpus = _actors(config)
+    ds = ray.data.from_items(records, override_num_blocks=len(records))
+    results = ds.map_batches(
+        ProfileWriter,
+        fn_constructor_kwargs={
+            "backbone": config.backbone,
+            "generation": config.generation,
+            "threads": int(config.cpus_per_actor),
+        },
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=actors),
+        num_gpus=gpus,
+        num_cpus=config.cpus_per_actor,
+    )
+    where = f"{actors} actor(s) ({f'{gpus:g} GPU' if gpus else 'CPU'} each)"
+    return results.iter_batches(batch_size=None, batch_format="pyarrow"), where
+
+
+def _blocks_in_process(
+    config: ProfilesConfig, records: list[dict[str, Any]]
+) -> tuple[Iterator[pa.Table], str]:
+    """The same rows from one ``ProfileWriter`` in this process (a GPU machine without Ray: the
+    same batches, seeds and output as the actor pool's)."""
+    writer = ProfileWriter(config.backbone, config.generation, threads=os.cpu_count() or 1)
+    device = "GPU" if writer.backbone.model.device.type == "cuda" else "CPU"
+    return (writer(pa.Table.from_pylist([r])) for r in records), f"this process ({device})"
+
+
 def _settle(
     config: ProfilesConfig,
     kind: str,
@@ -261,6 +281,7 @@ def _settle(
     found: Sequence[store.ProfileFile],
     out: str,
     say: Callable[[str], None],
+    use_ray: bool = True,
 ) -> tuple[list[store.ProfileFile], int, int]:
     """The files that hold exactly the wanted rows of ``kind``: found files kept whole where
     every row is still wanted as it is, rewritten with only the wanted rows where some are not,
@@ -305,7 +326,7 @@ def _settle(
             rewritten += 1
     missing = [p for p in prompts if p.id not in claimed]
     if missing:
-        files += _generate(config, kind, missing, raw, out, say)
+        files += _generate(config, kind, missing, raw, out, say, use_ray)
     else:
         say(f"{kind}s: all {len(prompts):,} profiles are already written")
     return files, len(missing), rewritten
@@ -342,9 +363,12 @@ def _descriptions(files: Sequence[store.ProfileFile]) -> dict[int, str]:
     return out
 
 
-def generate_profiles(config: ProfilesConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
+def generate_profiles(
+    config: ProfilesConfig, say: Callable[[str], None] = print, use_ray: bool = True
+) -> dict[str, Any]:
     """Write (or finish, or confirm) the profiles of ``config.dataset`` into ``config.output``;
-    returns the committed manifest (with ``"changed": False`` when nothing had to be done)."""
+    returns the committed manifest (with ``"changed": False`` when nothing had to be done).
+    ``use_ray=False`` generates in this process (``raylrec profiles generate --local``)."""
     dataset, out = storage.absolute(config.dataset), storage.absolute(config.output)
     meta = read_meta(dataset)  # a clear error for a missing or unfinished dataset
     store.claim_output(out)
@@ -356,7 +380,7 @@ def generate_profiles(config: ProfilesConfig, say: Callable[[str], None] = print
         f"{len(items):,} items and their metadata from {dataset}; {len(found)} chunk file(s) already in {out}"
     )
     item_files, new_items, rewritten_items = _settle(
-        config, "item", items, raw_ids(dataset, "item"), found, out, say
+        config, "item", items, raw_ids(dataset, "item"), found, out, say, use_ray
     )
 
     users: list[PromptRow] = []
@@ -365,7 +389,7 @@ def generate_profiles(config: ProfilesConfig, say: Callable[[str], None] = print
         train = read_table(dataset, "train", columns=["uid", "iid", "label"])
         users = user_prompts(config, train, uids, attributes, _descriptions(item_files))
     user_files, new_users, rewritten_users = _settle(
-        config, "user", users, raw_ids(dataset, "user"), found, out, say
+        config, "user", users, raw_ids(dataset, "user"), found, out, say, use_ray
     )
 
     files = item_files + user_files
