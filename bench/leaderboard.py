@@ -90,7 +90,7 @@ SCALES = {
         valid_rows=64,
         llm_epochs=1,
         llm_batch=4,
-        max_tokens=96,
+        max_tokens=160,
         cf_epochs=2,
         rerank_users=8,
         candidates=30,
@@ -510,7 +510,7 @@ def row_config(row: Row, ctx: Context) -> RaylrecConfig:
         _set(raw, key, _resolve_value(value, ctx))
     train = raw.setdefault("train", {})
     train["storage_path"] = str(ctx.cache.root / "runs")
-    train["wandb_project"] = None
+    train.pop("wandb_project", None)
     train["log_every_s"] = 60
     workers = 0 if args.local else train.get("num_workers", 2)
     train["num_workers"] = workers
