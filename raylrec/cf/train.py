@@ -142,14 +142,22 @@ class CFDefinition(TaskDefinition):
 
     def local_fitting(self, stage: StagePlan, init: dict[str, torch.Tensor], say) -> Fitting:
         config, train = self.config, self.train
-        model = build_encoder(config.cf, train)
+        # train.use_gpu in a plain process: the encoder and its batches on the GPU (as the LLM
+        # methods' plain path does); the exported weights come back to the CPU (engine.weights).
+        device = torch.device("cuda" if torch.cuda.is_available() and config.train.use_gpu else "cpu")
+        model = build_encoder(config.cf, train).to(device)
         task = CFTask(model, config.cf, config.eval, train, self.held_out["valid"])
         steps_per_epoch = len(train) // config.train.batch_size
         seen = seen_pairs(train, config.cf)
         size, seed = config.train.batch_size, config.train.seed
+
+        def batches(epoch: int):
+            for batch in epoch_batches(train, size, seed, epoch, config.cf, seen=seen):
+                yield {k: v.to(device) for k, v in batch.items()}
+
         return Fitting(
             task,
-            lambda epoch: epoch_batches(train, size, seed, epoch, config.cf, seen=seen),
+            batches,
             TorchEngine(model, config.train, config.train.epochs * steps_per_epoch),
             steps_per_epoch,
         )

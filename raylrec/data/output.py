@@ -24,16 +24,18 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import ray
 
 from raylrec import __version__, storage
 from raylrec.data.hashing import arrow_digest, json_digest
+
+if TYPE_CHECKING:  # Ray is imported where a Ray Dataset is read or written: the plain-process
+    import ray  # path (training, scoring in one process) runs where Ray is not installed
 
 __all__ = [
     "META_FILE",
@@ -301,6 +303,8 @@ def split_paths(
 def read_split(out: str, split: str | list[str], **options: Any) -> ray.data.Dataset:
     """One split (or several) of a committed dataset as a Ray Dataset; ``options`` go to
     ``ray.data.read_parquet`` (``columns``, ``include_paths``, ...)."""
+    import ray
+
     meta = read_meta(out)
     paths: list[str] = []
     for name in [split] if isinstance(split, str) else split:

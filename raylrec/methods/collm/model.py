@@ -45,12 +45,17 @@ class CoLLM(RecMethod):
         if slots is None or not bool((slots != 0).any()):
             return None  # a text-only prompt (stage 1)
         embeds = self.lm.get_input_embeddings()(batch["input_ids"])
-        users = self.projector(self.cf.user_vectors(self.cf_inputs(batch)).to(embeds.dtype))
+        users = self._project(self.cf.user_vectors(self.cf_inputs(batch)), embeds.dtype)
         embeds = torch.where((slots == SLOT_USER)[..., None], users[:, None, :], embeds)
         item_slots = slots == SLOT_ITEM
         if not bool(item_slots.any()):  # a shared prefix: the user's slot only
             return embeds
         # each item slot holds its own candidate (a packed scoring row holds several)
         slot_items = self.token_items(batch)[item_slots]
-        items = self.projector(self.cf.item_vectors(slot_items).to(embeds.dtype))
+        items = self._project(self.cf.item_vectors(slot_items), embeds.dtype)
         return embeds.masked_scatter(item_slots[..., None], items)
+
+    def _project(self, vectors: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """CF vectors through the projector in its own dtype (fp32 when the backbone is bf16 on a
+        GPU: the trained weights keep full precision), out in the embeddings' dtype."""
+        return self.projector(vectors.to(self.projector[0].weight.dtype)).to(dtype)
