@@ -136,6 +136,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    print_tables(args, measure(args))
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Every rate of the tables, as data (bench/gpu_check.py writes it as JSON): CF retrieval,
+    one row per reranker of ``args.methods``, one per full-catalog method of
+    ``args.catalog_methods``."""
     device = torch.device(args.device)
 
     cf = load_cf_bundle(args.cf_bundle)
@@ -202,7 +209,20 @@ def main() -> None:
         prompt = np.mean([min(len(x), method.config.max_items) for x in known])
         catalog_rows.append((name, prompt, n / catalog_s))
         del method
+    return {
+        "users": n,
+        "candidates": args.candidates,
+        "dataset_users": users,
+        "items": len(items) - 1,
+        "retrieval_s": retrieval_s,
+        "rerank": rows,
+        "catalog": catalog_rows,
+    }
 
+
+def print_tables(args: argparse.Namespace, result: dict) -> None:
+    device, n, users = args.device, result["users"], result["dataset_users"]
+    retrieval_s, rows, catalog_rows = result["retrieval_s"], result["rerank"], result["catalog"]
     print(
         f"\n{args.backbone} ({args.dtype}, {device}), {n} users x {args.candidates} candidates, "
         f"{args.history}-item history; CF retrieval (exact, all {users} users): "
@@ -222,7 +242,7 @@ def main() -> None:
     cf_users_s = users / retrieval_s
     print(
         f"\nusers/s, the same {n} users: CF retrieval (top {args.candidates} of "
-        f"{len(items) - 1:,} items) {cf_users_s:,.0f}"
+        f"{result['items']:,} items) {cf_users_s:,.0f}"
     )
     header = f"{'ranker':<58}{'users/s':>10}{'cost vs CF retrieval':>22}"
     print(header)
