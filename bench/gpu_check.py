@@ -519,7 +519,7 @@ def stage_mfu(args, plan: Plan, env: dict[str, Any]) -> dict[str, Any]:
         if params:
             if args.peak_tflops:
                 row["mfu_vs_peak"] = mfu(params, row["tokens_per_s"], args.peak_tflops)
-            if env.get("matmul_tflops"):
+            if env.get("matmul_tflops") and plan.device.startswith("cuda"):  # CPU: load noise
                 row["mfu_vs_matmul"] = mfu(params, row["tokens_per_s"], env["matmul_tflops"])
         rows[name] = row
         say(
@@ -585,8 +585,16 @@ def stage_ctr(args, plan: Plan, mfu_result: dict[str, Any] | None, box_s: float,
     rows: dict[str, Any] = {}
     payload = {"sizes": sizes, "methods": rows, "valid_rows": plan.valid_rows or VALID_ROWS}
     for name in plan.methods:
-        if name == "collm" and args.init_collm and rows.get("tallrec", {}).get("status") != "ok":
-            rows[name] = {"status": "skipped", "error": "CoLLM starts from TALLRec's bundle, which failed"}
+        tallrec_failed = "tallrec" in rows and rows["tallrec"].get("status") != "ok"
+        if (
+            name == "collm"
+            and args.init_collm
+            and (tallrec_failed or not (args.work / "bundles" / "tallrec").is_dir())
+        ):
+            rows[name] = {
+                "status": "skipped",
+                "error": "CoLLM starts from TALLRec's bundle, which is missing",
+            }
             continue
         size = sizes[name]
         say(
@@ -635,7 +643,7 @@ def _score_namespace(args, plan: Plan) -> SimpleNamespace:
         dataset=args.dataset,
         cf_bundle=str(args.work / "bundles" / "mf_collm_ml1m"),
         backbone=args.backbone,
-        methods=["tallrec", "collm", "reclora", "cora"],
+        methods=list(plan.methods),
         catalog_methods=["cllm4rec"],
         k=10,
         item_chunk=65_536,
@@ -684,6 +692,14 @@ def stage_score(args, plan: Plan) -> dict[str, Any]:
 
 def _f(value: Any, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _in_order(rows: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """Methods in the run's order (the JSON's keys are sorted)."""
+    rows = rows or {}
+    return [(n, rows[n]) for n in METHODS if n in rows] + [
+        (n, r) for n, r in rows.items() if n not in METHODS
+    ]
 
 
 def summary(out: Path) -> str:
@@ -740,7 +756,7 @@ def summary(out: Path) -> str:
                 else f"  {mf.get('error', '')[:60]}"
             )
         )
-    for name, row in ((ctr or {}).get("methods") or {}).items():
+    for name, row in _in_order((ctr or {}).get("methods")):
         m = row.get("metrics") or {}
         note = "" if row.get("status") == "ok" else f"  {row.get('status')}: {str(row.get('error', ''))[:60]}"
         size = ((ctr or {}).get("sizes") or {}).get(name) or {}
@@ -760,7 +776,7 @@ def summary(out: Path) -> str:
         f"{'tokens/s':>10}{'MFU/peak':>9}{'MFU/matmul':>11}"
     )
     lines += [header, "-" * len(header)]
-    for name, row in ((mfu_r or {}).get("methods") or {}).items():
+    for name, row in _in_order((mfu_r or {}).get("methods")):
         if "error" in row:
             lines.append(f"{NAMES.get(name, name):<24}  failed: {row['error'][:80]}")
             continue
@@ -824,6 +840,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--batch", type=int, default=None, help="LLM batch (default: 32, rehearsal 4)")
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--peak-tflops", type=float, default=None, help="default: 989 on a GPU, none on CPU")
     parser.add_argument(
         "--ctr-overhead-s", type=float, default=None, help="per method: load, tokenise, export"
@@ -855,6 +872,7 @@ def resolve(args: argparse.Namespace) -> Plan:
         args.ctr_overhead_s = 5.0 if args.rehearse else 20.0
     plan = make_plan(args.rehearse, args.device, args.dtype, args.batch)
     plan.boxes = {k: v * args.box_scale for k, v in plan.boxes.items()}
+    plan.methods = tuple(m for m in METHODS if m in args.methods)
     return plan
 
 

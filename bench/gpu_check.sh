@@ -17,12 +17,18 @@ STAGE=${GPU_STAGE:-.gpu}
 WHEELS=${GPU_WHEELS:-$STAGE/a/wheels}
 SITE=${GPU_SITE:-/tmp/gpu_check_site}
 OUT=${OUT:-./out/gpu_check}
-export PYTHONUNBUFFERED=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
+export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 args=("$@")
 if [ "${SHRINK:-0}" = 1 ]; then args+=(--rehearse); fi
 mkdir -p "$OUT"
 started=$(date +%s)
 log() { echo "[gpu_check.sh $(date +%H:%M:%S)] $*"; }
+
+# 0. the second device call carries only $STAGE/b: $STAGE/a is what the first one left
+if [ -d "$STAGE/b" ] && [ ! -d "$STAGE/a" ]; then
+    log "the machine lost $STAGE/a (it went cold between the two device calls): make both calls again"
+    exit 2
+fi
 
 # 1. pydantic and gguf, from the staged wheels, only when this python lacks them
 if ! "$PY" -c 'import pydantic, gguf' 2>/dev/null; then
