@@ -305,29 +305,38 @@ def _mf_config(args, plan: Plan, epochs: int, output: bool = True):
     )
 
 
-def mf_epochs(plan: Plan, box_s: float, probe_s: float, probe_epochs: int) -> int:
-    """The config's epochs, or as many as fit 80 % of the box after the probe (whose wall time,
-    start-up included, over its epochs is taken as an epoch's cost: an overestimate)."""
-    per_epoch = probe_s / max(probe_epochs, 1)
-    fit = int((0.8 * box_s - probe_s) / max(per_epoch, 1e-6))
+def mf_epochs(plan: Plan, box_s: float, spent_s: float, setup_s: float, per_epoch_s: float) -> int:
+    """The config's epochs, or as many as fit 85 % of the box after the probes (``spent_s``),
+    each run paying ``setup_s`` once (loading the split, building the encoder)."""
+    fit = int((0.85 * box_s - spent_s - setup_s) / max(per_epoch_s, 1e-6))
     return max(min(plan.mf_epochs, fit), min(plan.mf_epochs, 5))
 
 
 def stage_mf(args, plan: Plan, box_s: float) -> dict[str, Any]:
     """The MF bundle. Without it CoLLM, CoRA and RecLoRA cannot run, so the stage first times
-    a short probe and trains no more epochs than fit its box (early stopping may end it sooner)."""
+    probes of 1 (a warm-up: the process's one-off costs), 1 and 4 epochs (the last two differ by 3
+    epochs' cost, start-up excluded; if noise makes that difference no larger than zero, the
+    4-epoch probe's whole wall / 4 is taken instead) and trains no more epochs than fit its box
+    (early stopping may end it sooner)."""
     from raylrec.cf.train import train_cf
 
-    probe_epochs = 0 if plan.rehearse else 3
-    epochs, probe_s = plan.mf_epochs, 0.0
-    if probe_epochs:
-        started = time.perf_counter()
-        train_cf(_mf_config(args, plan, probe_epochs, output=False), say=lambda m: None, use_ray=False)
-        probe_s = time.perf_counter() - started
-        epochs = mf_epochs(plan, box_s, probe_s, probe_epochs)
+    epochs, probe_s, per_epoch = plan.mf_epochs, 0.0, None
+    if not plan.rehearse:
+        walls = []
+        for n in (1, 1, 4):
+            started = time.perf_counter()
+            train_cf(_mf_config(args, plan, n, output=False), say=lambda m: None, use_ray=False)
+            walls.append(time.perf_counter() - started)
+        probe_s = sum(walls)
+        per_epoch = (walls[2] - walls[1]) / 3
+        if per_epoch <= 0:
+            per_epoch = walls[2] / 4
+        setup = max(walls[1] - per_epoch, 0.0)
+        epochs = mf_epochs(plan, box_s, probe_s, setup, per_epoch)
         say(
-            f"mf: probe {probe_epochs} epochs in {probe_s:.1f} s -> {epochs} epochs "
-            f"(config: {plan.mf_epochs})"
+            f"mf: probes of 1, 1 and 4 epochs {walls[0]:.1f}, {walls[1]:.1f}, {walls[2]:.1f} s: "
+            f"{per_epoch:.2f} s an "
+            f"epoch -> {epochs} epochs (config: {plan.mf_epochs})"
         )
     result = train_cf(_mf_config(args, plan, epochs), say=say, use_ray=False)
     state = result.states[next(iter(result.states))]
@@ -339,6 +348,7 @@ def stage_mf(args, plan: Plan, box_s: float) -> dict[str, Any]:
         "epochs_planned": epochs,
         "epochs_config": plan.mf_epochs,
         "probe_s": probe_s,
+        "epoch_s": per_epoch,
         "patience": plan.mf_patience,
         "samples_per_s": state.history[-1].get("train/samples_per_s") if state.history else None,
         "train_s": result.seconds,

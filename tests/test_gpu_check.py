@@ -90,6 +90,13 @@ def test_summary_from_partial_results(gc, tmp_path):
     assert "score missing" in text
 
 
+def test_mf_epochs_fit_the_box(gc):
+    plan = gc.make_plan(False, "cuda")
+    assert gc.mf_epochs(plan, 60, spent_s=4, setup_s=1, per_epoch_s=0.1) == 300  # the config's
+    assert gc.mf_epochs(plan, 60, spent_s=10, setup_s=2, per_epoch_s=0.5) == 78  # (51-12)/0.5
+    assert gc.mf_epochs(plan, 60, spent_s=50, setup_s=5, per_epoch_s=1) == 5  # at least 5
+
+
 def test_mfu_is_train_llm_formula(gc):
     assert gc.mfu(135e6, 1e6, 989.0) == pytest.approx(4 * 135e6 * 1e6 / 989e12)
 
