@@ -236,43 +236,21 @@ def _rows() -> list[Row]:
             ("cf:lightgcn",),
             preset="lightgcn_rlmrec_ml100k",
         ),
-        Row(
-            "topk/rlmrec-con-metadata",
-            "LightGCN + RLMRec-Con, metadata-text embeddings",
-            "topk",
-            "cf",
-            ("cf:rlmrec",),
-            preset="rlmrec_con_ml100k",
-            overrides=(("cf.profiles", "emb:metadata"),),
-        ),
-        Row(
-            "topk/rlmrec-gen-metadata",
-            "LightGCN + RLMRec-Gen, metadata-text embeddings",
-            "topk",
-            "cf",
-            ("cf:rlmrec",),
-            preset="rlmrec_gen_ml100k",
-            overrides=(("cf.profiles", "emb:metadata"),),
-        ),
-        Row(
-            "topk/rlmrec-con-profiles",
-            "LightGCN + RLMRec-Con, LLM-profile embeddings",
-            "topk",
-            "cf",
-            ("cf:rlmrec",),
-            preset="rlmrec_con_ml100k",
-            overrides=(("cf.profiles", "emb:profiles"),),
-            optional="emb:profiles",
-        ),
-        Row(
-            "topk/rlmrec-gen-profiles",
-            "LightGCN + RLMRec-Gen, LLM-profile embeddings",
-            "topk",
-            "cf",
-            ("cf:rlmrec",),
-            preset="rlmrec_gen_ml100k",
-            overrides=(("cf.profiles", "emb:profiles"),),
-            optional="emb:profiles",
+        # RLMRec-Con and -Gen on each kind of embeddings: metadata text (no LLM), then the LLM
+        # profiles (run only when their embeddings exist)
+        *(
+            Row(
+                f"topk/rlmrec-{variant}-{kind}",
+                f"LightGCN + RLMRec-{variant.capitalize()}, {text} embeddings",
+                "topk",
+                "cf",
+                ("cf:rlmrec",),
+                preset=f"rlmrec_{variant}_ml100k",
+                overrides=(("cf.profiles", f"emb:{kind}"),),
+                optional=None if kind == "metadata" else f"emb:{kind}",
+            )
+            for kind, text in (("metadata", "metadata-text"), ("profiles", "LLM-profile"))
+            for variant in ("con", "gen")
         ),
         Row(
             "topk/cllm4rec",
