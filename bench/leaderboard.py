@@ -17,7 +17,7 @@ one protocol per task, one table written as Markdown, CSV and a PNG chart.
 Beside each row: training wall time and samples/s, scoring rate (CTR rows/s, or users/s and
 candidates/s) and the hardware.
 
-    python bench/leaderboard.py --scale cpu --local           # this 2-core machine: about an hour+
+    python bench/leaderboard.py --scale cpu --local           # a quiet 2-core machine: about 1.5 h
     python bench/leaderboard.py --scale full --device cuda --dtype bfloat16 --local
     python bench/leaderboard.py --scale smoke --local         # a rehearsal: tiny sizes, minutes
     python bench/leaderboard.py --scale cpu --only ctr/mf ctr/tallrec   # a subset (and its inputs)
@@ -100,7 +100,8 @@ SCALES = {
         topk_valid_rows=64,
     ),
     "cpu": Scale(
-        "a 2-core CPU in about an hour or two: SmolLM2-135M, 300 LLM training rows, 1 epoch",
+        "a quiet 2-core CPU in about an hour and a half: SmolLM2-135M, 300 LLM training rows, 1 epoch; "
+        "CF at most 100 epochs",
         llm_train_rows=300,
         valid_rows=500,
         llm_epochs=1,
@@ -1070,6 +1071,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--verbose", action="store_true", help="training progress lines")
     parser.add_argument("--list", action="store_true", help="print the rows and exit")
+    parser.add_argument(
+        "--curve",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a learning curve instead of the table: the CTR LLM rows of --only (default ctr/tallrec) "
+        "trained on N rows each, beside MF on every row",
+    )
     args = parser.parse_args(argv)
     if args.list:
         for row in ROWS.values():
@@ -1083,6 +1093,12 @@ def main(argv: list[str] | None = None) -> None:
     scale = SCALES[args.scale]
     out = Path(args.out or REPO / "out" / "leaderboard" / args.scale)
     out.mkdir(parents=True, exist_ok=True)
+    if args.curve:
+        wanted = args.only or ["ctr/tallrec"]
+        bad = [n for n in wanted if n not in ROWS or ROWS[n].kind != "llm"]
+        if bad:
+            raise SystemExit(f"--curve takes CTR LLM rows only; not: {', '.join(bad)}")
+        args.curve_rows, args.only = wanted, ["ctr/mf", *wanted]
     names = with_needs(args.only or list(ROWS))
     sections = {ROWS[n].section for n in names}
     from bench.common import ensure_dataset
@@ -1101,6 +1117,10 @@ def main(argv: list[str] | None = None) -> None:
 
         init_ray(RayConfig())
     started = time.perf_counter()
+    if args.curve:
+        learning_curve(ctx, names, sorted(set(args.curve)), out)
+        ctx.say(f"finished the learning curve in {_duration(time.perf_counter() - started)}; tables in {out}")
+        return
     ctx.say(f"leaderboard --scale {args.scale} ({scale.description}): {len(names)} rows -> {out}")
     shown = []
     for name in names:
@@ -1110,6 +1130,110 @@ def main(argv: list[str] | None = None) -> None:
             shown.append(result)
         write_outputs(out, shown, args, scale)  # after every row: a killed run leaves its tables
     ctx.say(f"finished {len(shown)} rows in {_duration(time.perf_counter() - started)}; tables in {out}")
+
+
+def learning_curve(ctx: Context, names: list[str], sizes: list[int], out: Path) -> None:
+    """The CTR LLM rows among ``names`` (and the rows they read) trained on each of ``sizes``
+    Few2Many training rows, every other setting the scale's; the same cache as the table, so the
+    scale's own size is read back. Writes ``learning_curve.{md,csv,png}``: valid AUC against
+    training rows, with MF (trained on every row) as the line to beat."""
+    import dataclasses
+
+    base = ctx.scale
+    points: list[dict[str, Any]] = []
+    for size in sizes:
+        ctx.scale = dataclasses.replace(base, llm_train_rows=size)
+        ctx.results = {}
+        ctx.say(f"curve: {size} training rows")
+        for name in names:
+            result = run_row(ROWS[name], ctx)
+            ctx.results[name] = result
+            if name in ctx.args.curve_rows:
+                points.append({**result, "train_rows": size})
+        write_curve(out, points, ctx.results["ctr/mf"], ctx.args)
+    ctx.scale = base
+
+
+def _sampled_rows(point: dict[str, Any]) -> int:
+    """The rows the point trained on: the hash sample's size (its cost's samples per epoch), which
+    can fall a little short of the requested size."""
+    cost = point.get("cost", {})
+    if cost.get("train_samples") and cost.get("train_epochs"):
+        return round(cost["train_samples"] / cost["train_epochs"])
+    return point["train_rows"]
+
+
+CURVE_METRICS = (
+    ("valid/auc", "valid AUC"),
+    ("valid/uauc", "valid UAUC"),
+    ("valid/warm/auc", "warm AUC"),
+    ("valid/cold/auc", "cold AUC"),
+)
+
+
+def write_curve(
+    out: Path, points: list[dict[str, Any]], mf: dict[str, Any], args: argparse.Namespace
+) -> None:
+    """learning_curve.md / .csv / .png from the curve's points and the MF row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    header = ["row", "model", "train rows", *[n for _, n in CURVE_METRICS], "valid rows", "train wall"]
+    lines = [
+        [
+            p["row"],
+            p["label"],
+            f"{_sampled_rows(p):,}",
+            *[_fmt(p["metrics"].get(k)) for k, _ in CURVE_METRICS],
+            _fmt(int(p["metrics"]["valid/rows"]) if "valid/rows" in p["metrics"] else None),
+            _duration(p.get("cost", {}).get("train_wall_s")),
+        ]
+        for p in sorted(points, key=lambda p: (p["row"], p["train_rows"]))
+    ]
+    lines.append(
+        [
+            mf["row"],
+            f"{mf['label']}, every training row",
+            "all",
+            *[_fmt(mf["metrics"].get(k)) for k, _ in CURVE_METRICS],
+            _fmt(int(mf["metrics"]["valid/rows"]) if "valid/rows" in mf["metrics"] else None),
+            _duration(mf.get("cost", {}).get("train_wall_s")),
+        ]
+    )
+    text = [
+        f"## Learning curve, `--scale {args.scale}`",
+        "",
+        f"Command: `python bench/leaderboard.py {' '.join(sys.argv[1:])}`",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|",
+        *["| " + " | ".join(cells) + " |" for cells in lines],
+    ]
+    (out / "learning_curve.md").write_text("\n".join(text) + "\n")
+    with (out / "learning_curve.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(lines)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for row in sorted({p["row"] for p in points}):
+        mine = sorted((p for p in points if p["row"] == row), key=lambda p: p["train_rows"])
+        ax.plot(
+            [p["train_rows"] for p in mine],
+            [p["metrics"].get("valid/auc") for p in mine],
+            "o-",
+            label=mine[0]["label"],
+        )
+    ax.axhline(mf["metrics"].get("valid/auc", float("nan")), color="grey", ls="--", label="MF, every row")
+    ax.axhline(0.5, color="grey", lw=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("LLM training rows (Few2Many hash sample)")
+    ax.set_ylabel("valid AUC")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "learning_curve.png", dpi=110)
+    plt.close(fig)
 
 
 def write_outputs(out: Path, results: list[dict[str, Any]], args: argparse.Namespace, scale: Scale) -> None:

@@ -174,3 +174,40 @@ def test_topk_metrics_match_the_definitions(lb):
     ideal = 1 + 1 / math.log2(3)
     assert got["test/ndcg@10"] == pytest.approx(dcg / ideal / 2)
     assert got["test/users"] == 2
+
+
+def test_learning_curve_writer(lb, tmp_path):
+    """One line per (row, size) in size order, the sampled row count (not the requested one),
+    and MF on every row as the last line; the PNG is a PNG."""
+    import argparse
+
+    mf = _results()[0]
+    points = []
+    for size, auc in ((300, 0.55), (100, 0.52)):
+        points.append(
+            {
+                **mf,
+                "row": "ctr/tallrec",
+                "label": "TALLRec",
+                "train_rows": size,
+                "metrics": {**mf["metrics"], "valid/auc": auc},
+                "cost": {"train_samples": size - 3.0, "train_epochs": 1.0, "train_wall_s": 61.0},
+            }
+        )
+    args = argparse.Namespace(scale="cpu")
+    lb.write_curve(tmp_path, points, mf, args)
+    lines = [
+        line
+        for line in (tmp_path / "learning_curve.md").read_text().splitlines()
+        if line.startswith("| ctr/")
+    ]
+    assert [line.split(" | ")[2] for line in lines] == ["97", "297", "all"]
+    assert "0.5200" in lines[0] and "0.5500" in lines[1] and "1m01s" in lines[0]
+    assert lines[-1].startswith("| ctr/mf | MF, every training row") and "0.6600" in lines[-1]
+    assert (tmp_path / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list(csv.reader((tmp_path / "learning_curve.csv").open()))) == 4
+
+
+def test_curve_takes_ctr_llm_rows_only(lb):
+    with pytest.raises(SystemExit, match="CTR LLM rows only; not: topk/mf-bpr"):
+        lb.main(["--curve", "100", "--only", "topk/mf-bpr"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,10 +36,16 @@ def normalized_adjacency(
     degree = np.bincount(rows, minlength=n).astype(np.float64)
     inv_sqrt = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1)), 0.0)
     values = inv_sqrt[rows] * inv_sqrt[cols]
+    # The indices are built in range here, so the invariant check torch asks us to choose is off.
     coo = torch.sparse_coo_tensor(
-        torch.as_tensor(np.stack([rows, cols])), torch.as_tensor(values, dtype=torch.float32), (n, n)
+        torch.as_tensor(np.stack([rows, cols])),
+        torch.as_tensor(values, dtype=torch.float32),
+        (n, n),
+        check_invariants=False,
     )
-    return coo.coalesce().to_sparse_csr()
+    with warnings.catch_warnings():  # torch's "sparse CSR is in beta" notice, once per graph
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return coo.coalesce().to_sparse_csr()
 
 
 class LightGCN(CFEncoder):
