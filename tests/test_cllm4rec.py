@@ -8,6 +8,7 @@ on S3) are at the bottom, marked ``ray``."""
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -497,6 +498,38 @@ def prepared(tmp_path_factory, ray_session) -> str:
     source = {"type": "synthetic", "num_events": 1_200, "num_users": 40, "num_items": 60, "seed": 7}
     prepare(data_config(source, out, history={"max_len": 10}))
     return out
+
+
+def test_the_content_corpus_tokenised_by_ray_data_is_the_one_a_plain_process_builds(
+    prepared, backbone, tmp_path
+):
+    """What the Ray Train workers receive (a Ray Data job over items.parquet and users.parquet,
+    rows in whatever order its blocks finish) is, document for document and in order, what
+    load_corpora tokenises in a plain process: the epochs' seeded orders index the same list."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from raylrec.config import BackboneConfig
+    from raylrec.methods.cllm4rec.content import content_dataset, docs_from_arrays
+    from raylrec.methods.cllm4rec.corpora import load_corpora
+
+    dataset = str(tmp_path / "data")  # the synthetic data has no user fields: give it some
+    shutil.copytree(prepared, dataset)
+    uids = list(range(1, 41))
+    pq.write_table(
+        pa.table({"uid": uids, "age": [str(18 + u) for u in uids], "occupation": ["writer"] * 40}),
+        f"{dataset}/users.parquet",
+    )
+    local = load_corpora(dataset, backbone.tokenizer, content_max_tokens=12).docs
+    ds = content_dataset(dataset, BackboneConfig(name="tiny-random-llama"), max_tokens=12)
+    columns = ds.to_pandas()
+    assert len(columns) == len(local) > 40
+    got = docs_from_arrays({k: columns[k].to_numpy() for k in ("kind", "id", "tokens")})
+    assert got == local
+    assert [d.kind for d in got].count("user") == 40 and max(len(d.tokens) for d in got) <= 12
+    shuffled = columns.sample(frac=1.0, random_state=0)
+    assert docs_from_arrays({k: shuffled[k].to_numpy() for k in ("kind", "id", "tokens")}) == local
 
 
 def _pipeline_config(dataset: str, root, **train):

@@ -231,7 +231,7 @@ def _generate(
                 f"{done / elapsed:.2f} profiles/s, {tokens / elapsed:.1f} tokens/s"
             )
     if pending:
-        raise RuntimeError(f"{kind}s: chunks {sorted(pending)} came back incomplete from the actor pool")
+        raise RuntimeError(f"{kind}s: chunks {sorted(pending)} came back incomplete from {where}")
     return written
 
 

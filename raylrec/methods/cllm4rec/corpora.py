@@ -34,10 +34,13 @@ __all__ = [
     "Pieces",
     "RowBuilder",
     "content_docs",
+    "content_texts",
+    "docs_from_columns",
     "load_corpora",
     "prompt_row",
     "serving_row",
     "shard_range",
+    "tokenize_texts",
 ]
 
 IGNORE = -100
@@ -172,13 +175,14 @@ class ContentDoc:
     tokens: list[int]
 
 
-def content_docs(
-    tokenizer, items: pa.Table | None, users: pa.Table | None, max_tokens: int
-) -> list[ContentDoc]:
-    """The content corpus from the dataset's metadata: items by title (and genres, when the
-    data has them), users by their demographic fields where ``users.parquet`` has any. On
-    MovieLens this is what the data has (the paper's reviews are not in it)."""
-    docs: list[ContentDoc] = []
+def content_texts(items: pa.Table | None, users: pa.Table | None) -> pa.Table:
+    """The content corpus's texts (``kind``, ``id``, ``text``) from the dataset's metadata: items
+    by title (and genres, when the data has them), users by their demographic fields where
+    ``users.parquet`` has any. On MovieLens this is what the data has (the paper's reviews are
+    not in it). Row by row, so it runs on any batch of either table."""
+    kinds: list[str] = []
+    ids: list[int] = []
+    texts: list[str] = []
     if items is not None and "title" in items.schema.names:
         extra = [c for c in items.schema.names if c not in _NOT_TEXT and c in ("genres", "genre")]
         columns = {c: items[c].to_pylist() for c in ["title", *extra]}
@@ -187,24 +191,58 @@ def content_docs(
                 continue
             parts = [str(columns["title"][row] or "")]
             parts += [str(columns[c][row]).replace("|", ", ") for c in extra if columns[c][row]]
-            text = " " + ", ".join(p for p in parts if p)
-            docs.append(ContentDoc("item", int(iid), _tokens(tokenizer, text, max_tokens)))
+            kinds.append("item")
+            ids.append(int(iid))
+            texts.append(" " + ", ".join(p for p in parts if p))
     if users is not None:
         fields = [c for c in users.schema.names if c not in _NOT_TEXT]
-        if fields:
-            columns = {c: users[c].to_pylist() for c in fields}
-            for row, uid in enumerate(users["uid"].to_pylist()):
-                parts = [
-                    f"{c.replace('_', ' ')} {columns[c][row]}" for c in fields if columns[c][row] is not None
-                ]
-                if uid and parts:
-                    text = " " + ", ".join(parts)
-                    docs.append(ContentDoc("user", int(uid), _tokens(tokenizer, text, max_tokens)))
+        columns = {c: users[c].to_pylist() for c in fields}
+        for row, uid in enumerate(users["uid"].to_pylist() if fields else []):
+            parts = [
+                f"{c.replace('_', ' ')} {columns[c][row]}" for c in fields if columns[c][row] is not None
+            ]
+            if uid and parts:
+                kinds.append("user")
+                ids.append(int(uid))
+                texts.append(" " + ", ".join(parts))
+    return pa.table(
+        {
+            "kind": pa.array(kinds, pa.string()),
+            "id": pa.array(ids, pa.int64()),
+            "text": pa.array(texts, pa.string()),
+        }
+    )
+
+
+def tokenize_texts(table: pa.Table, tokenizer, max_tokens: int) -> pa.Table:
+    """``table`` (``content_texts``) with ``tokens``: each text's word ids, no special tokens, at
+    most ``max_tokens``."""
+    texts = table["text"].to_pylist()
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    return table.append_column("tokens", pa.array([list(t)[:max_tokens] for t in ids], pa.list_(pa.int64())))
+
+
+def docs_from_columns(
+    kinds: Sequence[str], ids: Sequence[int], tokens: Sequence[Sequence[int]]
+) -> list[ContentDoc]:
+    """Content documents in one canonical order (items by id, then users by id), whatever order
+    the rows arrived in: each epoch's seeded permutation indexes this list, so a Ray Data job
+    and a plain process train on the same batches."""
+    docs = [
+        ContentDoc(str(k), int(i), [int(t) for t in tok])
+        for k, i, tok in zip(kinds, ids, tokens, strict=True)
+    ]
+    docs.sort(key=lambda d: (d.kind != "item", d.id))
     return docs
 
 
-def _tokens(tokenizer, text: str, max_tokens: int) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])[:max_tokens]
+def content_docs(
+    tokenizer, items: pa.Table | None, users: pa.Table | None, max_tokens: int
+) -> list[ContentDoc]:
+    """The content corpus tokenised in this process (``content_texts``, then the tokenizer);
+    ``raylrec.methods.cllm4rec.content`` is the same as a Ray Data job."""
+    table = tokenize_texts(content_texts(items, users), tokenizer, max_tokens)
+    return docs_from_columns(table["kind"].to_pylist(), table["id"].to_pylist(), table["tokens"].to_pylist())
 
 
 def shard_range(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -335,11 +373,13 @@ def load_corpora(
     implicit: bool = True,
     valid_split: str | None = "valid",
     known_splits: Sequence[str] = ("train",),
+    docs: list[ContentDoc] | None = None,
 ) -> Corpora:
     """The corpora of a prepared dataset (``raylrec data prepare``): the items of
     ``known_splits`` (training: the train split; batch scoring: every split it counts as known),
     the valid split's (the held-out items of evaluation), and ``items.parquet`` /
-    ``users.parquet``."""
+    ``users.parquet`` (tokenised here unless ``docs`` gives the content corpus already
+    tokenised, as a Ray Train worker receives it from ``content.content_dataset``)."""
     from raylrec.data.output import read_meta, read_table
 
     counts = read_meta(dataset)["counts"]
@@ -349,17 +389,19 @@ def load_corpora(
     valid = None
     if valid_split and valid_split in counts["splits"]:
         valid = _item_sets(read_table(dataset, valid_split), num_users, implicit)
-    items = read_table(dataset, "items.parquet")
-    try:
-        users = read_table(dataset, "users.parquet")
-    except FileNotFoundError:
-        users = None
+    if docs is None:
+        items = read_table(dataset, "items.parquet")
+        try:
+            users = read_table(dataset, "users.parquet")
+        except FileNotFoundError:
+            users = None
+        docs = content_docs(tokenizer, items, users, content_max_tokens)
     return Corpora(
         num_users,
         num_items,
         train,
         valid,
-        content_docs(tokenizer, items, users, content_max_tokens),
+        docs,
         Pieces.build(tokenizer, item_noun),
         max_items,
         mask_ratio,

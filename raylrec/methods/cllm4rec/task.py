@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,12 +36,16 @@ from raylrec.config import EvalConfig, RaylrecConfig
 from raylrec.data.output import read_meta
 from raylrec.eval.ranking import topk_metric_sums
 from raylrec.methods.cllm4rec import PAPER_KS, SELECTION_METRIC
-from raylrec.methods.cllm4rec.corpora import Corpora, load_corpora
+from raylrec.methods.cllm4rec.content import content_dataset, docs_from_arrays
+from raylrec.methods.cllm4rec.corpora import ContentDoc, Corpora, load_corpora
 from raylrec.methods.cllm4rec.model import OBJECTIVES
 from raylrec.methods.cllm4rec.serve import recommend
 from raylrec.methods.train import MethodDefinition, _build
 from raylrec.train.loop import TrainState
 from raylrec.train.pipeline import Fitting, StagePlan
+
+if TYPE_CHECKING:
+    import ray.data
 
 __all__ = ["CLLM4RecDefinition", "CLLM4RecTask", "evaluate_ranking", "stage_batches", "stage_steps"]
 
@@ -183,6 +188,7 @@ class CLLM4RecDefinition(MethodDefinition):
 
     def __init__(self, config: RaylrecConfig):
         super().__init__(_with_sizes(config))
+        self._content: ray.data.Dataset | None = None  # driver side: the tokenised content corpus
 
     def stages(self) -> list[StagePlan]:
         plans = []
@@ -193,7 +199,7 @@ class CLLM4RecDefinition(MethodDefinition):
             plans.append(StagePlan(stage.name, self.config.train.model_copy(update=update), spec=stage))
         return plans
 
-    def _corpora(self, tokenizer) -> Corpora:
+    def _corpora(self, tokenizer, docs: list[ContentDoc] | None) -> Corpora:
         method = self.config.method
         return load_corpora(
             self.config.dataset_path(),
@@ -203,16 +209,28 @@ class CLLM4RecDefinition(MethodDefinition):
             content_max_tokens=method.content_max_tokens,
             item_noun=method.item_noun,
             implicit=method.implicit,
+            docs=docs,
         )
 
     def ray_datasets(self, stage: StagePlan, say):
-        # Every worker reads the (small) corpora itself and takes its slice of each epoch.
-        return {}, None
+        from ray.train import DataConfig
 
-    def _fitting(self, stage, init, device, rank, world, make_engine) -> Fitting:
+        # The content corpus is tokenised once by Ray Data, for every stage; each worker gets
+        # all of it (unsplit) and takes its slice of each epoch's seeded order. The user-item
+        # sets are read by each worker itself (no tokenizer: ID tokens).
+        if self._content is None:
+            method = self.config.method
+            content = content_dataset(
+                self.config.dataset_path(), self.config.backbone, method.content_max_tokens
+            )
+            self._content = content.materialize()
+            say(f"content corpus: {self._content.count():,} documents tokenised by Ray Data")
+        return {"content": self._content}, DataConfig(datasets_to_split=[])
+
+    def _fitting(self, stage, init, device, rank, world, make_engine, docs=None) -> Fitting:
         config, train = self.config, stage.train
         method, backbone = _build(config, stage.spec, init, device)
-        corpora = self._corpora(backbone.tokenizer)
+        corpora = self._corpora(backbone.tokenizer, docs)
         finetune_content = config.method.finetune_content
         steps = stage_steps(corpora, stage.name, finetune_content, train.batch_size, world)
         if steps == 0:
@@ -233,6 +251,7 @@ class CLLM4RecDefinition(MethodDefinition):
         import ray.train.torch
 
         from raylrec.train.engines import build_engine
+        from raylrec.train.ray_runner import shard_arrays
 
         context = ray.train.get_context()
         rank, world = context.get_world_rank(), context.get_world_size()
@@ -244,6 +263,7 @@ class CLLM4RecDefinition(MethodDefinition):
             rank,
             world,
             lambda method, total: build_engine(method, stage.train, total, world, full_state=False),
+            docs=docs_from_arrays(shard_arrays("content")),
         )
 
     def local_fitting(self, stage: StagePlan, init: dict[str, torch.Tensor], say) -> Fitting:
