@@ -951,6 +951,22 @@ def write_markdown(path: Path, results: list[dict[str, Any]], preamble: list[str
     path.write_text("\n".join(lines) + "\n")
 
 
+def write_short(path: Path, results: list[dict[str, Any]]) -> None:
+    """One line per row, the headline metrics only (what the README shows): CTR valid AUC /
+    UAUC, top-K test Recall@20 / NDCG@20, and the training wall time."""
+    lines = ["| row | model | metric | value | train wall |", "|---|---|---|---:|---:|"]
+    for r in results:
+        m = r["metrics"]
+        if r["section"] == "ctr":
+            metric, value = "valid AUC / UAUC", f"{_fmt(m.get('valid/auc'))} / {_fmt(m.get('valid/uauc'))}"
+        else:
+            metric = "test R@20 / N@20"
+            value = f"{_fmt(m.get('test/recall@20'))} / {_fmt(m.get('test/ndcg@20'))}"
+        wall = _duration(r.get("cost", {}).get("train_wall_s"))
+        lines.append(f"| `{r['row']}` | {r['label']} | {metric} | {value} | {wall} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
 def write_csv(path: Path, results: list[dict[str, Any]]) -> None:
     """One line per row: identity, every metric and cost, flat."""
     metric_keys = sorted({k for r in results for k in r["metrics"]})
@@ -1257,6 +1273,7 @@ def write_outputs(out: Path, results: list[dict[str, Any]], args: argparse.Names
         f"- training wall time summed over rows: {_duration(sum(trained))}",
     ]
     write_markdown(out / "leaderboard.md", results, preamble)
+    write_short(out / "leaderboard_short.md", results)
     write_csv(out / "leaderboard.csv", results)
     write_chart(out / "leaderboard.png", results, f"raylrec leaderboard --scale {args.scale}, {backbone}")
 
