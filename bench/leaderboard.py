@@ -972,16 +972,13 @@ def write_markdown(path: Path, results: list[dict[str, Any]], preamble: list[str
 def write_short(path: Path, results: list[dict[str, Any]]) -> None:
     """One line per row, the headline metrics only (what the README shows): CTR valid AUC /
     UAUC, top-K test Recall@20 / NDCG@20, and the training wall time."""
-    lines = ["| row | model | metric | value | train wall |", "|---|---|---|---:|---:|"]
+    lines = ["| row | model | ctr: valid AUC / UAUC; topk: test R@20 / N@20 | train |", "|---|---|---:|---:|"]
     for r in results:
         m = r["metrics"]
-        if r["section"] == "ctr":
-            metric, value = "valid AUC / UAUC", f"{_fmt(m.get('valid/auc'))} / {_fmt(m.get('valid/uauc'))}"
-        else:
-            metric = "test R@20 / N@20"
-            value = f"{_fmt(m.get('test/recall@20'))} / {_fmt(m.get('test/ndcg@20'))}"
+        keys = ("valid/auc", "valid/uauc") if r["section"] == "ctr" else ("test/recall@20", "test/ndcg@20")
+        value = " / ".join(_fmt(m.get(k)) for k in keys)
         wall = _duration(r.get("cost", {}).get("train_wall_s"))
-        lines.append(f"| `{r['row']}` | {r['label']} | {metric} | {value} | {wall} |")
+        lines.append(f"| {r['row']} | {r['label']} | {value} | {wall} |")
     path.write_text("\n".join(lines) + "\n")
 
 
