@@ -41,6 +41,9 @@ class CFConfig(StrictConfig):
 
     implementation: ClassVar[str]  # "package.module:Class", a CFEncoder subclass
     paper: ClassVar[str] = ""
+    # The encoder propagates its input embeddings over the interaction graph (its model has
+    # ``propagate``): what a method that masks nodes before propagation needs (RLMRec-Gen).
+    propagates: ClassVar[bool] = False
 
     @property
     def history_len(self) -> int:

@@ -31,3 +31,4 @@ class LightGCNConfig(CFConfig):
 
     implementation = "raylrec.cf.encoders.lightgcn.model:LightGCN"
     paper = "LightGCN, arXiv 2002.02126"
+    propagates = True

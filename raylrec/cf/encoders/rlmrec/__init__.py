@@ -23,6 +23,7 @@ __all__ = ["RLMRecConfig", "VARIANT_DEFAULTS"]
 BASES: dict[str, type[CFConfig]] = {"lightgcn": LightGCNConfig, "mf": MFConfig}
 # Each base's own keys (beyond the ones every encoder has).
 BASE_KEYS = {name: set(cls.model_fields) - set(CFConfig.model_fields) for name, cls in BASES.items()}
+BASE_ONLY_KEYS = set().union(*BASE_KEYS.values())
 
 # The paper's hyperparameters (its configs for Amazon-book; Yelp's and Steam's differ, see
 # docs/encoders/rlmrec.md): Con on a 3-layer LightGCN, weight 1e-2, temperature 0.2; Gen on a
@@ -98,7 +99,8 @@ class RLMRecConfig(CFConfig):
         filled = dict(data)
         variant, base = filled.get("variant", "con"), filled.get("base", "lightgcn")
         for key, value in {**BASE_DEFAULTS.get(base, {}), **VARIANT_DEFAULTS.get(variant, {})}.items():
-            applies = key not in BASE_DEFAULTS["lightgcn"] or base == "lightgcn"
+            # a variant's default for a base key (Gen's 2 layers) applies only to a base that has it
+            applies = key not in BASE_ONLY_KEYS or key in BASE_KEYS.get(base, set())
             if filled.get(key) is None and applies:
                 filled[key] = value
         if variant == "gen" and filled.get("mask_ratio") is None:
@@ -111,11 +113,12 @@ class RLMRecConfig(CFConfig):
             for key in sorted(keys - BASE_KEYS[self.base]):
                 if other != self.base and getattr(self, key) is not None:
                     raise FieldError(key, f"cf.{key} is a {other} key; cf.base is {self.base}")
-        if self.variant == "gen" and self.base != "lightgcn":
-            # MF has no propagation: a masked node's vector would be the mask token itself, the
+        if self.variant == "gen" and not BASES[self.base].propagates:
+            # Without propagation a masked node's vector would be the mask token itself, the
             # same for every masked node, and there would be nothing to reconstruct it from.
+            propagating = " or ".join(n for n, cls in BASES.items() if cls.propagates)
             raise FieldError(
-                "variant", "RLMRec-Gen masks graph nodes before propagation: it needs base lightgcn"
+                "variant", f"RLMRec-Gen masks graph nodes before propagation: it needs base {propagating}"
             )
         if self.variant == "con" and self.mask_ratio is not None:
             raise FieldError("mask_ratio", "cf.mask_ratio is a key of variant gen (the masked variant)")
