@@ -955,17 +955,19 @@ def table_rows(results: list[dict[str, Any]]) -> dict[str, tuple[list[str], list
     return out
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines: the first two columns (row, model) left-aligned, the rest right."""
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|",
+        *["| " + " | ".join(cells) + " |" for cells in rows],
+    ]
+
+
 def write_markdown(path: Path, results: list[dict[str, Any]], preamble: list[str]) -> None:
     lines = [*preamble]
     for section, (header, rows) in table_rows(results).items():
-        lines += [
-            "",
-            f"### {SECTIONS[section]}",
-            "",
-            "| " + " | ".join(header) + " |",
-            "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|",
-        ]
-        lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+        lines += ["", f"### {SECTIONS[section]}", "", *markdown_table(header, rows)]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -1211,36 +1213,27 @@ def write_curve(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def cells(result: dict[str, Any], label: str, rows: str) -> list[str]:
+        m = result["metrics"]
+        return [
+            result["row"],
+            label,
+            rows,
+            *[_fmt(m.get(k)) for k, _ in CURVE_METRICS],
+            _fmt(int(m["valid/rows"]) if "valid/rows" in m else None),
+            _duration(result.get("cost", {}).get("train_wall_s")),
+        ]
+
     header = ["row", "model", "train rows", *[n for _, n in CURVE_METRICS], "valid rows", "train wall"]
-    lines = [
-        [
-            p["row"],
-            p["label"],
-            f"{_sampled_rows(p):,}",
-            *[_fmt(p["metrics"].get(k)) for k, _ in CURVE_METRICS],
-            _fmt(int(p["metrics"]["valid/rows"]) if "valid/rows" in p["metrics"] else None),
-            _duration(p.get("cost", {}).get("train_wall_s")),
-        ]
-        for p in sorted(points, key=lambda p: (p["row"], p["train_rows"]))
-    ]
-    lines.append(
-        [
-            mf["row"],
-            f"{mf['label']}, every training row",
-            "all",
-            *[_fmt(mf["metrics"].get(k)) for k, _ in CURVE_METRICS],
-            _fmt(int(mf["metrics"]["valid/rows"]) if "valid/rows" in mf["metrics"] else None),
-            _duration(mf.get("cost", {}).get("train_wall_s")),
-        ]
-    )
+    points = sorted(points, key=lambda p: (p["row"], p["train_rows"]))
+    lines = [cells(p, p["label"], f"{_sampled_rows(p):,}") for p in points]
+    lines.append(cells(mf, f"{mf['label']}, every training row", "all"))
     text = [
         f"## Learning curve, `--scale {args.scale}`",
         "",
         f"Command: `python bench/leaderboard.py {' '.join(sys.argv[1:])}`",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|",
-        *["| " + " | ".join(cells) + " |" for cells in lines],
+        *markdown_table(header, lines),
     ]
     (out / "learning_curve.md").write_text("\n".join(text) + "\n")
     with (out / "learning_curve.csv").open("w", newline="") as f:
@@ -1249,9 +1242,9 @@ def write_curve(
         writer.writerows(lines)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for row in sorted({p["row"] for p in points}):
-        mine = sorted((p for p in points if p["row"] == row), key=lambda p: p["train_rows"])
+        mine = [p for p in points if p["row"] == row]
         ax.plot(
-            [p["train_rows"] for p in mine],
+            [_sampled_rows(p) for p in mine],  # the rows trained on, as the table says
             [p["metrics"].get("valid/auc") for p in mine],
             "o-",
             label=mine[0]["label"],
