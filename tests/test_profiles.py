@@ -208,6 +208,49 @@ def test_parse_profile_accepts_the_asked_json_only():
         assert parse_profile(text) is None, text
 
 
+def test_a_cut_off_answer_gives_its_summary_when_the_summary_string_closed():
+    """Stopped after the summary (``reasoning: false``) or cut off inside the reasoning: the
+    summary is read; a summary string that never closed is not."""
+    assert parse_profile('{"summarization": "Fans of \\"space\\".",') == ('Fans of "space".', "")
+    assert parse_profile('{"summarization": "S", "reasoning": "R", "extra": [') == ("S", "R")
+    assert parse_profile('{"summarization": "S", "reasoning": "It is se') == ("S", "")
+    for text in ('{"summarization": "Fans of sp', '{"summarization": "",', '{"summary": "S",'):
+        assert parse_profile(text) is None, text
+
+
+def test_the_answer_starts_from_the_prefix_and_stops_after_the_summary(monkeypatch):
+    """The real ``generate`` of the tiny Llama: its answer is continued from
+    ``generation.answer_prefix``, and with ``reasoning: false`` a row stops at the end of the
+    summary's string and is counted to that point. The random model never writes a closing quote
+    and comma, so its own first three greedy tokens stand in for them."""
+    import raylrec.profiles.generate as generate
+    from raylrec.llm.backbone import load_backbone
+
+    config = profiles_config("d", "o", generation={"max_new_tokens": 12, "batch_size": 2})
+    backbone = load_backbone(config.backbone)
+    prompts = ["System: s\nUser: tell me\nAssistant:", "System: s\nUser: a longer question here\nAssistant:"]
+    full, full_counts = generate.generate_texts(backbone, prompts, config.generation, 1, False)
+    prefix = config.generation.answer_prefix
+    assert prefix and all(t.startswith(prefix) for t in full)
+    assert full_counts == [12, 12]  # a random model never ends on its own
+
+    bare = config.generation.model_copy(update={"answer_prefix": ""})
+    encoded = backbone.tokenizer(prompts[:1], return_tensors="pt", add_special_tokens=False)
+    generated = backbone.model.generate(
+        **encoded, max_new_tokens=12, do_sample=False, pad_token_id=backbone.tokenizer.pad_token_id
+    )[0, encoded["input_ids"].shape[1] :].tolist()
+    stop = backbone.tokenizer.decode(generated[:3])
+    monkeypatch.setattr(generate, "SUMMARY_END", (stop,))
+    unstopped, _ = generate.generate_texts(backbone, prompts[:1], bare, 1, False)
+    stopped, counts = generate.generate_texts(
+        backbone, prompts[:1], bare.model_copy(update={"reasoning": False}), 1, False
+    )
+    # generate stops at the first token that completes the stop string, prompt text included
+    k = next(k for k in range(1, 13) if stop in prompts[0] + backbone.tokenizer.decode(generated[:k]))
+    assert counts == [k] and stopped == [backbone.tokenizer.decode(generated[:k]).strip()]
+    assert unstopped[0].startswith(stopped[0]) and len(unstopped[0]) > len(stopped[0])
+
+
 def test_unparsed_answers_are_retried_once_and_counted_never_dropped(monkeypatch):
     """Answers that parse at once, parse on the retry, or never: every row comes back."""
     import raylrec.profiles.generate as generate

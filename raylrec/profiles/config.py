@@ -50,6 +50,16 @@ class GenerationConfig(StrictConfig):
         description="retry an output that is not the JSON asked for once, sampled with a fixed seed",
     )
     retry_seed: Int = Field(default=7, description="the retry's sampling seed, per batch")
+    answer_prefix: str = Field(
+        default='{"summarization": "',
+        description="the start of the answer, written after the chat template's generation prompt "
+        "(small backbones such as SmolLM2-135M answer in prose without it); '' lets the model begin",
+    )
+    reasoning: Bool = Field(
+        default=True,
+        description="false: stop once the summary's string closes (RLMRec embeds only the summary; "
+        "about half the generated tokens)",
+    )
 
 
 class UserSampleConfig(StrictConfig):

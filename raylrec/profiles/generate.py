@@ -44,17 +44,25 @@ from raylrec.profiles.prompts import (
 __all__ = ["ProfileWriter", "generate_profiles", "plan_batches", "generate_texts", "dataset_user_ids"]
 
 
+SUMMARY_END = ('",', '"}', '" ,', '" }')
+
+
 def generate_texts(
     backbone: Any, prompts: Sequence[str], generation: GenerationConfig, seed: int, sample: bool
 ) -> tuple[list[str], list[int]]:
     """One batched ``generate`` over ``prompts`` (chat-rendered text): left-padded, with the KV
-    cache, greedy or sampled after ``torch.manual_seed(seed)``. Returns the decoded answers and
-    the tokens each generated (up to and including its end token)."""
+    cache, greedy or sampled after ``torch.manual_seed(seed)``. Each prompt is continued from
+    ``generation.answer_prefix``, and with ``generation.reasoning`` off a row stops once the
+    summary's string closes. Returns the answers (the prefix included) and the tokens each
+    generated (up to and including its end token)."""
     import torch
     import transformers
 
     tokenizer, model = backbone.tokenizer, backbone.model
-    encoded = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    prefix = generation.answer_prefix
+    encoded = tokenizer(
+        [p + prefix for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False
+    )
     encoded = {k: v.to(model.device) for k, v in encoded.items()}
     eos = tokenizer.eos_token_id
     options: dict[str, Any] = {
@@ -64,16 +72,28 @@ def generate_texts(
     }
     if sample:
         options.update(temperature=generation.temperature, top_p=generation.top_p, top_k=0)
+    stop: dict[str, Any] = {}
+    if not generation.reasoning:
+        # The summary's string ends at its closing quote, followed by the comma before
+        # "reasoning" or the object's brace; a quote inside it would be escaped.
+        options["stop_strings"] = list(SUMMARY_END)
+        stop["tokenizer"] = tokenizer
     config = transformers.GenerationConfig(pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, **options)
     torch.manual_seed(seed)
     with torch.inference_mode():
-        output = model.generate(**encoded, generation_config=config)
+        output = model.generate(**encoded, generation_config=config, **stop)
     new = output[:, encoded["input_ids"].shape[1] :].cpu()
     counts = []
+    pad = tokenizer.pad_token_id
     for row in new.tolist():
-        counts.append(row.index(eos) + 1 if eos in row else len(row))
+        if eos in row:
+            counts.append(row.index(eos) + 1)
+        else:  # ran to max_new_tokens, or stopped at a stop string and padded after it
+            while row and row[-1] == pad:
+                row.pop()
+            counts.append(len(row))
     texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-    return [t.strip() for t in texts], counts
+    return [prefix + t.strip() if prefix else t.strip() for t in texts], counts
 
 
 class ProfileWriter:

@@ -231,12 +231,22 @@ def user_prompts(
 
 
 _OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+_FIELD = r'"{}"\s*:\s*("(?:[^"\\]|\\.)*")'
 
 
-def parse_profile(text: str) -> tuple[str, str] | None:
-    """(summarization, reasoning) from a generated answer, or None when it holds no JSON object
-    with a non-empty string ``summarization`` (``reasoning`` may be missing: then empty). The
-    object may sit inside code fences or other text: the outermost braces are tried."""
+def _string_field(text: str, name: str) -> str | None:
+    """The first complete JSON string value of ``name`` in ``text``, decoded, or None."""
+    match = re.search(_FIELD.format(name), text, re.DOTALL)
+    if match is None:
+        return None
+    try:
+        value = json.loads(match.group(1))
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _whole_object(text: str) -> tuple[Any, Any] | None:
     match = _OBJECT.search(text)
     if match is None:
         return None
@@ -246,7 +256,21 @@ def parse_profile(text: str) -> tuple[str, str] | None:
         return None
     if not isinstance(value, dict):
         return None
-    summary, reasoning = value.get("summarization"), value.get("reasoning", "")
+    return value.get("summarization"), value.get("reasoning", "")
+
+
+def parse_profile(text: str) -> tuple[str, str] | None:
+    """(summarization, reasoning) from a generated answer, or None when no non-empty
+    ``summarization`` string can be read from it. The JSON object asked for may sit inside code
+    fences or other text (the outermost braces are tried); when it is not whole (cut off by
+    ``max_new_tokens``, stopped after the summary, or broken after it) a complete
+    ``"summarization": "..."`` string is still read, with whatever ``reasoning`` string is
+    complete (else empty): RLMRec embeds the summary only."""
+    whole = _whole_object(text)
+    if whole is not None:
+        summary, reasoning = whole
+    else:
+        summary, reasoning = _string_field(text, "summarization"), _string_field(text, "reasoning") or ""
     if not isinstance(summary, str) or not summary.strip():
         return None
     if not isinstance(reasoning, str):
