@@ -26,6 +26,9 @@ another dataset is refused (``--allow-other-dataset`` to override).
         --metadata-embeddings 811=DIR_C --metadata-embeddings 311=DIR_D
     python bench/rlmrec_quality.py --root /tmp/h2 --protocols 811 --seeds 1 --epochs 6 \\
         --profiles-embeddings DIR --rows lightgcn con          # a short rehearsal
+
+Seeds run in parallel as one process each (``--first-seed S --seeds 1 --threads 1 --json
+FILE``); ``--merge FILE ...`` then prints the one table of them all.
 """
 
 from __future__ import annotations
@@ -224,7 +227,7 @@ def run_protocol(
             if manifest.get("text") not in (None, kind):  # two directories given the wrong way round
                 raise SystemExit(f"--{kind}-embeddings {path}: its manifest says text {manifest['text']!r}")
             print(f"... {label} on {protocol}: {path} ({manifest.get('model')}, text {manifest.get('text')})")
-        for seed in range(2020, 2020 + args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             got = one_run(run_config(row, dataset, path, seed, args, runs_dir))
             print(
                 f"... {label} / {protocol} / seed {seed}: test R@20 {got['test/recall@20']:.4f} "
@@ -236,6 +239,26 @@ def run_protocol(
     return results
 
 
+def merged_tables(paths: list[str]) -> list[str]:
+    """The tables and the claim of the runs several ``--json`` files hold, each row's runs in
+    seed order (a seed found twice is refused: the files would overlap)."""
+    merged: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for path in paths:
+        for protocol, results in json.loads(Path(path).read_text()).items():
+            for row, runs in results.items():
+                merged.setdefault(protocol, {}).setdefault(row, []).extend(runs)
+    lines: list[str] = []
+    for protocol, results in merged.items():
+        ordered = {row: results[row] for row in ROWS if row in results}
+        for row, runs in ordered.items():
+            seeds = [r["seed"] for r in runs]
+            if len(set(seeds)) != len(seeds):
+                raise SystemExit(f"{row} on {protocol}: seed(s) found in more than one file: {sorted(seeds)}")
+            runs.sort(key=lambda r: r["seed"])
+        lines += ["", *table(protocol, ordered), "", *claim(ordered)]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="out", help="where the prepared datasets are (or are prepared)")
@@ -243,12 +266,23 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--profiles-embeddings", action="append", default=[], metavar="[PROTOCOL=]DIR")
     parser.add_argument("--metadata-embeddings", action="append", default=[], metavar="[PROTOCOL=]DIR")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 2020, 2021, ...")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds FIRST, FIRST+1, ...")
+    parser.add_argument("--first-seed", type=int, default=2020, help="FIRST (default 2020)")
     parser.add_argument("--epochs", type=int, default=None, help="override the presets' 300 (a rehearsal)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--allow-other-dataset", action="store_true")
     parser.add_argument("--json", default=None, help="write every run's numbers here")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="train nothing: print the tables of the runs in these --json files (e.g. one per seed, "
+        "run in parallel)",
+    )
     args = parser.parse_args()
+    if args.merge:
+        print("\n".join(merged_tables(args.merge)))
+        return
     os.environ.setdefault("WANDB_MODE", "disabled")
     torch.set_num_threads(args.threads)
     embeddings = {

@@ -19,12 +19,13 @@ from raylrec.data.prepare import prepare
 from raylrec.profiles import store
 from raylrec.profiles.config import build_profiles_config
 from raylrec.profiles.embed import embed_profiles, read_embeddings
-from raylrec.profiles.generate import ProfileWriter, generate_profiles, raw_ids
+from raylrec.profiles.generate import ProfileWriter, _descriptions, generate_profiles, raw_ids
 from raylrec.profiles.prompts import (
     generation_salt,
     item_attributes,
     item_metadata_text,
     parse_profile,
+    profile_text,
     prompt_hash,
     system_prompt,
     user_prompts,
@@ -216,6 +217,30 @@ def test_a_cut_off_answer_gives_its_summary_when_the_summary_string_closed():
     assert parse_profile('{"summarization": "S", "reasoning": "It is se') == ("S", "")
     for text in ('{"summarization": "Fans of sp', '{"summarization": "",', '{"summary": "S",'):
         assert parse_profile(text) is None, text
+
+
+def test_a_summary_cut_off_by_max_new_tokens_still_stands_for_the_profile():
+    """Downstream (a user prompt's item description, the embedded text) an unparsed answer whose
+    summary string opened and never closed gives that summary, read to where it stops; an
+    answer with no summary at all gives its raw text (embedding) or no description (prompts)."""
+    cut = '{"summarization": "Fans of \\"space\\" operas and long'
+    assert profile_text(None, cut, False) == 'Fans of "space" operas and long'
+    assert profile_text(None, '{"summarization": "ends in a cut escape \\', False) == "ends in a cut escape"
+    assert profile_text("Parsed.", cut, True) == "Parsed."
+    assert profile_text(None, "prose, no json", False) == "prose, no json"
+
+    def item_file(rows):
+        table = pa.Table.from_pylist(
+            [
+                {"kind": "item", "id": i, "summarization": s, "raw": r, "parse_ok": ok}
+                for i, s, r, ok in rows
+            ]
+        )
+        return store.ProfileFile("items/x", "item", table, 0, "")
+
+    rows = [(1, "S", "{...}", True), (2, None, cut, False), (3, None, "prose", False)]
+    described = _descriptions([item_file(rows)])
+    assert described == {1: "S", 2: 'Fans of "space" operas and long'}
 
 
 def test_the_answer_starts_from_the_prefix_and_stops_after_the_summary(monkeypatch):

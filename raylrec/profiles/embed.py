@@ -39,7 +39,13 @@ from raylrec import __version__, storage
 from raylrec.data.output import read_meta, read_table
 from raylrec.profiles import store
 from raylrec.profiles.config import ProfilesConfig
-from raylrec.profiles.prompts import item_attributes, item_metadata_text, user_metadata_text, user_samples
+from raylrec.profiles.prompts import (
+    item_attributes,
+    item_metadata_text,
+    profile_text,
+    user_metadata_text,
+    user_samples,
+)
 
 __all__ = [
     "MINILM_NAME",
@@ -161,7 +167,7 @@ def embedding_texts(config: ProfilesConfig, text: str) -> tuple[pa.Table, dict[s
         manifest = store.read_manifest(out)
         profiles = store.read_profiles(out)
         texts = [
-            s if ok else raw
+            profile_text(s, raw, ok)
             for s, raw, ok in zip(
                 profiles["summarization"].to_pylist(),
                 profiles["raw"].to_pylist(),

@@ -37,6 +37,7 @@ from raylrec.profiles.prompts import (
     item_attributes,
     item_prompts,
     parse_profile,
+    profile_text,
     render_chat,
     user_prompts,
 )
@@ -369,17 +370,15 @@ def dataset_user_ids(dataset: str, max_users: int | None) -> list[int]:
 
 
 def _descriptions(files: Sequence[store.ProfileFile]) -> dict[int, str]:
-    """{iid: summary} of the parsed item profiles (an unparsed one is described as None)."""
+    """{iid: profile text} of the item profiles: the summary, or a cut-off one read to where it
+    stops (``profile_text``); an answer with no summary at all describes nothing."""
     out = {}
     for f in files:
-        for iid, ok, summary in zip(
-            f.table["id"].to_pylist(),
-            f.table["parse_ok"].to_pylist(),
-            f.table["summarization"].to_pylist(),
-            strict=True,
-        ):
-            if ok:
-                out[int(iid)] = summary
+        columns = (f.table[c].to_pylist() for c in ("id", "parse_ok", "summarization", "raw"))
+        for iid, ok, summary, raw in zip(*columns, strict=True):
+            text = profile_text(summary, raw or "", ok)
+            if text and text != raw:
+                out[int(iid)] = text
     return out
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "user_prompts",
     "user_message",
     "parse_profile",
+    "profile_text",
     "render_chat",
     "generation_salt",
     "prompt_hash",
@@ -276,6 +277,24 @@ def parse_profile(text: str) -> tuple[str, str] | None:
     if not isinstance(reasoning, str):
         reasoning = json.dumps(reasoning, ensure_ascii=False)
     return summary.strip(), reasoning.strip()
+
+
+_OPEN_SUMMARY = re.compile(r'"summarization"\s*:\s*"((?:[^"\\]|\\.)*)\\?$', re.DOTALL)
+
+
+def profile_text(summary: str | None, raw: str, parse_ok: bool) -> str:
+    """What stands for a profile downstream (a user prompt's item description, the embedded
+    text): the summary when the answer parsed; else a summary cut off by ``max_new_tokens``
+    (its string opened and never closed), read to where it stops; else the raw answer."""
+    if parse_ok and summary:
+        return summary
+    match = _OPEN_SUMMARY.search(raw)
+    if match is None:
+        return raw
+    try:
+        return json.loads(f'"{match.group(1)}"').strip()
+    except ValueError:  # an escape the cut left broken
+        return match.group(1).strip()
 
 
 def render_chat(tokenizer: Any, system: str, user: str) -> str:
