@@ -48,11 +48,11 @@ def info_nce(
     the row's positive, the softmax over the kept ``columns`` of ``candidates`` (which hold
     every kept row's positive). What is left out are profiles that do not exist. With no row
     kept it is an exact 0 that still reaches every input (DDP needs each parameter used)."""
-    if rows is not None:
+    if rows is not None and not bool(rows.all()):
         anchors, positives = anchors[rows], positives[rows]
     a = F.normalize(anchors, dim=-1)
     logits = a @ F.normalize(candidates, dim=-1).T / temperature
-    if columns is not None:
+    if columns is not None and not bool(columns.all()):  # all present (the usual case): nothing to mask
         logits = logits.masked_fill(~columns, float("-inf"))
     positive = (a * F.normalize(positives, dim=-1)).sum(-1) / temperature
     per_row = torch.logsumexp(logits, dim=-1) - positive
