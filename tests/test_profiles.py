@@ -139,16 +139,8 @@ def test_every_user_prompt_shows_only_that_users_training_items(world):
         if row["label"] == 1:
             liked.setdefault(row["uid"], set()).add(row["iid"])
     attributes = item_attributes(read_table(dataset, "items.parquet"))
-    descriptions = {
-        i: s
-        for i, s, ok in zip(
-            profiles["id"].to_pylist(),
-            profiles["summarization"].to_pylist(),
-            profiles["parse_ok"].to_pylist(),
-            strict=True,
-        )
-        if ok
-    }
+    # the generator's own rule for an item's description (a cut-off summary counts)
+    descriptions = _descriptions([f for f in store.existing_files(config.output) if f.kind == "item"])
     uids = sorted(_ids(dataset, "users.parquet", "uid"))
     prompts = user_prompts(config, train, uids, attributes, descriptions)
     assert [p.id for p in prompts] == uids
