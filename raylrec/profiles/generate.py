@@ -37,8 +37,8 @@ from raylrec.profiles.prompts import (
     item_attributes,
     item_prompts,
     parse_profile,
-    profile_text,
     render_chat,
+    summary_text,
     user_prompts,
 )
 
@@ -94,7 +94,7 @@ def generate_texts(
                 row.pop()
             counts.append(len(row))
     texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-    return [prefix + t.strip() if prefix else t.strip() for t in texts], counts
+    return [prefix + t.strip() for t in texts], counts
 
 
 class ProfileWriter:
@@ -370,14 +370,14 @@ def dataset_user_ids(dataset: str, max_users: int | None) -> list[int]:
 
 
 def _descriptions(files: Sequence[store.ProfileFile]) -> dict[int, str]:
-    """{iid: profile text} of the item profiles: the summary, or a cut-off one read to where it
-    stops (``profile_text``); an answer with no summary at all describes nothing."""
+    """{iid: summary} of the item profiles, a cut-off one read to where it stops
+    (``summary_text``); an answer with no summary at all describes nothing."""
     out = {}
     for f in files:
         columns = (f.table[c].to_pylist() for c in ("id", "parse_ok", "summarization", "raw"))
         for iid, ok, summary, raw in zip(*columns, strict=True):
-            text = profile_text(summary, raw or "", ok)
-            if text and text != raw:
+            text = summary_text(summary, raw or "", ok)
+            if text:
                 out[int(iid)] = text
     return out
 

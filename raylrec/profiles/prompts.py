@@ -38,6 +38,7 @@ __all__ = [
     "user_message",
     "parse_profile",
     "profile_text",
+    "summary_text",
     "render_chat",
     "generation_salt",
     "prompt_hash",
@@ -232,29 +233,29 @@ def user_prompts(
 
 
 _OBJECT = re.compile(r"\{.*\}", re.DOTALL)
-_FIELD = r'"{}"\s*:\s*("(?:[^"\\]|\\.)*")'
+_STRING_BODY = r'(?:[^"\\]|\\.)*'  # a JSON string's characters, escapes included
+_FIELD = r'"{}"\s*:\s*("' + _STRING_BODY + '")'
+_OPEN_SUMMARY = re.compile(r'"summarization"\s*:\s*"(' + _STRING_BODY + r')\\?$', re.DOTALL)
+
+
+def _json(text: str) -> Any:
+    """``text`` decoded as JSON, or None when it is not JSON."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def _string_field(text: str, name: str) -> str | None:
     """The first complete JSON string value of ``name`` in ``text``, decoded, or None."""
     match = re.search(_FIELD.format(name), text, re.DOTALL)
-    if match is None:
-        return None
-    try:
-        value = json.loads(match.group(1))
-    except ValueError:
-        return None
+    value = None if match is None else _json(match.group(1))
     return value if isinstance(value, str) else None
 
 
 def _whole_object(text: str) -> tuple[Any, Any] | None:
     match = _OBJECT.search(text)
-    if match is None:
-        return None
-    try:
-        value = json.loads(match.group(0))
-    except ValueError:
-        return None
+    value = None if match is None else _json(match.group(0))
     if not isinstance(value, dict):
         return None
     return value.get("summarization"), value.get("reasoning", "")
@@ -279,22 +280,23 @@ def parse_profile(text: str) -> tuple[str, str] | None:
     return summary.strip(), reasoning.strip()
 
 
-_OPEN_SUMMARY = re.compile(r'"summarization"\s*:\s*"((?:[^"\\]|\\.)*)\\?$', re.DOTALL)
-
-
-def profile_text(summary: str | None, raw: str, parse_ok: bool) -> str:
-    """What stands for a profile downstream (a user prompt's item description, the embedded
-    text): the summary when the answer parsed; else a summary cut off by ``max_new_tokens``
-    (its string opened and never closed), read to where it stops; else the raw answer."""
+def summary_text(summary: str | None, raw: str, parse_ok: bool) -> str | None:
+    """A profile's summary: the parsed one; else one cut off by ``max_new_tokens`` (its string
+    opened and never closed), read to where it stops; None when the answer holds none."""
     if parse_ok and summary:
         return summary
     match = _OPEN_SUMMARY.search(raw)
     if match is None:
-        return raw
-    try:
-        return json.loads(f'"{match.group(1)}"').strip()
-    except ValueError:  # an escape the cut left broken
-        return match.group(1).strip()
+        return None
+    value = _json(f'"{match.group(1)}"')
+    return (value if isinstance(value, str) else match.group(1)).strip()  # else: an escape the cut broke
+
+
+def profile_text(summary: str | None, raw: str, parse_ok: bool) -> str:
+    """What stands for a profile in its embedding: its summary (``summary_text``), else the
+    raw answer."""
+    text = summary_text(summary, raw, parse_ok)
+    return raw if text is None else text
 
 
 def render_chat(tokenizer: Any, system: str, user: str) -> str:
