@@ -267,6 +267,14 @@ def test_the_answer_starts_from_the_prefix_and_stops_after_the_summary(monkeypat
     assert counts == [k] and stopped == [backbone.tokenizer.decode(generated[:k]).strip()]
     assert unstopped[0].startswith(stopped[0]) and len(unstopped[0]) > len(stopped[0])
 
+    # Batched beside a row that does not stop, the stopped row is padded; with pad == eos (as
+    # SmolLM2's tokenizer has it) that padding is not counted as an end token it generated.
+    backbone.tokenizer.pad_token = backbone.tokenizer.eos_token
+    _, padded_counts = generate.generate_texts(
+        backbone, [prompts[0], prompts[0] + " more"], bare.model_copy(update={"reasoning": False}), 1, False
+    )
+    assert padded_counts[0] == k and padded_counts[1] > k
+
 
 def test_unparsed_answers_are_retried_once_and_counted_never_dropped(monkeypatch):
     """Answers that parse at once, parse on the retry, or never: every row comes back."""

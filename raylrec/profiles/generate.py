@@ -84,17 +84,32 @@ def generate_texts(
     with torch.inference_mode():
         output = model.generate(**encoded, generation_config=config, **stop)
     new = output[:, encoded["input_ids"].shape[1] :].cpu()
-    counts = []
-    pad = tokenizer.pad_token_id
-    for row in new.tolist():
-        if eos in row:
-            counts.append(row.index(eos) + 1)
-        else:  # ran to max_new_tokens, or stopped at a stop string and padded after it
-            while row and row[-1] == pad:
-                row.pop()
-            counts.append(len(row))
+    stops = options.get("stop_strings", [])
+    counts = [
+        _generated_count(row, tokenizer, prompt + prefix, stops)
+        for row, prompt in zip(new.tolist(), prompts, strict=True)
+    ]
     texts = tokenizer.batch_decode(new, skip_special_tokens=True)
     return [prefix + t.strip() for t in texts], counts
+
+
+def _generated_count(row: list[int], tokenizer: Any, given: str, stops: Sequence[str]) -> int:
+    """The tokens ``generate`` wrote for one row after ``given`` (its prompt and the answer
+    prefix), its end token included, padding not: a row ends at its first end token, at a stop
+    string (then padded), or at ``max_new_tokens``."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if eos in row:
+        end = row.index(eos)
+        # With pad == eos (SmolLM2's tokenizer) the padding after a row that stopped at a stop
+        # string reads as an end token: the stop string, already written, says which it was.
+        # A stop string may begin in the given text's tail (HF matches the prompt's text too).
+        overlap = max((len(s) for s in stops), default=1) - 1
+        tail = given[-overlap:] if overlap else ""
+        stopped = any(s in tail + tokenizer.decode(row[:end]) for s in stops)
+        return end if stopped else end + 1
+    while row and row[-1] == pad:
+        row = row[:-1]
+    return len(row)
 
 
 class ProfileWriter:
