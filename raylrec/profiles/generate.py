@@ -101,15 +101,17 @@ def _generated_count(row: list[int], tokenizer: Any, given: str, stops: Sequence
     if eos in row:
         end = row.index(eos)
         # With pad == eos (SmolLM2's tokenizer) the padding after a row that stopped at a stop
-        # string reads as an end token: the stop string, already written, says which it was.
-        # A stop string may begin in the given text's tail (HF matches the prompt's text too).
+        # string reads as an end token. Such a row's last token completed a stop string (one
+        # that may begin in the given text: HF matches the prompt's text too).
         overlap = max((len(s) for s in stops), default=1) - 1
         tail = given[-overlap:] if overlap else ""
-        stopped = any(s in tail + tokenizer.decode(row[:end]) for s in stops)
+        before, through = tail + tokenizer.decode(row[: end - 1]), tail + tokenizer.decode(row[:end])
+        stopped = end > 0 and any(through.count(s) > before.count(s) for s in stops)
         return end if stopped else end + 1
-    while row and row[-1] == pad:
-        row = row[:-1]
-    return len(row)
+    length = len(row)
+    while length and row[length - 1] == pad:
+        length -= 1
+    return length
 
 
 class ProfileWriter:
