@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 DATE = "2026-11-24"
 
 
-def _config(tmp_path, source: dict | None = None, **nightly):
+def _config(tmp_path, source: dict | None = None, train: dict | None = None, **nightly):
     return build_config(
         {
             "data": {
@@ -31,6 +31,7 @@ def _config(tmp_path, source: dict | None = None, **nightly):
                 "metric": "valid/ndcg@10",
                 "num_workers": 1,
                 "storage_path": str(tmp_path / "runs"),
+                **(train or {}),
             },
             "score": {"output": str(tmp_path / "recs"), "candidates": 20, "k": 5},
             "nightly": {"root": str(tmp_path / "nightly"), "refresh_cf": True, **nightly},
@@ -70,7 +71,8 @@ def test_nightly_runs_each_step_once_and_resumes(tmp_path, capsys, s3_server):
 def test_nightly_refreshes_profiles_named_in_its_config_then_skips_them(tmp_path):
     """``nightly.profiles`` names a profiles YAML: the first run of a date generates and embeds
     the profiles of every item and user of the date's dataset (all new), the second generates
-    none; scoring still publishes. A small synthetic log and the tiny Llama keep it short."""
+    none; scoring still publishes. A small synthetic log and the tiny Llama keep it short, and the
+    CF refresh trains in the driver (the test above covers it on Ray Train)."""
     import yaml
 
     profiles_yaml = tmp_path / "profiles.yaml"
@@ -86,7 +88,7 @@ def test_nightly_refreshes_profiles_named_in_its_config_then_skips_them(tmp_path
         )
     )
     source = {"type": "synthetic", "num_events": 400, "num_users": 12, "num_items": 20, "seed": 3}
-    config = _config(tmp_path, source, profiles=str(profiles_yaml))
+    config = _config(tmp_path, source, train={"num_workers": 0}, profiles=str(profiles_yaml))
     first = run_nightly(config, DATE)
     step = next(s for s in first.steps if s["step"] == "profiles")
     assert step["status"] == "ran" and step["new_items"] == 20 and step["new_users"] == 12
