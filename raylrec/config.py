@@ -470,6 +470,19 @@ class EvalConfig(StrictConfig):
     recall_denominator: Literal["test_items", "min_k"] = "test_items"
     uauc_weighting: Literal["user", "impressions"] = "user"
     users_per_chunk: Int = Field(default=1024, ge=1)
+    valid_users: Int | None = Field(
+        default=20_000,
+        ge=1,
+        description="Ray path: per-epoch validation ranks this fixed sample of users (drawn once with "
+        "train.seed; None: every user), so its cost does not grow with the log; the final report "
+        "uses every user",
+    )
+    final_users: Int | None = Field(
+        default=None,
+        ge=1,
+        description="top-K: the final report ranks this fixed sample of users (drawn with train.seed) "
+        "instead of every user (None); for benchmarks and quick checks on very large logs",
+    )
 
 
 class ScoreConfig(StrictConfig):

@@ -60,11 +60,15 @@ def _latest_histories(train: Split, history_len: int) -> np.ndarray:
     return histories
 
 
-def _tables(model: CFEncoder, train: Split, config: CFConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _tables(
+    model: CFEncoder, train: Split, config: CFConfig, histories: np.ndarray | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
     with torch.no_grad():
         if config.history_len:  # users are their history: each one's latest training history
-            histories = torch.from_numpy(_latest_histories(train, config.history_len))
+            if histories is None:
+                histories = _latest_histories(train, config.history_len)
+            histories = torch.from_numpy(histories)
             users = torch.cat([model.user_vectors({"history": h}) for h in histories.split(4096)])
         else:
             users = model.user_vectors({"uid": torch.arange(train.num_users)})
@@ -90,8 +94,11 @@ def save_cf_bundle(
     meta: dict[str, Any],
     metrics: dict[str, float],
     train: Split,
+    histories: np.ndarray | None = None,
 ) -> str:
-    users, items = _tables(model, train, config.cf)
+    """``histories``: each user's latest training history, when the caller streamed it (the Ray
+    path); otherwise read from ``train``'s rows (sequential encoders only)."""
+    users, items = _tables(model, train, config.cf, histories)
     state = {
         k: v.contiguous()
         for k, v in model.state_dict().items()

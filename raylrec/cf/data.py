@@ -14,7 +14,7 @@ import pyarrow as pa
 from raylrec.data.arrays import pad_histories
 from raylrec.data.output import read_meta, read_table
 
-__all__ = ["Split", "positives", "SeenPairs", "load_split", "to_arrays", "sample_negatives"]
+__all__ = ["Split", "positives", "load_split", "to_arrays", "sample_negatives"]
 
 
 def to_arrays(table: pa.Table, history_len: int = 0) -> dict[str, np.ndarray]:
@@ -35,8 +35,9 @@ def sample_negatives(
     rng: np.random.Generator, num_items: int, size: int, users: np.ndarray | None = None, seen=None
 ) -> np.ndarray:
     """Uniform item ids in 1..num_items-1 (0 is padding); given ``users`` and ``seen`` (a
-    ``SeenPairs``), items the user has interacted with are drawn again, as RecBole does (a
-    sampled "negative" that is a real positive teaches the wrong thing)."""
+    ``ItemSets``), items the user has interacted with are drawn again, as RecBole does (a
+    sampled "negative" that is a real positive teaches the wrong thing). ``seen`` is an
+    ``raylrec.eval.ItemSets`` with sorted rows."""
     items = rng.integers(1, num_items, size=size, dtype=np.int64)
     if seen is None or users is None:
         return items
@@ -47,19 +48,6 @@ def sample_negatives(
         items[clash] = rng.integers(1, num_items, size=int(clash.sum()), dtype=np.int64)
         clash[clash] = seen.contains(users[clash], items[clash])
     return items
-
-
-class SeenPairs:
-    """The (user, item) pairs of a training split as sorted int64 keys, for vectorised lookups."""
-
-    def __init__(self, users: np.ndarray, items: np.ndarray, num_items: int):
-        self.num_items = num_items
-        self.keys = np.unique(users.astype(np.int64) * num_items + items.astype(np.int64))
-
-    def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        keys = users.astype(np.int64) * self.num_items + items
-        where = np.searchsorted(self.keys, keys)
-        return (where < len(self.keys)) & (self.keys[np.minimum(where, len(self.keys) - 1)] == keys)
 
 
 @dataclass

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from raylrec.cf.config import CFConfig
-from raylrec.cf.data import SeenPairs, Split, positives, sample_negatives
+from raylrec.cf.data import Split, positives, sample_negatives
 from raylrec.cf.models import CFEncoder
 from raylrec.config import EvalConfig
 from raylrec.eval import CTRAccumulator, ItemSets, RankingAccumulator
@@ -31,12 +31,12 @@ def build_encoder(config: CFConfig, train: Split) -> CFEncoder:
     return config.build(train)
 
 
-def seen_pairs(train: Split, config: CFConfig) -> SeenPairs | None:
+def seen_pairs(train: Split, config: CFConfig) -> ItemSets | None:
     """What BPR must not sample as a negative: every training interaction of the user (the
-    whole split, also on a worker that trains on a shard of it)."""
+    Ray path builds the same sets from the files: ``raylrec.cf.streaming``)."""
     if config.loss != "bpr" or config.negatives == "uniform":
         return None
-    return SeenPairs(train.arrays["uid"], train.arrays["iid"], train.num_items)
+    return ItemSets.from_pairs(train.arrays["uid"], train.arrays["iid"], train.num_users, sort_items=True)
 
 
 def epoch_batches(
@@ -46,7 +46,7 @@ def epoch_batches(
     epoch: int,
     config: CFConfig,
     drop_last: bool = True,
-    seen: SeenPairs | None = None,
+    seen: ItemSets | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Shuffled batches of one epoch (seeded by (seed, epoch): a resumed run sees the same
     order); BPR batches hold the positives and one sampled negative each (not in ``seen``)."""
@@ -86,29 +86,58 @@ def evaluate_ctr(
 
 
 def evaluate_ranking(
-    model: CFEncoder, known: ItemSets, target: ItemSets, config: EvalConfig, prefix: str
+    model: CFEncoder,
+    known: ItemSets,
+    target: ItemSets,
+    config: EvalConfig,
+    prefix: str,
+    users: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Full ranking of every user with target items; ``known`` items are masked."""
+    """Full ranking of ``users`` (default: every user with target items), ``users_per_chunk``
+    at a time; ``known`` items are masked."""
     acc = RankingAccumulator(tuple(config.ks), config.recall_denominator)
     device = next(model.parameters()).device
-    for start in range(0, target.num_users, config.users_per_chunk):
-        stop = min(start + config.users_per_chunk, target.num_users)
-        batch = {"uid": torch.arange(start, stop, device=device)}
-        acc.update(model.full_scores(batch), start, known, target)
+    if users is None:
+        users = np.flatnonzero(np.diff(target.indptr) > 0)
+    users = users[target.sizes_of(users) > 0]
+    for start in range(0, len(users), config.users_per_chunk):
+        chunk = users[start : start + config.users_per_chunk]
+        acc.update_users(model.full_scores({"uid": torch.from_numpy(chunk).to(device)}), chunk, known, target)
     return {f"{prefix}/{k}": v for k, v in acc.compute().items()}
 
 
 class CFTask:
+    """The encoder's loss and its validation: CTR metrics on ``valid``'s rows (bce), or full
+    ranking of ``users`` (None: all) against their ``target`` items with ``known`` masked (bpr)."""
+
     def __init__(
         self, model: CFEncoder, config: CFConfig, eval_config: EvalConfig, train: Split, valid: Split
     ):
-        self.model = model
-        self.config = config
-        self.eval_config = eval_config
-        self.valid = valid
+        known = target = None
         if config.loss == "bpr":
-            self.known = ItemSets.from_pairs(*positives(train, config.implicit), train.num_users)
-            self.target = ItemSets.from_pairs(*positives(valid, config.implicit), train.num_users)
+            known = ItemSets.from_pairs(*positives(train, config.implicit), train.num_users)
+            target = ItemSets.from_pairs(*positives(valid, config.implicit), train.num_users)
+        self._set(model, config, eval_config, valid, known, target, None)
+
+    @classmethod
+    def from_item_sets(
+        cls,
+        model: CFEncoder,
+        config: CFConfig,
+        eval_config: EvalConfig,
+        valid: Split | None,
+        known: ItemSets | None,
+        target: ItemSets | None,
+        users: np.ndarray | None,
+    ) -> CFTask:
+        """The Ray path's task: validation inputs prepared by the driver (``raylrec.cf.streaming``)."""
+        task = cls.__new__(cls)
+        task._set(model, config, eval_config, valid, known, target, users)
+        return task
+
+    def _set(self, model, config, eval_config, valid, known, target, users) -> None:
+        self.model, self.config, self.eval_config = model, config, eval_config
+        self.valid, self.known, self.target, self.users = valid, known, target, users
 
     @property
     def encoder(self) -> CFEncoder:
@@ -122,4 +151,4 @@ class CFTask:
     def evaluate(self) -> dict[str, float]:
         if self.config.loss == "bce":
             return evaluate_ctr(self.encoder, self.valid, self.eval_config, "valid")
-        return evaluate_ranking(self.encoder, self.known, self.target, self.eval_config, "valid")
+        return evaluate_ranking(self.encoder, self.known, self.target, self.eval_config, "valid", self.users)

@@ -18,6 +18,16 @@ from raylrec import storage
 from raylrec.cf.bundle import save_cf_bundle
 from raylrec.cf.data import Split, load_split, positives, to_arrays
 from raylrec.cf.models import CFEncoder
+from raylrec.cf.streaming import (
+    InteractionSplit,
+    StreamedInputs,
+    item_sets_ref,
+    latest_histories,
+    sample_users,
+    shard_name,
+    streamed_batches,
+    training_shards,
+)
 from raylrec.cf.task import (
     CFTask,
     build_encoder,
@@ -42,14 +52,6 @@ if TYPE_CHECKING:
 CFResult = TrainResult  # the result of train_cf (one stage, ``result.state``)
 
 
-def _rows_for_training(batch: pa.Table, history_len: int, positives_only: bool) -> dict[str, np.ndarray]:
-    """Ray Data map: a split's rows -> the arrays a worker trains on (BPR keeps positives only,
-    before the split across workers, so every worker gets the same number of steps)."""
-    if positives_only:
-        batch = batch.filter(pc.equal(batch["label"], 1))
-    return to_arrays(batch, history_len)
-
-
 class CFDefinition(TaskDefinition):
     """A CF encoder as a one-stage task: the encoder of ``config.cf``, its CFTask (the encoder's
     own loss, validation metrics) and its CF bundle."""
@@ -65,9 +67,21 @@ class CFDefinition(TaskDefinition):
         return load_split(self.config.dataset_path(), "train", self.config.cf.history_len)
 
     @cached_property
+    def held_out_names(self) -> list[str]:
+        return [s for s in ("valid", "test") if s in self.meta["counts"]["splits"]]
+
+    @cached_property
     def held_out(self) -> dict[str, Split]:
-        splits = [s for s in ("valid", "test") if s in self.meta["counts"]["splits"]]
-        return {s: load_split(self.config.dataset_path(), s, self.config.cf.history_len) for s in splits}
+        """The held-out splits, whole: the plain-process path only."""
+        return {
+            s: load_split(self.config.dataset_path(), s, self.config.cf.history_len)
+            for s in self.held_out_names
+        }
+
+    @property
+    def sizes(self) -> tuple[int, int]:
+        counts = self.meta["counts"]
+        return counts["num_users"], counts["num_items"]
 
     def default_run_name(self) -> str:
         from raylrec.train.ray_runner import default_run_name
@@ -81,47 +95,59 @@ class CFDefinition(TaskDefinition):
         return {"cf": self.config.cf.model_dump()}
 
     def announce(self, run_name: str, stages: list[StagePlan], say) -> None:
-        if "valid" not in self.held_out:
+        if "valid" not in self.held_out_names:
             raise ValueError(f"{self.config.dataset_path()} has no valid split to select the best epoch on")
         cf = self.config.cf
-        say(
-            f"training {cf.model} ({cf.loss}) on {self.config.dataset_path()}: {len(self.train):,} rows, "
-            f"run {run_name}"
-        )
+        rows = self.meta["counts"]["splits"]["train"]
+        say(f"training {cf.model} ({cf.loss}) on {self.config.dataset_path()}: {rows:,} rows, run {run_name}")
 
     def stage_done(self, stage: StagePlan, state: TrainState, say) -> None:
         say(f"best epoch {state.best_epoch} ({self.config.train.metric} {state.best_metric:.4f})")
 
     def ray_datasets(self, stage: StagePlan, say):
-        config = self.config
-        dataset = read_split(config.dataset_path(), "train").map_batches(
-            _rows_for_training,
-            batch_format="pyarrow",
-            fn_kwargs={
-                "history_len": config.cf.history_len,
-                "positives_only": config.cf.loss == "bpr" and not config.cf.implicit,
-            },
+        """The training rows as one ordered shard per rank, and the item sets the workers share
+        (``raylrec.cf.streaming``); nothing here holds a split."""
+        from ray.train import DataConfig
+
+        config, path = self.config, self.config.dataset_path()
+        cf, (num_users, _) = config.cf, self.sizes
+        bpr = cf.loss == "bpr"
+        datasets, rows_per_rank = training_shards(
+            read_split(path, "train"),
+            config.train.num_workers,
+            cf.history_len,
+            positives_only=bpr and not cf.implicit,
         )
-        # Read before the workers start: once they hold every CPU (2 workers on a 2-core
-        # machine), read tasks could never be scheduled. The object store then serves the shards.
-        return {"train": dataset.materialize()}, None
+        users = sample_users(num_users, config.eval.valid_users, config.train.seed)
+        seen = known = target = None
+        if bpr:
+            # implicit: every training row is a positive, so one set serves both purposes
+            known = item_sets_ref(path, ["train"], num_users, positives_only=not cf.implicit)
+            if cf.negatives != "uniform":
+                seen = known if cf.implicit else item_sets_ref(path, ["train"], num_users, False)
+            target = item_sets_ref(path, ["valid"], num_users, positives_only=not cf.implicit)
+        else:
+            datasets["valid"] = _valid_sample(read_split(path, "valid"), users, num_users)
+        self.worker_data = {"inputs": StreamedInputs(rows_per_rank, seen, known, target, users)}
+        say(f"streaming {rows_per_rank:,} training rows per rank to {config.train.num_workers} workers")
+        return datasets, DataConfig(datasets_to_split=[])
 
     def worker_fitting(self, stage: StagePlan, init: dict[str, torch.Tensor]) -> Fitting:
+        import ray
         import ray.train
         import ray.train.torch
 
-        from raylrec.train.ray_runner import shard_arrays
-
-        config = self.config
-        history_len = config.cf.history_len
-        full_train = load_split(config.dataset_path(), "train", history_len)
-        valid = load_split(config.dataset_path(), "valid", history_len)
-        arrays = shard_arrays("train")
-        if config.cf.loss == "bpr":
-            arrays["label"] = np.ones(len(arrays["uid"]), np.float32)  # positives only, see above
-        mine = Split(arrays, full_train.num_users, full_train.num_items)
-        model = build_encoder(config.cf, full_train)
-        task = CFTask(model, config.cf, config.eval, full_train, valid)
+        config, cf = self.config, self.config.cf
+        inputs: StreamedInputs = self.worker_data["inputs"]
+        num_users, num_items = self.sizes
+        model = build_encoder(cf, InteractionSplit(config.dataset_path(), num_users, num_items))
+        bpr = cf.loss == "bpr"
+        if bpr:
+            known, target = ray.get([inputs.known, inputs.target])
+            task = CFTask.from_item_sets(model, cf, config.eval, None, known, target, inputs.users)
+        else:
+            valid = _collect(ray.train.get_dataset_shard("valid"), cf.history_len, num_users, num_items)
+            task = CFTask.from_item_sets(model, cf, config.eval, valid, None, None, None)
         with warnings.catch_warnings():
             # torch deprecates broadcast_buffers for forward_sync_buffers, which still syncs at
             # init; its own warning says to keep broadcast_buffers=False until init_sync_buffers
@@ -130,15 +156,17 @@ class CFDefinition(TaskDefinition):
             task.model = ray.train.torch.prepare_model(
                 model, parallel_strategy_kwargs={"broadcast_buffers": False}
             )
-        steps_per_epoch = len(mine) // config.train.batch_size
+        steps_per_epoch = inputs.rows_per_rank // config.train.batch_size
         engine = TorchEngine(task.model, config.train, config.train.epochs * steps_per_epoch)
-        cf = config.cf.model_copy(update={"implicit": True}) if config.cf.loss == "bpr" else config.cf
         rank = ray.train.get_context().get_world_rank()
-        seen = seen_pairs(full_train, cf)  # the whole split's pairs: this rank trains on a shard
-        size, seed = config.train.batch_size, config.train.seed + rank
-        return Fitting(
-            task, lambda epoch: epoch_batches(mine, size, seed, epoch, cf, seen=seen), engine, steps_per_epoch
-        )
+        shard = ray.train.get_dataset_shard(shard_name(rank))
+        seen = ray.get(inputs.seen) if inputs.seen is not None else None
+        size, seed = config.train.batch_size, config.train.seed
+
+        def batches(epoch: int):
+            return streamed_batches(shard, size, seed, rank, epoch, num_items, bpr, seen)
+
+        return Fitting(task, batches, engine, steps_per_epoch)
 
     def local_fitting(self, stage: StagePlan, init: dict[str, torch.Tensor], say) -> Fitting:
         config, train = self.config, self.train
@@ -164,9 +192,20 @@ class CFDefinition(TaskDefinition):
 
     def final_metrics(self, states: dict[str, TrainState], weights: dict[str, torch.Tensor], say):
         config = self.config
-        self.model = build_encoder(config.cf, self.train)
-        self.model.load_state_dict(weights)
-        metrics = _final_metrics(config, self.model, self.train, self.held_out)
+        num_users, num_items = self.sizes
+        if self.use_ray:
+            from raylrec.cf.distributed_eval import distributed_metrics
+
+            self.model = build_encoder(
+                config.cf, InteractionSplit(config.dataset_path(), num_users, num_items)
+            )
+            self.model.load_state_dict(weights)
+            say(f"evaluating on {', '.join(self.held_out_names)} with Ray Data (every user)")
+            metrics = distributed_metrics(config, weights, self.held_out_names, num_users, num_items)
+        else:
+            self.model = build_encoder(config.cf, self.train)
+            self.model.load_state_dict(weights)
+            metrics = _final_metrics(config, self.model, self.train, self.held_out)
         protocol = (
             f"CTR, UAUC averaged per {config.eval.uauc_weighting}"
             if config.cf.loss == "bce"
@@ -177,7 +216,16 @@ class CFDefinition(TaskDefinition):
 
     def export(self, weights: dict[str, torch.Tensor], metrics: dict[str, float], run_name: str) -> str:
         config = self.config
-        return save_cf_bundle(config.output, self.model, config, self.meta, metrics, self.train)
+        if not self.use_ray:
+            return save_cf_bundle(config.output, self.model, config, self.meta, metrics, self.train)
+        num_users, num_items = self.sizes
+        train = InteractionSplit(config.dataset_path(), num_users, num_items)
+        histories = (
+            latest_histories(config.dataset_path(), config.cf.history_len, num_users)
+            if config.cf.history_len
+            else None
+        )
+        return save_cf_bundle(config.output, self.model, config, self.meta, metrics, train, histories)
 
 
 def _final_metrics(
@@ -192,12 +240,20 @@ def _final_metrics(
                 metrics.update(evaluate_ctr(model, split, config.eval, name))
             return metrics
         known_users, known_items = positives(train, config.cf.implicit)
+        sample = None
+        if config.eval.final_users is not None:
+            sample = sample_users(train.num_users, config.eval.final_users, config.train.seed)
         for name, split in splits.items():
             users, items = positives(split, config.cf.implicit)
             known = ItemSets.from_pairs(known_users, known_items, train.num_users)
             metrics.update(
                 evaluate_ranking(
-                    model, known, ItemSets.from_pairs(users, items, train.num_users), config.eval, name
+                    model,
+                    known,
+                    ItemSets.from_pairs(users, items, train.num_users),
+                    config.eval,
+                    name,
+                    sample,
                 )
             )
             known_users, known_items = np.r_[known_users, users], np.r_[known_items, items]
@@ -215,3 +271,22 @@ def train_cf(
     this run is a Ray Tune trial (every epoch's metrics go to Tune)."""
     config = config.model_copy(update={"dataset": storage.absolute(config.dataset_path())})
     return run_pipeline(CFDefinition(config), say, use_ray, trial)
+
+
+def _valid_sample(dataset, users: np.ndarray, num_users: int):
+    """The valid rows of the sampled users (every row when every user is sampled), materialised
+    before the workers start; every worker validates on them whole."""
+    if len(users) < num_users - 1:
+        dataset = dataset.map_batches(_keep_users, batch_format="pyarrow", fn_kwargs={"users": users})
+    return dataset.materialize()
+
+
+def _keep_users(batch: pa.Table, users: np.ndarray) -> pa.Table:
+    return batch.filter(pc.is_in(batch["uid"], value_set=pa.array(users, batch.schema.field("uid").type)))
+
+
+def _collect(iterator, history_len: int, num_users: int, num_items: int) -> Split:
+    """A small dataset's rows (the validation sample), whole, as a Split."""
+    batches = list(iterator.iter_batches(batch_format="pyarrow"))
+    table = pa.concat_tables(batches) if batches else None
+    return Split(to_arrays(table, history_len), num_users, num_items)

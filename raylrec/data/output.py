@@ -55,6 +55,9 @@ __all__ = [
     "read_meta",
     "read_split",
     "read_table",
+    "refuse_whole_split",
+    "FORBID_WHOLE_SPLITS",
+    "WholeSplitReadError",
 ]
 
 META_FILE = "meta.json"
@@ -275,6 +278,24 @@ def commit(
     return meta
 
 
+class WholeSplitReadError(RuntimeError):
+    """A split was read whole where ``RAYLREC_FORBID_WHOLE_SPLITS=1`` forbids it."""
+
+
+# Set to 1, every read of a whole split in this process (and in the Ray Train workers the
+# pipeline starts: it forwards RAYLREC_* variables) raises: how the tests prove the Ray path
+# streams, and how a user can check a path of their own before pointing it at a large log.
+FORBID_WHOLE_SPLITS = "RAYLREC_FORBID_WHOLE_SPLITS"
+
+
+def refuse_whole_split(out: str, name: str) -> None:
+    if os.environ.get(FORBID_WHOLE_SPLITS) == "1" and name != "quarantine":
+        raise WholeSplitReadError(
+            f"split {name!r} of {out} read whole in pid {os.getpid()} while {FORBID_WHOLE_SPLITS}=1: "
+            "on the Ray path a split reaches a process through Ray Data, batch by batch"
+        )
+
+
 def read_meta(out: str) -> dict[str, Any]:
     fs, path = storage.filesystem(out)
     meta = storage.join(path, META_FILE)
@@ -318,6 +339,7 @@ def read_table(out: str, name: str, columns: list[str] | None = None) -> pa.Tabl
     split read whole with pyarrow, for small data and tests."""
     meta = read_meta(out)
     if name in meta["counts"]["splits"] or name in meta.get("files", {}):
+        refuse_whole_split(out, name)
         fs, files = split_paths(out, name, meta)
         return pads.dataset(files, filesystem=fs, format="parquet").to_table(columns=columns)
     fs, path = storage.arrow_filesystem(out)

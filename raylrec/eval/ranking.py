@@ -67,11 +67,16 @@ class ItemSets:
     indices: np.ndarray
 
     @classmethod
-    def from_pairs(cls, users: np.ndarray, items: np.ndarray, num_users: int) -> ItemSets:
+    def from_pairs(
+        cls, users: np.ndarray, items: np.ndarray, num_users: int, sort_items: bool = False
+    ) -> ItemSets:
+        """``sort_items``: each user's items ascending (what ``contains`` needs); otherwise in
+        the order given (CLLM4Rec's documents keep a user's items in time order)."""
         users = np.asarray(users, np.int64)
-        order = np.argsort(users, kind="stable")
+        items = np.asarray(items, np.int64)
+        order = np.lexsort((items, users)) if sort_items else np.argsort(users, kind="stable")
         counts = np.bincount(users, minlength=num_users)
-        return cls(np.r_[0, np.cumsum(counts)].astype(np.int64), np.asarray(items, np.int64)[order])
+        return cls(np.r_[0, np.cumsum(counts)].astype(np.int64), items[order])
 
     @property
     def num_users(self) -> int:
@@ -80,14 +85,42 @@ class ItemSets:
     def sizes(self, start: int, stop: int) -> np.ndarray:
         return np.diff(self.indptr[start : stop + 1])
 
-    def dense(
-        self, start: int, stop: int, num_items: int, device: torch.device | str = "cpu"
+    def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Whether each ``items[j]`` is among ``users[j]``'s items: a vectorised binary search
+        inside each user's row, so rows must be sorted (``from_pairs(..., sort_items=True)`` or
+        ``raylrec.data.item_sets``)."""
+        users = np.asarray(users, np.int64)
+        items = np.asarray(items, np.int64)
+        lo, end = self.indptr[users], self.indptr[users + 1]
+        hi = end.copy()
+        if not len(self.indices):
+            return np.zeros(len(users), bool)
+        while True:
+            active = lo < hi
+            if not active.any():
+                break
+            mid = (lo + hi) // 2
+            right = active & (self.indices[np.minimum(mid, len(self.indices) - 1)] < items)
+            lo = np.where(right, mid + 1, lo)
+            hi = np.where(active & ~right, mid, hi)
+        return (lo < end) & (self.indices[np.minimum(lo, len(self.indices) - 1)] == items)
+
+    def sizes_of(self, users: np.ndarray) -> np.ndarray:
+        return self.indptr[users + 1] - self.indptr[users]
+
+    def dense_rows(
+        self, users: np.ndarray, num_items: int, device: torch.device | str = "cpu"
     ) -> torch.Tensor:
-        """A boolean ``[stop - start, num_items]`` membership matrix for users start..stop-1."""
-        lo, hi = self.indptr[start], self.indptr[stop]
-        rows = np.repeat(np.arange(stop - start), self.sizes(start, stop))
-        mask = torch.zeros(stop - start, num_items, dtype=torch.bool, device=device)
-        mask[torch.as_tensor(rows, device=device), torch.as_tensor(self.indices[lo:hi], device=device)] = True
+        """A boolean ``[len(users), num_items]`` membership matrix for the listed users."""
+        users = np.asarray(users, np.int64)
+        sizes = self.sizes_of(users)
+        rows = np.repeat(np.arange(len(users)), sizes)
+        starts = np.repeat(self.indptr[users] - np.r_[0, np.cumsum(sizes)[:-1]], sizes)
+        cols = self.indices[starts + np.arange(int(sizes.sum()))] if len(rows) else np.zeros(0, np.int64)
+        mask = torch.zeros(len(users), num_items, dtype=torch.bool, device=device)
+        mask[torch.as_tensor(rows, device=device), torch.as_tensor(cols, dtype=torch.long, device=device)] = (
+            True
+        )
         return mask
 
 
@@ -100,23 +133,35 @@ class RankingAccumulator:
 
     def update(self, scores: torch.Tensor, first_user: int, train: ItemSets, test: ItemSets) -> None:
         """Scores of users ``first_user .. first_user + len(scores) - 1`` against every item."""
-        n_users, n_items = scores.shape
-        stop = first_user + n_users
-        n_test = torch.as_tensor(test.sizes(first_user, stop), device=scores.device)
+        self.update_users(scores, np.arange(first_user, first_user + len(scores)), train, test)
+
+    def update_users(self, scores: torch.Tensor, users: np.ndarray, train: ItemSets, test: ItemSets) -> None:
+        """Scores of the listed ``users`` (any ids, each with test items) against every item."""
+        n_items = scores.shape[1]
+        n_test = torch.as_tensor(test.sizes_of(users), device=scores.device)
         keep = n_test > 0
         if not keep.any():
             return
         scores = scores.float().clone()
-        scores[train.dense(first_user, stop, n_items, scores.device)] = -torch.inf
+        scores[train.dense_rows(users, n_items, scores.device)] = -torch.inf
         scores[:, 0] = -torch.inf  # padding
         k_max = min(max(self.ks), n_items - 1)
         top = torch.topk(scores[keep], k_max, dim=1).indices
-        hits = torch.gather(test.dense(first_user, stop, n_items, scores.device)[keep], 1, top).float()
+        hits = torch.gather(test.dense_rows(users, n_items, scores.device)[keep], 1, top).float()
         for name, total in topk_metric_sums(
             hits, n_test[keep].float(), self.ks, self.recall_denominator
         ).items():
             self._add(name, total)
         self._users += int(keep.sum())
+
+    def merge(self, sums: dict[str, float], users: int) -> None:
+        """Add another accumulator's ``state()`` (a distributed evaluation's part)."""
+        for name, total in sums.items():
+            self._add(name, total)
+        self._users += users
+
+    def state(self) -> tuple[dict[str, float], int]:
+        return dict(self._sums), self._users
 
     def _add(self, name: str, value: float) -> None:
         self._sums[name] = self._sums.get(name, 0.0) + float(value)

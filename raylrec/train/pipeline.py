@@ -19,6 +19,7 @@ stage — in a plain process or inside a Ray Train worker —, its final metrics
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -116,6 +117,12 @@ class TaskDefinition:
 
     def __init__(self, config: RaylrecConfig):
         self.config = config
+        # Set by run_pipeline: whether the stages train on Ray Train (final_metrics may then
+        # evaluate with Ray too).
+        self.use_ray = False
+        # Small facts the driver learns in ``ray_datasets`` (rows per shard, object-store
+        # references) that every worker's ``worker_fitting`` needs; travels in the loop config.
+        self.worker_data: dict[str, Any] = {}
 
     # --- what a model kind defines ------------------------------------------------------------
 
@@ -189,6 +196,8 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     from raylrec.train.ray_runner import fit_in_worker
 
     definition = import_object(loop_config["definition"])(RaylrecConfig.model_validate(loop_config["config"]))
+    definition.use_ray, definition.worker_data = True, loop_config["worker_data"]
+    os.environ.update(loop_config["environment"])
     stage = definition.stages()[loop_config["stage"]]
     torch.manual_seed(stage.train.seed)
     init = {k: torch.from_numpy(v) for k, v in loop_config["init"].items()}
@@ -223,6 +232,9 @@ def _run_stage_ray(
             "config": definition.config.model_dump(mode="json"),
             "stage": index,
             "init": {k: v.numpy() for k, v in init.items()},
+            "worker_data": definition.worker_data,
+            # raylrec's own switches (RAYLREC_*) hold in the workers as in the driver
+            "environment": {k: v for k, v in os.environ.items() if k.startswith("RAYLREC_")},
         },
         stage.train,
         run_name,
@@ -266,6 +278,7 @@ def run_pipeline(
         # plain-process loop is the same training without that detour.
         say("train.num_workers 0: training in this process (no Ray Train workers, no checkpoints)")
         use_ray = False
+    definition.use_ray = use_ray
     run_name = run_name or config.train.run_name or definition.default_run_name()
     stages = definition.stages()
     definition.announce(run_name, stages, say)

@@ -1,0 +1,336 @@
+"""The scale benchmark: the streamed Ray path at growing log sizes, users and items fixed.
+
+For each size: a synthetic Zipf log (``raylrec data synth``), then, each in its own process
+tree, measured from outside:
+
+- **prepare**: ``raylrec data prepare`` (random 8:1:1 per user, histories of 20), beside the
+  single-process scripts a user would otherwise write: pandas, polars, DuckDB
+  (``bench/*_prepare.py``), same steps, same data, as ratios of events/s;
+- **train-cf**: MF-BPR, one epoch on Ray Train with 2 workers, the Ray Data final evaluation on
+  a fixed sample of users (``eval.final_users``) and the CF bundle export.
+
+Measured per stage: wall time, events/s, the peak RSS of the driver and of every Ray worker
+process (sampled from /proc every ``--interval`` s, all processes of the stage's tree), the peak
+of the machine's shared memory above its level before the stage (the object store lives there),
+and the bytes Ray spilled to disk. Each size's results go to ``<workdir>/results-<N>.json`` as
+soon as it is done, so a killed run keeps the sizes it finished; ``--table`` prints the Markdown
+table from those files.
+
+    python bench/scale.py --sizes 5000000 20000000 50000000
+    python bench/scale.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+def shared_memory_bytes() -> int:
+    """Shmem of /proc/meminfo: tmpfs pages, the object store's among them."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Shmem:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def role(proc: psutil.Process, root: int) -> str:
+    if proc.pid == root:
+        return "driver"
+    try:
+        title = " ".join(proc.cmdline())[:120]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return "gone"
+    if "RayTrainWorker" in title:
+        return "train worker"
+    if title.startswith("ray::"):
+        return "ray worker"  # Ray Data tasks and actors, Ray Train's controller, ...
+    return "ray system"  # raylet, GCS, dashboard, log monitor
+
+
+class Monitor(threading.Thread):
+    """Peak RSS per process of a tree (with its role), the shared-memory peak, spill bytes."""
+
+    def __init__(self, pid: int, interval: float, spill_dirs: list[Path]):
+        super().__init__(daemon=True)
+        self.root, self.interval, self.spill_dirs = pid, interval, spill_dirs
+        self.peaks: dict[int, tuple[str, int]] = {}
+        self.shm_base = shared_memory_bytes()
+        self.shm_peak = 0
+        self.spilled = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                tree = [psutil.Process(self.root), *psutil.Process(self.root).children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            for proc in tree:
+                with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                    rss = proc.memory_info().rss
+                    name, peak = self.peaks.get(proc.pid, ("", 0))
+                    now = role(proc, self.root)
+                    if rss > peak or name in ("", "ray worker", "ray system"):
+                        # a pooled worker takes its most telling role (a train worker stays one)
+                        name = now if name in ("", "ray system", "ray worker") else name
+                        self.peaks[proc.pid] = (name, max(rss, peak))
+            self.shm_peak = max(self.shm_peak, shared_memory_bytes() - self.shm_base)
+            self.spilled = max(self.spilled, sum(_size(d) for d in self.spill_dirs))
+            self._halt.wait(self.interval)
+
+    def stop(self) -> dict[str, Any]:
+        self._halt.set()
+        self.join()
+        by_role: dict[str, list[int]] = {}
+        for name, peak in self.peaks.values():
+            by_role.setdefault(name, []).append(peak)
+        return {
+            "driver_rss": max(by_role.get("driver", [0])),
+            "train_worker_rss": sorted(by_role.get("train worker", []), reverse=True),
+            "ray_worker_rss_max": max(by_role.get("ray worker", [0])),
+            "ray_system_rss_max": max(by_role.get("ray system", [0])),
+            "shm_peak": self.shm_peak,
+            "spilled": self.spilled,
+        }
+
+
+def _size(path: Path) -> int:
+    """Bytes of the spill files under ``path`` (Ray's temp dir: ``*spilled_objects*``)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        if "spill" not in root:
+            continue
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(os.path.join(root, name))
+    return total
+
+
+def measure(cmd: list[str], log: Path, interval: float, temp_dir: Path) -> dict[str, Any]:
+    """Run ``cmd`` (its output to ``log``), sampling its process tree until it exits."""
+    env = {**os.environ, "RAY_TMPDIR": str(temp_dir)}
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        monitor = Monitor(proc.pid, interval, [temp_dir])
+        monitor.start()
+        code = proc.wait()
+    result = {**monitor.stop(), "wall_s": time.perf_counter() - started, "returncode": code}
+    if code != 0:
+        killed = code in (-9, 137)
+        result["failed"] = "killed (memory?)" if killed else f"exit {code}: see {log}"
+    return result
+
+
+def synth(logs: Path, events: int, users: int, items: int) -> None:
+    if (logs / "items.parquet").exists():
+        return
+    shutil.rmtree(logs, ignore_errors=True)
+    print(f"generating {events:,} events ({users:,} users, {items:,} items) ...", flush=True)
+    subprocess.run(
+        [PYTHON, "-m", "raylrec.cli", "data", "synth", "--out", str(logs), "--events", str(events)]
+        + ["--users", str(users), "--items", str(items)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def prepare_stage(args, n: int, logs: Path, work: Path) -> dict[str, Any]:
+    out = work / f"data-{n}"
+    cmd = [PYTHON, "-m", "raylrec.cli", "data", "prepare", "-q", "data.source.type=logs"]
+    cmd += [f"data.source.paths=[{logs / 'events'}]", "data.validation.rating_range=[1,5]"]
+    cmd += ["data.split.protocol=random_ratio", "data.history.max_len=20"]
+    cmd += [f"data.output={out}", "data.overwrite=true"]
+    print(f"{n:,} events: prepare (raylrec) ...", flush=True)
+    result = {"raylrec": measure(cmd, work / f"prepare-{n}.log", args.interval, work / "ray")}
+    for tool in args.baselines:
+        if n > args.baseline_max_events:
+            result[tool] = {"skipped": f"above --baseline-max-events {args.baseline_max_events:,}"}
+            continue
+        print(f"{n:,} events: prepare ({tool}) ...", flush=True)
+        script = REPO / "bench" / f"{tool}_prepare.py"
+        base_out = work / f"{tool}-{n}"
+        cmd = [PYTHON, str(script), "--logs", str(logs / "events"), "--out", str(base_out), "--max-len", "20"]
+        result[tool] = measure(cmd, work / f"{tool}-{n}.log", args.interval, work / "ray")
+        shutil.rmtree(base_out, ignore_errors=True)
+    return result
+
+
+def train_stage(args, n: int, work: Path) -> dict[str, Any]:
+    config = work / f"train-{n}.json"
+    config.write_text(
+        json.dumps(
+            {
+                "dataset": str(work / f"data-{n}"),
+                "cf": {"model": "mf", "dim": 64, "loss": "bpr", "implicit": True},
+                "train": {
+                    "epochs": 1,
+                    "batch_size": 4096,
+                    "lr": 1e-3,
+                    "metric": "valid/ndcg@10",
+                    "num_workers": 2,
+                    "storage_path": str(work / "runs"),
+                    "run_name": f"scale-{n}",
+                    "log_every_s": 30,
+                },
+                "eval": {"ks": [10, 20], "valid_users": args.eval_users, "final_users": args.eval_users},
+                "output": str(work / f"bundle-{n}"),
+            }
+        )
+    )
+    shutil.rmtree(work / "runs" / f"scale-{n}", ignore_errors=True)
+    print(f"{n:,} events: train-cf (MF-BPR, 1 epoch, 2 workers) ...", flush=True)
+    log = work / f"train-{n}.log"
+    cmd = [PYTHON, str(Path(__file__).resolve()), "--train-driver", str(config)]
+    result = measure(cmd, log, args.interval, work / "ray")
+    marks = [
+        json.loads(line[len("SCALE ") :])
+        for line in log.read_text().splitlines()
+        if line.startswith("SCALE ")
+    ]
+    for mark in marks:
+        result.update(mark)
+    return result
+
+
+def train_driver(config_path: str) -> None:
+    """The train-cf stage's own process: the CLI's steps, with the moments of its phases."""
+    sys.path.insert(0, str(REPO))
+    from raylrec.cf.train import train_cf
+    from raylrec.config import build_config
+    from raylrec.runtime import init_ray
+
+    config = build_config(json.loads(Path(config_path).read_text()))
+    started = time.perf_counter()
+    marks: dict[str, float] = {}
+
+    def say(message: str) -> None:
+        print(message, flush=True)
+        if message.startswith("evaluating on"):
+            marks["train_done_s"] = time.perf_counter() - started
+        if "written to" in message:
+            marks["export_done_s"] = time.perf_counter() - started
+
+    init_ray(config.ray)
+    marks["ray_up_s"] = time.perf_counter() - started
+    result = train_cf(config, say)
+    epoch = result.state.history[-1]
+    rows = result.state.step * config.train.batch_size * config.train.num_workers
+    print(
+        "SCALE "
+        + json.dumps(
+            {
+                **marks,
+                "rows_trained": rows,
+                "epoch_s": epoch["train/epoch_s"],
+                "train_events_per_s": rows / epoch["train/epoch_s"],
+                "final_eval_s": marks.get("export_done_s", 0) - marks.get("train_done_s", 0),
+                "metrics": {k: v for k, v in result.metrics.items() if k.startswith("test/")},
+            }
+        ),
+        flush=True,
+    )
+
+
+def gib(x: float) -> str:
+    return f"{x / 2**30:.2f}"
+
+
+def table(work: Path) -> str:
+    rows = []
+    for path in sorted(work.glob("results-*.json"), key=lambda p: int(p.stem.split("-")[1])):
+        r = json.loads(path.read_text())
+        n = r["events"]
+        prep = r["prepare"]["raylrec"]
+        rate = n / prep["wall_s"]
+        ratios = []
+        for tool in ("pandas", "polars", "duckdb"):
+            other = r["prepare"].get(tool)
+            if not other:
+                continue
+            if "skipped" in other or "failed" in other:
+                ratios.append(f"{tool}: {other.get('skipped') or other.get('failed')}")
+            else:
+                ratios.append(
+                    f"{tool} {n / other['wall_s']:,.0f}/s ({rate / (n / other['wall_s']):.2f}x), "
+                    f"RSS {gib(other['driver_rss'])}"
+                )
+        rows.append(
+            f"| {n:,} | prepare | {prep['wall_s']:.0f} | {rate:,.0f} | {gib(prep['driver_rss'])} | "
+            f"{gib(prep['ray_worker_rss_max'])} | {gib(prep['shm_peak'])} | {gib(prep['spilled'])} | "
+            f"{'; '.join(ratios)} |"
+        )
+        t = r["train"]
+        if "failed" in t:
+            rows.append(f"| {n:,} | train-cf | failed: {t['failed']} | | | | | | |")
+            continue
+        workers = " / ".join(gib(x) for x in t["train_worker_rss"])
+        rows.append(
+            f"| {n:,} | train-cf | {t['wall_s']:.0f} (epoch {t['epoch_s']:.0f}, final eval + export "
+            f"{t['final_eval_s']:.0f}) | {t['train_events_per_s']:,.0f} | {gib(t['driver_rss'])} | "
+            f"workers {workers}; other {gib(t['ray_worker_rss_max'])} | {gib(t['shm_peak'])} | "
+            f"{gib(t['spilled'])} | test NDCG@10 {t['metrics'].get('test/ndcg@10', float('nan')):.4f} |"
+        )
+    head = (
+        "| events | stage | wall s | events/s | driver RSS GiB | worker RSS GiB | shm peak GiB | spilled GiB "
+        "| beside |\n|---:|---|---|---:|---:|---|---:|---:|---|"
+    )
+    return "\n".join([head, *rows])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[5_000_000, 20_000_000, 50_000_000])
+    parser.add_argument("--users", type=int, default=200_000)
+    parser.add_argument("--items", type=int, default=50_000)
+    parser.add_argument("--workdir", default="/tmp/raylrec-scale")
+    parser.add_argument("--baselines", nargs="*", default=["pandas", "polars", "duckdb"])
+    parser.add_argument("--baseline-max-events", type=int, default=50_000_000)
+    parser.add_argument("--eval-users", type=int, default=10_000)
+    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--keep", action="store_true", help="keep each size's prepared data")
+    parser.add_argument("--table", action="store_true", help="print the table of finished sizes")
+    parser.add_argument("--train-driver", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.train_driver:
+        train_driver(args.train_driver)
+        return
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.table:
+        print(table(work))
+        return
+    for n in args.sizes:
+        logs = work / f"logs-{n}"
+        synth(logs, n, args.users, args.items)
+        result: dict[str, Any] = {"events": n, "users": args.users, "items": args.items}
+        result["prepare"] = prepare_stage(args, n, logs, work)
+        if "failed" in result["prepare"]["raylrec"]:
+            result["train"] = {"failed": "no dataset"}
+        else:
+            result["train"] = train_stage(args, n, work)
+        (work / f"results-{n}.json").write_text(json.dumps(result, indent=1))
+        if not args.keep:
+            for leftover in (work / f"data-{n}", work / f"bundle-{n}", work / "runs"):
+                shutil.rmtree(leftover, ignore_errors=True)
+        print(table(work), flush=True)
+
+
+if __name__ == "__main__":
+    main()

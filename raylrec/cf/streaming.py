@@ -1,0 +1,191 @@
+"""The Ray path of CF training: the training split reaches the workers through Ray Data, and no
+process holds a split.
+
+- **Training rows**: the driver reads the split with Ray Data (BPR keeps positives), stores it
+  once in the object store (spilled to disk when it outgrows it) and cuts it into one equal,
+  ordered shard per rank (``Dataset.split(equal=True)``: every rank takes the same number of
+  steps, which DDP needs). Each worker streams its shard every epoch with a local shuffle buffer
+  seeded by (seed, rank, epoch): the same rows in the same order on a replay, so a run resumed
+  mid-epoch skips exactly the batches it had trained.
+- **What BPR must not sample, what evaluation masks and hits**: each user's items as CSR
+  ``ItemSets`` built by one Ray task (``raylrec.data.item_sets``), kept once per node in the
+  object store; workers read them zero-copy.
+- **Per-epoch validation** runs on a fixed sample of users (``eval.valid_users``), so its cost
+  does not grow with the log; the final report (``raylrec.cf.distributed_eval``) uses every user.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from raylrec.cf.data import Split, sample_negatives, to_arrays
+from raylrec.data.item_sets import build_item_sets
+from raylrec.data.output import read_table
+from raylrec.eval.ranking import ItemSets
+
+if TYPE_CHECKING:
+    import ray
+
+__all__ = [
+    "StreamedInputs",
+    "InteractionSplit",
+    "shard_name",
+    "streamed_batches",
+    "sample_users",
+    "training_shards",
+    "item_sets_ref",
+]
+
+# Rows a worker shuffles among while it streams its shard (about 20 bytes each for an ID model).
+SHUFFLE_BUFFER_ROWS = 200_000
+
+
+def shard_name(rank: int) -> str:
+    return f"train_{rank}"
+
+
+def _rows_for_training(batch: pa.Table, history_len: int, positives_only: bool) -> dict[str, np.ndarray]:
+    """Ray Data map: a split's rows -> the arrays a worker trains on (BPR keeps positives only,
+    before the split across workers, so every worker gets the same number of steps)."""
+    if positives_only:
+        batch = batch.filter(pc.equal(batch["label"], 1))
+    arrays = to_arrays(batch, history_len)
+    arrays.pop("warm", None)
+    return arrays
+
+
+def training_shards(
+    dataset: ray.data.Dataset, workers: int, history_len: int, positives_only: bool
+) -> tuple[dict[str, ray.data.Dataset], int]:
+    """One equal shard of the training rows per rank, in a fixed order; returns the shards and
+    the rows each holds."""
+    from ray.data import DataContext
+
+    rows = dataset.map_batches(
+        _rows_for_training,
+        batch_format="pyarrow",
+        fn_kwargs={"history_len": history_len, "positives_only": positives_only},
+    )
+    context = DataContext.get_current()
+    keep = context.execution_options.preserve_order
+    context.execution_options.preserve_order = True  # the same blocks in the same order on a rerun
+    try:
+        # Read before the workers start: once they hold every CPU (2 workers on a 2-core
+        # machine), read tasks could never be scheduled. The object store then serves the shards.
+        shards = rows.materialize().split(workers, equal=True)
+    finally:
+        context.execution_options.preserve_order = keep
+    per_rank = shards[0].count()
+    return {shard_name(rank): shard for rank, shard in enumerate(shards)}, per_rank
+
+
+def _shuffle_seed(seed: int, rank: int, epoch: int) -> int:
+    return zlib.crc32(f"{seed}/{rank}/{epoch}".encode())
+
+
+def streamed_batches(
+    iterator: Any,
+    batch_size: int,
+    seed: int,
+    rank: int,
+    epoch: int,
+    num_items: int,
+    bpr: bool,
+    seen: ItemSets | None,
+    shuffle_buffer: int = SHUFFLE_BUFFER_ROWS,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """One epoch of a rank's shard (a Ray ``DataIterator``), shuffled within a buffer seeded by
+    (seed, rank, epoch); BPR batches get one sampled negative per positive, redrawn while it is
+    among the user's training items (``seen``)."""
+    rng = np.random.default_rng([seed, rank, epoch])
+    for batch in iterator.iter_batches(
+        batch_size=batch_size,
+        batch_format="numpy",
+        drop_last=True,
+        local_shuffle_buffer_size=shuffle_buffer or None,
+        local_shuffle_seed=_shuffle_seed(seed, rank, epoch),
+    ):
+        out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+        if bpr:
+            out.pop("label", None)
+            users = batch["uid"]
+            out["neg"] = torch.from_numpy(sample_negatives(rng, num_items, len(users), users, seen))
+        yield out
+
+
+def sample_users(num_users: int, limit: int | None, seed: int = 0) -> np.ndarray:
+    """The fixed users of per-epoch validation: every user when ``limit`` is None or covers
+    them all, else ``limit`` users drawn once with ``seed`` (sorted ids; 0 is padding)."""
+    everyone = np.arange(1, num_users, dtype=np.int64)
+    if limit is None or limit >= len(everyone):
+        return everyone
+    return np.sort(np.random.default_rng(seed).choice(everyone, size=limit, replace=False))
+
+
+@dataclass
+class StreamedInputs:
+    """What the driver hands every worker (small values and object-store references)."""
+
+    rows_per_rank: int
+    seen: ray.ObjectRef | None  # ItemSets of the training rows (BPR's rejection)
+    known: ray.ObjectRef | None  # ItemSets a top-K evaluation masks (training positives)
+    target: ray.ObjectRef | None  # ItemSets of the sampled users' valid positives
+    users: np.ndarray | None  # the sampled validation users (top-K)
+
+
+def item_sets_ref(dataset: str, splits: list[str], num_users: int, positives_only: bool) -> ray.ObjectRef:
+    """``build_item_sets`` run as one Ray task, finished when this returns: its result is in the
+    object store, not in this process (the driver only holds the reference)."""
+    import ray
+
+    build = ray.remote(num_cpus=1, max_retries=2)(build_item_sets)
+    ref = build.remote(dataset, splits, num_users, positives_only)
+    # Built before anything that reads it starts: actors and Ray Train workers that wait on it
+    # while holding every CPU would leave the task none to run on. Nothing is fetched here.
+    ray.wait([ref], fetch_local=False)
+    return ref
+
+
+class InteractionSplit(Split):
+    """A ``Split`` that reads its rows only when an encoder asks for them: a graph encoder
+    (LightGCN) building its adjacency, which needs every training pair in each worker. An ID
+    encoder needs just the sizes and never triggers the read."""
+
+    def __init__(self, dataset: str, num_users: int, num_items: int):
+        self.dataset, self.num_users, self.num_items = dataset, num_users, num_items
+
+    @cached_property
+    def arrays(self) -> dict[str, np.ndarray]:  # type: ignore[override]
+        return to_arrays(read_table(self.dataset, "train", columns=["uid", "iid", "label"]))
+
+
+def latest_histories(dataset: str, history_len: int, num_users: int) -> np.ndarray:
+    """Each user's most recent training history (``[num_users, history_len]``), read batch by
+    batch in file order: a later row of a user replaces an earlier one, as the plain path's
+    ``raylrec.cf.bundle`` takes each user's last row."""
+    import pyarrow.dataset as pads
+
+    from raylrec.data.arrays import pad_histories
+    from raylrec.data.output import read_meta, split_paths
+
+    histories = np.zeros((num_users, history_len), np.int64)
+    fs, files = split_paths(dataset, "train", read_meta(dataset))
+    source = pads.dataset(files, filesystem=fs, format="parquet")
+    for batch in source.to_batches(columns=["uid", "history"], batch_size=1 << 18):
+        users = batch["uid"].to_numpy(zero_copy_only=False).astype(np.int64)
+        if not len(users):
+            continue
+        order = np.argsort(users, kind="stable")
+        last = order[np.r_[users[order][1:] != users[order][:-1], True]]
+        padded = pad_histories(batch["history"].take(pa.array(last)), history_len)
+        histories[users[last]] = padded
+    return histories

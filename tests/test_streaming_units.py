@@ -1,0 +1,124 @@
+"""The pieces of the streamed Ray path that need no Ray: item sets built from a dataset's files
+in two streaming passes, their vectorised membership test, the exact streaming AUC, and the
+per-user ranking update (all checked against the whole-array implementations)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raylrec.cf.distributed_eval import StreamingAUC
+from raylrec.data import item_sets
+from raylrec.data.item_sets import build_item_sets
+from raylrec.data.output import FORBID_WHOLE_SPLITS, WholeSplitReadError, read_table
+from raylrec.eval.ctr import auc
+from raylrec.eval.ranking import ItemSets, RankingAccumulator
+
+
+def _dataset(tmp_path, splits: dict[str, pa.Table], num_users: int, num_items: int) -> str:
+    """A minimal committed dataset: split files and the meta.json that lists them."""
+    import json
+
+    out = tmp_path / "data"
+    files = {}
+    for name, table in splits.items():
+        (out / name).mkdir(parents=True)
+        parts = [table.slice(0, len(table) // 2), table.slice(len(table) // 2)]  # two files, in order
+        files[name] = []
+        for i, part in enumerate(parts):
+            pq.write_table(part, out / name / f"w_{i}.parquet")
+            files[name].append(f"w_{i}.parquet")
+    counts = {
+        "num_users": num_users,
+        "num_items": num_items,
+        "splits": {n: len(t) for n, t in splits.items()},
+    }
+    (out / "meta.json").write_text(
+        json.dumps({"format": "raylrec.processed/1", "counts": counts, "files": files})
+    )
+    return str(out)
+
+
+def _rows(rng, n: int, users: int, items: int) -> pa.Table:
+    return pa.table(
+        {
+            "uid": rng.integers(1, users, n).astype(np.int32),
+            "iid": rng.integers(1, items, n).astype(np.int32),
+            "label": rng.integers(0, 2, n).astype(np.int8),
+        }
+    )
+
+
+@pytest.mark.parametrize("positives_only", [False, True])
+def test_item_sets_from_files_equal_the_whole_array_build(tmp_path, monkeypatch, positives_only):
+    rng = np.random.default_rng(0)
+    train, valid = _rows(rng, 5_000, 300, 50), _rows(rng, 700, 300, 50)
+    path = _dataset(tmp_path, {"train": train, "valid": valid}, 300, 50)
+    monkeypatch.setattr(item_sets, "_BATCH_ROWS", 333)  # many batches, rows of a user across them
+    monkeypatch.setattr(item_sets, "_SORT_CHUNK", 97)  # and many sort chunks
+    built = build_item_sets(path, ["train", "valid"], 300, positives_only)
+    both = pa.concat_tables([train, valid])
+    keep = both["label"].to_numpy() == 1 if positives_only else np.ones(len(both), bool)
+    users, items = both["uid"].to_numpy()[keep], both["iid"].to_numpy()[keep]
+    expected = ItemSets.from_pairs(users, items, 300, sort_items=True)
+    np.testing.assert_array_equal(built.indptr, expected.indptr)
+    np.testing.assert_array_equal(built.indices, expected.indices)
+    # membership: every pair is found; a random probe agrees with a Python set
+    assert built.contains(users, items).all()
+    pairs = set(zip(users.tolist(), items.tolist(), strict=True))
+    probe_u, probe_i = rng.integers(0, 300, 4_000), rng.integers(0, 50, 4_000)
+    truth = np.array([(u, i) in pairs for u, i in zip(probe_u.tolist(), probe_i.tolist(), strict=True)])
+    np.testing.assert_array_equal(built.contains(probe_u, probe_i), truth)
+
+
+def test_a_whole_split_read_is_refused_when_forbidden(tmp_path, monkeypatch):
+    path = _dataset(tmp_path, {"train": _rows(np.random.default_rng(1), 10, 5, 5)}, 5, 5)
+    assert read_table(path, "train").num_rows == 10
+    monkeypatch.setenv(FORBID_WHOLE_SPLITS, "1")
+    with pytest.raises(WholeSplitReadError, match="split 'train' of .* read whole"):
+        read_table(path, "train")
+    # streaming readers still work
+    assert build_item_sets(path, ["train"], 5, False).indptr[-1] == 10
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    scores=st.lists(st.sampled_from([0.1, 0.2, 0.2, 0.5, 0.7, 0.9]), min_size=2, max_size=80),
+    seed=st.integers(0, 1000),
+    batch=st.integers(1, 9),
+)
+def test_streaming_auc_is_exact_with_ties_across_batches(scores, seed, batch):
+    rng = np.random.default_rng(seed)
+    scores = np.sort(np.array(scores))
+    labels = rng.integers(0, 2, len(scores)).astype(np.float32)
+    warm = rng.integers(0, 2, len(scores)).astype(bool)
+    streaming = StreamingAUC()
+    for start in range(0, len(scores), batch):
+        part = slice(start, start + batch)
+        streaming.update({"prob": scores[part], "label": labels[part], "warm": warm[part]})
+    for name, mask in (("all", np.ones(len(scores), bool)), ("warm", warm), ("cold", ~warm)):
+        expected, got = auc(labels[mask], scores[mask]), streaming.compute(name)
+        assert (np.isnan(expected) and np.isnan(got)) or got == pytest.approx(expected, abs=1e-12)
+
+
+def test_ranking_of_listed_users_equals_contiguous_chunks():
+    rng = np.random.default_rng(3)
+    users, items = 40, 30
+    known = ItemSets.from_pairs(rng.integers(1, users, 300), rng.integers(1, items, 300), users)
+    target = ItemSets.from_pairs(rng.integers(1, users, 120), rng.integers(1, items, 120), users)
+    scores = torch.from_numpy(rng.normal(size=(users, items)))
+    whole = RankingAccumulator((5, 10))
+    whole.update(scores, 0, known, target)
+    listed = RankingAccumulator((5, 10))
+    chosen = np.flatnonzero(np.diff(target.indptr) > 0)
+    for part in np.array_split(rng.permutation(chosen), 3):
+        listed.update_users(scores[part], part, known, target)
+    expected, got = whole.compute(), listed.compute()
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert got[name] == pytest.approx(expected[name], rel=1e-6), name  # float32 sums
