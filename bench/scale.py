@@ -6,8 +6,9 @@ tree, measured from outside:
 - **prepare**: ``raylrec data prepare`` (random 8:1:1 per user, histories of 20), beside the
   single-process scripts a user would otherwise write: pandas, polars, DuckDB
   (``bench/*_prepare.py``), same steps, same data, as ratios of events/s;
-- **train-cf**: MF-BPR, one epoch on Ray Train with 2 workers, the Ray Data final evaluation on
-  a fixed sample of users (``eval.final_users``) and the CF bundle export.
+- **train-cf**: MF-BPR (dim 64, batches of ``--batch-size`` per rank), one epoch on Ray Train
+  with 2 workers, the Ray Data final evaluation on a fixed sample of users
+  (``eval.final_users``) and the CF bundle export.
 
 Measured per stage: wall time, events/s, the peak RSS of the driver and of every Ray worker
 process (sampled from /proc every ``--interval`` s, all processes of the stage's tree), the peak
@@ -159,9 +160,16 @@ def prepare_stage(args, n: int, logs: Path, work: Path) -> dict[str, Any]:
     cmd += [f"data.output={out}", "data.overwrite=true"]
     print(f"{n:,} events: prepare (raylrec) ...", flush=True)
     result = {"raylrec": measure(cmd, work / f"prepare-{n}.log", args.interval, work / "ray")}
+    previous = work / f"results-{n}.json"
+    earlier = json.loads(previous.read_text())["prepare"] if previous.exists() else {}
     for tool in args.baselines:
-        if n > args.baseline_max_events:
-            result[tool] = {"skipped": f"above --baseline-max-events {args.baseline_max_events:,}"}
+        if args.reuse_baselines and tool in earlier and "wall_s" in earlier[tool]:
+            # the same script on the same log, measured by an earlier run of this bench
+            result[tool] = {**earlier[tool], "reused": True}
+            continue
+        limits = dict(item.split("=") for item in args.baseline_max_events)
+        if tool in limits and n > int(limits[tool]):
+            result[tool] = {"skipped": f"skipped above {int(limits[tool]):,} events (--baseline-max-events)"}
             continue
         print(f"{n:,} events: prepare ({tool}) ...", flush=True)
         script = REPO / "bench" / f"{tool}_prepare.py"
@@ -181,8 +189,8 @@ def train_stage(args, n: int, work: Path) -> dict[str, Any]:
                 "cf": {"model": "mf", "dim": 64, "loss": "bpr", "implicit": True},
                 "train": {
                     "epochs": 1,
-                    "batch_size": 4096,
-                    "lr": 1e-3,
+                    "batch_size": args.batch_size,
+                    "lr": args.lr,
                     "metric": "valid/ndcg@10",
                     "num_workers": 2,
                     "storage_path": str(work / "runs"),
@@ -301,9 +309,21 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=50_000)
     parser.add_argument("--workdir", default="/tmp/raylrec-scale")
     parser.add_argument("--baselines", nargs="*", default=["pandas", "polars", "duckdb"])
-    parser.add_argument("--baseline-max-events", type=int, default=50_000_000)
+    parser.add_argument(
+        "--baseline-max-events",
+        nargs="*",
+        default=["pandas=20000000"],
+        help="TOOL=N: skip TOOL above N events (pandas holds the whole log: 6.9 GiB at 10M events)",
+    )
     parser.add_argument("--eval-users", type=int, default=10_000)
+    parser.add_argument("--batch-size", type=int, default=16_384, help="per rank")
+    parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument(
+        "--reuse-baselines",
+        action="store_true",
+        help="keep the pandas/polars/DuckDB numbers of an earlier run's results-N.json (same log)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep each size's prepared data")
     parser.add_argument("--table", action="store_true", help="print the table of finished sizes")
     parser.add_argument("--train-driver", help=argparse.SUPPRESS)

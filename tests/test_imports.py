@@ -44,6 +44,8 @@ LAYERS: dict[str, int] = {
     # 4 - the tasks it runs: the CF encoders' and the LLM methods'
     "cf.task": 4,
     "cf.train": 4,
+    "cf.streaming": 4,  # the Ray path of cf.train: shards, item sets, its validation inputs
+    "cf.distributed_eval": 4,
     "methods": 4,
     # 5 - batch jobs and hyperparameter search: scoring, RLMRec's LLM profiles
     "scoring": 5,

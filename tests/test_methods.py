@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from raylrec.cf.train import train_cf
 from raylrec.config import build_config
+from raylrec.data.output import FORBID_WHOLE_SPLITS
 from raylrec.data.prepare import prepare
 from raylrec.llm.samples import local_samples
 from raylrec.methods import METHODS
@@ -84,10 +85,10 @@ def _first_and_last_loss(result) -> tuple[float, float]:
 # ZeRO-2 run were dropped for the same reason. CoRA under both, as its issue asks: ZeRO-2 (its
 # weight-decay groups over the generator's matrices) and ZeRO-3 (its generator and every P_l
 # partitioned, the generated factor gathered per forward); tests/test_cora.py has the rest.
-@pytest.mark.parametrize(
-    ("method", "stage"), [("collm", 3), ("reclora", 3), ("cora", 2), ("cora", 3)]
-)
-def test_method_trains_under_zero_with_two_workers(dataset_and_cf, tmp_path, method, stage):
+@pytest.mark.parametrize(("method", "stage"), [("collm", 3), ("reclora", 3), ("cora", 2), ("cora", 3)])
+def test_method_trains_under_zero_with_two_workers(dataset_and_cf, tmp_path, method, stage, monkeypatch):
+    # No whole split read, in the driver or the workers (each rank streams its training shard).
+    monkeypatch.setenv(FORBID_WHOLE_SPLITS, "1")
     dataset, cf = dataset_and_cf
     config = _config(dataset, cf, tmp_path, {"name": method}, zero_stage=stage, epochs=3)
     result = train_method(config)

@@ -1,12 +1,9 @@
 """The Ray path of CF training: the training split reaches the workers through Ray Data, and no
 process holds a split.
 
-- **Training rows**: the driver reads the split with Ray Data (BPR keeps positives), stores it
-  once in the object store (spilled to disk when it outgrows it) and cuts it into one equal,
-  ordered shard per rank (``Dataset.split(equal=True)``: every rank takes the same number of
-  steps, which DDP needs). Each worker streams its shard every epoch with a local shuffle buffer
-  seeded by (seed, rank, epoch): the same rows in the same order on a replay, so a run resumed
-  mid-epoch skips exactly the batches it had trained.
+- **Training rows**: the driver reads the split with Ray Data (BPR keeps positives) and cuts it
+  into one equal, ordered shard per rank that each worker streams every epoch
+  (``raylrec.train.shards``: seeded local shuffle, exact mid-epoch resume).
 - **What BPR must not sample, what evaluation masks and hits**: each user's items as CSR
   ``ItemSets`` built by one Ray task (``raylrec.data.item_sets``), kept once per node in the
   object store; workers read them zero-copy.
@@ -16,7 +13,6 @@ process holds a split.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -31,6 +27,7 @@ from raylrec.cf.data import Split, sample_negatives, to_arrays
 from raylrec.data.item_sets import build_item_sets
 from raylrec.data.output import read_table
 from raylrec.eval.ranking import ItemSets
+from raylrec.train.shards import equal_shards, shard_epoch
 
 if TYPE_CHECKING:
     import ray
@@ -38,7 +35,6 @@ if TYPE_CHECKING:
 __all__ = [
     "StreamedInputs",
     "InteractionSplit",
-    "shard_name",
     "streamed_batches",
     "sample_users",
     "training_shards",
@@ -47,10 +43,8 @@ __all__ = [
 
 # Rows a worker shuffles among while it streams its shard (about 20 bytes each for an ID model).
 SHUFFLE_BUFFER_ROWS = 200_000
-
-
-def shard_name(rank: int) -> str:
-    return f"train_{rank}"
+# Rows per block of the stored training rows.
+BLOCK_ROWS = 65_536
 
 
 def _rows_for_training(batch: pa.Table, history_len: int, positives_only: bool) -> dict[str, np.ndarray]:
@@ -66,30 +60,17 @@ def _rows_for_training(batch: pa.Table, history_len: int, positives_only: bool) 
 def training_shards(
     dataset: ray.data.Dataset, workers: int, history_len: int, positives_only: bool
 ) -> tuple[dict[str, ray.data.Dataset], int]:
-    """One equal shard of the training rows per rank, in a fixed order; returns the shards and
-    the rows each holds."""
-    from ray.data import DataContext
-
+    """One equal shard of the training rows per rank, in a fixed order (``equal_shards``);
+    returns the shards and the rows each holds."""
     rows = dataset.map_batches(
         _rows_for_training,
         batch_format="pyarrow",
+        # bounded blocks: a worker's shuffle buffer copies whole blocks, so a block the size of
+        # a prepared file (millions of rows) would make every epoch slower as the log grows
+        batch_size=BLOCK_ROWS,
         fn_kwargs={"history_len": history_len, "positives_only": positives_only},
     )
-    context = DataContext.get_current()
-    keep = context.execution_options.preserve_order
-    context.execution_options.preserve_order = True  # the same blocks in the same order on a rerun
-    try:
-        # Read before the workers start: once they hold every CPU (2 workers on a 2-core
-        # machine), read tasks could never be scheduled. The object store then serves the shards.
-        shards = rows.materialize().split(workers, equal=True)
-    finally:
-        context.execution_options.preserve_order = keep
-    per_rank = shards[0].count()
-    return {shard_name(rank): shard for rank, shard in enumerate(shards)}, per_rank
-
-
-def _shuffle_seed(seed: int, rank: int, epoch: int) -> int:
-    return zlib.crc32(f"{seed}/{rank}/{epoch}".encode())
+    return equal_shards(rows, workers)
 
 
 def streamed_batches(
@@ -107,14 +88,9 @@ def streamed_batches(
     (seed, rank, epoch); BPR batches get one sampled negative per positive, redrawn while it is
     among the user's training items (``seen``)."""
     rng = np.random.default_rng([seed, rank, epoch])
-    for batch in iterator.iter_batches(
-        batch_size=batch_size,
-        batch_format="numpy",
-        drop_last=True,
-        local_shuffle_buffer_size=shuffle_buffer or None,
-        local_shuffle_seed=_shuffle_seed(seed, rank, epoch),
-    ):
-        out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+    for batch in shard_epoch(iterator, batch_size, seed, rank, epoch, shuffle_buffer):
+        # Ray hands read-only views of its blocks; torch wants writable memory (a batch's copy)
+        out = {k: torch.from_numpy(np.require(v, requirements=["C", "W"])) for k, v in batch.items()}
         if bpr:
             out.pop("label", None)
             users = batch["uid"]
@@ -138,7 +114,7 @@ class StreamedInputs:
     rows_per_rank: int
     seen: ray.ObjectRef | None  # ItemSets of the training rows (BPR's rejection)
     known: ray.ObjectRef | None  # ItemSets a top-K evaluation masks (training positives)
-    target: ray.ObjectRef | None  # ItemSets of the sampled users' valid positives
+    target: ray.ObjectRef | None  # ItemSets of every user's valid positives
     users: np.ndarray | None  # the sampled validation users (top-K)
 
 

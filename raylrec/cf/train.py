@@ -24,7 +24,6 @@ from raylrec.cf.streaming import (
     item_sets_ref,
     latest_histories,
     sample_users,
-    shard_name,
     streamed_batches,
     training_shards,
 )
@@ -42,6 +41,7 @@ from raylrec.eval import ItemSets, RankingAccumulator, format_report
 from raylrec.train.engines import TorchEngine
 from raylrec.train.loop import TrainState
 from raylrec.train.pipeline import Fitting, StagePlan, TaskDefinition, TrainResult, run_pipeline
+from raylrec.train.shards import shard_name
 
 __all__ = ["CFDefinition", "CFResult", "train_cf"]
 

@@ -19,12 +19,17 @@ from raylrec import storage
 from raylrec.config import RaylrecConfig
 from raylrec.data.output import read_meta
 from raylrec.methods.config import METHODS, Stage, template_text
-from raylrec.methods.task import LLMTask, epoch_batches
+from raylrec.methods.task import LLMTask, epoch_batches, to_batch
 from raylrec.registry import import_object
 from raylrec.train.loop import TrainState
 from raylrec.train.pipeline import Fitting, StagePlan, TaskDefinition, TrainResult, run_pipeline
+from raylrec.train.shards import equal_shards, shard_epoch, shard_name
 
 __all__ = ["MethodDefinition", "MethodResult", "train_method"]
+
+# Rows of a rank's training shard shuffled together as it streams (``raylrec.train.shards``):
+# a tokenised prompt is a few KB, so a few thousand rows keep the buffer near 10-50 MB.
+SHUFFLE_ROWS = 4096
 
 if TYPE_CHECKING:
     from raylrec.train.hooks import TrialHooks
@@ -145,14 +150,19 @@ class MethodDefinition(TaskDefinition):
         cf_history = _cf_history(config)
         started = time.perf_counter()
         # Tokenise before the workers start (they would hold every CPU a tokenising actor needs).
-        train = build_samples(config, "train", template, cf_history).materialize()
+        shards, rows_per_rank = equal_shards(
+            build_samples(config, "train", template, cf_history), stage.train.num_workers
+        )
         valid = build_samples(config, "valid", template, cf_history).materialize()
         say(
-            f"stage {stage.name}: {train.count():,} training and {valid.count():,} validation prompts "
+            f"stage {stage.name}: {rows_per_rank * stage.train.num_workers:,} training prompts "
+            f"({rows_per_rank:,} per rank, streamed) and {valid.count():,} validation prompts "
             f"tokenised in {time.perf_counter() - started:.1f}s"
         )
-        # every rank gets all validation rows and scores its own slice of them
-        return {"train": train, "valid": valid}, DataConfig(datasets_to_split=["train"])
+        self.worker_data = {"rows_per_rank": rows_per_rank}
+        # each rank streams its own training shard; every rank gets all validation rows and
+        # scores its own slice of them
+        return {**shards, "valid": valid}, DataConfig(datasets_to_split=[])
 
     def worker_fitting(self, stage: StagePlan, init: dict[str, torch.Tensor]) -> Fitting:
         import ray.train
@@ -166,23 +176,25 @@ class MethodDefinition(TaskDefinition):
         rank, world = context.get_world_rank(), context.get_world_size()
         device = ray.train.torch.get_device()
         method, _ = _build(config, stage.spec[0], init, device)
-        train = shard_arrays("train")
+        shard = ray.train.get_dataset_shard(shard_name(rank))
         valid = _canonical_order(shard_arrays("valid"))
-        size = train_config.batch_size
-        steps_per_epoch = len(train["uid"]) // size
+        size, rows = train_config.batch_size, self.worker_data["rows_per_rank"]
+        steps_per_epoch = rows // size
         if steps_per_epoch == 0:
             raise ValueError(
-                f"rank {rank} got {len(train['uid'])} training rows, fewer than one batch of "
+                f"rank {rank} got {rows} training rows, fewer than one batch of "
                 f"{size}: lower train.batch_size or sample more rows"
             )
         engine = build_engine(
             method, train_config, train_config.epochs * steps_per_epoch, world, full_state=False
         )
         task = LLMTask(engine.model, valid, config.eval, size, device, rank, world)
-        seed = train_config.seed + rank
-        return Fitting(
-            task, lambda epoch: epoch_batches(train, size, seed, epoch, device), engine, steps_per_epoch
-        )
+
+        def batches(epoch: int):
+            for batch in shard_epoch(shard, size, train_config.seed, rank, epoch, SHUFFLE_ROWS):
+                yield to_batch(batch, np.arange(size), device)
+
+        return Fitting(task, batches, engine, steps_per_epoch)
 
     def local_fitting(self, stage: StagePlan, init: dict[str, torch.Tensor], say) -> Fitting:
         from raylrec.llm.samples import local_samples
