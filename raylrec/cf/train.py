@@ -64,6 +64,7 @@ class CFDefinition(TaskDefinition):
 
     @cached_property
     def train(self) -> Split:
+        """The training split, whole: the plain-process path only (the Ray path streams it)."""
         return load_split(self.config.dataset_path(), "train", self.config.cf.history_len)
 
     @cached_property
