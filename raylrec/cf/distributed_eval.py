@@ -40,8 +40,12 @@ def distributed_metrics(
     held_out: list[str],
     num_users: int,
     num_items: int,
+    built: dict[tuple[tuple[str, ...], bool], ray.ObjectRef] | None = None,
 ) -> dict[str, float]:
-    """Every held-out split's metrics for the encoder of ``config.cf`` with ``weights``; top-K
+    """``built``: item sets already in the object store, by (splits, positives_only) (the
+    training run's), so they are not built again.
+
+    Every held-out split's metrics for the encoder of ``config.cf`` with ``weights``; top-K
     masks the training items and those of earlier held-out splits, as the local path does."""
     import ray
 
@@ -62,8 +66,11 @@ def distributed_metrics(
         model_args["users"] = sample_users(num_users, config.eval.final_users, config.train.seed)
     known = ["train"]
     for name in held_out:
-        known_ref = item_sets_ref(config.dataset_path(), known, num_users, positives_only)
-        target_ref = item_sets_ref(config.dataset_path(), [name], num_users, positives_only)
+        known_ref, target_ref = (
+            (built or {}).get((tuple(splits), positives_only))
+            or item_sets_ref(config.dataset_path(), splits, num_users, positives_only)
+            for splits in (known, [name])
+        )
         metrics.update(_ranking_metrics(config, name, model_args, known_ref, target_ref))
         known = [*known, name]
     return metrics

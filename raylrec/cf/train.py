@@ -58,6 +58,12 @@ class CFDefinition(TaskDefinition):
 
     kind = "CF bundle"
 
+    def __init__(self, config: RaylrecConfig):
+        super().__init__(config)
+        # driver side: the item sets ray_datasets put in the object store, by (splits,
+        # positives_only), which the final evaluation reuses
+        self.item_sets: dict[tuple[tuple[str, ...], bool], Any] = {}
+
     @cached_property
     def meta(self) -> dict[str, Any]:
         return read_meta(self.config.dataset_path())
@@ -130,6 +136,8 @@ class CFDefinition(TaskDefinition):
         else:
             datasets["valid"] = _valid_sample(read_split(path, "valid"), users, num_users)
         self.worker_data = {"inputs": StreamedInputs(rows_per_rank, seen, known, target, users)}
+        # the final evaluation's masks and targets for valid are these same sets
+        self.item_sets = {(("train",), not cf.implicit): known, (("valid",), not cf.implicit): target}
         say(f"streaming {rows_per_rank:,} training rows per rank to {config.train.num_workers} workers")
         return datasets, DataConfig(datasets_to_split=[])
 
@@ -202,7 +210,9 @@ class CFDefinition(TaskDefinition):
             )
             self.model.load_state_dict(weights)
             say(f"evaluating on {', '.join(self.held_out_names)} with Ray Data (every user)")
-            metrics = distributed_metrics(config, weights, self.held_out_names, num_users, num_items)
+            metrics = distributed_metrics(
+                config, weights, self.held_out_names, num_users, num_items, self.item_sets
+            )
         else:
             self.model = build_encoder(config.cf, self.train)
             self.model.load_state_dict(weights)
