@@ -21,6 +21,7 @@ from typing import Any
 import ray
 
 from raylrec.config import RayConfig
+from raylrec.timeline import mark
 
 __all__ = ["configure_worker_process", "init_ray"]
 
@@ -192,6 +193,7 @@ def init_ray(config: RayConfig | None = None, dashboard: bool = True, quiet_ray_
     listed in ``docs/environment.md``."""
     if ray.is_initialized():
         return
+    mark("ray start")
     config = config or RayConfig()
     address = config.address or os.environ.get("RAY_ADDRESS")
     # Quiet, single-line progress: Ray Data's bars are per operator and flood logs on CI.
@@ -204,5 +206,6 @@ def init_ray(config: RayConfig | None = None, dashboard: bool = True, quiet_ray_
         _start_local_instance(config, dashboard)
     ray.data.DataContext.get_current().enable_progress_bars = ctx.enable_progress_bars
     _drop_known_noise()
+    mark("ray ready")
     if os.environ.get("RAYLREC_RAY_DATA_LOGS") != "1":
         logging.getLogger("ray.data").setLevel(logging.CRITICAL if quiet_ray_data else logging.WARNING)

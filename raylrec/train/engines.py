@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from raylrec.config import TrainConfig
+from raylrec.timeline import mark
 from raylrec.train.checkpoint_io import RestrictedCheckpointEngine, safe_load
 
 __all__ = ["Engine", "TorchEngine", "DeepSpeedEngine", "build_engine", "lr_lambda", "trainable_state"]
@@ -173,7 +174,10 @@ class DeepSpeedEngine:
         # Named before DeepSpeed's first import, which otherwise probes for an accelerator and
         # warns when it settles on the CPU.
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_gpu else "cpu")
+        mark("deepspeed import", "worker")
         import deepspeed  # inside the worker: the driver never imports it
+
+        mark("deepspeed initialize", "worker")
 
         self.config = config
         params = [p for p in model.parameters() if p.requires_grad]
@@ -185,6 +189,7 @@ class DeepSpeedEngine:
             config=deepspeed_config(config, world_size, use_gpu),
             dist_init_required=False,
         )
+        mark("deepspeed engine ready", "worker")
         self.stage = config.zero_stage
 
     def step(self, loss: torch.Tensor) -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from raylrec.config import TrainConfig
+from raylrec.timeline import mark_once
 from raylrec.train.engines import Engine
 
 __all__ = [
@@ -158,6 +159,7 @@ def fit(
                 continue  # done before a mid-epoch checkpoint; batches are seeded per epoch
             loss = task.loss(batch)
             engine.step(loss)
+            mark_once("first step", "worker" if torch.distributed.is_initialized() else "driver")
             state.step += 1
             state.epoch_step = index + 1
             steps += 1

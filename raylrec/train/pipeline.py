@@ -29,6 +29,7 @@ import torch
 
 from raylrec.config import RaylrecConfig, TrainConfig
 from raylrec.registry import import_object
+from raylrec.timeline import mark
 from raylrec.train.engines import Engine
 from raylrec.train.loop import Batch, Task, TrainState, fit
 from raylrec.train.reporting import LocalReporter, config_fingerprint
@@ -193,15 +194,20 @@ def fingerprint(definition: TaskDefinition, stage: StagePlan) -> str:
 def _worker_loop(loop_config: dict[str, Any]) -> None:
     """``train_loop_per_worker`` of every task: rebuild the definition, let it build this rank's
     fitting, and fit (resuming from this run's last checkpoint)."""
+    import psutil
+
     from raylrec.train.ray_runner import fit_in_worker
 
+    os.environ.update(loop_config["environment"])
+    mark("worker process start", "worker", at=psutil.Process().create_time())
+    mark("worker loop start", "worker")
     definition = import_object(loop_config["definition"])(RaylrecConfig.model_validate(loop_config["config"]))
     definition.use_ray, definition.worker_data = True, loop_config["worker_data"]
-    os.environ.update(loop_config["environment"])
     stage = definition.stages()[loop_config["stage"]]
     torch.manual_seed(stage.train.seed)
     init = {k: torch.from_numpy(v) for k, v in loop_config["init"].items()}
     fitting = definition.worker_fitting(stage, init)
+    mark("worker fitting built", "worker")
     fit_in_worker(
         fitting.task,
         fitting.batches,
@@ -224,7 +230,9 @@ def _run_stage_ray(
 ) -> TrainState:
     from raylrec.train.ray_runner import run_on_ray
 
+    mark("ray datasets start")
     datasets, data_config = definition.ray_datasets(stage, say)
+    mark("ray datasets ready")
     return run_on_ray(
         _worker_loop,
         {

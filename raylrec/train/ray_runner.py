@@ -23,6 +23,7 @@ from raylrec.train.checkpoint_io import safe_load
 from raylrec.train.engines import Engine
 from raylrec.train.hooks import TrialHooks
 from raylrec.train.loop import Batch, NonFiniteLossError, Task, TrainState, fit, is_finished
+from raylrec.timeline import mark
 from raylrec.train.reporting import STATE_FILE, RayReporter, load_state, state_from_payload
 
 __all__ = [
@@ -106,6 +107,7 @@ def run_on_ray(
         datasets=datasets,
         dataset_config=data_config,
     )
+    mark("trainer fit")
     try:
         result = trainer.fit()
     except Exception:
