@@ -58,14 +58,26 @@ def _prepare(work: Path) -> str:
 
     if not (out / META_FILE).exists():
         subprocess.run(
-            [RAYLREC, "data", "prepare", "--config", str(REPO / "configs" / "ml100k.yaml"), f"data.output={out}"],
+            [
+                RAYLREC,
+                "data",
+                "prepare",
+                "--config",
+                str(REPO / "configs" / "ml100k.yaml"),
+                f"data.output={out}",
+            ],
             check=True,
         )
     return str(out)
 
 
 def _commands(dataset: str, run: Path) -> dict[str, list[str]]:
-    common = [f"dataset={dataset}", f"train.storage_path={run / 'runs'}", "train.epochs=1", "train.num_workers=2"]
+    common = [
+        f"dataset={dataset}",
+        f"train.storage_path={run / 'runs'}",
+        "train.epochs=1",
+        "train.num_workers=2",
+    ]
     return {
         "train-cf (MF-BPR, 2 workers)": [
             RAYLREC, "train-cf", "--config", str(REPO / "configs" / "mf_bpr_ml100k.yaml"),
@@ -80,7 +92,9 @@ def _commands(dataset: str, run: Path) -> dict[str, list[str]]:
 
 
 def _marks(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    )
 
 
 def _phase_seconds(marks: list[dict], started: float) -> dict[str, float]:
@@ -149,7 +163,9 @@ def main() -> None:
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "raylrec-startup"))
     parser.add_argument("--json", help="write the measured phases here")
     parser.add_argument("--label", default="this run", help="the column's name in --json and the table")
-    parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="print two --json files side by side")
+    parser.add_argument(
+        "--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="print two --json files side by side"
+    )
     args = parser.parse_args()
     if args.compare:
         columns = {}

@@ -483,6 +483,14 @@ class EvalConfig(StrictConfig):
         description="top-K: the final report ranks this fixed sample of users (drawn with train.seed) "
         "instead of every user (None); for benchmarks and quick checks on very large logs",
     )
+    in_process_max_rows: Int = Field(
+        default=500_000,
+        ge=0,
+        description="Ray path: when train and the held-out splits hold at most this many rows together "
+        "(the dataset's counts), the final report is computed in the driver (a few seconds; a Ray "
+        "Data sort and groupby cost a minute of start-up on small data); above it, by Ray Data tasks, "
+        "so no process holds a split. 0: always Ray Data",
+    )
 
 
 class ScoreConfig(StrictConfig):

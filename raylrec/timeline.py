@@ -27,7 +27,9 @@ def mark(event: str, role: str = "driver", at: float | None = None) -> None:
     path = os.environ.get(TIMELINE)
     if not path:
         return
-    line = json.dumps({"event": event, "time": time.time() if at is None else at, "pid": os.getpid(), "role": role})
+    line = json.dumps(
+        {"event": event, "time": time.time() if at is None else at, "pid": os.getpid(), "role": role}
+    )
     with open(path, "a", encoding="utf-8") as f:
         f.write(line + "\n")
 

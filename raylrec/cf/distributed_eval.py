@@ -193,7 +193,10 @@ def _ctr_metrics(config: RaylrecConfig, name: str, model_args: dict[str, Any]) -
     global_auc = StreamingAUC()
     for batch in scored.sort("prob").iter_batches(batch_format="numpy", batch_size=65_536):
         global_auc.update(batch)
-    per_user = scored.groupby("uid").map_groups(_user_auc, batch_format="numpy")
+    # as many partitions as scored blocks: Ray's default (200 hash partitions, each with its own
+    # aggregation) costs seconds of scheduling however small the split
+    partitions = max(1, min(scored.num_blocks(), 200))
+    per_user = scored.groupby("uid", num_partitions=partitions).map_groups(_user_auc, batch_format="numpy")
     totals = {s: np.zeros(4) for s in SLICES}  # auc sum, weighted auc sum, users, weight
     loss = {s: np.zeros(2) for s in SLICES}  # loss sum, rows
     for batch in per_user.iter_batches(batch_format="numpy", batch_size=65_536):

@@ -121,14 +121,20 @@ class StreamedInputs:
 def item_sets_ref(dataset: str, splits: list[str], num_users: int, positives_only: bool) -> ray.ObjectRef:
     """``build_item_sets`` run as one Ray task, finished when this returns: its result is in the
     object store, not in this process (the driver only holds the reference)."""
+    return item_sets_refs(dataset, [(splits, positives_only)], num_users)[0]
+
+
+def item_sets_refs(dataset: str, wanted: list[tuple[list[str], bool]], num_users: int) -> list[ray.ObjectRef]:
+    """``item_sets_ref`` for each (splits, positives_only) of ``wanted``, the tasks running side
+    by side (one wait for all, not one per set)."""
     import ray
 
     build = ray.remote(num_cpus=1, max_retries=2)(build_item_sets)
-    ref = build.remote(dataset, splits, num_users, positives_only)
-    # Built before anything that reads it starts: actors and Ray Train workers that wait on it
-    # while holding every CPU would leave the task none to run on. Nothing is fetched here.
-    ray.wait([ref], fetch_local=False)
-    return ref
+    refs = [build.remote(dataset, splits, num_users, positives_only) for splits, positives_only in wanted]
+    # Built before anything that reads them starts: actors and Ray Train workers that wait on
+    # them while holding every CPU would leave the tasks none to run on. Nothing is fetched here.
+    ray.wait(refs, num_returns=len(refs), fetch_local=False)
+    return refs
 
 
 class InteractionSplit(Split):

@@ -21,7 +21,7 @@ from raylrec.cf.models import CFEncoder
 from raylrec.cf.streaming import (
     InteractionSplit,
     StreamedInputs,
-    item_sets_ref,
+    item_sets_refs,
     latest_histories,
     sample_users,
     streamed_batches,
@@ -129,10 +129,13 @@ class CFDefinition(TaskDefinition):
         seen = known = target = None
         if bpr:
             # implicit: every training row is a positive, so one set serves both purposes
-            known = item_sets_ref(path, ["train"], num_users, positives_only=not cf.implicit)
+            separate_seen = cf.negatives != "uniform" and not cf.implicit
+            wanted = [(["train"], not cf.implicit), (["valid"], not cf.implicit)]
+            known, target, *rest = item_sets_refs(
+                path, wanted + [(["train"], False)] * separate_seen, num_users
+            )
             if cf.negatives != "uniform":
-                seen = known if cf.implicit else item_sets_ref(path, ["train"], num_users, False)
-            target = item_sets_ref(path, ["valid"], num_users, positives_only=not cf.implicit)
+                seen = rest[0] if separate_seen else known
         else:
             datasets["valid"] = _valid_sample(read_split(path, "valid"), users, num_users)
         self.worker_data = {"inputs": StreamedInputs(rows_per_rank, seen, known, target, users)}
@@ -202,7 +205,7 @@ class CFDefinition(TaskDefinition):
     def final_metrics(self, states: dict[str, TrainState], weights: dict[str, torch.Tensor], say):
         config = self.config
         num_users, num_items = self.sizes
-        if self.use_ray:
+        if self.use_ray and not self._small_enough_for_the_driver():
             from raylrec.cf.distributed_eval import distributed_metrics
 
             self.model = build_encoder(
@@ -214,6 +217,11 @@ class CFDefinition(TaskDefinition):
                 config, weights, self.held_out_names, num_users, num_items, self.item_sets
             )
         else:
+            if self.use_ray:
+                say(
+                    f"evaluating on {', '.join(self.held_out_names)} in this process "
+                    "(eval.in_process_max_rows)"
+                )
             self.model = build_encoder(config.cf, self.train)
             self.model.load_state_dict(weights)
             metrics = _final_metrics(config, self.model, self.train, self.held_out)
@@ -224,6 +232,13 @@ class CFDefinition(TaskDefinition):
         )
         say(format_report(f"{config.cf.model} on {config.dataset_path()}", metrics, protocol))
         return metrics
+
+    def _small_enough_for_the_driver(self) -> bool:
+        """Train and held-out rows within ``eval.in_process_max_rows``: the bounded in-process
+        evaluation beats the Ray Data jobs' start-up (memory stays bounded by the setting)."""
+        splits = self.meta["counts"]["splits"]
+        rows = sum(splits[s] for s in ["train", *self.held_out_names])
+        return rows <= self.config.eval.in_process_max_rows
 
     def export(self, weights: dict[str, torch.Tensor], metrics: dict[str, float], run_name: str) -> str:
         config = self.config

@@ -19,11 +19,11 @@ from ray.train.torch import TorchTrainer
 
 from raylrec import storage
 from raylrec.config import TrainConfig
+from raylrec.timeline import mark
 from raylrec.train.checkpoint_io import safe_load
 from raylrec.train.engines import Engine
 from raylrec.train.hooks import TrialHooks
 from raylrec.train.loop import Batch, NonFiniteLossError, Task, TrainState, fit, is_finished
-from raylrec.timeline import mark
 from raylrec.train.reporting import STATE_FILE, RayReporter, load_state, state_from_payload
 
 __all__ = [
