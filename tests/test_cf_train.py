@@ -100,6 +100,9 @@ def test_each_encoder_learns_in_a_plain_process(tiny_dataset, tmp_path, cf, metr
 
 @pytest.mark.kill
 def test_a_killed_worker_resumes_and_a_reused_run_name_continues_or_refuses(tiny_dataset, tmp_path, caplog):
+    """Over 60 s alone: four Ray Train worker-group starts (the killed run and its recovery, the
+    uninterrupted reference the resumed metric is compared with, the continuation by one epoch);
+    the re-run of the finished run and the refused changed config start none."""
     # A checkpoint inside the first epoch too: the kill lands with most of the run still to go.
     train = {"epochs": 5, "run_name": "mf-killed", "batch_size": 128, "checkpoint_every_steps": 25}
     config = _config(tiny_dataset, tmp_path, train=train)

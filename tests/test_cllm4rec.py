@@ -572,6 +572,8 @@ def _rankings(bundle_path: str, dataset: str):
 # reduces the loss over ranks (tests/test_train_loop.py checks the decision on two gloo ranks).
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_cllm4rec_trains_under_zero_with_two_workers(prepared, tmp_path, zero_stage):
+    """Over 60 s alone: CLLM4Rec's stages each start a Ray Train worker group of 2 DeepSpeed ranks
+    (one run per stage), per ZeRO stage, as its issue asks."""
     from safetensors.torch import load_file
 
     from raylrec.methods.train import train_method

@@ -108,6 +108,9 @@ def _raylrec(*args: str) -> str:
 
 @pytest.mark.kill
 def test_pipeline_on_a_multi_node_cluster_survives_losing_a_node(cluster, s3_bucket, s3_server):
+    """Over 60 s alone (about 10 minutes on the 2-core machine): a 3-node Ray cluster started with
+    ``ray start``, four ``ray job submit`` jobs, RecLoRA's worker group started twice around a lost
+    node and a node joining; the multi-node and node-loss properties need all of it."""
     started = time.perf_counter()
     bucket = s3_bucket
     fs = s3fs.S3FileSystem(endpoint_url=s3_server, skip_instance_cache=True, use_listings_cache=False)

@@ -44,6 +44,8 @@ def _statuses(summary) -> dict[str, str]:
 
 
 def test_nightly_runs_each_step_once_and_resumes(tmp_path, capsys, s3_server):
+    """Over 60 s alone: the nightly job end to end (prepare, CF refresh on Ray Train, scoring), run
+    twice so that the second run's skips are checked against real outputs."""
     config = _config(tmp_path)
     # A failure after preparing: the scoring step's bucket does not exist (on a live endpoint).
     broken = config.model_copy(

@@ -17,13 +17,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import data_config, write_embeddings
+from helpers import CHECKED_IN_DATASETS, DATA_DIR, checked_in_dataset, data_config, write_embeddings
 
 from raylrec.cf.bundle import load_cf_bundle
 from raylrec.cf.config import ENCODERS, encoder_config
 from raylrec.cf.data import load_split
 from raylrec.cf.train import train_cf
 from raylrec.config import build_config
+from raylrec.data.output import read_meta
 from raylrec.data.prepare import prepare
 from raylrec.llm.backbone import load_backbone
 from raylrec.llm.samples import local_samples
@@ -49,12 +50,21 @@ def _trained_weights(result) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory, ray_session) -> str:
-    """A tiny prepared dataset (preparing runs on Ray Data; training below does not use Ray)."""
-    out = str(tmp_path_factory.mktemp("plugins") / "data")
-    source = {"type": "synthetic", "num_events": 1_500, "num_users": 50, "num_items": 80, "seed": 5}
-    prepare(data_config(source, out, history={"max_len": 10}))
-    return out
+def dataset(tmp_path_factory) -> str:
+    """The tiny prepared dataset checked into tests/data/ (no Ray: these tests are in
+    `make test-fast`); ``test_the_checked_in_dataset_is_what_prepare_makes`` keeps it current."""
+    return checked_in_dataset("plugins-synthetic", tmp_path_factory.mktemp("plugins"))
+
+
+def test_the_checked_in_dataset_is_what_prepare_makes(tmp_path, ray_session):
+    """Preparing the checked-in dataset's spec today gives the same rows (content hash) and
+    counts: a change to preparation that makes it stale fails here (run tests/data/make.py)."""
+    spec = dict(CHECKED_IN_DATASETS["plugins-synthetic"])
+    out = str(tmp_path / "fresh")
+    prepare(data_config(spec.pop("source"), out, **spec))
+    fresh, committed = read_meta(out), read_meta(str(DATA_DIR / "plugins-synthetic"))
+    assert fresh["content_hash"] == committed["content_hash"], "stale: run tests/data/make.py"
+    assert fresh["counts"] == committed["counts"]
 
 
 @pytest.fixture(scope="module")

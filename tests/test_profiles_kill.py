@@ -25,6 +25,8 @@ def _sorted(table):
 @pytest.mark.kill
 @pytest.mark.slow
 def test_a_killed_profile_job_reruns_only_the_missing_chunks(tmp_path, ray_session):
+    """Over 60 s alone: a real profile job (tiny LLM generation on Ray Data) SIGKILLed after its first
+    committed chunk, then rerun."""
     dataset = small_dataset(str(tmp_path / "dataset"))
     items, users = (read_table(dataset, f"{k}s.parquet").num_rows for k in ("item", "user"))
     settings = {"generation": {"max_new_tokens": 16, "batch_size": 2}, "chunk_size": 4}

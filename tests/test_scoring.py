@@ -206,6 +206,8 @@ def test_cf_only_run_matches_the_trainer_serves_cold_users_and_a_rerun_replaces_
 
 @pytest.mark.kill
 def test_a_killed_run_publishes_nothing_and_its_rerun_publishes_every_user_once(world, tmp_path):
+    """Over 60 s alone: a real ``raylrec score`` with its own Ray instance, SIGKILLed mid-run, then
+    rerun to the end."""
     output = f"{world['bucket']}/recs-killed"
     config = tmp_path / "score.yaml"
     config.write_text(

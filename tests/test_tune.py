@@ -215,6 +215,8 @@ def test_learning_curve_continues_across_stages():
 @pytest.mark.kill
 @pytest.mark.slow
 def test_a_sweep_stops_trailing_trials_and_resumes_after_a_kill(tmp_path, base_config, s3_bucket):
+    """Over 60 s alone: two Tune driver processes (the first SIGKILLed mid-sweep), each trial a Ray
+    Train run with its own worker group, so that ASHA's stopping and the resume are both real."""
     from raylrec.data.prepare import prepare
 
     source = {"type": "synthetic", "num_events": 12_000, "num_users": 300, "num_items": 200, "seed": 5}
