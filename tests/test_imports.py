@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "bundle_dir": 0,
     "wheels": 0,
     "runtime": 0,
+    "timeline": 0,  # RAYLREC_TIMELINE start-up marks: stdlib only, imported by every layer
     "eval": 0,
     # 1 - data preparation and reading
     "data": 1,
