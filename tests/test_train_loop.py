@@ -234,3 +234,15 @@ def test_every_rank_selects_on_the_same_number(tmp_path, metric):
     assert ranks[0]["local"] != ranks[1]["local"]  # the shards really differ
     assert ranks[0]["history"] == ranks[1]["history"]
     assert ranks[0]["best_epoch"] == ranks[1]["best_epoch"]
+
+
+def test_a_zero_engine_on_cpu_compiles_no_op(process_group):
+    """DeepSpeed's CPU comm backend JIT-compiles its shared-memory all-reduce op when it starts
+    (54 s of g++ in the first worker on a fresh 2-core machine, before any step; only DeepSpeed's
+    inference tensor parallelism calls it). The engine marks the op unavailable: ZeRO's
+    collectives go through the gloo process group either way."""
+    import deepspeed.comm.comm as ds_comm
+
+    task = _Regression(seed=1)
+    _deepspeed_engine(task, _config(strategy="deepspeed", zero_stage=2, optimizer="adamw"))
+    assert ds_comm.cdb is not None and ds_comm.cdb.shm_comm_op is None

@@ -166,6 +166,21 @@ def deepspeed_config(config: TrainConfig, world_size: int, use_gpu: bool) -> dic
     return ds
 
 
+def _without_the_shared_memory_op() -> None:
+    """Keep DeepSpeed's CPU backend from compiling its shared-memory all-reduce op.
+
+    When its comm backend starts, DeepSpeed on CPU JIT-compiles ``deepspeed_shm_comm`` (printed
+    as "... built successfully"): 54 s of g++ in the first worker on a fresh 2-core machine,
+    before the first step. Only ``inference_all_reduce`` (DeepSpeed's inference tensor
+    parallelism) uses it; ZeRO training's collectives go through the gloo process group.
+    ``deepspeed.ops.__compatible_ops__`` is the one dict DeepSpeed reads to decide (its module
+    keeps one copy so that edits persist): the op is marked unavailable there.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 class DeepSpeedEngine:
     """``deepspeed.initialize`` around ``model``; only parameters with ``requires_grad`` train."""
 
@@ -177,6 +192,8 @@ class DeepSpeedEngine:
         mark("deepspeed import", "worker")
         import deepspeed  # inside the worker: the driver never imports it
 
+        if not use_gpu:
+            _without_the_shared_memory_op()
         mark("deepspeed initialize", "worker")
 
         self.config = config
