@@ -54,6 +54,31 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
+def prepared_dataset(tmp_path_factory, ray_session):
+    """``prepared_dataset(source, **data)``: the path of a dataset that ``raylrec data prepare``
+    made from ``source`` with the ``data`` section's other fields, prepared once per session for
+    each set of parameters (a Ray Data job each: modules asking for the same one share it). Read
+    it, never write into it: copy it first (``shutil.copytree``) to change a file."""
+    import json
+
+    from helpers import data_config
+
+    from raylrec.data.prepare import prepare
+
+    made: dict[str, str] = {}
+
+    def make(source: dict, **data) -> str:
+        key = json.dumps([source, data], sort_keys=True)
+        if key not in made:
+            out = str(tmp_path_factory.mktemp("prepared") / "data")
+            prepare(data_config(source, out, **data))
+            made[key] = out
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     from moto.server import ThreadedMotoServer
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import COLLM_DIR
-from helpers import data_config
+from helpers import ML100K_RANDOM_SPLIT, data_config
 
 from raylrec.cf.bundle import load_cf_bundle
 from raylrec.cf.data import load_split
@@ -22,17 +22,8 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 
 
 @pytest.fixture(scope="module")
-def ml100k(tmp_path_factory, ray_session) -> str:
-    out = str(tmp_path_factory.mktemp("ml100k") / "data")
-    prepare(
-        data_config(
-            {"type": "movielens_100k"},
-            out,
-            label={"threshold": 4},
-            split={"protocol": "random_ratio", "ratios": [0.8, 0.1, 0.1], "seed": 2020},
-        )
-    )
-    return out
+def ml100k(prepared_dataset) -> str:
+    return prepared_dataset({"type": "movielens_100k"}, **ML100K_RANDOM_SPLIT)  # test_scoring's too
 
 
 def _config(dataset: str, tmp_path, cf: dict, **train):

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from helpers import data_config, kill_a_training_worker_after_first_checkpoint
+from helpers import CF_SOURCE, kill_a_training_worker_after_first_checkpoint
 
 from raylrec.cf.bundle import load_cf_bundle
 from raylrec.cf.data import load_split
@@ -18,17 +18,13 @@ from raylrec.cf.encoders.lightgcn.model import LightGCN, normalized_adjacency
 from raylrec.cf.train import train_cf
 from raylrec.config import build_config
 from raylrec.data.arrays import pad_histories
-from raylrec.data.prepare import prepare
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 
 @pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory, ray_session) -> str:
-    out = str(tmp_path_factory.mktemp("cf") / "data")
-    source = {"type": "synthetic", "num_events": 12_000, "num_users": 300, "num_items": 200, "seed": 5}
-    prepare(data_config(source, out, history={"max_len": 10}))
-    return out
+def tiny_dataset(prepared_dataset) -> str:
+    return prepared_dataset(CF_SOURCE, history={"max_len": 10})
 
 
 def _config(dataset: str, tmp_path, **sections):

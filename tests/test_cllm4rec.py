@@ -489,15 +489,9 @@ def test_a_stage_resumed_mid_epoch_ends_with_the_tables_of_an_uninterrupted_run(
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, ray_session) -> str:
-    from helpers import data_config
-
-    from raylrec.data.prepare import prepare
-
-    out = str(tmp_path_factory.mktemp("cllm4rec") / "data")
+def prepared(prepared_dataset) -> str:
     source = {"type": "synthetic", "num_events": 1_200, "num_users": 40, "num_items": 60, "seed": 7}
-    prepare(data_config(source, out, history={"max_len": 10}))
-    return out
+    return prepared_dataset(source, history={"max_len": 10})
 
 
 def test_the_content_corpus_tokenised_by_ray_data_is_the_one_a_plain_process_builds(

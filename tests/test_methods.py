@@ -8,13 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import data_config
 from safetensors.torch import load_file
 
 from raylrec.cf.train import train_cf
 from raylrec.config import build_config
 from raylrec.data.output import FORBID_WHOLE_SPLITS
-from raylrec.data.prepare import prepare
 from raylrec.llm.samples import local_samples
 from raylrec.methods import METHODS
 from raylrec.methods.bundle import load_model_bundle
@@ -26,11 +24,10 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 
 
 @pytest.fixture(scope="module")
-def dataset_and_cf(tmp_path_factory, ray_session) -> tuple[str, str]:
+def dataset_and_cf(tmp_path_factory, prepared_dataset) -> tuple[str, str]:
     root = tmp_path_factory.mktemp("llm")
-    dataset = str(root / "data")
     source = {"type": "synthetic", "num_events": 4_000, "num_users": 120, "num_items": 90, "seed": 3}
-    prepare(data_config(source, dataset, history={"max_len": 10}))
+    dataset = prepared_dataset(source, history={"max_len": 10})
     cf = build_config(
         {
             "dataset": dataset,

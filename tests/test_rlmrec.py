@@ -15,7 +15,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import data_config, write_embeddings
+from helpers import write_embeddings
 
 from raylrec.cf.bundle import load_cf_bundle
 from raylrec.cf.config import ENCODERS
@@ -300,14 +300,9 @@ def test_mf_con_trains(profiles):
 
 
 @pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory, ray_session) -> str:
-    out = str(tmp_path_factory.mktemp("rlmrec") / "data")
+def tiny_dataset(prepared_dataset) -> str:
     source = {"type": "synthetic", "num_events": 3_000, "num_users": 60, "num_items": 80, "seed": 5}
-    prepare_config = data_config(source, out)
-    from raylrec.data.prepare import prepare
-
-    prepare(prepare_config)
-    return out
+    return prepared_dataset(source)
 
 
 @pytest.mark.parametrize("variant", ["con", pytest.param("gen", marks=pytest.mark.slow)])

@@ -18,14 +18,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import s3fs
-from helpers import data_config, wait_for
+from helpers import ML100K_RANDOM_SPLIT, wait_for
 
 from raylrec import storage
 from raylrec.cf.bundle import cf_vocabularies
 from raylrec.cf.train import train_cf
 from raylrec.config import build_config
 from raylrec.data.output import read_table
-from raylrec.data.prepare import prepare
 from raylrec.data.vocab import Vocabulary
 from raylrec.methods.bundle import load_model_bundle
 from raylrec.methods.train import train_method
@@ -45,20 +44,13 @@ def _s3() -> s3fs.S3FileSystem:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, s3_server, ray_session) -> dict[str, str]:
-    """ML-100K prepared locally; MF-BPR and CoLLM (tiny Llama) bundles on S3."""
+def world(tmp_path_factory, s3_server, prepared_dataset) -> dict[str, str]:
+    """ML-100K prepared locally (the session's, shared with tests/test_cf_streaming.py); MF-BPR
+    and CoLLM (tiny Llama) bundles on S3."""
     root = tmp_path_factory.mktemp("scoring")
     bucket = f"s3://raylrec-{uuid.uuid4().hex[:10]}"
     _s3().mkdir(bucket.removeprefix("s3://"))
-    dataset = str(root / "ml100k")
-    prepare(
-        data_config(
-            {"type": "movielens_100k"},
-            dataset,
-            split={"protocol": "random_ratio", "ratios": [0.8, 0.1, 0.1], "seed": 2020},
-            history={"max_len": 20},
-        )
-    )
+    dataset = prepared_dataset({"type": "movielens_100k"}, **ML100K_RANDOM_SPLIT)
     cf = f"{bucket}/bundles/mf"
     train_cf(
         build_config(

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import s3fs
 import yaml
-from helpers import data_config, wait_for
+from helpers import CF_SOURCE, wait_for
 
 from raylrec.cli import main
 from raylrec.config import ConfigError, load_config, load_raw_config
@@ -214,13 +214,13 @@ def test_learning_curve_continues_across_stages():
 
 @pytest.mark.kill
 @pytest.mark.slow
-def test_a_sweep_stops_trailing_trials_and_resumes_after_a_kill(tmp_path, base_config, s3_bucket):
+def test_a_sweep_stops_trailing_trials_and_resumes_after_a_kill(tmp_path, s3_bucket, prepared_dataset):
     """Over 60 s alone: two Tune driver processes (the first SIGKILLed mid-sweep), each trial a Ray
     Train run with its own worker group, so that ASHA's stopping and the resume are both real."""
-    from raylrec.data.prepare import prepare
-
-    source = {"type": "synthetic", "num_events": 12_000, "num_users": 300, "num_items": 200, "seed": 5}
-    prepare(data_config(source, str(tmp_path / "data"), history={"max_len": 5}))
+    dataset = prepared_dataset(CF_SOURCE, history={"max_len": 10})  # tests/test_cf_train.py's too
+    base_config = _write(
+        tmp_path / "mf_tiny.yaml", {**BASE, "dataset": dataset, "output": str(tmp_path / "bundles" / "mf")}
+    )
     # Two trials, one at a time (one CPU, one Ray Train worker per trial): lr 0.05 (the config's
     # own, run first) learns; 1e-6 does not, and ASHA stops it at the first rung. Each trial
     # costs a Ray Train run's start-up (most of a trial's time): two are all the story needs.
