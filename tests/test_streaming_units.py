@@ -54,18 +54,24 @@ def _rows(rng, n: int, users: int, items: int) -> pa.Table:
     )
 
 
+@pytest.mark.parametrize("distinct", [False, True])
 @pytest.mark.parametrize("positives_only", [False, True])
-def test_item_sets_from_files_equal_the_whole_array_build(tmp_path, monkeypatch, positives_only):
+def test_item_sets_from_files_equal_the_whole_array_build(tmp_path, monkeypatch, positives_only, distinct):
     rng = np.random.default_rng(0)
     train, valid = _rows(rng, 5_000, 300, 50), _rows(rng, 700, 300, 50)
     path = _dataset(tmp_path, {"train": train, "valid": valid}, 300, 50)
     monkeypatch.setattr(item_sets, "_BATCH_ROWS", 333)  # many batches, rows of a user across them
     monkeypatch.setattr(item_sets, "_SORT_CHUNK", 97)  # and many sort chunks
-    built = build_item_sets(path, ["train", "valid"], 300, positives_only)
+    built = build_item_sets(path, ["train", "valid"], 300, positives_only, distinct=distinct)
     both = pa.concat_tables([train, valid])
     keep = both["label"].to_numpy() == 1 if positives_only else np.ones(len(both), bool)
     users, items = both["uid"].to_numpy()[keep], both["iid"].to_numpy()[keep]
-    expected = ItemSets.from_pairs(users, items, 300, sort_items=True)
+    expected = ItemSets.from_pairs(users, items, 300, sort_items=True, distinct=distinct)
+    # 5,700 rows over 300 x 50 pairs: many repeats, dropped only when asked
+    assert (built.indptr[-1] < len(users)) == distinct and built.distinct == distinct
+    if distinct:
+        pairs_once = {(int(u), int(i)) for u, i in zip(users, items, strict=True)}
+        assert built.indptr[-1] == len(pairs_once)
     np.testing.assert_array_equal(built.indptr, expected.indptr)
     np.testing.assert_array_equal(built.indices, expected.indices)
     # membership: every pair is found; a random probe agrees with a Python set
@@ -74,6 +80,58 @@ def test_item_sets_from_files_equal_the_whole_array_build(tmp_path, monkeypatch,
     probe_u, probe_i = rng.integers(0, 300, 4_000), rng.integers(0, 50, 4_000)
     truth = np.array([(u, i) in pairs for u, i in zip(probe_u.tolist(), probe_i.tolist(), strict=True)])
     np.testing.assert_array_equal(built.contains(probe_u, probe_i), truth)
+
+
+def test_the_nth_absent_item_is_the_complement_at_that_rank():
+    """Every rank of every user's complement, against ``np.setdiff1d``: users with no items,
+    a few, most of the catalogue, and all of it but one."""
+    num_items = 40
+    rng = np.random.default_rng(3)
+    rows = [
+        [],
+        [1],
+        [39],
+        [2, 3, 5, 8],
+        list(range(1, 39)),
+        list(range(2, 40)),
+        rng.choice(np.arange(1, 40), 25, replace=False).tolist(),
+    ]
+    users = np.repeat(np.arange(len(rows)), [len(r) for r in rows])
+    sets = ItemSets.from_pairs(
+        users, np.concatenate([np.array(r, np.int64) for r in rows]), len(rows), distinct=True
+    )
+    for user, row in enumerate(rows):
+        absent = np.setdiff1d(np.arange(1, num_items), row)
+        got = sets.nth_absent(np.full(len(absent), user), np.arange(len(absent)))
+        np.testing.assert_array_equal(got, absent)
+    with pytest.raises(ValueError, match="distinct"):
+        ItemSets.from_pairs(users, np.ones(len(users), np.int64), len(rows)).nth_absent(users[:1], [0])
+
+
+def test_bpr_negatives_are_uniform_over_the_items_a_user_has_not_seen():
+    """The exact sampler never returns a seen item, draws each unseen one equally often (a
+    user who has seen 47 of 49 items, where redrawing would need about 25 rounds per row), and
+    gives a user who has seen everything a uniform item instead of looping."""
+    from raylrec.cf.data import sample_negatives
+
+    num_items = 50
+    heavy, light, everything = list(range(1, 50)), [4, 9], list(range(1, 50))
+    heavy = [i for i in heavy if i not in (7, 30)]
+    rows = {1: heavy, 2: light, 3: everything}
+    users = np.concatenate([np.full(len(r), u) for u, r in rows.items()])
+    items = np.concatenate([np.array(r) for r in rows.values()])
+    seen = ItemSets.from_pairs(users, items, 4, distinct=True)
+    rng = np.random.default_rng(0)
+    batch = np.repeat([1, 2, 3], 20_000)
+    negatives = sample_negatives(rng, num_items, len(batch), batch, seen)
+    assert not seen.contains(batch[:40_000], negatives[:40_000]).any()
+    counts = np.bincount(negatives[:20_000], minlength=num_items)
+    assert set(np.flatnonzero(counts)) == {7, 30} and abs(counts[7] / 20_000 - 0.5) < 0.02
+    light_counts = np.bincount(negatives[20_000:40_000], minlength=num_items)
+    assert light_counts[[0, 4, 9]].sum() == 0
+    unseen = np.delete(light_counts, [0, 4, 9])  # 47 items, about 426 draws each
+    assert unseen.min() > 0 and unseen.max() / unseen.min() < 1.6
+    assert len(np.unique(negatives[40_000:])) == 49  # seen everything: uniform over the catalogue
 
 
 def test_a_whole_split_read_is_refused_when_forbidden(tmp_path, monkeypatch):

@@ -36,7 +36,11 @@ class CFConfig(StrictConfig):
     )
     reg_weight: Float = Field(default=0.0, ge=0, description="L2 on the embeddings a step touches")
     negatives: Literal["unseen", "uniform"] = Field(
-        default="unseen", description="bpr: redraw negatives the user interacted with in training, or not"
+        default="unseen",
+        description=(
+            "bpr: draw negatives among the items the user did not interact with in training "
+            "(exactly, without redrawing), or among all items"
+        ),
     )
 
     implementation: ClassVar[str]  # "package.module:Class", a CFEncoder subclass

@@ -118,19 +118,23 @@ class StreamedInputs:
     users: np.ndarray | None  # the sampled validation users (top-K)
 
 
-def item_sets_ref(dataset: str, splits: list[str], num_users: int, positives_only: bool) -> ray.ObjectRef:
+def item_sets_ref(
+    dataset: str, splits: list[str], num_users: int, positives_only: bool, distinct: bool = False
+) -> ray.ObjectRef:
     """``build_item_sets`` run as one Ray task, finished when this returns: its result is in the
     object store, not in this process (the driver only holds the reference)."""
-    return item_sets_refs(dataset, [(splits, positives_only)], num_users)[0]
+    return item_sets_refs(dataset, [(splits, positives_only, distinct)], num_users)[0]
 
 
-def item_sets_refs(dataset: str, wanted: list[tuple[list[str], bool]], num_users: int) -> list[ray.ObjectRef]:
-    """``item_sets_ref`` for each (splits, positives_only) of ``wanted``, the tasks running side
-    by side (one wait for all, not one per set)."""
+def item_sets_refs(
+    dataset: str, wanted: list[tuple[list[str], bool, bool]], num_users: int
+) -> list[ray.ObjectRef]:
+    """``item_sets_ref`` for each (splits, positives_only, distinct) of ``wanted``, the tasks
+    running side by side (one wait for all, not one per set)."""
     import ray
 
     build = ray.remote(num_cpus=1, max_retries=2)(build_item_sets)
-    refs = [build.remote(dataset, splits, num_users, positives_only) for splits, positives_only in wanted]
+    refs = [build.remote(dataset, splits, num_users, *flags) for splits, *flags in wanted]
     # Built before anything that reads them starts: actors and Ray Train workers that wait on
     # them while holding every CPU would leave the tasks none to run on. Nothing is fetched here.
     ray.wait(refs, num_returns=len(refs), fetch_local=False)

@@ -36,7 +36,7 @@ def seen_pairs(train: Split, config: CFConfig) -> ItemSets | None:
     Ray path builds the same sets from the files: ``raylrec.cf.streaming``)."""
     if config.loss != "bpr" or config.negatives == "uniform":
         return None
-    return ItemSets.from_pairs(train.arrays["uid"], train.arrays["iid"], train.num_users, sort_items=True)
+    return ItemSets.from_pairs(train.arrays["uid"], train.arrays["iid"], train.num_users, distinct=True)
 
 
 def epoch_batches(

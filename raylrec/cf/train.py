@@ -130,9 +130,11 @@ class CFDefinition(TaskDefinition):
         if bpr:
             # implicit: every training row is a positive, so one set serves both purposes
             separate_seen = cf.negatives != "uniform" and not cf.implicit
-            wanted = [(["train"], not cf.implicit), (["valid"], not cf.implicit)]
+            # training sets hold each pair once (masks and BPR's exact sampler); valid's keep
+            # repeats, which recall's denominators count
+            wanted = [(["train"], not cf.implicit, True), (["valid"], not cf.implicit, False)]
             known, target, *rest = item_sets_refs(
-                path, wanted + [(["train"], False)] * separate_seen, num_users
+                path, wanted + [(["train"], False, True)] * separate_seen, num_users
             )
             if cf.negatives != "uniform":
                 seen = rest[0] if separate_seen else known

@@ -43,10 +43,15 @@ def split_pairs(
             )
 
 
-def build_item_sets(dataset: str, splits: Sequence[str], num_users: int, positives_only: bool) -> ItemSets:
-    """The users' items of ``splits`` (duplicates kept, as ``ItemSets.from_pairs``), each row
-    sorted ascending so ``ItemSets.contains`` can search it. Pass 1 counts rows per user, pass 2
-    writes each item at its user's cursor; rows are then sorted a few million pairs at a time."""
+def build_item_sets(
+    dataset: str, splits: Sequence[str], num_users: int, positives_only: bool, distinct: bool = False
+) -> ItemSets:
+    """The users' items of ``splits``, each row sorted ascending so ``ItemSets.contains`` can
+    search it; a (user, item) pair logged several times is kept once with ``distinct`` (what
+    BPR's sampler and the evaluation masks need: on a Zipf log the heaviest users repeat most
+    of theirs), every time otherwise (recall's denominators count them, as
+    ``ItemSets.from_pairs``). Pass 1 counts rows per user, pass 2 writes each item at its user's
+    cursor; rows are then sorted (and de-duplicated) a few million pairs at a time."""
     counts = np.zeros(num_users, np.int64)
     for users, _ in split_pairs(dataset, splits, positives_only):
         counts += np.bincount(users, minlength=num_users)
@@ -60,21 +65,32 @@ def build_item_sets(dataset: str, splits: Sequence[str], num_users: int, positiv
         run_start = np.maximum.accumulate(np.where(first, np.arange(len(ordered)), 0))
         indices[cursor[ordered] + (np.arange(len(ordered)) - run_start)] = items[order]
         cursor += np.bincount(users, minlength=num_users)
-    _sort_rows(indptr, indices)
-    return ItemSets(indptr, indices)
+    indptr, indices = _sort_rows(indptr, indices, distinct)
+    return ItemSets(indptr, indices, distinct)
 
 
-def _sort_rows(indptr: np.ndarray, indices: np.ndarray) -> None:
-    """Sort each user's row in place, a bounded number of pairs at a time."""
+def _sort_rows(indptr: np.ndarray, indices: np.ndarray, distinct: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each user's row in place, a bounded number of pairs at a time; with ``distinct``,
+    repeats are dropped and the rows compacted towards the front (a chunk is written at or
+    before where it was read), then the array shrunk in place."""
     num_users = len(indptr) - 1
+    kept = indptr.copy()
     start = 0
     while start < num_users:
         # the users whose rows fit in one chunk (at least one user, however long its row)
         stop = int(np.searchsorted(indptr, indptr[start] + _SORT_CHUNK, side="right")) - 1
         stop = min(max(stop, start + 1), num_users)
         lo, hi = indptr[start], indptr[stop]
-        if hi > lo:
-            rows = np.repeat(np.arange(stop - start), np.diff(indptr[start : stop + 1]))
-            part = indices[lo:hi]
-            indices[lo:hi] = part[np.lexsort((part, rows))]
+        rows = np.repeat(np.arange(stop - start), np.diff(indptr[start : stop + 1]))
+        part = indices[lo:hi]
+        order = np.lexsort((part, rows))
+        part, rows = part[order], rows[order]
+        if distinct:
+            first = np.r_[True, (rows[1:] != rows[:-1]) | (part[1:] != part[:-1])][: len(part)]
+            part, rows = part[first], rows[first]
+            kept[start + 1 : stop + 1] = kept[start] + np.cumsum(np.bincount(rows, minlength=stop - start))
+        indices[kept[start] : kept[start] + len(part)] = part
         start = stop
+    if distinct:
+        indices.resize(int(kept[-1]), refcheck=False)  # in place: no second copy of the pairs
+    return (kept if distinct else indptr), indices

@@ -61,22 +61,34 @@ def topk_metric_sums(
 
 @dataclass(frozen=True)
 class ItemSets:
-    """Each user's set of items, as CSR arrays (row u holds indices[indptr[u]:indptr[u+1]])."""
+    """Each user's set of items, as CSR arrays (row u holds indices[indptr[u]:indptr[u+1]]).
+    ``distinct``: every row is sorted and holds each item once (what ``nth_absent`` needs)."""
 
     indptr: np.ndarray
     indices: np.ndarray
+    distinct: bool = False
 
     @classmethod
     def from_pairs(
-        cls, users: np.ndarray, items: np.ndarray, num_users: int, sort_items: bool = False
+        cls,
+        users: np.ndarray,
+        items: np.ndarray,
+        num_users: int,
+        sort_items: bool = False,
+        distinct: bool = False,
     ) -> ItemSets:
         """``sort_items``: each user's items ascending (what ``contains`` needs); otherwise in
-        the order given (CLLM4Rec's documents keep a user's items in time order)."""
+        the order given (CLLM4Rec's documents keep a user's items in time order).
+        ``distinct``: sorted, and a pair seen several times kept once."""
         users = np.asarray(users, np.int64)
         items = np.asarray(items, np.int64)
-        order = np.lexsort((items, users)) if sort_items else np.argsort(users, kind="stable")
+        order = np.lexsort((items, users)) if sort_items or distinct else np.argsort(users, kind="stable")
+        users, items = users[order], items[order]
+        if distinct and len(users):
+            first = np.r_[True, (users[1:] != users[:-1]) | (items[1:] != items[:-1])]
+            users, items = users[first], items[first]
         counts = np.bincount(users, minlength=num_users)
-        return cls(np.r_[0, np.cumsum(counts)].astype(np.int64), items[order])
+        return cls(np.r_[0, np.cumsum(counts)].astype(np.int64), items, distinct)
 
     @property
     def num_users(self) -> int:
@@ -107,6 +119,32 @@ class ItemSets:
 
     def sizes_of(self, users: np.ndarray) -> np.ndarray:
         return self.indptr[users + 1] - self.indptr[users]
+
+    def nth_absent(self, users: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+        """For each j, the ``ranks[j]``-th (0-based) item id >= 1 that ``users[j]``'s row does not
+        hold: exact sampling from a user's complement without rejection (draw a rank uniformly
+        below the number of absent items). Rows must be ``distinct`` and hold ids >= 1 (0 is
+        padding). In a row s_0 < s_1 < ..., ``s_i - 1 - i`` items are absent below s_i, a
+        non-decreasing count; the answer is ``rank + 1 + #{i: s_i - 1 - i <= rank}``, found by
+        one vectorised binary search per row (log2 of the row's length steps, whatever share of
+        the catalogue the user has seen)."""
+        if not self.distinct:
+            raise ValueError("nth_absent needs distinct, sorted rows (ItemSets(..., distinct=True))")
+        users = np.asarray(users, np.int64)
+        ranks = np.asarray(ranks, np.int64)
+        start = self.indptr[users]
+        lo, hi = start.copy(), self.indptr[users + 1].copy()
+        last = max(len(self.indices) - 1, 0)
+        while len(self.indices):
+            active = lo < hi
+            if not active.any():
+                break
+            mid = (lo + hi) // 2
+            at = self.indices[np.minimum(mid, last)].astype(np.int64)
+            below = active & (at - (mid - start) <= ranks + 1)
+            lo = np.where(below, mid + 1, lo)
+            hi = np.where(active & ~below, mid, hi)
+        return ranks + 1 + (lo - start)
 
     def dense_rows(
         self, users: np.ndarray, num_items: int, device: torch.device | str = "cpu"
