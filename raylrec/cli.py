@@ -56,7 +56,11 @@ def _init_ray(args: argparse.Namespace, ray_config: RayConfig) -> None:
 def cmd_prepare(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)  # fails here, before Ray starts
     if config.data is None:
-        raise ConfigError(f"{args.config}: no 'data' section to prepare")
+        where = args.config or "the command line (no --config given)"
+        raise ConfigError(
+            f"{where}: no 'data' section to prepare; pass --config with a data section "
+            "(e.g. configs/ml100k.yaml) or data.* overrides"
+        )
     from raylrec.data.output import check_output_dir, input_paths
 
     # A refused output (a user's files, an input) fails here, before Ray starts.
@@ -269,10 +273,16 @@ def cmd_recs_read(args: argparse.Namespace) -> int:
 
 
 def cmd_recs_eval(args: argparse.Namespace) -> int:
+    from raylrec.data.output import read_meta
     from raylrec.eval.report import format_report
     from raylrec.scoring import published_dates
     from raylrec.scoring.quality import evaluate_published
 
+    if any(k < 1 for k in args.k):
+        raise ConfigError(f"--k takes list lengths of 1 or more, got {' '.join(map(str, args.k))}")
+    splits = read_meta(args.dataset)["counts"]["splits"]
+    if args.split not in splits:
+        raise ConfigError(f"--split {args.split}: {args.dataset} has the splits {', '.join(sorted(splits))}")
     date = args.date or (published_dates(args.root) or [None])[-1]
     if date is None:
         raise FileNotFoundError(f"no published recommendations under {args.root}")

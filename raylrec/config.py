@@ -740,9 +740,14 @@ def load_raw_config(path: str | Path | None, overrides: list[str] | None = None)
     raw: dict[str, Any] = {}
     if path is not None:
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"config {path} is not UTF-8 text (byte {e.start}: {e.object[e.start : e.start + 1]!r}); "
+                "save it as UTF-8"
+            ) from None
         try:
             raw = yaml.load(text, Loader=_Loader) or {}
         except yaml.YAMLError as e:

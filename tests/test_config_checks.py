@@ -280,3 +280,34 @@ def test_sasrec_names_the_shape_it_cannot_build():
 
 def test_the_shipped_defaults_still_load():
     assert isinstance(load_config(None, []), RaylrecConfig)
+
+
+def test_a_config_that_is_not_utf8_is_refused_naming_the_file(tmp_path, capsys):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("dataset: café\n".encode("latin-1"))
+    assert main(["train-cf", "--config", str(path), "--local"]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "not UTF-8" in err and "Traceback" not in err
+
+
+def test_prepare_without_a_config_says_what_to_pass(capsys):
+    assert main(["data", "prepare"]) == 2
+    err = capsys.readouterr().err
+    assert "None" not in err and "--config" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--k", "0"], "--k takes list lengths of 1 or more, got 0"),
+        (["--split", "nosuch"], "--split nosuch:"),
+    ],
+)
+def test_recs_eval_refuses_a_bad_k_or_split_naming_it(tmp_path, capsys, args, fragment):
+    """Checked before the published lists are read (there are none here)."""
+    from helpers import DATA_DIR
+
+    dataset = str(DATA_DIR / "plugins-synthetic")
+    assert main(["recs", "eval", str(tmp_path / "recs"), "--dataset", dataset, *args]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
