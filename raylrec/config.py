@@ -34,6 +34,8 @@ from raylrec.config_types import (
     Int,
     OptionalFloat,
     OptionalInt,
+    OptionalOutputPath,
+    OutputPath,
     StrictConfig,
 )
 from raylrec.methods.config import METHODS, MethodConfig, prompt_templates
@@ -335,7 +337,7 @@ class DataConfig(StrictConfig):
     kcore: OptionalInt = Field(default=None, ge=1, description="keep users/items with >= k events")
     split: SplitConfig = RandomRatioSplit()
     history: HistoryConfig = HistoryConfig()
-    output: str = Field(description="local path or s3:// URI of the processed dataset")
+    output: OutputPath = Field(description="local path or s3:// URI of the processed dataset")
     overwrite: Bool = False
 
     @model_validator(mode="after")
@@ -519,7 +521,7 @@ class ScoreConfig(StrictConfig):
     splits: list[str] | None = Field(
         default=None, description="splits that count as known interactions (default: all)"
     )
-    output: str | None = Field(default=None, description="recommendations root, local or s3://")
+    output: OptionalOutputPath = Field(default=None, description="recommendations root, local or s3://")
     model_name: str | None = Field(default=None, description="the 'model' column (default: bundle dir name)")
     candidates: Int = Field(default=50, ge=1, description="retrieved per user, then reranked")
     k: Int = Field(default=10, ge=1, description="recommendations written per user")
@@ -592,7 +594,7 @@ class RaylrecConfig(StrictConfig):
     sample: SampleConfig = SampleConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
-    output: str | None = Field(default=None, description="where the trained bundle goes")
+    output: OptionalOutputPath = Field(default=None, description="where the trained bundle goes")
     score: ScoreConfig = ScoreConfig()
     nightly: NightlyConfig = NightlyConfig()
     ray: RayConfig = RayConfig()

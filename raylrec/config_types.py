@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, StrictBool
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, StrictBool
 
 __all__ = [
     "Bool",
@@ -19,6 +19,8 @@ __all__ = [
     "Int",
     "OptionalFloat",
     "OptionalInt",
+    "OptionalOutputPath",
+    "OutputPath",
     "StrictConfig",
 ]
 
@@ -63,3 +65,15 @@ OptionalInt = Annotated[int | None, NO_BOOL]
 OptionalFloat = Annotated[float | None, NO_BOOL]
 # Only true/false (YAML's yes/no included): 1, 0 or "off" in a flag is more likely a mistake.
 Bool = StrictBool
+
+
+def _a_usable_path(value: str) -> str:
+    # '' (or blanks) would mean the current directory to one writer and fail in another after
+    # a whole training run: an output is named, or the field is left out.
+    if not value.strip():
+        raise ValueError("is empty: name a local directory or an s3:// URI (or leave the field out)")
+    return value
+
+
+OutputPath = Annotated[str, AfterValidator(_a_usable_path)]
+OptionalOutputPath = Annotated[str, AfterValidator(_a_usable_path)] | None

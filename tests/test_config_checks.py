@@ -311,3 +311,20 @@ def test_recs_eval_refuses_a_bad_k_or_split_naming_it(tmp_path, capsys, args, fr
     assert main(["recs", "eval", str(tmp_path / "recs"), "--dataset", dataset, *args]) == 2
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [['output=""'], ["output='  '"], [*DATA[:1], 'data.output=""'], ['score.output=""']],
+)
+def test_an_empty_output_path_is_refused_at_load(overrides):
+    """'' would mean the current directory to one writer and fail after a whole training run in
+    another; ``output=`` (no value) still means no output, as any unset field."""
+    _refused(overrides, "output: ", "is empty")
+
+
+def test_an_empty_profiles_output_is_refused_at_load():
+    from raylrec.profiles.config import build_profiles_config
+
+    with pytest.raises(ConfigError, match="output: .*is empty"):
+        build_profiles_config({"dataset": "d", "output": ""})

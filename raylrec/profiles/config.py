@@ -20,7 +20,17 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 
 from raylrec.config import BackboneConfig, RayConfig, load_raw_config
-from raylrec.config_types import Bool, ConfigError, Float, Int, OptionalFloat, OptionalInt, StrictConfig
+from raylrec.config_types import (
+    Bool,
+    ConfigError,
+    Float,
+    Int,
+    OptionalFloat,
+    OptionalInt,
+    OptionalOutputPath,
+    OutputPath,
+    StrictConfig,
+)
 
 __all__ = [
     "GenerationConfig",
@@ -93,7 +103,7 @@ class EmbedConfig(StrictConfig):
         description="profiles: the LLM summaries; metadata: title, genres and year (users: liked "
         "training titles), no LLM: the ablation",
     )
-    output: str | None = Field(default=None, description="default: <output>/embeddings_<text>")
+    output: OptionalOutputPath = Field(default=None, description="default: <output>/embeddings_<text>")
     batch_size: Int = Field(default=64, ge=1)
     max_length: OptionalInt = Field(
         default=None, ge=8, description="tokens per text; default: the model's own"
@@ -104,7 +114,9 @@ class ProfilesConfig(StrictConfig):
     """RLMRec's profile generation and embedding jobs (arXiv 2310.15950, section 3.2 and A.2)."""
 
     dataset: str = Field(description="a prepared dataset (local or s3://)")
-    output: str = Field(description="the profiles' directory (local or s3://), committed by _manifest.json")
+    output: OutputPath = Field(
+        description="the profiles' directory (local or s3://), committed by _manifest.json"
+    )
     domain: Literal["movie", "book", "item"] = Field(default="movie", description="the nouns of the prompts")
     backbone: BackboneConfig = BackboneConfig()
     generation: GenerationConfig = GenerationConfig()

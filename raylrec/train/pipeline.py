@@ -290,6 +290,10 @@ def run_pipeline(
     run_name = run_name or config.train.run_name or definition.default_run_name()
     stages = definition.stages()
     definition.announce(run_name, stages, say)
+    if not config.output:
+        say(
+            f"output not set: the trained {definition.kind} is not written anywhere (set output=<dir or s3://...>)"
+        )
     weights = definition.initial_weights(say)
     states: dict[str, TrainState] = {}
     epochs_before = 0
