@@ -66,21 +66,29 @@ def root(request, tmp_path) -> str:
 def test_a_file_that_no_longer_matches_its_checksum_is_refused_by_default(tmp_path, capsys):
     root = str(tmp_path / "recs")
     _publish(root, DATE, "run1")
-    # The attacker's file: valid Parquet, the same rows and users, other items.
+    # The attacker's file: valid Parquet, the same rows, users and size, other items.
     part = tmp_path / "recs" / f"date={DATE}" / "_runs" / "run1" / "part-0.parquet"
-    pq.write_table(recs_table("run1", ROWS, item="evil"), part)
+    pq.write_table(recs_table("run1", ROWS, item="e"), part)  # items e1, e2: as long as i1, i2
+    assert part.stat().st_size == recs.read_manifest(root, DATE)["files"][0]["bytes"]
 
     with pytest.raises(storage.StorageError, match="part-0.parquet does not match its recorded checksum"):
         recs.read_recommendations(root, DATE)
     assert cli.main(["recs", "read", root, "--json"]) == 1
     assert "corrupted" in _one_line_error(capsys)
 
-    # The documented opt-out serves what is there.
+    # The documented opt-out skips the hash and serves what is there ...
     assert cli.main(["recs", "read", root, "--json", "--no-verify"]) == 0
-    assert '"item_id": "evil1"' in capsys.readouterr().out
+    assert '"item_id": "e1"' in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli.main(["recs", "read", "--help"])
     assert "--no-verify" in capsys.readouterr().out
+    # ... but not the size: a file of another size is refused with or without it.
+    pq.write_table(recs_table("run1", ROWS, item="evil"), part)
+    for verify in (True, False):
+        with pytest.raises(
+            storage.StorageError, match=r"part-0.parquet holds [\d,]+ bytes, its manifest says"
+        ):
+            recs.read_recommendations(root, DATE, verify=verify)
 
 
 # 6 ----------------------------------------------------------------------------------------
@@ -109,6 +117,28 @@ def test_a_manifest_path_outside_its_run_is_refused_even_with_matching_checksums
         recs.read_recommendations(root, DATE)
     assert cli.main(["recs", "read", root, "--json"]) == 1
     assert "outside run run1" in _one_line_error(capsys)
+
+
+def test_a_manifest_that_lists_a_file_twice_is_refused(tmp_path):
+    """Served twice, its rows would give each of its users every rank twice."""
+    root = str(tmp_path / "recs")
+    _publish(root, DATE, "run1")
+    files = recs.read_manifest(root, DATE)["files"]
+    _rewrite_manifest(root, DATE, files=files * 2, rows=2 * len(ROWS))
+    with pytest.raises(storage.StorageError, match="lists _runs/run1/part-0.parquet more than once"):
+        recs.read_recommendations(root, DATE, verify=False)
+
+
+def test_a_manifest_too_large_to_be_ours_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    root = str(tmp_path / "recs")
+    _publish(root, DATE, "run1")
+    _rewrite_manifest(root, DATE, padding="x" * 5_000)
+    monkeypatch.setattr(recs, "MAX_MANIFEST_BYTES", 4_096)
+    monkeypatch.setattr(storage, "read_json", lambda uri: pytest.fail(f"read {uri}"))
+    with pytest.raises(
+        storage.StorageError, match=r"_MANIFEST.json is [\d,]+ bytes, more than a manifest holds"
+    ):
+        recs.read_recommendations(root, DATE)
 
 
 @pytest.mark.parametrize("run_id", ["../../x", "/tmp/x", "a/b", "..", ".hidden", "", "a\\b"])

@@ -78,6 +78,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "_MANIFEST.json"
 RUN_MARKER = "_RUN.json"
+# A manifest lists a date's files (about 200 bytes each): 16 MiB is some 80,000 files. A larger
+# one is not ours, and reading it whole would cost memory before any check could refuse it.
+MAX_MANIFEST_BYTES = 16 * 2**20
 # How long a run may go without a heartbeat before other runs may delete its files (the
 # default of score.run_lease_s).
 RUN_LEASE_S = 600.0
@@ -156,9 +159,21 @@ def _read_json_if_exists(uri: str) -> Any | None:
 
 
 def read_manifest(root: str, date: str) -> dict[str, Any] | None:
-    """The published manifest of ``date`` (None when unpublished), checked: its run id, its
-    date, and that every file it names lies in its own run's staging prefix."""
+    """The published manifest of ``date`` (None when unpublished), checked: at most
+    ``MAX_MANIFEST_BYTES``, its run id, its date, and that every file it names lies in its own
+    run's staging prefix, once."""
     uri = _manifest_uri(root, date)
+    fs, path = storage.filesystem(uri)
+    with storage.errors(uri, "read"):
+        try:
+            size = fs.size(path)
+        except FileNotFoundError:
+            return None
+    if size > MAX_MANIFEST_BYTES:
+        raise storage.StorageError(
+            f"{uri} is {size:,} bytes, more than a manifest holds ({MAX_MANIFEST_BYTES:,}): "
+            "refusing to read it"
+        )
     try:
         manifest = _read_json_if_exists(uri)
     except ValueError as e:  # not JSON
@@ -182,6 +197,10 @@ def _checked_manifest(manifest: Any, date: str, uri: str) -> dict[str, Any]:
         raise refuse(f"it is the manifest of date {manifest.get('date')!r}, not {date}")
     for entry in manifest["files"]:
         _check_entry(entry, run_id, refuse)
+    paths = [entry["path"] for entry in manifest["files"]]
+    if len(set(paths)) != len(paths):
+        twice = sorted({p for p in paths if paths.count(p) > 1})
+        raise refuse(f"it lists {', '.join(twice)} more than once")
     return manifest
 
 
@@ -578,7 +597,13 @@ def _read_file(base: str, entry: dict[str, Any], verify: bool) -> pa.Table:
             raise storage.StorageError(
                 f"recommendations {base} are incomplete: {entry['path']} is missing"
             ) from None
-    if verify and (len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]):
+    # The size is checked always (it costs nothing); the hash only with ``verify``.
+    if len(data) != entry["bytes"]:
+        raise storage.StorageError(
+            f"recommendations {base} are corrupted: {entry['path']} holds {len(data):,} bytes, "
+            f"its manifest says {entry['bytes']:,}"
+        )
+    if verify and hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise storage.StorageError(
             f"recommendations {base} are corrupted: {entry['path']} does not match its recorded checksum"
         )
