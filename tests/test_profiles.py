@@ -223,10 +223,7 @@ def test_a_summary_cut_off_by_max_new_tokens_still_stands_for_the_profile():
 
     def item_file(rows):
         table = pa.Table.from_pylist(
-            [
-                {"kind": "item", "id": i, "summarization": s, "raw": r, "parse_ok": ok}
-                for i, s, r, ok in rows
-            ]
+            [{"kind": "item", "id": i, "summarization": s, "raw": r, "parse_ok": ok} for i, s, r, ok in rows]
         )
         return store.ProfileFile("items/x", "item", table, 0, "")
 
@@ -321,8 +318,10 @@ def test_the_in_process_path_writes_the_rows_the_actor_pool_writes(world, tmp_pa
     manifest = generate_profiles(local, use_ray=False)
     assert manifest["rows"] == world["manifest"]["rows"] and manifest["parse"] == world["manifest"]["parse"]
     order = [("kind", "ascending"), ("id", "ascending")]
-    assert store.read_profiles(local.output).sort_by(order).equals(
-        store.read_profiles(config.output).sort_by(order)
+    assert (
+        store.read_profiles(local.output)
+        .sort_by(order)
+        .equals(store.read_profiles(config.output).sort_by(order))
     )
     assert generate_profiles(local, use_ray=False)["changed"] is False  # and resumes the same way
 
@@ -452,3 +451,45 @@ def test_a_directory_raylrec_did_not_make_is_refused(world, tmp_path):
     with pytest.raises(FileExistsError, match="raylrec did not make"):
         generate_profiles(profiles_config(world["dataset"], str(tmp_path)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+
+
+def _committed_profiles(out: str) -> tuple[dict, store.ProfileFile]:
+    """A profiles directory written by hand: one item chunk, committed."""
+    rows = {name: [None] for name in store.PROFILE_SCHEMA.names}
+    rows.update(
+        kind=["item"],
+        id=[1],
+        raw_id=["i1"],
+        summarization=["a film"],
+        parse_ok=[True],
+        attempts=[1],
+        gen_tokens=[3],
+    )
+    table = pa.Table.from_pydict(rows, schema=store.PROFILE_SCHEMA)
+    chunk = store.write_chunk(out, "item", 0, table)
+    return store.write_manifest(out, [chunk], {}), chunk
+
+
+@pytest.mark.parametrize("tamper", ["absolute", "other folder", "twice", "resized"])
+def test_the_profiles_reader_serves_only_the_chunks_its_manifest_lists_once(tmp_path, tamper):
+    """A chunk outside the directory (an absolute path, however valid its name), a chunk listed
+    twice, or one whose size changed is refused, with or without the hash check."""
+    import shutil
+
+    out = str(tmp_path / "profiles")
+    manifest, chunk = _committed_profiles(out)
+    outside = tmp_path / "elsewhere" / chunk.path
+    outside.parent.mkdir(parents=True)
+    shutil.copy(f"{out}/{chunk.path}", outside)
+    entry = manifest["files"][0]
+    files = {
+        "absolute": [{**entry, "path": str(outside)}],
+        "other folder": [{**entry, "path": f"elsewhere/{chunk.path}"}],
+        "twice": [entry, entry],
+        "resized": [{**entry, "bytes": entry["bytes"] + 1}],
+    }[tamper]
+    (tmp_path / "profiles" / store.MANIFEST).write_text(json.dumps({**manifest, "files": files}))
+    match = {"twice": "more than once", "resized": "does not match"}.get(tamper, "not a chunk file")
+    for verify in (True, False):
+        with pytest.raises(OSError, match=match):
+            store.read_profiles(out, verify=verify)

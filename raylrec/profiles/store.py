@@ -223,13 +223,22 @@ def read_profiles(out: str, verify: bool = True) -> pa.Table:
         raise IncompleteProfilesError(
             f"{out} holds no committed profiles (no {MANIFEST}: missing or unfinished run)"
         )
-    tables = []
+    tables, seen = [], set()
     for entry in manifest["files"]:
         path = entry["path"]
-        if not isinstance(path, str) or not _CHUNK.fullmatch(posixpath.basename(path)) or ".." in path:
-            raise storage.StorageError(f"{out}/{MANIFEST} names {path!r}, which is not a chunk file")
+        # exactly <items|users>/chunk-...parquet: no absolute path, no '..', no other folder
+        folder, _, name = path.partition("/") if isinstance(path, str) else ("", "", "")
+        if folder not in KIND_DIRS.values() or not _CHUNK.fullmatch(name):
+            raise storage.StorageError(
+                f"{out}/{MANIFEST} names {path!r}, which is not a chunk file of this directory "
+                f"({'|'.join(KIND_DIRS.values())}/chunk-*.parquet)"
+            )
+        if path in seen:
+            raise storage.StorageError(f"{out}/{MANIFEST} lists {path} more than once")
+        seen.add(path)
         table, size, sha = _read(storage.join(out, path))
-        if verify and (size != entry["bytes"] or sha != entry["sha256"]):
+        # the size always (free), the hash unless ``verify`` is off
+        if size != entry["bytes"] or (verify and sha != entry["sha256"]):
             raise storage.StorageError(f"{out}/{path} does not match its checksum in {MANIFEST}")
         tables.append(table.cast(PROFILE_SCHEMA))
     return pa.concat_tables(tables) if tables else PROFILE_SCHEMA.empty_table()
