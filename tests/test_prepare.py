@@ -249,6 +249,15 @@ def test_bad_rows_are_quarantined_with_reasons_and_nothing_is_lost(tmp_path):
     assert located[("a.csv", 2)].startswith("duplicate")
     raw = next(r for r in quarantine if r["_row"] == 9 and r["_file"].endswith("a.csv"))
     assert json.loads(raw["_raw"])["rating"] == "11"
+    # every quarantined row keeps its values, a row dropped after validation (the duplicate) too
+    assert all(r["_raw"] for r in quarantine)
+    duplicate = next(r for r in quarantine if r["_reason"].startswith("duplicate"))
+    assert json.loads(duplicate["_raw"]) == {
+        "user_id": "u1",
+        "item_id": "i2",
+        "timestamp": 1600000100,
+        "rating": 4.0,
+    }
 
 
 def test_empty_file_is_an_error_naming_it_unless_skipped(tmp_path):

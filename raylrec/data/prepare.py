@@ -12,6 +12,7 @@ per-block summaries. ``rows in = rows out + rows quarantined`` is checked before
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import re
@@ -178,9 +179,19 @@ def _dropped(batch: pa.Table, vocab_refs: tuple[ray.ObjectRef, ray.ObjectRef]) -
 
 
 def _name_files(batch: pa.Table, files: list[str]) -> pa.Table:
-    """Quarantine rows carry a file index in flight; on disk they name the file."""
+    """Quarantine rows carry a file index in flight; on disk they name the file. A row dropped
+    after validation (k-core, duplicate, late event) no longer carries its line: its ``_raw``
+    is its values as validated, the same JSON shape as a bad row's (the line is at
+    ``_file``/``_row``)."""
     paths = pa.array(files, pa.string()).take(batch[FILE_COLUMN])
-    return batch.set_column(batch.schema.get_field_index(FILE_COLUMN), FILE_COLUMN, paths)
+    batch = batch.set_column(batch.schema.get_field_index(FILE_COLUMN), FILE_COLUMN, paths)
+    missing = np.flatnonzero(pc.is_null(batch[RAW]).to_numpy(zero_copy_only=False))
+    if not len(missing):
+        return batch
+    raw = batch[RAW].to_numpy(zero_copy_only=False).astype(object)
+    values = batch.select(["user_id", "item_id", "timestamp", "rating"]).take(missing).to_pylist()
+    raw[missing] = [json.dumps({k: v for k, v in row.items() if v is not None}) for row in values]
+    return batch.set_column(batch.schema.get_field_index(RAW), RAW, pa.array(raw, pa.string()))
 
 
 def _one_split(batch: pa.Table, split: str) -> pa.Table:
