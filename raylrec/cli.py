@@ -76,8 +76,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    _init_ray(args, RayConfig(address=args.address))
+    from raylrec.data.output import read_meta
     from raylrec.data.stats import dataset_stats, format_stats
+
+    read_meta(args.path)  # a missing or unfinished dataset fails here, before Ray starts
+    _init_ray(args, RayConfig(address=args.address))
 
     stats = dataset_stats(args.path)
     print(json.dumps(stats, indent=2, default=str) if args.json else format_stats(stats))
@@ -230,11 +233,12 @@ def cmd_tune_report(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
-    _init_ray(args, config.ray)
-    from raylrec.scoring.job import run_scoring
+    from raylrec.scoring.job import check_scoring, run_scoring
 
-    run_scoring(config, args.date, args.run_id, _progress())
+    config = load_config(args.config, args.overrides)
+    checked = check_scoring(config, args.date, args.run_id)  # output, bundles, dataset: before Ray
+    _init_ray(args, config.ray)
+    run_scoring(config, args.date, args.run_id, _progress(), checked=checked)
     return 0
 
 

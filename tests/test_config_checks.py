@@ -328,3 +328,19 @@ def test_an_empty_profiles_output_is_refused_at_load():
 
     with pytest.raises(ConfigError, match="output: .*is empty"):
         build_profiles_config({"dataset": "d", "output": ""})
+
+
+def test_score_and_stats_check_their_inputs_before_starting_ray(tmp_path, monkeypatch, capsys):
+    """A missing bundle, an output on a bucket that does not exist, a missing dataset: each is
+    named, and no Ray instance is started to find out."""
+    from raylrec import cli
+
+    monkeypatch.setattr(
+        cli, "_init_ray", lambda *a, **k: pytest.fail("Ray started before the inputs were checked")
+    )
+    config = tmp_path / "score.yaml"
+    config.write_text(f"score: {{model_bundle: {tmp_path / 'no-bundle'}, output: {tmp_path / 'recs'}}}\n")
+    assert main(["score", "--config", str(config), "--date", "2026-11-24"]) != 0
+    assert "no-bundle" in capsys.readouterr().err
+    assert main(["data", "stats", str(tmp_path / "nowhere")]) == 1
+    assert "nowhere" in capsys.readouterr().err

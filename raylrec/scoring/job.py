@@ -151,10 +151,20 @@ def publish_run(
     return manifest
 
 
-def run_scoring(
-    config: RaylrecConfig, date: str, run_id: str | None = None, say: Callable[[str], None] = print
-) -> dict[str, Any]:
-    """Score every requested user and publish ``date``; returns the manifest."""
+@dataclass(frozen=True)
+class CheckedScoring:
+    """A scoring run's inputs, checked (``check_scoring``): nothing started, nothing written."""
+
+    date: str
+    run_id: str
+    output: str
+    inputs: _Inputs
+
+
+def check_scoring(config: RaylrecConfig, date: str, run_id: str | None = None) -> CheckedScoring:
+    """Everything a scoring run checks before it starts Ray or writes a byte: the date and run
+    id, ``score.output`` (set and reachable), each bundle (complete, checksums, roles) and the
+    dataset (committed, with the splits asked for)."""
     recs.check_date(date)
     run_id = recs.check_run_id(run_id or new_run_id(date))
     output, bundles = _resolve(config)
@@ -170,9 +180,28 @@ def run_scoring(
         model_name=score.model_name or posixpath.basename(named.rstrip("/")),
         bundles=bundles,
     )
-    lease_s = score.run_lease_s
+    return CheckedScoring(date, run_id, output, inputs)
+
+
+def run_scoring(
+    config: RaylrecConfig,
+    date: str,
+    run_id: str | None = None,
+    say: Callable[[str], None] = print,
+    checked: CheckedScoring | None = None,
+) -> dict[str, Any]:
+    """Score every requested user and publish ``date``; returns the manifest. ``checked``:
+    ``check_scoring``'s result for the same arguments (the CLI checks before starting Ray)."""
+    checked = checked or check_scoring(config, date, run_id)
+    inputs, run_id = checked.inputs, checked.run_id
+    lease_s = config.score.run_lease_s
     return publish_run(
-        output, date, run_id, lambda prefix: _score_into(config, inputs, run_id, prefix, say), say, lease_s
+        checked.output,
+        checked.date,
+        run_id,
+        lambda prefix: _score_into(config, inputs, run_id, prefix, say),
+        say,
+        lease_s,
     )
 
 
