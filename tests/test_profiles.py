@@ -493,3 +493,26 @@ def test_the_profiles_reader_serves_only_the_chunks_its_manifest_lists_once(tmp_
     for verify in (True, False):
         with pytest.raises(OSError, match=match):
             store.read_profiles(out, verify=verify)
+
+
+def test_a_truncated_chunk_is_generated_again_by_the_rerun(world, tmp_path, caplog):
+    """A committed chunk cut short on disk: the rerun warns, regenerates its rows (the same
+    ones: greedy decoding), commits, and the profiles read whole again."""
+    import shutil
+
+    out = str(tmp_path / "profiles")
+    shutil.copytree(world["config"].output, out)
+    before = store.read_profiles(out).sort_by([("kind", "ascending"), ("id", "ascending")])
+    damaged = store.read_manifest(out)["files"][0]
+    path = tmp_path / "profiles" / damaged["path"]
+    path.write_bytes(path.read_bytes()[: damaged["bytes"] // 2])
+    with pytest.raises(OSError):
+        store.read_profiles(out)
+    config = profiles_config(world["dataset"], out)
+    with caplog.at_level("WARNING", logger="raylrec.profiles.store"):
+        rerun = generate_profiles(config, use_ray=False)
+    assert "is not a readable Parquet file" in caplog.text and "generated again" in caplog.text
+    kind = "item" if damaged["path"].startswith("items/") else "user"
+    assert rerun["last_run"]["generated"][kind] > 0
+    after = store.read_profiles(out).sort_by([("kind", "ascending"), ("id", "ascending")])
+    assert after.equals(before)

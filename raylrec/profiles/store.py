@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import posixpath
 import re
 import time
@@ -32,12 +33,15 @@ import pyarrow.parquet as pq
 
 from raylrec import __version__, storage
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "MANIFEST",
     "OWNER_FILE",
     "FORMAT",
     "PROFILE_SCHEMA",
     "KIND_DIRS",
+    "DamagedChunkError",
     "ProfileFile",
     "claim_output",
     "existing_files",
@@ -116,6 +120,10 @@ def claim_output(out: str) -> None:
     )
 
 
+class DamagedChunkError(storage.StorageError):
+    """A chunk file that is not whole Parquet (truncated on disk, or not raylrec's)."""
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -126,13 +134,16 @@ def _read(uri: str) -> tuple[pa.Table, int, str]:
         data = fs.cat_file(path)
     try:
         table = pq.read_table(pa.BufferReader(data))
-    except Exception as e:  # a file raylrec did not write whole (copied in by hand)
-        raise storage.StorageError(f"{uri} is not a readable Parquet file: {e}") from None
+    except Exception as e:  # a file raylrec did not write whole (truncated, copied in by hand)
+        raise DamagedChunkError(f"{uri} is not a readable Parquet file: {e}") from None
     return table, len(data), hashlib.sha256(data).hexdigest()
 
 
 def existing_files(out: str) -> list[ProfileFile]:
-    """Every chunk file under ``out``, committed or not (a killed run's), by kind and name."""
+    """Every readable chunk file under ``out``, committed or not (a killed run's), by kind and
+    name. One that is not a whole Parquet file (truncated on disk, say) is left out with a
+    warning: its rows count as missing, so the run generates them again and its rewrite (or the
+    next manifest) supersedes it, instead of every rerun failing on it."""
     found = []
     for kind, folder in KIND_DIRS.items():
         directory = storage.join(out, folder)
@@ -144,7 +155,11 @@ def existing_files(out: str) -> list[ProfileFile]:
         for name in names:
             if not _CHUNK.fullmatch(name):
                 continue  # a local writer's .partial file, or not ours
-            table, size, sha = _read(storage.join(directory, name))
+            try:
+                table, size, sha = _read(storage.join(directory, name))
+            except DamagedChunkError as e:
+                log.warning("%s; its rows will be generated again", e)
+                continue
             found.append(ProfileFile(f"{folder}/{name}", kind, table, size, sha))
     return found
 
