@@ -138,6 +138,15 @@ class LogSource(StrictConfig):
     def _one_path(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
+    @field_validator("paths")
+    @classmethod
+    def _no_empty_path(cls, paths: list[str]) -> list[str]:
+        # '' would resolve to the current directory (and then to "output lies inside the input")
+        empty = [i for i, p in enumerate(paths) if not p.strip()]
+        if empty:
+            raise ValueError(f"path {empty[0]} of {len(paths)} is empty: name a file, a directory or a glob")
+        return paths
+
 
 class MovieLens100KSource(StrictConfig):
     """MovieLens-100K: GroupLens files (u.data, u.item, u.user) at ``path``, or, when ``path``

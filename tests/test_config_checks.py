@@ -316,6 +316,7 @@ def test_recs_eval_refuses_a_bad_k_or_split_naming_it(tmp_path, capsys, args, fr
 @pytest.mark.parametrize(
     "overrides",
     [['output=""'], ["output='  '"], [*DATA[:1], 'data.output=""'], ['score.output=""']],
+    ids=["output", "blank output", "data.output", "score.output"],
 )
 def test_an_empty_output_path_is_refused_at_load(overrides):
     """'' would mean the current directory to one writer and fail after a whole training run in
@@ -344,3 +345,11 @@ def test_score_and_stats_check_their_inputs_before_starting_ray(tmp_path, monkey
     assert "no-bundle" in capsys.readouterr().err
     assert main(["data", "stats", str(tmp_path / "nowhere")]) == 1
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_an_empty_source_path_is_named():
+    _refused(
+        ["data.source.type=logs", 'data.source.paths=["a.csv", ""]', "data.output=out/x"],
+        "paths",
+        "path 1 of 2 is empty",
+    )
