@@ -36,6 +36,7 @@ __all__ = [
     "absolute",
     "is_remote",
     "check_reachable",
+    "check_inside",
     "list_files",
     "entry_names",
     "write_bytes",
@@ -124,6 +125,17 @@ def arrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 def absolute(uri: str) -> str:
     """A local path made absolute (Ray workers run in other directories); URIs unchanged."""
     return uri if is_remote(uri) else os.path.abspath(os.path.expanduser(uri))
+
+
+def check_inside(root: str, uri: str) -> None:
+    """Refuse a local ``uri`` that resolves, symlinks followed, outside ``root`` (resolved the
+    same way): a reader's path checks are on text, and a symlinked file or directory under the
+    root would otherwise serve anything the process can read. Object stores have no links."""
+    if is_remote(uri):
+        return
+    real_root, real = os.path.realpath(root), os.path.realpath(uri)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise StorageError(f"{uri} resolves to {real}, outside {root} (a symbolic link?): refusing it")
 
 
 def join(uri: str, *parts: str) -> str:

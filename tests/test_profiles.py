@@ -470,7 +470,7 @@ def _committed_profiles(out: str) -> tuple[dict, store.ProfileFile]:
     return store.write_manifest(out, [chunk], {}), chunk
 
 
-@pytest.mark.parametrize("tamper", ["absolute", "other folder", "twice", "resized"])
+@pytest.mark.parametrize("tamper", ["absolute", "other folder", "twice", "resized", "link"])
 def test_the_profiles_reader_serves_only_the_chunks_its_manifest_lists_once(tmp_path, tamper):
     """A chunk outside the directory (an absolute path, however valid its name), a chunk listed
     twice, or one whose size changed is refused, with or without the hash check."""
@@ -487,9 +487,15 @@ def test_the_profiles_reader_serves_only_the_chunks_its_manifest_lists_once(tmp_
         "other folder": [{**entry, "path": f"elsewhere/{chunk.path}"}],
         "twice": [entry, entry],
         "resized": [{**entry, "bytes": entry["bytes"] + 1}],
+        "link": [entry],
     }[tamper]
+    if tamper == "link":  # the listed chunk is a link to a copy outside the directory
+        (tmp_path / "profiles" / chunk.path).unlink()
+        (tmp_path / "profiles" / chunk.path).symlink_to(outside)
     (tmp_path / "profiles" / store.MANIFEST).write_text(json.dumps({**manifest, "files": files}))
-    match = {"twice": "more than once", "resized": "does not match"}.get(tamper, "not a chunk file")
+    match = {"twice": "more than once", "resized": "does not match", "link": "outside"}.get(
+        tamper, "not a chunk file"
+    )
     for verify in (True, False):
         with pytest.raises(OSError, match=match):
             store.read_profiles(out, verify=verify)

@@ -119,6 +119,29 @@ def test_a_manifest_path_outside_its_run_is_refused_even_with_matching_checksums
     assert "outside run run1" in _one_line_error(capsys)
 
 
+@pytest.mark.parametrize("linked", ["file", "date directory"])
+def test_a_symbolic_link_out_of_the_root_is_refused_with_or_without_verify(tmp_path, linked):
+    """Paths are checked as text first; a link planted under the root (a data file, or a whole
+    date partition) would still lead out of it: every file read must resolve inside the root."""
+    import shutil
+
+    root = tmp_path / "recs"
+    _publish(str(root), DATE, "run1")
+    partition = root / f"date={DATE}"
+    part = partition / "_runs" / "run1" / "part-0.parquet"
+    outside = tmp_path / "outside"
+    if linked == "file":
+        outside.mkdir()
+        shutil.move(part, outside / part.name)
+        part.symlink_to(outside / part.name)
+    else:
+        shutil.move(partition, outside)
+        partition.symlink_to(outside, target_is_directory=True)
+    for verify in (True, False):
+        with pytest.raises(storage.StorageError, match="outside .*recs .*refusing it"):
+            recs.read_recommendations(str(root), DATE, verify=verify)
+
+
 def test_a_manifest_that_lists_a_file_twice_is_refused(tmp_path):
     """Served twice, its rows would give each of its users every rank twice."""
     root = str(tmp_path / "recs")

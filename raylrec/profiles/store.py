@@ -251,6 +251,7 @@ def read_profiles(out: str, verify: bool = True) -> pa.Table:
         if path in seen:
             raise storage.StorageError(f"{out}/{MANIFEST} lists {path} more than once")
         seen.add(path)
+        storage.check_inside(out, storage.join(out, path))  # nor a link out of it
         table, size, sha = _read(storage.join(out, path))
         # the size always (free), the hash unless ``verify`` is off
         if size != entry["bytes"] or (verify and sha != entry["sha256"]):

@@ -169,6 +169,7 @@ def read_manifest(root: str, date: str) -> dict[str, Any] | None:
             size = fs.size(path)
         except FileNotFoundError:
             return None
+    storage.check_inside(root, uri)  # a date directory linked to elsewhere is not this root's
     if size > MAX_MANIFEST_BYTES:
         raise storage.StorageError(
             f"{uri} is {size:,} bytes, more than a manifest holds ({MAX_MANIFEST_BYTES:,}): "
@@ -586,9 +587,10 @@ def _is_date(date: str) -> bool:
     return True
 
 
-def _read_file(base: str, entry: dict[str, Any], verify: bool) -> pa.Table:
+def _read_file(root: str, base: str, entry: dict[str, Any], verify: bool) -> pa.Table:
     """One manifest file, checked against its entry on the bytes that are parsed."""
     uri = storage.join(base, entry["path"])  # a checked entry: _runs/<run>/<name>.parquet
+    storage.check_inside(root, uri)  # nor a link out of the root (file or date directory)
     fs, path = storage.filesystem(uri)
     with storage.errors(uri, "read"):
         try:
@@ -628,7 +630,7 @@ def read_recommendations(root: str, date: str | None = None, verify: bool = True
     base = partition(root, date)
     if manifest is None:
         raise FileNotFoundError(f"{base} is not published (no {MANIFEST})")
-    tables = [_read_file(base, entry, verify) for entry in manifest["files"]]
+    tables = [_read_file(root, base, entry, verify) for entry in manifest["files"]]
     table = pa.concat_tables(tables) if tables else RECS_SCHEMA.empty_table()
     if table.num_rows != manifest["rows"]:
         raise storage.StorageError(f"{base}: {table.num_rows} rows, manifest says {manifest['rows']}")
