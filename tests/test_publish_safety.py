@@ -356,7 +356,7 @@ def _fake_scoring(monkeypatch, gate: threading.Barrier | None = None, before_pub
     """``raylrec score`` with Ray's part replaced: each run stages the same two users by hand,
     through the job's own lease, cleanup and publish steps."""
 
-    def run_scoring(config, date, run_id=None, say=print):
+    def run_scoring(config, date, run_id=None, say=print, checked=None):
         run_id = recs.check_run_id(run_id or job.new_run_id(date))
 
         def write(prefix: str) -> tuple[int, dict]:
@@ -370,6 +370,7 @@ def _fake_scoring(monkeypatch, gate: threading.Barrier | None = None, before_pub
         return job.publish_run(config.score.output, date, run_id, write, say)
 
     monkeypatch.setattr(job, "run_scoring", run_scoring)
+    monkeypatch.setattr(job, "check_scoring", lambda *a, **k: None)  # no bundles to check here
     monkeypatch.setattr(cli, "_init_ray", lambda *a, **k: None)
 
 
@@ -470,6 +471,7 @@ def test_a_storage_failure_ray_wrapped_is_one_line_not_a_traceback(tmp_path, mon
         raise wrapped
 
     monkeypatch.setattr(job, "run_scoring", run_scoring)
+    monkeypatch.setattr(job, "check_scoring", lambda *a, **k: None)  # no bundles to check here
     monkeypatch.setattr(cli, "_init_ray", lambda *a, **k: None)
     assert cli.main(["score", "--config", _score_config(tmp_path, str(tmp_path / "recs"))]) == 1
     assert url in _one_line_error(capsys)

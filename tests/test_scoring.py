@@ -191,9 +191,12 @@ def test_cf_only_run_matches_the_trainer_serves_cold_users_and_a_rerun_replaces_
     assert os.listdir(tmp_path / "recs" / f"date={DATE}" / "_runs") == [second["run_id"]]
     again = recs.read_recommendations(output, DATE)
     assert set(again["run_id"].to_pylist()) == {second["run_id"]}
-    assert again.drop_columns(["run_id"]).equals(
-        table.drop_columns(["run_id"])
-    )  # same scores, replaced whole
+    # Replaced whole, with the same lists. Scores agree to float32 rounding, not bit for bit: a
+    # user's scores come out of a matrix product whose blocking follows the batch it landed in,
+    # and Ray Data's batches need not be the same in two runs.
+    lists = ["user_id", "rank", "item_id", "source", "model"]
+    assert again.select(lists).equals(table.select(lists))
+    np.testing.assert_allclose(again["score"].to_numpy(), table["score"].to_numpy(), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.kill
