@@ -152,6 +152,21 @@ def test_a_manifest_that_lists_a_file_twice_is_refused(tmp_path):
         recs.read_recommendations(root, DATE, verify=False)
 
 
+def test_two_files_holding_the_same_user_and_rank_are_refused(tmp_path):
+    """Each file is whole and listed once, but a second file repeats the first one's keys."""
+    import shutil
+
+    root = str(tmp_path / "recs")
+    _publish(root, DATE, "run1")
+    run = tmp_path / "recs" / f"date={DATE}" / "_runs" / "run1"
+    shutil.copy(run / "part-0.parquet", run / "part-1.parquet")
+    files = recs.read_manifest(root, DATE)["files"]
+    copy = {**files[0], "path": "_runs/run1/part-1.parquet"}
+    _rewrite_manifest(root, DATE, files=[*files, copy], rows=2 * len(ROWS))
+    with pytest.raises(storage.StorageError, match=r"4 \(user, rank\) rows repeat"):
+        recs.read_recommendations(root, DATE)
+
+
 def test_a_manifest_too_large_to_be_ours_is_refused_before_it_is_read(tmp_path, monkeypatch):
     root = str(tmp_path / "recs")
     _publish(root, DATE, "run1")

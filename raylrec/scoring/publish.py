@@ -634,4 +634,10 @@ def read_recommendations(root: str, date: str | None = None, verify: bool = True
     table = pa.concat_tables(tables) if tables else RECS_SCHEMA.empty_table()
     if table.num_rows != manifest["rows"]:
         raise storage.StorageError(f"{base}: {table.num_rows} rows, manifest says {manifest['rows']}")
+    keys = table.group_by(["user_id", "rank"]).aggregate([]).num_rows
+    if keys != table.num_rows:
+        raise storage.StorageError(
+            f"recommendations {base} are corrupted: {table.num_rows - keys} (user, rank) rows repeat "
+            "another file's: refusing to serve them"
+        )
     return table.sort_by([("user_id", "ascending"), ("rank", "ascending")])
