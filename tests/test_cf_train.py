@@ -14,7 +14,8 @@ from helpers import CF_SOURCE, kill_a_training_worker_after_first_checkpoint
 
 from raylrec.cf.bundle import load_cf_bundle
 from raylrec.cf.data import load_split
-from raylrec.cf.encoders.lightgcn.model import LightGCN, normalized_adjacency
+from raylrec.cf.encoders.lightgcn.model import LightGCN
+from raylrec.cf.graph import normalized_adjacency
 from raylrec.cf.train import train_cf
 from raylrec.config import build_config
 from raylrec.data.arrays import pad_histories

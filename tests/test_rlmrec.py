@@ -20,8 +20,9 @@ from helpers import write_embeddings
 from raylrec.cf.bundle import load_cf_bundle
 from raylrec.cf.config import ENCODERS
 from raylrec.cf.data import Split, load_split
-from raylrec.cf.encoders.lightgcn.model import LightGCN, normalized_adjacency
+from raylrec.cf.encoders.lightgcn.model import LightGCN
 from raylrec.cf.encoders.rlmrec.profiles import read_profile_embeddings
+from raylrec.cf.graph import normalized_adjacency
 from raylrec.cf.models import FixedTables
 from raylrec.cf.task import CFTask, build_encoder, epoch_batches
 from raylrec.config import EvalConfig, TrainConfig, build_config

@@ -180,3 +180,44 @@ def test_ranking_of_listed_users_equals_contiguous_chunks():
     assert got.keys() == expected.keys()
     for name in expected:
         assert got[name] == pytest.approx(expected[name], rel=1e-6), name  # float32 sums
+
+
+def _csr_equal(got: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(got.crow_indices(), expected.crow_indices(), rtol=0, atol=0)
+    torch.testing.assert_close(got.col_indices(), expected.col_indices(), rtol=0, atol=0)
+    torch.testing.assert_close(got.values(), expected.values(), rtol=0, atol=0)
+    assert got.shape == expected.shape
+
+
+@pytest.mark.parametrize("rows", ["all", "positives"])
+def test_the_graph_from_streamed_item_sets_is_the_plain_processes_graph_entry_for_entry(
+    tmp_path, monkeypatch, rows
+):
+    """LightGCN's graph on the Ray path (built from item sets streamed from the files) equals
+    the one a plain process builds from the whole split: same rows, columns and values, with
+    repeated pairs, users and items of no interaction, and BPR's positives-only graph."""
+    from raylrec.cf.data import load_split
+    from raylrec.cf.graph import graph_from_item_sets
+    from raylrec.cf.streaming import InteractionSplit
+
+    rng = np.random.default_rng(3)
+    users, items = 300, 50
+    train = _rows(rng, 4_000, users - 40, items - 5)  # the last users and items never appear
+    path = _dataset(tmp_path, {"train": train}, users, items)
+    monkeypatch.setattr(item_sets, "_BATCH_ROWS", 333)
+    expected = load_split(path, "train").graph(rows)
+    sets = build_item_sets(path, ["train"], users, positives_only=rows == "positives", distinct=True)
+    _csr_equal(graph_from_item_sets(sets, items).tensor(), expected)
+    # the Ray path's split without a shared graph streams the same one, never the whole split
+    monkeypatch.setenv(FORBID_WHOLE_SPLITS, "1")
+    _csr_equal(InteractionSplit(path, users, items).graph(rows), expected)
+    with pytest.raises(RuntimeError, match="streamed on the Ray path"):
+        InteractionSplit(path, users, items).arrays  # noqa: B018
+
+
+def test_the_graph_refuses_item_sets_with_repeats():
+    from raylrec.cf.graph import graph_from_item_sets
+
+    sets = ItemSets.from_pairs(np.array([1, 1]), np.array([2, 2]), 3)
+    with pytest.raises(ValueError, match="distinct"):
+        graph_from_item_sets(sets, 4)

@@ -7,12 +7,18 @@ batches inside Ray Train workers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from raylrec.data.arrays import pad_histories
 from raylrec.data.output import read_meta, read_table
+
+if TYPE_CHECKING:
+    import torch
+
+    from raylrec.cf.graph import GraphRows
 
 __all__ = ["Split", "positives", "load_split", "to_arrays", "sample_negatives"]
 
@@ -73,6 +79,14 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.arrays["uid"])
+
+    def graph(self, rows: GraphRows) -> torch.Tensor:
+        """The normalised interaction graph of this split's pairs (``rows``: every row, or the
+        label-1 ones), for a graph encoder (``CFEncoder.graph_rows``)."""
+        from raylrec.cf.graph import normalized_adjacency
+
+        users, items = positives(self, implicit=rows == "all")
+        return normalized_adjacency(users, items, self.num_users, self.num_items)
 
 
 def load_split(path: str, split: str, history_len: int = 0) -> Split:

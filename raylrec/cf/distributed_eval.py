@@ -41,9 +41,11 @@ def distributed_metrics(
     num_users: int,
     num_items: int,
     built: dict[tuple[tuple[str, ...], bool], ray.ObjectRef] | None = None,
+    graph: ray.ObjectRef | None = None,
 ) -> dict[str, float]:
     """``built``: item sets already in the object store, by (splits, positives_only) (the
-    training run's), so they are not built again.
+    training run's), so they are not built again; ``graph``: a graph encoder's shared graph
+    (``raylrec.cf.graph``), else each evaluating process builds it from streamed item sets.
 
     Every held-out split's metrics for the encoder of ``config.cf`` with ``weights``; top-K
     masks the training items and those of earlier held-out splits, as the local path does."""
@@ -55,6 +57,7 @@ def distributed_metrics(
         "dataset": config.dataset_path(),
         "sizes": (num_users, num_items),
         "weights": [weights_ref],  # in a list: Ray resolves only top-level references
+        "graph": [graph],
     }
     metrics: dict[str, float] = {}
     if config.cf.loss == "bce":
@@ -90,7 +93,7 @@ def _encoder(args: dict[str, Any]):
     if key not in _MODELS:
         _MODELS.clear()  # one model at a time: an earlier evaluation's is not needed again
         cf = encoder_config(args["cf"])
-        model = cf.build(InteractionSplit(args["dataset"], *args["sizes"]))
+        model = cf.build(InteractionSplit(args["dataset"], *args["sizes"], args["graph"][0]))
         state = ray.get(args["weights"][0])
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
         _MODELS[key] = model.eval()

@@ -16,6 +16,7 @@ from torch import nn
 if TYPE_CHECKING:
     from raylrec.cf.config import CFConfig
     from raylrec.cf.data import Split
+    from raylrec.cf.graph import GraphRows
 
 __all__ = ["CFEncoder", "FixedTables"]
 
@@ -31,6 +32,14 @@ class CFEncoder(nn.Module):
     def from_config(cls, config: CFConfig, train: Split) -> CFEncoder:
         """A fresh encoder for the users and items of ``train`` (what ``config.build`` calls)."""
         raise NotImplementedError
+
+    @classmethod
+    def graph_rows(cls, config: CFConfig) -> GraphRows | None:
+        """The training rows whose (user, item) pairs form the interaction graph the encoder
+        propagates over ("all" or "positives"), or None for an encoder without one. On the Ray
+        path that graph is built once and shared through the object store
+        (``raylrec.cf.graph``); ``from_config`` gets it from ``train.graph(rows)``."""
+        return None
 
     @classmethod
     def for_serving(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,12 +24,13 @@ import torch
 
 from raylrec.cf.data import Split, sample_negatives, to_arrays
 from raylrec.data.item_sets import build_item_sets
-from raylrec.data.output import read_table
 from raylrec.eval.ranking import ItemSets
 from raylrec.train.shards import equal_shards, shard_epoch
 
 if TYPE_CHECKING:
     import ray
+
+    from raylrec.cf.graph import GraphRows
 
 __all__ = [
     "StreamedInputs",
@@ -116,6 +116,7 @@ class StreamedInputs:
     known: ray.ObjectRef | None  # ItemSets a top-K evaluation masks (training positives)
     target: ray.ObjectRef | None  # ItemSets of every user's valid positives
     users: np.ndarray | None  # the sampled validation users (top-K)
+    graph: ray.ObjectRef | None = None  # a graph encoder's normalised graph (raylrec.cf.graph)
 
 
 def item_sets_ref(
@@ -142,16 +143,31 @@ def item_sets_refs(
 
 
 class InteractionSplit(Split):
-    """A ``Split`` that reads its rows only when an encoder asks for them: a graph encoder
-    (LightGCN) building its adjacency, which needs every training pair in each worker. An ID
-    encoder needs just the sizes and never triggers the read."""
+    """A ``Split`` of sizes only, for the Ray path: an ID or sequential encoder needs nothing
+    more. A graph encoder's ``graph`` comes from the object store when ``graph_ref`` holds it
+    (``raylrec.cf.graph.shared_graph_ref``: one copy per node), else it is built here from item
+    sets streamed from the files. No method reads the split whole (``arrays`` refuses)."""
 
-    def __init__(self, dataset: str, num_users: int, num_items: int):
+    def __init__(self, dataset: str, num_users: int, num_items: int, graph_ref: ray.ObjectRef | None = None):
         self.dataset, self.num_users, self.num_items = dataset, num_users, num_items
+        self.graph_ref = graph_ref
 
-    @cached_property
+    @property
     def arrays(self) -> dict[str, np.ndarray]:  # type: ignore[override]
-        return to_arrays(read_table(self.dataset, "train", columns=["uid", "iid", "label"]))
+        raise RuntimeError(
+            f"the training split of {self.dataset} is streamed on the Ray path: its rows are not "
+            "held in one process (use raylrec.cf.data.load_split in a plain process)"
+        )
+
+    def graph(self, rows: GraphRows) -> torch.Tensor:
+        from raylrec.cf.graph import graph_from_item_sets
+
+        if self.graph_ref is not None:
+            import ray
+
+            return ray.get(self.graph_ref).tensor()
+        sets = build_item_sets(self.dataset, ["train"], self.num_users, rows == "positives", distinct=True)
+        return graph_from_item_sets(sets, self.num_items).tensor()
 
 
 def latest_histories(dataset: str, history_len: int, num_users: int) -> np.ndarray:

@@ -17,6 +17,7 @@ import torch
 from raylrec import storage
 from raylrec.cf.bundle import save_cf_bundle
 from raylrec.cf.data import Split, load_split, positives, to_arrays
+from raylrec.cf.graph import shared_graph_ref
 from raylrec.cf.models import CFEncoder
 from raylrec.cf.streaming import (
     InteractionSplit,
@@ -61,8 +62,9 @@ class CFDefinition(TaskDefinition):
     def __init__(self, config: RaylrecConfig):
         super().__init__(config)
         # driver side: the item sets ray_datasets put in the object store, by (splits,
-        # positives_only), which the final evaluation reuses
+        # positives_only), which the final evaluation reuses; a graph encoder's shared graph
         self.item_sets: dict[tuple[tuple[str, ...], bool], Any] = {}
+        self.graph_ref: Any = None
 
     @cached_property
     def meta(self) -> dict[str, Any]:
@@ -117,7 +119,7 @@ class CFDefinition(TaskDefinition):
         from ray.train import DataConfig
 
         config, path = self.config, self.config.dataset_path()
-        cf, (num_users, _) = config.cf, self.sizes
+        cf, (num_users, num_items) = config.cf, self.sizes
         bpr = cf.loss == "bpr"
         datasets, rows_per_rank = training_shards(
             read_split(path, "train"),
@@ -126,21 +128,28 @@ class CFDefinition(TaskDefinition):
             positives_only=bpr and not cf.implicit,
         )
         users = sample_users(num_users, config.eval.valid_users, config.train.seed)
-        seen = known = target = None
+        # Item sets by (splits, positives_only, distinct). Training sets hold each pair once (the
+        # masks, BPR's exact sampler, the graph); valid's keep repeats, which recall's
+        # denominators count. With implicit, BPR's seen set is its mask set: asked for once.
+        known_key = target_key = seen_key = graph_key = None
         if bpr:
-            # implicit: every training row is a positive, so one set serves both purposes
-            separate_seen = cf.negatives != "uniform" and not cf.implicit
-            # training sets hold each pair once (masks and BPR's exact sampler); valid's keep
-            # repeats, which recall's denominators count
-            wanted = [(["train"], not cf.implicit, True), (["valid"], not cf.implicit, False)]
-            known, target, *rest = item_sets_refs(
-                path, wanted + [(["train"], False, True)] * separate_seen, num_users
-            )
+            known_key, target_key = (("train",), not cf.implicit, True), (("valid",), not cf.implicit, False)
             if cf.negatives != "uniform":
-                seen = rest[0] if separate_seen else known
+                seen_key = (("train",), False, True)
         else:
             datasets["valid"] = _valid_sample(read_split(path, "valid"), users, num_users)
-        self.worker_data = {"inputs": StreamedInputs(rows_per_rank, seen, known, target, users)}
+        graph_rows = cf.encoder_class().graph_rows(cf)
+        if graph_rows is not None:
+            graph_key = (("train",), graph_rows == "positives", True)
+        keys = list(dict.fromkeys(k for k in (known_key, target_key, seen_key, graph_key) if k))
+        built = item_sets_refs(path, [(list(s), p, d) for s, p, d in keys], num_users) if keys else []
+        refs = dict(zip(keys, built, strict=True))
+        known, target, seen = refs.get(known_key), refs.get(target_key), refs.get(seen_key)
+        if graph_key is not None:
+            self.graph_ref = shared_graph_ref(refs[graph_key], num_items)
+            say(f"{cf.model}'s interaction graph built once, kept in the object store for every process")
+        inputs = StreamedInputs(rows_per_rank, seen, known, target, users, self.graph_ref)
+        self.worker_data = {"inputs": inputs}
         # the final evaluation's masks and targets for valid are these same sets
         self.item_sets = {(("train",), not cf.implicit): known, (("valid",), not cf.implicit): target}
         say(f"streaming {rows_per_rank:,} training rows per rank to {config.train.num_workers} workers")
@@ -154,7 +163,7 @@ class CFDefinition(TaskDefinition):
         config, cf = self.config, self.config.cf
         inputs: StreamedInputs = self.worker_data["inputs"]
         num_users, num_items = self.sizes
-        model = build_encoder(cf, InteractionSplit(config.dataset_path(), num_users, num_items))
+        model = build_encoder(cf, InteractionSplit(config.dataset_path(), num_users, num_items, inputs.graph))
         bpr = cf.loss == "bpr"
         if bpr:
             known, target = ray.get([inputs.known, inputs.target])
@@ -211,12 +220,12 @@ class CFDefinition(TaskDefinition):
             from raylrec.cf.distributed_eval import distributed_metrics
 
             self.model = build_encoder(
-                config.cf, InteractionSplit(config.dataset_path(), num_users, num_items)
+                config.cf, InteractionSplit(config.dataset_path(), num_users, num_items, self.graph_ref)
             )
             self.model.load_state_dict(weights)
             say(f"evaluating on {', '.join(self.held_out_names)} with Ray Data (every user)")
             metrics = distributed_metrics(
-                config, weights, self.held_out_names, num_users, num_items, self.item_sets
+                config, weights, self.held_out_names, num_users, num_items, self.item_sets, self.graph_ref
             )
         else:
             if self.use_ray:
@@ -247,7 +256,7 @@ class CFDefinition(TaskDefinition):
         if not self.use_ray:
             return save_cf_bundle(config.output, self.model, config, self.meta, metrics, self.train)
         num_users, num_items = self.sizes
-        train = InteractionSplit(config.dataset_path(), num_users, num_items)
+        train = InteractionSplit(config.dataset_path(), num_users, num_items, self.graph_ref)
         histories = (
             latest_histories(config.dataset_path(), config.cf.history_len, num_users)
             if config.cf.history_len

@@ -2,50 +2,24 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import nn
 
-from raylrec.cf.data import positives
+from raylrec.cf.graph import GraphRows
 from raylrec.cf.models import CFEncoder
 
 if TYPE_CHECKING:
     from raylrec.cf.data import Split
     from raylrec.cf.encoders.lightgcn import LightGCNConfig
 
-__all__ = ["LightGCN", "normalized_adjacency"]
+__all__ = ["LightGCN"]
 
 
 def _mix(seed: int, draw: int) -> int:
     """A generator seed for draw ``draw`` of a run seeded ``seed`` (distinct per draw)."""
     return (seed * 6364136223846793005 + draw * 1442695040888963407 + 1) % 2**63
-
-
-def normalized_adjacency(
-    users: np.ndarray, items: np.ndarray, num_users: int, num_items: int
-) -> torch.Tensor:
-    """D^-1/2 A D^-1/2 of the user-item bipartite graph, users first then items (sparse CSR)."""
-    pairs = np.unique(np.stack([users, items], 1), axis=0)
-    u, i = pairs[:, 0], pairs[:, 1] + num_users
-    rows = np.concatenate([u, i])
-    cols = np.concatenate([i, u])
-    n = num_users + num_items
-    degree = np.bincount(rows, minlength=n).astype(np.float64)
-    inv_sqrt = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1)), 0.0)
-    values = inv_sqrt[rows] * inv_sqrt[cols]
-    # The indices are built in range here, so the invariant check torch asks us to choose is off.
-    coo = torch.sparse_coo_tensor(
-        torch.as_tensor(np.stack([rows, cols])),
-        torch.as_tensor(values, dtype=torch.float32),
-        (n, n),
-        check_invariants=False,
-    )
-    with warnings.catch_warnings():  # torch's "sparse CSR is in beta" notice, once per graph
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return coo.coalesce().to_sparse_csr()
 
 
 class LightGCN(CFEncoder):
@@ -82,14 +56,16 @@ class LightGCN(CFEncoder):
             self.register_buffer("dropout_draws", torch.zeros((), dtype=torch.int64))
 
     @classmethod
-    def from_config(cls, config: LightGCNConfig, train: Split) -> LightGCN:
+    def graph_rows(cls, config: LightGCNConfig) -> GraphRows:
         # The graph of a BCE encoder holds every training interaction; a BPR one, its positives.
-        users, items = positives(train, config.implicit or config.loss == "bce")
-        adjacency = normalized_adjacency(users, items, train.num_users, train.num_items)
+        return "all" if config.implicit or config.loss == "bce" else "positives"
+
+    @classmethod
+    def from_config(cls, config: LightGCNConfig, train: Split) -> LightGCN:
         return cls(
             train.num_users,
             train.num_items,
-            adjacency,
+            train.graph(cls.graph_rows(config)),
             config.dim,
             config.layers,
             config.combine,

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from raylrec.cf.config import CFConfig
     from raylrec.cf.data import Split
     from raylrec.cf.encoders.rlmrec import RLMRecConfig
+    from raylrec.cf.graph import GraphRows
 
 __all__ = ["RLMRec", "info_nce", "profile_mlp"]
 
@@ -115,6 +116,11 @@ class RLMRec(CFEncoder):
                 self.mask_token = nn.Parameter(torch.zeros(d_e))
         if variant == "gen":
             self.register_buffer("mask_draws", torch.zeros((), dtype=torch.int64))
+
+    @classmethod
+    def graph_rows(cls, config: RLMRecConfig) -> GraphRows | None:
+        base = config.base_config()
+        return base.encoder_class().graph_rows(base)
 
     @classmethod
     def from_config(cls, config: RLMRecConfig, train: Split) -> RLMRec:
