@@ -117,3 +117,60 @@ def test_bundle_on_s3_reloads_to_identical_scores(dataset_and_cf, tmp_path, s3_b
     assert ctr_metrics(samples, a, config.eval, "valid")["valid/auc"] == pytest.approx(
         result.metrics["valid/auc"], abs=1e-6
     )
+
+
+class _SumOfTokens(torch.nn.Module):
+    """A scorer standing in for the LLM where only the plumbing is under test: a logit from the
+    row's unmasked tokens and user, counting its forwards."""
+
+    def __init__(self):
+        super().__init__()
+        self.forwards = 0
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        self.forwards += 1
+        tokens = (batch["input_ids"] * batch["attention_mask"]).sum(1)
+        return tokens.float() / 50 - batch["uid"].float() / 7
+
+
+def test_validation_rows_are_split_over_the_ranks_and_scored_as_one_process_scores_them():
+    """Issue 36: on Ray Train each rank streams only its part of the validation prompts
+    (``held_out_shards``: sizes within one row, nothing dropped or repeated); every rank runs
+    the same number of forwards (ZeRO-3's are collectives), and the metrics of the gathered
+    parts equal those of one process scoring every row."""
+    import ray
+
+    from raylrec.config import EvalConfig
+    from raylrec.methods.task import LLMTask, StreamedRows, score_streamed
+    from raylrec.train.shards import held_out_name, held_out_shards
+
+    rng = np.random.default_rng(0)
+    n, world, batch_size = 13, 3, 4  # parts of 5, 4, 4 rows: 2 forwards each, one of them padding
+    rows = {
+        "input_ids": rng.integers(1, 100, (n, 6)),
+        "attention_mask": (rng.random((n, 6)) > 0.3).astype(np.int64),
+        "uid": np.arange(1, n + 1) % 5 + 1,
+        "iid": np.arange(n),
+        "label": rng.integers(0, 2, n).astype(np.float32),
+        "warm": rng.random(n) > 0.5,
+    }
+    dataset = ray.data.from_items([{k: v[i] for k, v in rows.items()} for i in range(n)])
+    parts, sizes = held_out_shards(dataset, world)
+    assert sizes == [5, 4, 4] and sorted(parts) == [held_out_name("valid", r) for r in range(world)]
+    scored = []
+    for rank in range(world):
+        model = _SumOfTokens()
+        rows_of_rank = StreamedRows(parts[held_out_name("valid", rank)].iterator(), max(sizes))
+        scored.append(score_streamed(model, rows_of_rank, batch_size, torch.device("cpu")))
+        assert model.forwards == 2 and len(scored[-1]["uid"]) == sizes[rank]
+    together = {k: np.concatenate([s[k] for s in scored]) for k in scored[0]}
+    assert sorted(int(r["iid"]) for part in parts.values() for r in part.take_all()) == list(range(n))
+    config = EvalConfig()
+    streamed = ctr_metrics(together, together.pop("logit"), config, "valid")
+    whole = LLMTask(_SumOfTokens(), rows, config, batch_size, torch.device("cpu")).evaluate()
+    assert streamed.keys() == whole.keys()
+    assert 0 < whole["valid/auc"] < 1
+    for name, value in whole.items():  # (a user with one label has no UAUC: nan in both)
+        assert streamed[name] == pytest.approx(value, abs=1e-6, nan_ok=True), name
+    with pytest.raises(ValueError, match="2 valid rows for 3 workers"):
+        held_out_shards(dataset.limit(2), world)

@@ -2,13 +2,17 @@
 
 Evaluation splits the validation rows over the ranks, pads every rank to the same number of
 batches (under ZeRO-3 every forward is a collective: a rank with one batch fewer would hang
-the others) and gathers the scores, so every rank computes the same metrics.
+the others) and gathers the scores, so every rank computes the same metrics. On Ray Train a
+rank streams only its own part of the rows (``StreamedRows``) and the gather carries four
+numbers per row (user, label, warm flag, score), not the tokenised prompts.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +21,7 @@ from torch import nn
 from raylrec.config import EvalConfig
 from raylrec.eval import CTRAccumulator
 
-__all__ = ["LLMTask", "epoch_batches", "to_batch", "score_arrays"]
+__all__ = ["LLMTask", "StreamedRows", "epoch_batches", "to_batch", "score_arrays", "score_streamed"]
 
 Arrays = dict[str, np.ndarray]
 _MODEL_INPUTS = ("input_ids", "attention_mask", "slots", "uid", "iid", "history", "label")
@@ -79,11 +83,61 @@ def score_arrays(
     return out
 
 
+@dataclass(frozen=True)
+class StreamedRows:
+    """A rank's part of the validation rows, streamed for each evaluation (the Ray path:
+    ``raylrec.train.shards.held_out_shards``). ``most_rows``: the largest part's rows, so every
+    rank runs the same number of forwards."""
+
+    iterator: Any  # this rank's Ray DataIterator
+    most_rows: int
+
+
+# What the ranks gather per validation row: enough for every CTR metric.
+_GATHERED = ("uid", "label", "warm")
+
+
+def score_streamed(model: nn.Module, rows: StreamedRows, batch_size: int, device: torch.device) -> Arrays:
+    """This rank's rows scored: their ``uid``, ``label``, ``warm`` and ``logit``. A rank with
+    fewer batches than the largest part repeats a forward on its first row (ZeRO-3's forwards
+    are collectives) and discards it."""
+    forwards = math.ceil(rows.most_rows / batch_size)
+    parts: list[Arrays] = []
+    first: Arrays | None = None
+    model.eval()
+    with torch.no_grad():
+        for batch in rows.iterator.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            real = len(batch["uid"])
+            index = np.r_[np.arange(real), np.zeros(batch_size - real, np.int64)]
+            logits = model(to_batch(batch, index, device)).float().cpu().numpy()[:real]
+            parts.append({**{k: batch[k] for k in _GATHERED if k in batch}, "logit": logits})
+            if first is None:
+                first = batch
+        if first is None:
+            raise ValueError("this rank's part of the validation rows is empty")
+        for _ in range(len(parts), forwards):
+            model(to_batch(first, np.zeros(batch_size, np.int64), device))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _gather(part: Arrays, world: int) -> Arrays:
+    """Every rank's scored rows, concatenated in rank order (the CTR metrics do not depend on
+    the rows' order)."""
+    if world == 1:
+        return part
+    gathered: list[Arrays | None] = [None] * world
+    torch.distributed.all_gather_object(gathered, part)
+    return {k: np.concatenate([p[k] for p in gathered]) for k in part}  # type: ignore[index]
+
+
 class LLMTask:
+    """``valid``: every validation row as arrays (each rank scores rows ``rank::world``), or
+    this rank's ``StreamedRows`` (the Ray path)."""
+
     def __init__(
         self,
         model: nn.Module,
-        valid: Arrays,
+        valid: Arrays | StreamedRows,
         eval_config: EvalConfig,
         batch_size: int,
         device: torch.device,
@@ -99,6 +153,9 @@ class LLMTask:
         return self.model(batch, compute_loss=True)
 
     def evaluate(self) -> dict[str, float]:
+        if isinstance(self.valid, StreamedRows):
+            scored = _gather(score_streamed(self.model, self.valid, self.batch_size, self.device), self.world)
+            return ctr_metrics(scored, scored.pop("logit"), self.eval_config, "valid")
         return ctr_metrics(
             self.valid,
             score_arrays(self.model, self.valid, self.batch_size, self.device, self.rank, self.world),

@@ -19,11 +19,11 @@ from raylrec import storage
 from raylrec.config import RaylrecConfig
 from raylrec.data.output import read_meta
 from raylrec.methods.config import METHODS, Stage, template_text
-from raylrec.methods.task import LLMTask, epoch_batches, to_batch
+from raylrec.methods.task import LLMTask, StreamedRows, epoch_batches, to_batch
 from raylrec.registry import import_object
 from raylrec.train.loop import TrainState
 from raylrec.train.pipeline import Fitting, StagePlan, TaskDefinition, TrainResult, run_pipeline
-from raylrec.train.shards import equal_shards, shard_epoch, shard_name
+from raylrec.train.shards import equal_shards, held_out_name, held_out_shards, shard_epoch, shard_name
 
 __all__ = ["MethodDefinition", "MethodResult", "train_method"]
 
@@ -80,13 +80,6 @@ def _build(config: RaylrecConfig, stage: Stage, init: dict[str, torch.Tensor], d
         method.load_method_state_dict(init, strict=False)
     method.set_stage(stage)
     return method.to(device), backbone
-
-
-def _canonical_order(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Rows sorted by (uid, timestamp, iid): every rank scores its slice of the same sequence
-    and the gathered scores line up with the labels, whatever order the blocks arrived in."""
-    order = np.lexsort((arrays["iid"], arrays["timestamp"], arrays["uid"]))
-    return {k: v[order] for k, v in arrays.items()}
 
 
 class MethodDefinition(TaskDefinition):
@@ -153,23 +146,23 @@ class MethodDefinition(TaskDefinition):
         shards, rows_per_rank = equal_shards(
             build_samples(config, "train", template, cf_history), stage.train.num_workers
         )
-        valid = build_samples(config, "valid", template, cf_history).materialize()
+        valid, valid_rows = held_out_shards(
+            build_samples(config, "valid", template, cf_history), stage.train.num_workers
+        )
         say(
             f"stage {stage.name}: {rows_per_rank * stage.train.num_workers:,} training prompts "
-            f"({rows_per_rank:,} per rank, streamed) and {valid.count():,} validation prompts "
-            f"tokenised in {time.perf_counter() - started:.1f}s"
+            f"({rows_per_rank:,} per rank) and {sum(valid_rows):,} validation prompts "
+            f"({max(valid_rows):,} per rank), streamed, tokenised in {time.perf_counter() - started:.1f}s"
         )
-        self.worker_data = {"rows_per_rank": rows_per_rank}
-        # each rank streams its own training shard; every rank gets all validation rows and
-        # scores its own slice of them
-        return {**shards, "valid": valid}, DataConfig(datasets_to_split=[])
+        self.worker_data = {"rows_per_rank": rows_per_rank, "valid_rows": max(valid_rows)}
+        # each rank streams its own training shard and its own part of the validation rows
+        return {**shards, **valid}, DataConfig(datasets_to_split=[])
 
     def worker_fitting(self, stage: StagePlan, init: dict[str, torch.Tensor]) -> Fitting:
         import ray.train
         import ray.train.torch
 
         from raylrec.train.engines import build_engine
-        from raylrec.train.ray_runner import shard_arrays
 
         config, train_config = self.config, stage.train
         context = ray.train.get_context()
@@ -177,7 +170,9 @@ class MethodDefinition(TaskDefinition):
         device = ray.train.torch.get_device()
         method, _ = _build(config, stage.spec[0], init, device)
         shard = ray.train.get_dataset_shard(shard_name(rank))
-        valid = _canonical_order(shard_arrays("valid"))
+        valid = StreamedRows(
+            ray.train.get_dataset_shard(held_out_name("valid", rank)), self.worker_data["valid_rows"]
+        )
         size, rows = train_config.batch_size, self.worker_data["rows_per_rank"]
         steps_per_epoch = rows // size
         if steps_per_epoch == 0:

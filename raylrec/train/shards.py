@@ -18,11 +18,15 @@ import numpy as np
 if TYPE_CHECKING:
     import ray
 
-__all__ = ["equal_shards", "shard_epoch", "shard_name"]
+__all__ = ["equal_shards", "held_out_name", "held_out_shards", "shard_epoch", "shard_name"]
 
 
 def shard_name(rank: int) -> str:
     return f"train_{rank}"
+
+
+def held_out_name(split: str, rank: int) -> str:
+    return f"{split}_{rank}"
 
 
 def equal_shards(dataset: ray.data.Dataset, workers: int) -> tuple[dict[str, ray.data.Dataset], int]:
@@ -31,16 +35,40 @@ def equal_shards(dataset: ray.data.Dataset, workers: int) -> tuple[dict[str, ray
     workers start: once they hold every CPU (2 workers on a 2-core machine), read tasks could
     never be scheduled. Its blocks should be bounded in rows (the last map's ``batch_size``):
     the shuffle buffer of ``shard_epoch`` takes a block at a time."""
+    shards = _in_fixed_order(dataset).split(workers, equal=True)
+    return {shard_name(rank): shard for rank, shard in enumerate(shards)}, shards[0].count()
+
+
+def held_out_shards(
+    dataset: ray.data.Dataset, workers: int, split: str = "valid"
+) -> tuple[dict[str, ray.data.Dataset], list[int]]:
+    """``dataset`` (held-out rows to score) materialised in a fixed order and cut into
+    ``workers`` parts whose sizes differ by at most one row, nothing dropped: each rank streams
+    and scores its own part (``held_out_name(split, rank)``), none holds the others'. Returns
+    the parts and their rows."""
+    materialised = _in_fixed_order(dataset)
+    total = materialised.count()
+    if total < workers:
+        raise ValueError(
+            f"{total} {split} rows for {workers} workers: every rank needs at least one to score "
+            f"(sample more {split} rows or use fewer workers)"
+        )
+    rows = [total // workers + (rank < total % workers) for rank in range(workers)]
+    parts = materialised.split_at_indices(np.cumsum(rows)[:-1].tolist()) if workers > 1 else [materialised]
+    return {held_out_name(split, rank): part for rank, part in enumerate(parts)}, rows
+
+
+def _in_fixed_order(dataset: ray.data.Dataset) -> ray.data.MaterializedDataset:
+    """Materialised with Ray Data's order kept: the same blocks in the same order on a rerun."""
     from ray.data import DataContext
 
     context = DataContext.get_current()
     keep = context.execution_options.preserve_order
-    context.execution_options.preserve_order = True  # the same blocks in the same order on a rerun
+    context.execution_options.preserve_order = True
     try:
-        shards = dataset.materialize().split(workers, equal=True)
+        return dataset.materialize()
     finally:
         context.execution_options.preserve_order = keep
-    return {shard_name(rank): shard for rank, shard in enumerate(shards)}, shards[0].count()
 
 
 def shard_epoch(
