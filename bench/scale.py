@@ -64,13 +64,30 @@ def role(proc: psutil.Process, root: int) -> str:
     return "ray system"  # raylet, GCS, dashboard, log monitor
 
 
+def shared_rss(pid: int) -> int:
+    """The part of a process's RSS that is shared memory it mapped (``RssShmem``): for a Ray
+    worker, the object store's pages it has read zero-copy, which the store owns and every
+    reader on the node counts again."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssShmem:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 class Monitor(threading.Thread):
-    """Peak RSS per process of a tree (with its role), the shared-memory peak, spill bytes."""
+    """Peak RSS per process of a tree (with its role), and its peak private RSS (RSS less the
+    shared-memory pages it has mapped: the object store's), the shared-memory peak, spill
+    bytes."""
 
     def __init__(self, pid: int, interval: float, spill_dirs: list[Path]):
         super().__init__(daemon=True)
         self.root, self.interval, self.spill_dirs = pid, interval, spill_dirs
         self.peaks: dict[int, tuple[str, int]] = {}
+        self.private_peaks: dict[int, int] = {}
         self.shm_base = shared_memory_bytes()
         self.shm_peak = 0
         self.spilled = 0
@@ -85,6 +102,8 @@ class Monitor(threading.Thread):
             for proc in tree:
                 with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                     rss = proc.memory_info().rss
+                    private = rss - shared_rss(proc.pid)
+                    self.private_peaks[proc.pid] = max(self.private_peaks.get(proc.pid, 0), private)
                     name, peak = self.peaks.get(proc.pid, ("", 0))
                     now = role(proc, self.root)
                     if rss > peak or name in ("", "ray worker", "ray system"):
@@ -99,11 +118,15 @@ class Monitor(threading.Thread):
         self._halt.set()
         self.join()
         by_role: dict[str, list[int]] = {}
-        for name, peak in self.peaks.values():
+        private: dict[str, list[int]] = {}
+        for pid, (name, peak) in self.peaks.items():
             by_role.setdefault(name, []).append(peak)
+            private.setdefault(name, []).append(self.private_peaks.get(pid, 0))
         return {
             "driver_rss": max(by_role.get("driver", [0])),
             "train_worker_rss": sorted(by_role.get("train worker", []), reverse=True),
+            "driver_private": max(private.get("driver", [0])),
+            "train_worker_private": sorted(private.get("train worker", []), reverse=True),
             "ray_worker_rss_max": max(by_role.get("ray worker", [0])),
             "ray_system_rss_max": max(by_role.get("ray system", [0])),
             "shm_peak": self.shm_peak,
@@ -224,6 +247,7 @@ def train_driver(config_path: str) -> None:
     from raylrec.config import build_config
     from raylrec.runtime import init_ray
 
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the raylrec CLI sets it (raylrec/cli.py)
     config = build_config(json.loads(Path(config_path).read_text()))
     started = time.perf_counter()
     marks: dict[str, float] = {}
@@ -289,6 +313,8 @@ def table(work: Path) -> str:
             rows.append(f"| {n:,} | train-cf | failed: {t['failed']} | | | | | | |")
             continue
         workers = " / ".join(gib(x) for x in t["train_worker_rss"])
+        if "train_worker_private" in t:
+            workers += " (private " + " / ".join(gib(x) for x in t["train_worker_private"]) + ")"
         rows.append(
             f"| {n:,} | train-cf | {t['wall_s']:.0f} (epoch {t['epoch_s']:.0f}, final eval + export "
             f"{t['final_eval_s']:.0f}) | {t['train_events_per_s']:,.0f} | {gib(t['driver_rss'])} | "
@@ -325,6 +351,12 @@ def main() -> None:
         help="keep the pandas/polars/DuckDB numbers of an earlier run's results-N.json (same log)",
     )
     parser.add_argument("--keep", action="store_true", help="keep each size's prepared data")
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="train on <workdir>/data-N kept by an earlier --keep run (its prepare numbers are "
+        "carried over from that run's results-N.json)",
+    )
     parser.add_argument("--table", action="store_true", help="print the table of finished sizes")
     parser.add_argument("--train-driver", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -338,15 +370,23 @@ def main() -> None:
         return
     for n in args.sizes:
         logs = work / f"logs-{n}"
-        synth(logs, n, args.users, args.items)
         result: dict[str, Any] = {"events": n, "users": args.users, "items": args.items}
-        result["prepare"] = prepare_stage(args, n, logs, work)
+        if not args.train_only:
+            synth(logs, n, args.users, args.items)
+            result["prepare"] = prepare_stage(args, n, logs, work)
+        else:
+            if not (work / f"data-{n}" / "meta.json").exists():
+                raise SystemExit(f"--train-only: no prepared {work / f'data-{n}'} (run with --keep first)")
+            earlier = work / f"results-{n}.json"
+            result["prepare"] = json.loads(earlier.read_text())["prepare"] if earlier.exists() else {}
+            result["prepare"].setdefault("raylrec", {"wall_s": float("nan")})
+            result["prepare"]["raylrec"]["carried_over"] = True
         if "failed" in result["prepare"]["raylrec"]:
             result["train"] = {"failed": "no dataset"}
         else:
             result["train"] = train_stage(args, n, work)
         (work / f"results-{n}.json").write_text(json.dumps(result, indent=1))
-        if not args.keep:
+        if not args.keep and not args.train_only:
             for leftover in (work / f"data-{n}", work / f"bundle-{n}", work / "runs"):
                 shutil.rmtree(leftover, ignore_errors=True)
         print(table(work), flush=True)

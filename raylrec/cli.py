@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -590,8 +591,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# torch's CPU allocator backs allocations of 2 MB and more with transparent huge pages when this is
+# 1: a CF encoder's gradients and optimiser temporaries, fresh each step, then fault once per 2 MB
+# instead of once per 4 KB page (bench/optimizer_step.py). Set for this process, the local Ray
+# instance it starts, and (forwarded by the pipeline) every Ray Train worker; a user's value wins.
+TORCH_HUGE_PAGES = "THP_MEM_ALLOC_ENABLE"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault(TORCH_HUGE_PAGES, "1")
     if argv[:2] in (["tune", "report"], ["tune", "confirm"]):
         argv = [f"tune-{argv[1]}", *argv[2:]]
     args = build_parser().parse_args(argv)

@@ -20,7 +20,8 @@ ENTRY_POINTS = {"raylrec/cli.py"}
 ALLOWED_WRITES = {
     ("raylrec/runtime.py", "RAY_API_SERVER_ADDRESS"),
     ("raylrec/train/engines.py", "DS_ACCELERATOR"),
-    # a Ray Train worker's entry (_worker_loop): the driver's RAYLREC_* switches, and only those
+    # a Ray Train worker's entry (_worker_loop): the driver's RAYLREC_* switches and torch's
+    # THP_MEM_ALLOC_ENABLE, and only those
     ("raylrec/train/pipeline.py", "?"),
 }
 _WRITING_METHODS = {"setdefault", "update", "pop", "popitem", "clear", "__setitem__", "__delitem__"}

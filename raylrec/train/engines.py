@@ -58,10 +58,12 @@ def lr_lambda(config: TrainConfig, total_steps: int):
 
 
 def _optimizer(
-    params: Iterable[nn.Parameter], config: TrainConfig, model: nn.Module | None = None
+    params: Iterable[nn.Parameter], config: TrainConfig, model: nn.Module | None = None, fused: bool = False
 ) -> torch.optim.Optimizer:
     """Adam or AdamW over ``params``. A model may exempt some of them from weight decay with a
-    ``no_weight_decay()`` method (CoRA: biases and norms); those form a second group at 0."""
+    ``no_weight_decay()`` method (CoRA: biases and norms); those form a second group at 0.
+    ``fused``: torch's fused kernel where every parameter allows it (``TorchEngine``; DeepSpeed
+    hands its own flattened partitions to the optimiser it is given and keeps the default)."""
     params = list(params)
     exempt = {id(p) for p in getattr(model, "no_weight_decay", lambda: [])()} if model is not None else set()
     if exempt and config.weight_decay:
@@ -69,9 +71,18 @@ def _optimizer(
             {"params": [p for p in params if id(p) not in exempt]},
             {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0},
         ]
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # The fused kernel updates in place; the default single-tensor path on CPU makes temporaries
+    # the size of each parameter, every one a fresh allocation the kernel zero-fills page by page
+    # (a CF encoder's tables: bench/optimizer_step.py).
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    kernel = {"fused": True} if fused and all(_fusable(p) for p in tensors) else {}
+    kind = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    return kind(params, lr=config.lr, weight_decay=config.weight_decay, **kernel)
+
+
+def _fusable(param: torch.Tensor) -> bool:
+    """Where torch has a fused Adam kernel: floating tensors on the CPU or a CUDA device."""
+    return param.device.type in ("cpu", "cuda") and param.is_floating_point()
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -96,7 +107,7 @@ class TorchEngine:
         self.config = config
         self.full_state = full_state  # CF models keep every tensor (buffers too) in a snapshot
         params = params if params is not None else model.parameters()
-        self.optimizer = _optimizer(params, config, self._inner())
+        self.optimizer = _optimizer(params, config, self._inner(), fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, total_steps))
 
     def _inner(self) -> nn.Module:

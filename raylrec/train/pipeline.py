@@ -241,8 +241,11 @@ def _run_stage_ray(
             "stage": index,
             "init": {k: v.numpy() for k, v in init.items()},
             "worker_data": definition.worker_data,
-            # raylrec's own switches (RAYLREC_*) hold in the workers as in the driver
-            "environment": {k: v for k, v in os.environ.items() if k.startswith("RAYLREC_")},
+            # raylrec's own switches (RAYLREC_*) and torch's allocator switch (set by the CLI)
+            # hold in the workers as in the driver
+            "environment": {
+                k: v for k, v in os.environ.items() if k.startswith("RAYLREC_") or k == "THP_MEM_ALLOC_ENABLE"
+            },
         },
         stage.train,
         run_name,
