@@ -127,6 +127,7 @@ class Monitor(threading.Thread):
             "train_worker_rss": sorted(by_role.get("train worker", []), reverse=True),
             "driver_private": max(private.get("driver", [0])),
             "train_worker_private": sorted(private.get("train worker", []), reverse=True),
+            "ray_worker_private_max": max(private.get("ray worker", [0])),
             "ray_worker_rss_max": max(by_role.get("ray worker", [0])),
             "ray_system_rss_max": max(by_role.get("ray system", [0])),
             "shm_peak": self.shm_peak,
@@ -315,10 +316,13 @@ def table(work: Path) -> str:
         workers = " / ".join(gib(x) for x in t["train_worker_rss"])
         if "train_worker_private" in t:
             workers += " (private " + " / ".join(gib(x) for x in t["train_worker_private"]) + ")"
+        other = gib(t["ray_worker_rss_max"])
+        if "ray_worker_private_max" in t:
+            other += f" (private {gib(t['ray_worker_private_max'])})"
         rows.append(
             f"| {n:,} | train-cf | {t['wall_s']:.0f} (epoch {t['epoch_s']:.0f}, final eval + export "
             f"{t['final_eval_s']:.0f}) | {t['train_events_per_s']:,.0f} | {gib(t['driver_rss'])} | "
-            f"workers {workers}; other {gib(t['ray_worker_rss_max'])} | {gib(t['shm_peak'])} | "
+            f"workers {workers}; other {other} | {gib(t['shm_peak'])} | "
             f"{gib(t['spilled'])} | test NDCG@10 {t['metrics'].get('test/ndcg@10', float('nan')):.4f} |"
         )
     head = (
