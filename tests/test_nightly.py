@@ -71,7 +71,8 @@ def test_nightly_runs_each_step_once_and_resumes(tmp_path, capsys, s3_server):
 
 @pytest.mark.slow
 def test_nightly_refreshes_profiles_named_in_its_config_then_skips_them(tmp_path):
-    """``nightly.profiles`` names a profiles YAML: the first run of a date generates and embeds
+    """Over 60 s alone: two nightly runs, the first generating every profile with the tiny Llama.
+    ``nightly.profiles`` names a profiles YAML: the first run of a date generates and embeds
     the profiles of every item and user of the date's dataset (all new), the second generates
     none; scoring still publishes. A small synthetic log and the tiny Llama keep it short, and the
     CF refresh trains in the driver (the test above covers it on Ray Train)."""

@@ -323,8 +323,9 @@ def test_finished_output_is_protected_and_interrupted_output_is_redone(tmp_path)
 
 @pytest.mark.kill
 def test_killed_run_leaves_nothing_that_looks_complete_and_the_rerun_succeeds(tmp_path):
-    """SIGKILL a real `raylrec data prepare` (driver and its own Ray instance) while it writes
-    the splits: the directory must not read as a dataset, and the same command then succeeds."""
+    """Over 60 s alone: two real `raylrec data prepare` processes, each starting its own Ray
+    instance. SIGKILL the first (driver and its Ray instance) while it writes the splits: the
+    directory must not read as a dataset, and the same command then succeeds."""
     out = tmp_path / "out"
     config = tmp_path / "c.yaml"
     config.write_text(

@@ -156,7 +156,8 @@ def _latest_positives(dataset: str, user: str, users_table, n: int) -> list[str]
 
 
 def test_cf_only_run_matches_the_trainer_serves_cold_users_and_a_rerun_replaces_it(world, tmp_path):
-    """Scoring every user plus two unknown ones with the CF bundle alone: the published top 10
+    """Over 60 s alone: it trains the CF encoder on Ray Train, then runs the scoring job twice.
+    Scoring every user plus two unknown ones with the CF bundle alone: the published top 10
     (seen items excluded) must score exactly the trainer's full-ranking test metrics (which
     mask train+valid and rank the whole catalogue); the unknown users get the popularity
     fallback; a second run of the date replaces the first and removes its files."""
