@@ -8,7 +8,10 @@ tree, measured from outside:
   (``bench/*_prepare.py``), same steps, same data, as ratios of events/s;
 - **train-cf**: MF-BPR (dim 64, batches of ``--batch-size`` per rank), one epoch on Ray Train
   with 2 workers, the Ray Data final evaluation on a fixed sample of users
-  (``eval.final_users``) and the CF bundle export.
+  (``eval.final_users``) and the CF bundle export;
+- **score**: the nightly's scoring step with that CF bundle (``raylrec score``): every user's
+  top 10 by exact search over every item, training and validation items excluded, published
+  (``--no-score`` stops before it; the LLM rerank is not part of it).
 
 Measured per stage: wall time, events/s, the peak RSS of the driver and of every Ray worker
 process (sampled from /proc every ``--interval`` s, all processes of the stage's tree), the peak
@@ -18,6 +21,7 @@ soon as it is done, so a killed run keeps the sizes it finished; ``--table`` pri
 table from those files.
 
     python bench/scale.py --sizes 5000000 20000000 50000000
+    python bench/scale.py --sizes 50000000 --from-stage score   # on what a --keep run left
     python bench/scale.py --table
 """
 
@@ -38,6 +42,7 @@ from typing import Any
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
+STAGES = ["prepare", "train", "score"]
 PYTHON = sys.executable
 
 
@@ -241,6 +246,39 @@ def train_stage(args, n: int, work: Path) -> dict[str, Any]:
     return result
 
 
+def score_stage(args, n: int, work: Path) -> dict[str, Any]:
+    """The nightly's scoring step, CF only: every user's top 10 from the train-cf bundle (exact
+    search over every item, the user's training and validation items excluded), published."""
+    config = work / f"score-{n}.json"
+    config.write_text(
+        json.dumps(
+            {
+                "dataset": str(work / f"data-{n}"),
+                "score": {
+                    "cf_bundle": str(work / f"bundle-{n}"),
+                    "output": str(work / f"recs-{n}"),
+                    "k": 10,
+                    "candidates": 10,
+                    "splits": ["train", "valid"],
+                    "users_per_batch": 1024,
+                },
+            }
+        )
+    )
+    shutil.rmtree(work / f"recs-{n}", ignore_errors=True)
+    print(f"{n:,} events: score (CF retrieval for every user, top 10) ...", flush=True)
+    cmd = [PYTHON, "-m", "raylrec.cli", "score", "--config", str(config), "--date", "2026-01-01"]
+    result = measure(cmd, work / f"score-{n}.log", args.interval, work / "ray")
+    if "failed" not in result:
+        from raylrec.scoring import read_manifest
+
+        manifest = read_manifest(str(work / f"recs-{n}"), "2026-01-01")
+        result["users"] = manifest["users"]
+        result["users_per_s"] = manifest["users"] / result["wall_s"]
+    shutil.rmtree(work / f"recs-{n}", ignore_errors=True)
+    return result
+
+
 def train_driver(config_path: str) -> None:
     """The train-cf stage's own process: the CLI's steps, with the moments of its phases."""
     sys.path.insert(0, str(REPO))
@@ -325,6 +363,16 @@ def table(work: Path) -> str:
             f"workers {workers}; other {other} | {gib(t['shm_peak'])} | "
             f"{gib(t['spilled'])} | test NDCG@10 {t['metrics'].get('test/ndcg@10', float('nan')):.4f} |"
         )
+        c = r.get("score")
+        if c and "failed" in c:
+            rows.append(f"| {n:,} | score | failed: {c['failed']} | | | | | | |")
+        elif c:
+            rows.append(
+                f"| {n:,} | score | {c['wall_s']:.0f} | {c['users_per_s']:,.0f} users/s | "
+                f"{gib(c['driver_rss'])} | "
+                f"other {gib(c['ray_worker_rss_max'])} (private {gib(c.get('ray_worker_private_max', 0))}) | "
+                f"{gib(c['shm_peak'])} | {gib(c['spilled'])} | {c['users']:,} users, top 10 each |"
+            )
     head = (
         "| events | stage | wall s | events/s | driver RSS GiB | worker RSS GiB | shm peak GiB | spilled GiB "
         "| beside |\n|---:|---|---|---:|---:|---|---:|---:|---|"
@@ -356,11 +404,13 @@ def main() -> None:
     )
     parser.add_argument("--keep", action="store_true", help="keep each size's prepared data")
     parser.add_argument(
-        "--train-only",
-        action="store_true",
-        help="train on <workdir>/data-N kept by an earlier --keep run (its prepare numbers are "
-        "carried over from that run's results-N.json)",
+        "--from-stage",
+        choices=STAGES,
+        default="prepare",
+        help="start at this stage on what an earlier --keep run left in --workdir (data-N, "
+        "bundle-N); the earlier stages' numbers are carried over from its results-N.json",
     )
+    parser.add_argument("--no-score", action="store_true", help="stop after train-cf")
     parser.add_argument("--table", action="store_true", help="print the table of finished sizes")
     parser.add_argument("--train-driver", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -375,22 +425,24 @@ def main() -> None:
     for n in args.sizes:
         logs = work / f"logs-{n}"
         result: dict[str, Any] = {"events": n, "users": args.users, "items": args.items}
-        if not args.train_only:
+        start = STAGES.index(args.from_stage)
+        earlier = work / f"results-{n}.json"
+        carried = json.loads(earlier.read_text()) if start and earlier.exists() else {}
+        for stage in STAGES[:start]:
+            needed = work / f"{'data' if stage == 'prepare' else 'bundle'}-{n}"
+            if not needed.exists():
+                raise SystemExit(f"--from-stage {args.from_stage}: no {needed} (run with --keep first)")
+            result[stage] = {**carried.get(stage, {}), "carried_over": True}
+        if start <= 0:
             synth(logs, n, args.users, args.items)
             result["prepare"] = prepare_stage(args, n, logs, work)
-        else:
-            if not (work / f"data-{n}" / "meta.json").exists():
-                raise SystemExit(f"--train-only: no prepared {work / f'data-{n}'} (run with --keep first)")
-            earlier = work / f"results-{n}.json"
-            result["prepare"] = json.loads(earlier.read_text())["prepare"] if earlier.exists() else {}
-            result["prepare"].setdefault("raylrec", {"wall_s": float("nan")})
-            result["prepare"]["raylrec"]["carried_over"] = True
-        if "failed" in result["prepare"]["raylrec"]:
-            result["train"] = {"failed": "no dataset"}
-        else:
-            result["train"] = train_stage(args, n, work)
+        if start <= 1:
+            no_data = "failed" in result["prepare"].get("raylrec", {})
+            result["train"] = {"failed": "no dataset"} if no_data else train_stage(args, n, work)
+        if not args.no_score and "failed" not in result["train"]:
+            result["score"] = score_stage(args, n, work)
         (work / f"results-{n}.json").write_text(json.dumps(result, indent=1))
-        if not args.keep and not args.train_only:
+        if not args.keep and args.from_stage == "prepare":
             for leftover in (work / f"data-{n}", work / f"bundle-{n}", work / "runs"):
                 shutil.rmtree(leftover, ignore_errors=True)
         print(table(work), flush=True)
