@@ -44,10 +44,6 @@ class Graph:
     values: np.ndarray
     size: int
 
-    @property
-    def nbytes(self) -> int:
-        return self.crow_indices.nbytes + self.col_indices.nbytes + self.values.nbytes
-
     def tensor(self) -> torch.Tensor:
         """A sparse CSR tensor over these arrays, without a copy (the object store's arrays are
         read-only; propagation only reads the graph, edge dropout writes a new values array)."""
@@ -72,8 +68,7 @@ def normalized_adjacency(
     rows = np.concatenate([u, i])
     cols = np.concatenate([i, u])
     n = num_users + num_items
-    degree = np.bincount(rows, minlength=n).astype(np.float64)
-    inv_sqrt = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1)), 0.0)
+    inv_sqrt = _inverse_sqrt(np.bincount(rows, minlength=n))
     values = inv_sqrt[rows] * inv_sqrt[cols]
     # The indices are built in range here, so the invariant check torch asks us to choose is off.
     coo = torch.sparse_coo_tensor(
@@ -97,8 +92,7 @@ def graph_from_item_sets(sets: ItemSets, num_items: int) -> Graph:
     user_degree = np.diff(sets.indptr)
     items = sets.indices.astype(np.int64)
     item_degree = np.bincount(items, minlength=num_items)
-    inv_user = np.where(user_degree > 0, 1.0 / np.sqrt(np.maximum(user_degree, 1)), 0.0)
-    inv_item = np.where(item_degree > 0, 1.0 / np.sqrt(np.maximum(item_degree, 1)), 0.0)
+    inv_user, inv_item = _inverse_sqrt(user_degree), _inverse_sqrt(item_degree)
     entry_user = np.repeat(np.arange(num_users, dtype=np.int64), user_degree)
     by_item = np.argsort(items, kind="stable")
     item_users = entry_user[by_item]
@@ -110,8 +104,10 @@ def graph_from_item_sets(sets: ItemSets, num_items: int) -> Graph:
     return Graph(crow, cols, values, num_users + num_items)
 
 
-def _graph_task(sets: ItemSets, num_items: int) -> Graph:
-    return graph_from_item_sets(sets, num_items)
+def _inverse_sqrt(degree: np.ndarray) -> np.ndarray:
+    """D^-1/2 of each node's degree, in float64; 0 for a node without edges."""
+    degree = degree.astype(np.float64)
+    return np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1)), 0.0)
 
 
 def shared_graph_ref(item_sets: ray.ObjectRef, num_items: int) -> ray.ObjectRef:
@@ -120,6 +116,6 @@ def shared_graph_ref(item_sets: ray.ObjectRef, num_items: int) -> ray.ObjectRef:
     zero-copy. Waited for here, before any worker that needs it holds the CPUs."""
     import ray
 
-    ref = ray.remote(num_cpus=1, max_retries=2)(_graph_task).remote(item_sets, num_items)
+    ref = ray.remote(num_cpus=1, max_retries=2)(graph_from_item_sets).remote(item_sets, num_items)
     ray.wait([ref], fetch_local=False)
     return ref
