@@ -23,7 +23,7 @@ import ray
 from raylrec.config import RayConfig
 from raylrec.timeline import mark
 
-__all__ = ["configure_worker_process", "init_ray"]
+__all__ = ["PARQUET_READER_V2", "configure_worker_process", "init_ray", "parquet_reader_v2"]
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +98,30 @@ def configure_worker_process() -> None:
     _drop_known_noise()
 
 
+# Ray Data's Parquet reader. The DataSourceV2 one (Ray's default since 2.5x) lists every
+# read's files on a pool of footer-reading actors it starts for that read: new worker
+# processes each time, 1.5-5 s on a 2-core machine for a one-file split, 13x V1's 0.13 s
+# (bench/parquet_reads.py). raylrec reads file lists it already knows (a dataset's manifest)
+# and uses none of V2's push-downs, so it reads with V1 unless the user sets this variable.
+PARQUET_READER_V2 = "RAY_DATA_USE_DATASOURCE_V2"
+
+
+def parquet_reader_v2() -> bool:
+    """Whether ``ray.data.read_parquet`` goes through Ray Data's DataSourceV2: only when
+    ``RAY_DATA_USE_DATASOURCE_V2`` is set to 1/true (Ray's own switch, read the same way)."""
+    return os.environ.get(PARQUET_READER_V2, "0").strip().lower() in ("1", "true")
+
+
 def _worker_env() -> dict[str, str]:
-    """Environment of a new local instance's workers: Ray Data's logging config with its
-    console at warnings (each operator's execution plan is INFO there) and its
+    """Environment of a new local instance's workers: the Parquet reader the driver uses (a
+    Tune trial or an actor that reads a split plans its own reads), and Ray Data's logging
+    config with its console at warnings (each operator's execution plan is INFO there) and its
     ``logs/ray-data/`` files at Ray's default levels. Derived from Ray Data's own default, so
     it follows Ray's versions. A ``RAY_DATA_LOGGING_CONFIG`` of the user's, or
     ``RAYLREC_RAY_DATA_LOGS=1``, leaves Ray Data's logging alone."""
+    reader = {PARQUET_READER_V2: "1" if parquet_reader_v2() else "0"}
     if os.environ.get("RAYLREC_RAY_DATA_LOGS") == "1" or "RAY_DATA_LOGGING_CONFIG" in os.environ:
-        return {}
+        return reader
     import copy
     import tempfile
 
@@ -122,7 +138,7 @@ def _worker_env() -> dict[str, str]:
     # Workers start (and read it) for as long as the local instance lives, which is as long as
     # this driver: removed when the driver exits.
     atexit.register(_remove_if_present, path)
-    return {"RAY_DATA_LOGGING_CONFIG": path}
+    return {**reader, "RAY_DATA_LOGGING_CONFIG": path}
 
 
 def _remove_if_present(path: str) -> None:
@@ -205,6 +221,8 @@ def init_ray(config: RayConfig | None = None, dashboard: bool = True, quiet_ray_
     else:
         _start_local_instance(config, dashboard)
     ray.data.DataContext.get_current().enable_progress_bars = ctx.enable_progress_bars
+    # The driver plans the reads of its datasets (a cluster's other processes keep Ray's default).
+    ray.data.DataContext.get_current().use_datasource_v2 = parquet_reader_v2()
     _drop_known_noise()
     mark("ray ready")
     if os.environ.get("RAYLREC_RAY_DATA_LOGS") != "1":

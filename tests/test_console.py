@@ -66,10 +66,22 @@ def test_ray_data_workers_get_a_console_at_warnings_and_unchanged_files(monkeypa
     assert config["loggers"] == DEFAULT_CONFIG["loggers"]
 
     monkeypatch.setenv("RAYLREC_RAY_DATA_LOGS", "1")
-    assert runtime._worker_env() == {}  # the debugging switch leaves Ray Data's logging alone
+    # the debugging switch leaves Ray Data's logging alone
+    assert "RAY_DATA_LOGGING_CONFIG" not in runtime._worker_env()
     monkeypatch.delenv("RAYLREC_RAY_DATA_LOGS")
     monkeypatch.setenv("RAY_DATA_LOGGING_CONFIG", "/the/users/own.yaml")
-    assert runtime._worker_env() == {}
+    assert "RAY_DATA_LOGGING_CONFIG" not in runtime._worker_env()
+
+
+def test_workers_read_parquet_as_the_driver_does_v1_unless_the_user_asks_for_v2(monkeypatch):
+    """Ray Data's V2 Parquet reader starts footer-reading actors for every read (bench/parquet_reads.py):
+    a local instance's workers get V1 as the driver does, and Ray's own switch still wins."""
+    monkeypatch.delenv(runtime.PARQUET_READER_V2, raising=False)
+    assert not runtime.parquet_reader_v2()
+    assert runtime._worker_env()[runtime.PARQUET_READER_V2] == "0"
+    monkeypatch.setenv(runtime.PARQUET_READER_V2, "1")
+    assert runtime.parquet_reader_v2()
+    assert runtime._worker_env()[runtime.PARQUET_READER_V2] == "1"
 
 
 def test_stage_timings_table():

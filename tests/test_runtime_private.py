@@ -26,7 +26,8 @@ PROBE = textwrap.dedent(
 
     init_ray(RayConfig(num_cpus=1))
     node = ray._private.worker._global_node
-    ray.get(ray.remote(lambda: 1).remote())  # a worker process too
+    # a worker process too, which reports the Parquet reader a task of it would plan with
+    worker_v2 = ray.get(ray.remote(lambda: ray.data.DataContext.get_current().use_datasource_v2).remote())
     roots = [psutil.Process(p.process.pid) for infos in node.all_processes.values() for p in infos]
     processes = {p.pid: p for root in roots for p in [root, *root.children(recursive=True)]}
     listening = sorted(
@@ -46,6 +47,7 @@ PROBE = textwrap.dedent(
         "token_auth": get_authentication_mode() == AuthenticationMode.TOKEN,
         "listening": listening,
         "exposed": [entry for entry in listening if not loopback(entry[1])],
+        "parquet_v2": [ray.data.DataContext.get_current().use_datasource_v2, worker_v2],
     }))
     ray.shutdown()
     """
@@ -63,7 +65,8 @@ def probe() -> dict:
         os.makedirs(os.path.join(temp_root, "ray"))
         with open(os.path.join(temp_root, "ray", "ray_current_cluster"), "w") as f:
             f.write(DEAD_RECORD)
-        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+        unset = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_DATA_USE_DATASOURCE_V2")
+        env = {k: v for k, v in os.environ.items() if k not in unset}
         env["RAY_TMPDIR"] = temp_root
         # A guard, not a measurement: a run that joins the dead record waits forever.
         run = subprocess.run(
@@ -81,6 +84,12 @@ def test_local_instance_listens_on_loopback_only_with_token_auth(probe):
     assert {name for name, _, _ in probe["listening"]} >= {"gcs_server", "raylet"}, probe["listening"]
     assert probe["exposed"] == [], probe["exposed"]
     assert probe["token_auth"] is True
+
+
+def test_the_driver_and_its_workers_read_parquet_with_ray_datas_v1_reader(probe):
+    """V2 starts a pool of footer-reading actors per read (seconds each: bench/parquet_reads.py);
+    a Tune trial or an actor that reads a split plans its reads as the driver does."""
+    assert probe["parquet_v2"] == [False, False], probe
 
 
 def test_a_leftover_ray_start_record_is_not_joined(probe):
