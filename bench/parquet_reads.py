@@ -57,7 +57,9 @@ def _read_seconds(paths: list[str], v2: bool) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--files", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--rows", type=int, default=100_000, help="rows in all, split over the files")
     parser.add_argument("--repeats", type=int, default=3)
