@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from raylrec.config import BackboneConfig, EvalConfig, TrainConfig, build_config
+from raylrec.data.output import FORBID_WHOLE_SPLITS
 from raylrec.eval.ranking import ItemSets
 from raylrec.eval.topk import running_top_k
 from raylrec.llm.backbone import load_backbone
@@ -526,6 +527,39 @@ def test_the_content_corpus_tokenised_by_ray_data_is_the_one_a_plain_process_bui
     assert docs_from_arrays({k: shuffled[k].to_numpy() for k in ("kind", "id", "tokens")}) == local
 
 
+@pytest.mark.parametrize("implicit", [True, False])
+def test_the_item_sets_the_workers_read_from_the_object_store_are_the_plain_processes(
+    prepared, backbone, implicit
+):
+    """Issue 36: on Ray Train CLLM4Rec's user-item sets (its collaborative and recommendation
+    corpora, the masks and targets of its ranking evaluation) are built by Ray tasks that stream
+    the splits, not read whole in each worker; they hold what load_corpora builds in a plain
+    process, user by user, and give the same documents."""
+    import ray
+
+    from raylrec.data.output import FORBID_WHOLE_SPLITS
+    from raylrec.methods.cllm4rec.corpora import load_corpora, streamed_item_sets
+
+    local = load_corpora(prepared, backbone.tokenizer, content_max_tokens=12, implicit=implicit)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(FORBID_WHOLE_SPLITS, "1")  # the Ray tasks stream; nothing reads a split whole
+        refs = streamed_item_sets(prepared, implicit)
+    sets = ray.get(refs)
+    assert len(sets) == 2 and not sets[0].indices.flags.writeable  # zero-copy from the store
+    streamed = load_corpora(
+        prepared, backbone.tokenizer, content_max_tokens=12, implicit=implicit, item_sets=(sets[0], sets[1])
+    )
+    for mine, theirs in ((streamed.train, local.train), (streamed.valid, local.valid)):
+        np.testing.assert_array_equal(mine.indptr, theirs.indptr)
+        np.testing.assert_array_equal(mine.indices, theirs.indices)
+    users = streamed.users_with_train()
+    assert len(users) > 10
+    for uid in users[:10]:
+        want = local.collaborative_row(int(uid), np.random.default_rng(int(uid)))
+        got = streamed.collaborative_row(int(uid), np.random.default_rng(int(uid)))
+        assert vars(got) == vars(want), uid
+
+
 def _pipeline_config(dataset: str, root, **train):
     return build_config(
         {
@@ -573,7 +607,10 @@ def test_cllm4rec_trains_under_zero_with_two_workers(prepared, tmp_path, zero_st
     from raylrec.methods.train import train_method
 
     config = _pipeline_config(prepared, tmp_path, num_workers=2, strategy="deepspeed", zero_stage=zero_stage)
-    result = train_method(config, lambda _: None)
+    with pytest.MonkeyPatch.context() as patch:
+        # no whole split read, in the driver or the workers (the env reaches them: RAYLREC_*)
+        patch.setenv(FORBID_WHOLE_SPLITS, "1")
+        result = train_method(config, lambda _: None)
     for stage, state in result.states.items():
         losses = [h["train/loss"] for h in state.history]
         assert len(losses) == 2 and np.isfinite(losses).all(), (stage, losses)

@@ -270,6 +270,37 @@ def test_vocabulary_maps_raw_ids_and_unknown_ones_to_zero():
     assert vocab.to_raw(np.array([3, 1])).tolist() == ["u7", "u9"]
 
 
+def test_a_dense_map_moves_ids_between_numberings_as_the_raw_ids_do():
+    data = Vocabulary(np.array(["a", "b", "c", "d"]), np.array([1, 2, 4, 5]))  # 3 unused
+    bundle = Vocabulary(np.array(["d", "a", "z"]), np.array([1, 2, 3]))  # lacks b and c
+    mapping = data.dense_map(bundle)
+    assert mapping.tolist() == [0, 2, 0, 0, 0, 1]
+    dense = np.array([5, 1, 2, 4])
+    assert mapping[dense].tolist() == bundle.to_dense(data.to_raw(dense)).tolist()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.lists(st.lists(st.integers(0, 9), max_size=5), max_size=8),
+    cut=st.integers(0, 8),
+    chunks=st.booleans(),
+)
+def test_list_rows_are_the_rows_of_a_sliced_or_chunked_column(rows, cut, chunks):
+    """The scoring actor reads each user's seen items as views of the batch's one buffer (no
+    Python int per item): the same rows as ``to_pylist``, mapped or not, for a batch that is a
+    slice of a larger block or spread over chunks."""
+    from raylrec.scoring.recommender import list_rows
+
+    array = pa.array(rows, pa.list_(pa.int64()))
+    column = array.slice(min(cut, len(rows)))
+    if chunks:
+        column = pa.chunked_array([column.slice(0, len(column) // 2), column.slice(len(column) // 2)])
+    mapping = np.arange(10) * 10 + 1
+    want = column.to_pylist()
+    assert [r.tolist() for r in list_rows(column)] == want
+    assert [r.tolist() for r in list_rows(column, mapping)] == [[10 * v + 1 for v in r] for r in want]
+
+
 def test_publish_protocol(tmp_path):
     root, date = str(tmp_path / "recs"), "2026-11-24"
     rows = [(u, r) for u in ("a", "b") for r in (1, 2)]

@@ -88,6 +88,14 @@ class Vocabulary:
         position = position.to_numpy(zero_copy_only=False).astype(np.int64)
         return np.where(position >= 0, self._dense[position], 0)
 
+    def dense_map(self, other: Vocabulary) -> np.ndarray:
+        """``map[dense]``: the dense id in ``other`` of each of this vocabulary's dense ids (0 where
+        ``other`` lacks the raw id, and at 0): a whole list of ids moves between two numberings
+        in one numpy take, never through raw ids."""
+        out = np.zeros(self.size, np.int64)
+        out[self._dense] = other.lookup(self.ids)
+        return out
+
     def to_dense(self, raw: np.ndarray | list) -> np.ndarray:
         """Dense ids of raw ids given as numpy or a list (each compared as a string); 0 where one
         is unknown."""

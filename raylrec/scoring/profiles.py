@@ -20,7 +20,7 @@ from raylrec import storage
 from raylrec.data.output import read_meta, read_split, read_table
 from raylrec.data.vocab import Vocabulary
 
-__all__ = ["user_profiles", "profiles_of_block", "item_popularity", "PROFILE_SCHEMA"]
+__all__ = ["user_profiles", "profile_partitions", "profiles_of_block", "item_popularity", "PROFILE_SCHEMA"]
 
 PROFILE_SCHEMA = pa.schema(
     [("user_id", pa.string()), ("history", pa.list_(pa.int64())), ("seen", pa.list_(pa.int64()))]
@@ -138,10 +138,25 @@ def _read_events(dataset: str, splits: list[str]) -> ray.data.Dataset:
     return read_split(dataset, splits, columns=_EVENT_COLUMNS)
 
 
+# Events per profile block: a block holds all rows of its users and is profiled at once, so the
+# number of blocks grows with the log and a profiling task's memory does not (~100 MB a block).
+EVENTS_PER_PROFILE_BLOCK = 1_000_000
+
+
+def profile_partitions(dataset: str, splits: list[str]) -> int:
+    """How many hash partitions the profiles of ``splits`` take: at least 8, one per
+    ``EVENTS_PER_PROFILE_BLOCK`` events."""
+    counts = read_meta(dataset)["counts"]["splits"]
+    events = sum(int(counts.get(split, 0)) for split in splits)
+    return max(8, -(-events // EVENTS_PER_PROFILE_BLOCK))
+
+
 def user_profiles(
-    dataset: str, splits: list[str], users: str | None, history_len: int, partitions: int = 8
+    dataset: str, splits: list[str], users: str | None, history_len: int, partitions: int | None = None
 ) -> ray.data.Dataset:
-    """One profile row per distinct requested user (see the module docstring)."""
+    """One profile row per distinct requested user (see the module docstring); ``partitions``
+    defaults to ``profile_partitions``."""
+    partitions = partitions or profile_partitions(dataset, splits)
     events = _read_events(dataset, splits).map_batches(
         _events_with_raw_users, batch_format="pyarrow", fn_kwargs={"dataset": dataset}
     )

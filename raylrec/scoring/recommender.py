@@ -28,7 +28,7 @@ from raylrec.scoring.publish import RECS_SCHEMA
 from raylrec.scoring.rerank import Reranker, RerankRequest
 from raylrec.scoring.retrieval import FaissIndex, exact_top_n
 
-__all__ = ["CatalogRetriever", "ScoringPlan", "Recommender"]
+__all__ = ["CatalogRetriever", "ScoringPlan", "Recommender", "list_rows"]
 
 _PROGRESS_EVERY_S = 15.0
 
@@ -52,6 +52,18 @@ class ScoringPlan:
     rerank_pack_tokens: int
     popular_items: tuple[str, ...]  # raw ids, most popular first
     popular_scores: tuple[float, ...]
+
+
+def list_rows(column: pa.ChunkedArray | pa.ListArray, mapping: np.ndarray | None = None) -> list[np.ndarray]:
+    """The rows of a list<int64> column as numpy arrays, without a Python object per value: views
+    of the column's one values buffer, or of ``mapping[values]`` (one take for every row)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    offsets = array.offsets.to_numpy()
+    values = array.values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    if mapping is not None:
+        values = mapping[values[offsets[0] : offsets[-1]]]
+        offsets = offsets - offsets[0]
+    return [values[start:end] for start, end in zip(offsets[:-1], offsets[1:], strict=True)]
 
 
 def _pad(rows: list[np.ndarray], length: int) -> torch.Tensor:
@@ -84,13 +96,13 @@ class CatalogRetriever:
     def top_n(
         self, users: np.ndarray, seen: list[np.ndarray], n: int, exclude_seen: bool
     ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-        """(the rows of ``users`` the method has an ID token for, their raw top ids, scores)."""
+        """(the rows of ``users`` the method has an ID token for, their raw top ids, scores);
+        ``seen``: each user's items in the bundle's own numbering (0: an item it does not know)."""
         uid = self.users.to_dense(users)
         rows = np.flatnonzero(uid > 0)
         if not len(rows):
             return rows, [], []
-        dense = [self.items.to_dense(seen[r]) for r in rows]
-        known = [d[d > 0] for d in dense]  # items the bundle does not know are not masked
+        known = [seen[r][seen[r] > 0] for r in rows]  # items the bundle does not know are not masked
         n = min(n, self.method.num_items - 1)
         scores, ids = self.method.recommend(
             uid[rows], known, n, exclude_seen=exclude_seen, item_chunk=self.item_chunk
@@ -124,6 +136,12 @@ class Recommender:
         else:
             self.catalog = CatalogRetriever(plan.retriever_bundle, self.device, plan.item_chunk)
             self.retrieval_source = self.catalog.name
+        # A user's seen items arrive in the dataset's numbering; the retriever masks them in its
+        # own. One map per actor (an int per catalogue item) moves a whole list in one take, so
+        # the cost per user is its list's length in ints, never raw-id strings.
+        retriever_items = self.cf_items if self.cf is not None else self.catalog.items
+        self.seen_to_retriever = self.data_items.dense_map(retriever_items)
+        self.popular_dense = self.data_items.to_dense(np.asarray(plan.popular_items, dtype=object))
         self.reranker = None
         if plan.model_bundle:
             from raylrec.methods.bundle import load_model_bundle
@@ -162,7 +180,8 @@ class Recommender:
         self, users: np.ndarray, histories: list[np.ndarray], seen: list[np.ndarray]
     ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
         """(the users' rows that got candidates, their raw candidate ids, retrieval scores), best
-        first: ``candidates`` of them when a reranker follows, else ``k``."""
+        first: ``candidates`` of them when a reranker follows, else ``k``. ``seen``: each user's
+        items in the retriever's numbering (0 where it lacks one)."""
         n = self.plan.candidates if self.reranker is not None else self.plan.k
         if self.catalog is not None:
             return self.catalog.top_n(users, seen, n, self.plan.exclude_seen)
@@ -177,9 +196,7 @@ class Recommender:
     def _retrieve(
         self, vectors: torch.Tensor, seen: list[np.ndarray], n: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        exclude = None
-        if self.plan.exclude_seen:
-            exclude = [s[s > 0] for s in (self.cf_items.to_dense(x) for x in seen)]
+        exclude = [s[s > 0] for s in seen] if self.plan.exclude_seen else None
         n = min(n, len(self.item_table) - 1)
         if self.index is not None:
             return self.index.top_n(vectors.cpu(), n, exclude)
@@ -213,9 +230,10 @@ class Recommender:
         return out
 
     def _popular(self, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``seen``: the user's items in the dataset's numbering."""
         items = np.asarray(self.plan.popular_items, dtype=object)
         scores = np.asarray(self.plan.popular_scores, np.float32)
-        fresh = ~np.isin(items, seen) if self.plan.exclude_seen else np.ones(len(items), bool)
+        fresh = ~np.isin(self.popular_dense, seen) if self.plan.exclude_seen else np.ones(len(items), bool)
         if not fresh.any():  # seen every popular item: better a seen item than no row at all
             fresh[:] = True
         return items[fresh][: self.plan.k], scores[fresh][: self.plan.k]
@@ -242,9 +260,10 @@ class Recommender:
     def _recommend(self, batch: pa.Table) -> pa.Table:
         users = np.asarray(batch["user_id"].to_pylist(), dtype=object)
         histories = [self.data_items.to_raw(np.asarray(h, np.int64)) for h in batch["history"].to_pylist()]
-        seen = [self.data_items.to_raw(np.asarray(s, np.int64)) for s in batch["seen"].to_pylist()]
+        seen = list_rows(batch["seen"])  # the dataset's numbering, views of the batch's buffer
+        seen_by_retriever = list_rows(batch["seen"], self.seen_to_retriever)
         picks: list[tuple[np.ndarray, np.ndarray, str]] = [None] * len(users)  # type: ignore[list-item]
-        rows, candidates, retrieval_scores = self._candidates(users, histories, seen)
+        rows, candidates, retrieval_scores = self._candidates(users, histories, seen_by_retriever)
         if len(rows):
             reranked = (
                 self._rerank(users[rows], [histories[r] for r in rows], candidates)

@@ -23,11 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from raylrec.eval.ranking import ItemSets
+
+if TYPE_CHECKING:
+    import ray
 
 __all__ = [
     "Corpora",
@@ -40,6 +44,7 @@ __all__ = [
     "prompt_row",
     "serving_row",
     "shard_range",
+    "streamed_item_sets",
     "tokenize_texts",
 ]
 
@@ -354,6 +359,24 @@ class Corpora:
         return -(-(hi - lo) // batch_size)
 
 
+def streamed_item_sets(
+    dataset: str, implicit: bool, valid_split: str | None = "valid", known_splits: Sequence[str] = ("train",)
+) -> list[ray.ObjectRef]:
+    """The (known, valid) item sets of ``load_corpora`` built by Ray tasks that stream the
+    splits a batch at a time (``raylrec.data.item_sets.build_item_sets``: distinct pairs, each
+    user's items ascending, as ``_item_sets`` makes them); returns their object-store references
+    (the valid one absent when the dataset has no such split). A worker reads them zero-copy:
+    one copy per node, none in the driver."""
+    from raylrec.cf.streaming import item_sets_refs
+    from raylrec.data.output import read_meta
+
+    counts = read_meta(dataset)["counts"]
+    wanted = [(list(known_splits), not implicit, True)]
+    if valid_split and valid_split in counts["splits"]:
+        wanted.append(([valid_split], not implicit, True))
+    return item_sets_refs(dataset, wanted, int(counts["num_users"]))
+
+
 def _item_sets(table: pa.Table, num_users: int, implicit: bool) -> ItemSets:
     keep = np.ones(table.num_rows, bool) if implicit else table["label"].to_numpy() > 0.5
     uid = table["uid"].to_numpy().astype(np.int64)[keep]
@@ -374,21 +397,27 @@ def load_corpora(
     valid_split: str | None = "valid",
     known_splits: Sequence[str] = ("train",),
     docs: list[ContentDoc] | None = None,
+    item_sets: tuple[ItemSets, ItemSets | None] | None = None,
 ) -> Corpora:
     """The corpora of a prepared dataset (``raylrec data prepare``): the items of
     ``known_splits`` (training: the train split; batch scoring: every split it counts as known),
     the valid split's (the held-out items of evaluation), and ``items.parquet`` /
     ``users.parquet`` (tokenised here unless ``docs`` gives the content corpus already
-    tokenised, as a Ray Train worker receives it from ``content.content_dataset``)."""
+    tokenised, as a Ray Train worker receives it from ``content.content_dataset``).
+    ``item_sets``: the (known, valid) item sets already built, as a Ray Train worker reads them
+    from the object store (``streamed_item_sets``); the splits are then not read here."""
     from raylrec.data.output import read_meta, read_table
 
     counts = read_meta(dataset)["counts"]
     num_users, num_items = int(counts["num_users"]), int(counts["num_items"])
-    known = [read_table(dataset, split, ["uid", "iid", "label"]) for split in known_splits]
-    train = _item_sets(pa.concat_tables(known), num_users, implicit)
-    valid = None
-    if valid_split and valid_split in counts["splits"]:
-        valid = _item_sets(read_table(dataset, valid_split), num_users, implicit)
+    if item_sets is not None:
+        train, valid = item_sets
+    else:
+        known = [read_table(dataset, split, ["uid", "iid", "label"]) for split in known_splits]
+        train = _item_sets(pa.concat_tables(known), num_users, implicit)
+        valid = None
+        if valid_split and valid_split in counts["splits"]:
+            valid = _item_sets(read_table(dataset, valid_split), num_users, implicit)
     if docs is None:
         items = read_table(dataset, "items.parquet")
         try:

@@ -37,7 +37,7 @@ from raylrec.data.output import read_meta
 from raylrec.eval.ranking import topk_metric_sums
 from raylrec.methods.cllm4rec import PAPER_KS, SELECTION_METRIC
 from raylrec.methods.cllm4rec.content import content_dataset, docs_from_arrays
-from raylrec.methods.cllm4rec.corpora import ContentDoc, Corpora, load_corpora
+from raylrec.methods.cllm4rec.corpora import ContentDoc, Corpora, load_corpora, streamed_item_sets
 from raylrec.methods.cllm4rec.model import OBJECTIVES
 from raylrec.methods.cllm4rec.serve import recommend
 from raylrec.methods.train import MethodDefinition, _build
@@ -199,7 +199,7 @@ class CLLM4RecDefinition(MethodDefinition):
             plans.append(StagePlan(stage.name, self.config.train.model_copy(update=update), spec=stage))
         return plans
 
-    def _corpora(self, tokenizer, docs: list[ContentDoc] | None) -> Corpora:
+    def _corpora(self, tokenizer, docs: list[ContentDoc] | None, item_sets=None) -> Corpora:
         method = self.config.method
         return load_corpora(
             self.config.dataset_path(),
@@ -210,14 +210,17 @@ class CLLM4RecDefinition(MethodDefinition):
             item_noun=method.item_noun,
             implicit=method.implicit,
             docs=docs,
+            item_sets=item_sets,
         )
 
     def ray_datasets(self, stage: StagePlan, say):
         from ray.train import DataConfig
 
-        # The content corpus is tokenised once by Ray Data, for every stage; each worker gets
-        # all of it (unsplit) and takes its slice of each epoch's seeded order. The user-item
-        # sets are read by each worker itself (no tokenizer: ID tokens).
+        # The content corpus (one document per item and user: the catalogue's size, not the
+        # log's) is tokenised once by Ray Data, for every stage; each worker gets all of it
+        # (unsplit) and takes its slice of each epoch's seeded order. The user-item sets grow
+        # with the log: Ray tasks stream the splits into them once, for every stage, and the
+        # workers read them from the object store (one copy per node; nothing reads a split whole).
         if self._content is None:
             method = self.config.method
             content = content_dataset(
@@ -225,12 +228,14 @@ class CLLM4RecDefinition(MethodDefinition):
             )
             self._content = content.materialize()
             say(f"content corpus: {self._content.count():,} documents tokenised by Ray Data")
+            self.worker_data["item_sets"] = streamed_item_sets(self.config.dataset_path(), method.implicit)
+            say("user-item sets of train and valid built by Ray tasks, shared through the object store")
         return {"content": self._content}, DataConfig(datasets_to_split=[])
 
-    def _fitting(self, stage, init, device, rank, world, make_engine, docs=None) -> Fitting:
+    def _fitting(self, stage, init, device, rank, world, make_engine, docs=None, item_sets=None) -> Fitting:
         config, train = self.config, stage.train
         method, backbone = _build(config, stage.spec, init, device)
-        corpora = self._corpora(backbone.tokenizer, docs)
+        corpora = self._corpora(backbone.tokenizer, docs, item_sets)
         finetune_content = config.method.finetune_content
         steps = stage_steps(corpora, stage.name, finetune_content, train.batch_size, world)
         if steps == 0:
@@ -256,6 +261,8 @@ class CLLM4RecDefinition(MethodDefinition):
         context = ray.train.get_context()
         rank, world = context.get_world_rank(), context.get_world_size()
         device = ray.train.torch.get_device()
+        refs = self.worker_data["item_sets"]
+        sets = ray.get(list(refs))  # zero-copy views of the node's object store
         return self._fitting(
             stage,
             init,
@@ -264,6 +271,7 @@ class CLLM4RecDefinition(MethodDefinition):
             world,
             lambda method, total: build_engine(method, stage.train, total, world, full_state=False),
             docs=docs_from_arrays(shard_arrays("content")),
+            item_sets=(sets[0], sets[1] if len(sets) > 1 else None),
         )
 
     def local_fitting(self, stage: StagePlan, init: dict[str, torch.Tensor], say) -> Fitting:
