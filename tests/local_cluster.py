@@ -86,6 +86,8 @@ class LocalCluster:
             RAY_AUTH_TOKEN=secrets.token_hex(32),
             # The nodes run jobs with this environment's python (a node's own install).
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+            # as cluster/*.yaml start their nodes: Ray Data's V1 Parquet reader in every process
+            RAY_DATA_USE_DATASOURCE_V2="0",
         )
         gcs_port, dashboard_port = _free_port(), _free_port()
         cluster = cls(temp_dir, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", env)
