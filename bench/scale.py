@@ -3,7 +3,8 @@
 For each size: a synthetic Zipf log (``raylrec data synth``), then, each in its own process
 tree, measured from outside:
 
-- **prepare**: ``raylrec data prepare`` (random 8:1:1 per user, histories of 20), beside the
+- **prepare**: ``raylrec data prepare`` (random 8:1:1 per user, histories of 20, the items'
+  titles joined), beside the
   single-process scripts a user would otherwise write: pandas, polars, DuckDB
   (``bench/*_prepare.py``), same steps, same data, as ratios of events/s;
 - **train-cf**: MF-BPR (dim 64, batches of ``--batch-size`` per rank), one epoch on Ray Train
@@ -11,7 +12,10 @@ tree, measured from outside:
   (``eval.final_users``) and the CF bundle export;
 - **score**: the nightly's scoring step with that CF bundle (``raylrec score``): every user's
   top 10 by exact search over every item, training and validation items excluded, published
-  (``--no-score`` stops before it; the LLM rerank is not part of it).
+  (``--no-score`` stops before it);
+- **rerank**: the same step for a sample of ``--rerank-users`` users (default 1,000) with an LLM
+  rerank: ``--rerank-candidates`` CF candidates per user scored by a tiny TALLRec bundle (the
+  test backbone), trained first on Ray Train and not measured (``--rerank-users 0``: none).
 
 Measured per stage: wall time, events/s, the peak RSS of the driver and of every Ray worker
 process (sampled from /proc every ``--interval`` s, all processes of the stage's tree), the peak
@@ -22,6 +26,7 @@ table from those files.
 
     python bench/scale.py --sizes 5000000 20000000 50000000
     python bench/scale.py --sizes 50000000 --from-stage score   # on what a --keep run left
+    python bench/scale.py --sizes 5000000 --from-stage rerank  # the rerank alone, kept data
     python bench/scale.py --table
 """
 
@@ -39,10 +44,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["prepare", "train", "score"]
+STAGES = ["prepare", "train", "score", "rerank"]
 PYTHON = sys.executable
 
 
@@ -185,6 +191,7 @@ def prepare_stage(args, n: int, logs: Path, work: Path) -> dict[str, Any]:
     out = work / f"data-{n}"
     cmd = [PYTHON, "-m", "raylrec.cli", "data", "prepare", "-q", "data.source.type=logs"]
     cmd += [f"data.source.paths=[{logs / 'events'}]", "data.validation.rating_range=[1,5]"]
+    cmd += [f"data.source.items.path={logs / 'items.parquet'}"]  # titles, for the LLM rerank
     cmd += ["data.split.protocol=random_ratio", "data.history.max_len=20"]
     cmd += [f"data.output={out}", "data.overwrite=true"]
     print(f"{n:,} events: prepare (raylrec) ...", flush=True)
@@ -276,6 +283,81 @@ def score_stage(args, n: int, work: Path) -> dict[str, Any]:
         result["users"] = manifest["users"]
         result["users_per_s"] = manifest["users"] / result["wall_s"]
     shutil.rmtree(work / f"recs-{n}", ignore_errors=True)
+    return result
+
+
+def rerank_stage(args, n: int, work: Path) -> dict[str, Any]:
+    """The nightly's scoring step with an LLM rerank, for a sample of ``--rerank-users`` users:
+    the train-cf bundle retrieves ``--rerank-candidates`` items per user (seen items excluded),
+    a tiny TALLRec bundle (the test backbone: a seeded random two-layer Llama) reranks them by
+    shared-prefix scoring, and the top 10 are published. The reranker is trained first, on Ray
+    Train (1 worker, 256 sampled prompts: the splits are streamed, never read whole), and not
+    measured: only the scoring command is."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = work / f"data-{n}"
+    users = pq.read_table(data / "users.parquet", columns=["user_id"])["user_id"]
+    picked = np.random.default_rng(0).choice(
+        len(users), size=min(args.rerank_users, len(users)), replace=False
+    )
+    users_file = work / f"rerank-users-{n}.parquet"
+    pq.write_table(pa.table({"user_id": users.take(pa.array(np.sort(picked)))}), users_file)
+    reranker = work / f"reranker-{n}"
+    if not (reranker / "config.json").exists():
+        print(f"{n:,} events: training the tiny reranker (not measured) ...", flush=True)
+        train_config = work / f"reranker-{n}.json"
+        train_config.write_text(
+            json.dumps(
+                {
+                    "dataset": str(data),
+                    "backbone": {"name": "tiny-random-llama"},
+                    "method": {"name": "tallrec"},
+                    "sample": {"max_train": 256, "max_valid": 64},
+                    "train": {
+                        "epochs": 1,
+                        "batch_size": 16,
+                        "num_workers": 1,
+                        "storage_path": str(work / "runs"),
+                        "run_name": f"reranker-{n}",
+                    },
+                    "output": str(reranker),
+                }
+            )
+        )
+        cmd = [PYTHON, "-m", "raylrec.cli", "train", "--config", str(train_config)]
+        with open(work / f"reranker-{n}.log", "w") as out:
+            subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT)
+    config = work / f"rerank-{n}.json"
+    config.write_text(
+        json.dumps(
+            {
+                "dataset": str(data),
+                "score": {
+                    "cf_bundle": str(work / f"bundle-{n}"),
+                    "model_bundle": str(reranker),
+                    "users": str(users_file),
+                    "output": str(work / f"rerank-recs-{n}"),
+                    "k": 10,
+                    "candidates": args.rerank_candidates,
+                    "splits": ["train", "valid"],
+                    "users_per_batch": 64,
+                },
+            }
+        )
+    )
+    shutil.rmtree(work / f"rerank-recs-{n}", ignore_errors=True)
+    print(f"{n:,} events: score with LLM rerank ({args.rerank_users:,} users) ...", flush=True)
+    cmd = [PYTHON, "-m", "raylrec.cli", "score", "--config", str(config), "--date", "2026-01-01"]
+    result = measure(cmd, work / f"rerank-{n}.log", args.interval, work / "ray")
+    if "failed" not in result:
+        from raylrec.scoring import read_manifest
+
+        manifest = read_manifest(str(work / f"rerank-recs-{n}"), "2026-01-01")
+        result["users"] = manifest["users"]
+        result["users_per_s"] = manifest["users"] / result["wall_s"]
+        result["candidates"] = args.rerank_candidates
+    shutil.rmtree(work / f"rerank-recs-{n}", ignore_errors=True)
     return result
 
 
@@ -373,6 +455,17 @@ def table(work: Path) -> str:
                 f"other {gib(c['ray_worker_rss_max'])} (private {gib(c.get('ray_worker_private_max', 0))}) | "
                 f"{gib(c['shm_peak'])} | {gib(c['spilled'])} | {c['users']:,} users, top 10 each |"
             )
+        c = r.get("rerank")
+        if c and "failed" in c:
+            rows.append(f"| {n:,} | score + rerank | failed: {c['failed']} | | | | | | |")
+        elif c:
+            rows.append(
+                f"| {n:,} | score + rerank | {c['wall_s']:.0f} | {c['users_per_s']:,.1f} users/s | "
+                f"{gib(c['driver_rss'])} | "
+                f"other {gib(c['ray_worker_rss_max'])} (private {gib(c.get('ray_worker_private_max', 0))}) | "
+                f"{gib(c['shm_peak'])} | {gib(c['spilled'])} | {c['users']:,} users, "
+                f"{c['candidates']} CF candidates reranked by the tiny TALLRec, top 10 each |"
+            )
     head = (
         "| events | stage | wall s | events/s | driver RSS GiB | worker RSS GiB | shm peak GiB | spilled GiB "
         "| beside |\n|---:|---|---|---:|---:|---|---:|---:|---|"
@@ -411,6 +504,10 @@ def main() -> None:
         "bundle-N); the earlier stages' numbers are carried over from its results-N.json",
     )
     parser.add_argument("--no-score", action="store_true", help="stop after train-cf")
+    parser.add_argument(
+        "--rerank-users", type=int, default=1000, help="users of the LLM-rerank scoring (0: none)"
+    )
+    parser.add_argument("--rerank-candidates", type=int, default=20, help="CF candidates reranked per user")
     parser.add_argument("--table", action="store_true", help="print the table of finished sizes")
     parser.add_argument("--train-driver", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -440,10 +537,13 @@ def main() -> None:
             no_data = "failed" in result["prepare"].get("raylrec", {})
             result["train"] = {"failed": "no dataset"} if no_data else train_stage(args, n, work)
         if not args.no_score and "failed" not in result["train"]:
-            result["score"] = score_stage(args, n, work)
+            if start <= 2:
+                result["score"] = score_stage(args, n, work)
+            if args.rerank_users:
+                result["rerank"] = rerank_stage(args, n, work)
         (work / f"results-{n}.json").write_text(json.dumps(result, indent=1))
         if not args.keep and args.from_stage == "prepare":
-            for leftover in (work / f"data-{n}", work / f"bundle-{n}", work / "runs"):
+            for leftover in (work / f"data-{n}", work / f"bundle-{n}", work / f"reranker-{n}", work / "runs"):
                 shutil.rmtree(leftover, ignore_errors=True)
         print(table(work), flush=True)
 
