@@ -100,9 +100,10 @@ def configure_worker_process() -> None:
 
 # Ray Data's Parquet reader. The DataSourceV2 one (Ray's default since 2.5x) lists every
 # read's files on a pool of footer-reading actors it starts for that read: new worker
-# processes each time, 1.5-5 s on a 2-core machine for a one-file split, 13x V1's 0.13 s
-# (bench/parquet_reads.py). raylrec reads file lists it already knows (a dataset's manifest)
-# and uses none of V2's push-downs, so it reads with V1 unless the user sets this variable.
+# processes each time, 1.5-5 s on a 2-core machine for a one-file split (V1: 0.13 s for 1,000
+# rows, 0.42 s for 1M; bench/parquet_reads.py). raylrec reads file lists it already knows (a
+# dataset's manifest) and uses none of V2's push-downs, so it reads with V1 unless the user
+# sets this variable.
 PARQUET_READER_V2 = "RAY_DATA_USE_DATASOURCE_V2"
 
 
@@ -221,7 +222,8 @@ def init_ray(config: RayConfig | None = None, dashboard: bool = True, quiet_ray_
     else:
         _start_local_instance(config, dashboard)
     ray.data.DataContext.get_current().enable_progress_bars = ctx.enable_progress_bars
-    # The driver plans the reads of its datasets (a cluster's other processes keep Ray's default).
+    # The driver plans the reads of its datasets; a cluster's own processes (a Tune trial's actor)
+    # read the variable from their environment, which cluster/*.yaml set.
     ray.data.DataContext.get_current().use_datasource_v2 = parquet_reader_v2()
     _drop_known_noise()
     mark("ray ready")

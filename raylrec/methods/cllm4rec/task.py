@@ -34,7 +34,7 @@ from torch import nn
 
 from raylrec.config import EvalConfig, RaylrecConfig
 from raylrec.data.output import read_meta
-from raylrec.eval.ranking import topk_metric_sums
+from raylrec.eval.ranking import ItemSets, topk_metric_sums
 from raylrec.methods.cllm4rec import PAPER_KS, SELECTION_METRIC
 from raylrec.methods.cllm4rec.content import content_dataset, docs_from_arrays
 from raylrec.methods.cllm4rec.corpora import ContentDoc, Corpora, load_corpora, streamed_item_sets
@@ -199,7 +199,12 @@ class CLLM4RecDefinition(MethodDefinition):
             plans.append(StagePlan(stage.name, self.config.train.model_copy(update=update), spec=stage))
         return plans
 
-    def _corpora(self, tokenizer, docs: list[ContentDoc] | None, item_sets=None) -> Corpora:
+    def _corpora(
+        self,
+        tokenizer,
+        docs: list[ContentDoc] | None,
+        item_sets: tuple[ItemSets, ItemSets | None] | None = None,
+    ) -> Corpora:
         method = self.config.method
         return load_corpora(
             self.config.dataset_path(),
