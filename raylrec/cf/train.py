@@ -126,6 +126,7 @@ class CFDefinition(TaskDefinition):
             config.train.num_workers,
             cf.history_len,
             positives_only=bpr and not cf.implicit,
+            seed=config.train.seed,
         )
         users = sample_users(num_users, config.eval.valid_users, config.train.seed)
         # Item sets by (splits, positives_only, distinct). Training sets hold each pair once (the
