@@ -253,37 +253,34 @@ def train_stage(args, n: int, work: Path) -> dict[str, Any]:
     return result
 
 
-def score_stage(args, n: int, work: Path) -> dict[str, Any]:
-    """The nightly's scoring step, CF only: every user's top 10 from the train-cf bundle (exact
-    search over every item, the user's training and validation items excluded), published."""
-    config = work / f"score-{n}.json"
-    config.write_text(
-        json.dumps(
-            {
-                "dataset": str(work / f"data-{n}"),
-                "score": {
-                    "cf_bundle": str(work / f"bundle-{n}"),
-                    "output": str(work / f"recs-{n}"),
-                    "k": 10,
-                    "candidates": 10,
-                    "splits": ["train", "valid"],
-                    "users_per_batch": 1024,
-                },
-            }
-        )
-    )
-    shutil.rmtree(work / f"recs-{n}", ignore_errors=True)
-    print(f"{n:,} events: score (CF retrieval for every user, top 10) ...", flush=True)
+def _measured_scoring(
+    args, n: int, work: Path, name: str, score: dict[str, Any], what: str
+) -> dict[str, Any]:
+    """``raylrec score`` of the size's dataset with the ``score`` section (its output is
+    ``<name>-recs-<n>``, removed afterwards), measured; adds the users published and users/s."""
+    output = work / f"{name}-recs-{n}"
+    config = work / f"{name}-{n}.json"
+    section = {**score, "output": str(output), "k": 10, "splits": ["train", "valid"]}
+    config.write_text(json.dumps({"dataset": str(work / f"data-{n}"), "score": section}))
+    shutil.rmtree(output, ignore_errors=True)
+    print(f"{n:,} events: {what} ...", flush=True)
     cmd = [PYTHON, "-m", "raylrec.cli", "score", "--config", str(config), "--date", "2026-01-01"]
-    result = measure(cmd, work / f"score-{n}.log", args.interval, work / "ray")
+    result = measure(cmd, work / f"{name}-{n}.log", args.interval, work / "ray")
     if "failed" not in result:
         from raylrec.scoring import read_manifest
 
-        manifest = read_manifest(str(work / f"recs-{n}"), "2026-01-01")
+        manifest = read_manifest(str(output), "2026-01-01")
         result["users"] = manifest["users"]
         result["users_per_s"] = manifest["users"] / result["wall_s"]
-    shutil.rmtree(work / f"recs-{n}", ignore_errors=True)
+    shutil.rmtree(output, ignore_errors=True)
     return result
+
+
+def score_stage(args, n: int, work: Path) -> dict[str, Any]:
+    """The nightly's scoring step, CF only: every user's top 10 from the train-cf bundle (exact
+    search over every item, the user's training and validation items excluded), published."""
+    score = {"cf_bundle": str(work / f"bundle-{n}"), "candidates": 10, "users_per_batch": 1024}
+    return _measured_scoring(args, n, work, "score", score, "score (CF retrieval for every user, top 10)")
 
 
 def rerank_stage(args, n: int, work: Path) -> dict[str, Any]:
@@ -328,36 +325,16 @@ def rerank_stage(args, n: int, work: Path) -> dict[str, Any]:
         cmd = [PYTHON, "-m", "raylrec.cli", "train", "--config", str(train_config)]
         with open(work / f"reranker-{n}.log", "w") as out:
             subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT)
-    config = work / f"rerank-{n}.json"
-    config.write_text(
-        json.dumps(
-            {
-                "dataset": str(data),
-                "score": {
-                    "cf_bundle": str(work / f"bundle-{n}"),
-                    "model_bundle": str(reranker),
-                    "users": str(users_file),
-                    "output": str(work / f"rerank-recs-{n}"),
-                    "k": 10,
-                    "candidates": args.rerank_candidates,
-                    "splits": ["train", "valid"],
-                    "users_per_batch": 64,
-                },
-            }
-        )
-    )
-    shutil.rmtree(work / f"rerank-recs-{n}", ignore_errors=True)
-    print(f"{n:,} events: score with LLM rerank ({args.rerank_users:,} users) ...", flush=True)
-    cmd = [PYTHON, "-m", "raylrec.cli", "score", "--config", str(config), "--date", "2026-01-01"]
-    result = measure(cmd, work / f"rerank-{n}.log", args.interval, work / "ray")
-    if "failed" not in result:
-        from raylrec.scoring import read_manifest
-
-        manifest = read_manifest(str(work / f"rerank-recs-{n}"), "2026-01-01")
-        result["users"] = manifest["users"]
-        result["users_per_s"] = manifest["users"] / result["wall_s"]
-        result["candidates"] = args.rerank_candidates
-    shutil.rmtree(work / f"rerank-recs-{n}", ignore_errors=True)
+    score = {
+        "cf_bundle": str(work / f"bundle-{n}"),
+        "model_bundle": str(reranker),
+        "users": str(users_file),
+        "candidates": args.rerank_candidates,
+        "users_per_batch": 64,
+    }
+    what = f"score with LLM rerank ({args.rerank_users:,} users)"
+    result = _measured_scoring(args, n, work, "rerank", score, what)
+    result["candidates"] = args.rerank_candidates
     return result
 
 
@@ -405,6 +382,20 @@ def gib(x: float) -> str:
     return f"{x / 2**30:.2f}"
 
 
+def _scoring_row(n: int, stage: str, c: dict[str, Any] | None, rate: str, detail: str) -> list[str]:
+    """The table row of a scoring stage's result (none when the stage did not run)."""
+    if not c:
+        return []
+    if "failed" in c:
+        return [f"| {n:,} | {stage} | failed: {c['failed']} | | | | | | |"]
+    return [
+        f"| {n:,} | {stage} | {c['wall_s']:.0f} | {c['users_per_s']:{rate}} users/s | "
+        f"{gib(c['driver_rss'])} | "
+        f"other {gib(c['ray_worker_rss_max'])} (private {gib(c.get('ray_worker_private_max', 0))}) | "
+        f"{gib(c['shm_peak'])} | {gib(c['spilled'])} | {c['users']:,} users, {detail} |"
+    ]
+
+
 def table(work: Path) -> str:
     rows = []
     for path in sorted(work.glob("results-*.json"), key=lambda p: int(p.stem.split("-")[1])):
@@ -445,27 +436,11 @@ def table(work: Path) -> str:
             f"workers {workers}; other {other} | {gib(t['shm_peak'])} | "
             f"{gib(t['spilled'])} | test NDCG@10 {t['metrics'].get('test/ndcg@10', float('nan')):.4f} |"
         )
-        c = r.get("score")
-        if c and "failed" in c:
-            rows.append(f"| {n:,} | score | failed: {c['failed']} | | | | | | |")
-        elif c:
-            rows.append(
-                f"| {n:,} | score | {c['wall_s']:.0f} | {c['users_per_s']:,.0f} users/s | "
-                f"{gib(c['driver_rss'])} | "
-                f"other {gib(c['ray_worker_rss_max'])} (private {gib(c.get('ray_worker_private_max', 0))}) | "
-                f"{gib(c['shm_peak'])} | {gib(c['spilled'])} | {c['users']:,} users, top 10 each |"
-            )
-        c = r.get("rerank")
-        if c and "failed" in c:
-            rows.append(f"| {n:,} | score + rerank | failed: {c['failed']} | | | | | | |")
-        elif c:
-            rows.append(
-                f"| {n:,} | score + rerank | {c['wall_s']:.0f} | {c['users_per_s']:,.1f} users/s | "
-                f"{gib(c['driver_rss'])} | "
-                f"other {gib(c['ray_worker_rss_max'])} (private {gib(c.get('ray_worker_private_max', 0))}) | "
-                f"{gib(c['shm_peak'])} | {gib(c['spilled'])} | {c['users']:,} users, "
-                f"{c['candidates']} CF candidates reranked by the tiny TALLRec, top 10 each |"
-            )
+        rows += _scoring_row(n, "score", r.get("score"), ",.0f", "top 10 each")
+        rerank = r.get("rerank")
+        if rerank:
+            picked = f"{rerank.get('candidates')} CF candidates reranked by the tiny TALLRec, top 10 each"
+            rows += _scoring_row(n, "score + rerank", rerank, ",.1f", picked)
     head = (
         "| events | stage | wall s | events/s | driver RSS GiB | worker RSS GiB | shm peak GiB | spilled GiB "
         "| beside |\n|---:|---|---|---:|---:|---|---:|---:|---|"
