@@ -289,7 +289,7 @@ def test_list_rows_are_the_rows_of_a_sliced_or_chunked_column(rows, cut, chunks)
     """The scoring actor reads each user's seen items as views of the batch's one buffer (no
     Python int per item): the same rows as ``to_pylist``, mapped or not, for a batch that is a
     slice of a larger block or spread over chunks."""
-    from raylrec.scoring.recommender import list_rows
+    from raylrec.data.arrays import list_rows
 
     array = pa.array(rows, pa.list_(pa.int64()))
     column = array.slice(min(cut, len(rows)))

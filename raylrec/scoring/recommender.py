@@ -22,13 +22,14 @@ import torch
 
 from raylrec import storage
 from raylrec.cf.bundle import bundle_history_len, cf_vocabularies, load_cf_bundle
+from raylrec.data.arrays import list_rows
 from raylrec.data.output import read_table
 from raylrec.data.vocab import Vocabulary
 from raylrec.scoring.publish import RECS_SCHEMA
 from raylrec.scoring.rerank import Reranker, RerankRequest
 from raylrec.scoring.retrieval import FaissIndex, exact_top_n
 
-__all__ = ["CatalogRetriever", "ScoringPlan", "Recommender", "list_rows"]
+__all__ = ["CatalogRetriever", "ScoringPlan", "Recommender"]
 
 _PROGRESS_EVERY_S = 15.0
 
@@ -52,18 +53,6 @@ class ScoringPlan:
     rerank_pack_tokens: int
     popular_items: tuple[str, ...]  # raw ids, most popular first
     popular_scores: tuple[float, ...]
-
-
-def list_rows(column: pa.ChunkedArray | pa.ListArray, mapping: np.ndarray | None = None) -> list[np.ndarray]:
-    """The rows of a list<int64> column as numpy arrays, without a Python object per value: views
-    of the column's one values buffer, or of ``mapping[values]`` (one take for every row)."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    offsets = array.offsets.to_numpy()
-    values = array.values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    if mapping is not None:
-        values = mapping[values[offsets[0] : offsets[-1]]]
-        offsets = offsets - offsets[0]
-    return [values[start:end] for start, end in zip(offsets[:-1], offsets[1:], strict=True)]
 
 
 def _pad(rows: list[np.ndarray], length: int) -> torch.Tensor:
@@ -260,8 +249,9 @@ class Recommender:
     def _recommend(self, batch: pa.Table) -> pa.Table:
         users = np.asarray(batch["user_id"].to_pylist(), dtype=object)
         histories = [self.data_items.to_raw(np.asarray(h, np.int64)) for h in batch["history"].to_pylist()]
-        seen = list_rows(batch["seen"])  # the dataset's numbering, views of the batch's buffer
-        seen_by_retriever = list_rows(batch["seen"], self.seen_to_retriever)
+        seen_column = batch["seen"].combine_chunks()
+        seen = list_rows(seen_column)  # the dataset's numbering, views of the batch's buffer
+        seen_by_retriever = list_rows(seen_column, self.seen_to_retriever)
         picks: list[tuple[np.ndarray, np.ndarray, str]] = [None] * len(users)  # type: ignore[list-item]
         rows, candidates, retrieval_scores = self._candidates(users, histories, seen_by_retriever)
         if len(rows):
