@@ -10,9 +10,7 @@ a (cold) profile and events of users nobody asked for are dropped.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -140,25 +138,6 @@ def _read_events(dataset: str, splits: list[str]) -> ray.data.Dataset:
     return read_split(dataset, splits, columns=_EVENT_COLUMNS)
 
 
-@contextlib.contextmanager
-def _hash_shuffle() -> Iterator[None]:
-    """Ray Data's first hash shuffle for the datasets created inside. Its default one
-    (``SHUFFLE_V2``) keeps the partitions in its aggregator actors' memory until the shuffle
-    ends, so the profile join's largest process grew with the log (0.91 -> 1.71 GiB private from
-    5M to 50M events, bench/scale.py); with ``HASH_SHUFFLE`` the blocks stay in the object
-    store, which spills (1.01 GiB at 50M), at some speed (1,239 instead of 1,510 users/s)."""
-    from ray.data import DataContext
-    from ray.data.context import ShuffleStrategy
-
-    context = DataContext.get_current()
-    saved = context.shuffle_strategy
-    context.shuffle_strategy = ShuffleStrategy.HASH_SHUFFLE
-    try:
-        yield
-    finally:
-        context.shuffle_strategy = saved
-
-
 # Events per profile block: a block holds all rows of its users and is profiled at once, so the
 # number of blocks grows with the log and a profiling task's memory does not (~100 MB a block).
 EVENTS_PER_PROFILE_BLOCK = 1_000_000
@@ -178,11 +157,10 @@ def user_profiles(
     """One profile row per distinct requested user (see the module docstring); ``partitions``
     defaults to ``profile_partitions``."""
     partitions = partitions or profile_partitions(dataset, splits)
-    with _hash_shuffle():  # the datasets made here keep it (each holds a copy of the context)
-        events = _read_events(dataset, splits).map_batches(
-            _events_with_raw_users, batch_format="pyarrow", fn_kwargs={"dataset": dataset}
-        )
-        markers = _read_users(users, dataset).map_batches(_markers, batch_format="pyarrow")
+    events = _read_events(dataset, splits).map_batches(
+        _events_with_raw_users, batch_format="pyarrow", fn_kwargs={"dataset": dataset}
+    )
+    markers = _read_users(users, dataset).map_batches(_markers, batch_format="pyarrow")
     # One block per partition holds all rows of its users (a hash shuffle on user_id), so each
     # block's profiles are computed at once, vectorised, instead of one Python call per user.
     return (
