@@ -22,14 +22,16 @@ from raylrec import storage
 from raylrec.cf.bundle import CFBundle
 from raylrec.cf.encoders.mf.model import MF
 from raylrec.config import BackboneConfig
+from raylrec.data.item_sets import latest_positives
 from raylrec.data.vocab import Vocabulary
+from raylrec.eval.ranking import ItemSets
 from raylrec.llm.backbone import load_backbone
 from raylrec.llm.prompts import PromptBuilder
 from raylrec.methods import METHODS, template_text
 from raylrec.methods.tallrec import TALLRecConfig
 from raylrec.methods.tallrec.model import TALLRec
 from raylrec.scoring import publish as recs
-from raylrec.scoring.profiles import PROFILE_SCHEMA, profiles_of_block
+from raylrec.scoring.profiles import PROFILE_SCHEMA, profiles_of_users
 from raylrec.scoring.rerank import Reranker, RerankRequest
 from raylrec.scoring.retrieval import FaissIndex, exact_top_n
 
@@ -232,36 +234,42 @@ def _reference_profile(rows: list[tuple[str, int, int, int]], history_len: int) 
     events=st.lists(
         st.tuples(
             st.sampled_from(["u1", "u2", "u3", "u4"]),
-            st.integers(0, 6),  # few items and times: repeats and ties in time are common
+            st.integers(1, 6),  # few items and times: repeats and ties in time are common
             st.integers(0, 3),
             st.integers(0, 1),
         ),
         max_size=60,
     ),
-    requested=st.lists(st.sampled_from(["u1", "u2", "u3", "cold"]), max_size=6),
+    requested=st.lists(st.sampled_from(["u1", "u2", "u3", "cold"]), max_size=6, unique=True),
     history_len=st.integers(0, 4),
     seed=st.integers(0, 2**16),
+    cuts=st.lists(st.integers(0, 60), max_size=4),
 )
-def test_block_profiles_match_a_per_user_reference(events, requested, history_len, seed):
-    marker_rows = [(u, -1, 0, 0) for u in requested]  # a repeated request is one profile
-    rows = events + marker_rows
-    order = np.random.default_rng(seed).permutation(len(rows))  # blocks arrive in any order
-    rows = [rows[k] for k in order]
-    block = pa.table(
-        {
-            "user_id": pa.array([r[0] for r in rows], pa.string()),
-            "iid": pa.array([r[1] for r in rows], pa.int64()),
-            "timestamp": pa.array([r[2] for r in rows], pa.int64()),
-            "label": pa.array([r[3] for r in rows], pa.int8()),
-        }
-    )
-    got = profiles_of_block(block, history_len)
+def test_profiles_match_a_per_user_reference_however_the_events_arrive(
+    events, requested, history_len, seed, cuts
+):
+    """Histories are merged batch by batch (at most ``history_len`` kept per user), so any order
+    of the events and any cut into batches gives each user's newest positives by (time, item)."""
+    dense_of = {"u1": 1, "u2": 2, "u3": 3, "u4": 4, "cold": 0}
+    order = np.random.default_rng(seed).permutation(len(events))
+    rows = [events[k] for k in order]
+    uid = np.array([dense_of[u] for u, *_ in rows], np.int64)
+    iid, time, label = (np.array([r[k] for r in rows], np.int64) for k in (1, 2, 3))
+    positive = label > 0
+    bounds = [0, *sorted(min(c, int(positive.sum())) for c in cuts), int(positive.sum())]
+    batches = [
+        {"uid": uid[positive][a:b], "iid": iid[positive][a:b], "timestamp": time[positive][a:b]}
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    history = latest_positives(iter(batches), 5, history_len)
+    seen = ItemSets.from_pairs(uid, iid, 5, distinct=True)
+    dense = np.array([dense_of[u] for u in requested], np.int64)
+    got = profiles_of_users(pa.array(requested, pa.string()), dense, seen, history)
     assert got.schema == PROFILE_SCHEMA
-    by_user = {r["user_id"]: {"history": r["history"], "seen": r["seen"]} for r in got.to_pylist()}
-    assert len(by_user) == got.num_rows == len(set(requested))  # u4 was never requested
-    for user in set(requested):
-        mine = [e for e in events if e[0] == user]
-        assert by_user[user] == _reference_profile(mine, history_len), user
+    assert got["user_id"].to_pylist() == requested
+    for row in got.to_pylist():
+        mine = [e for e in events if e[0] == row["user_id"]]
+        assert {"history": row["history"], "seen": row["seen"]} == _reference_profile(mine, history_len)
 
 
 def test_vocabulary_maps_raw_ids_and_unknown_ones_to_zero():

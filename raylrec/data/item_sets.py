@@ -9,7 +9,7 @@ zero-copy (``ray.get`` of numpy arrays maps the node's shared memory).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow.compute as pc
@@ -18,10 +18,26 @@ import pyarrow.dataset as pads
 from raylrec.data.output import read_meta, split_paths
 from raylrec.eval.ranking import ItemSets
 
-__all__ = ["build_item_sets", "split_pairs"]
+__all__ = ["build_item_sets", "build_latest_positives", "latest_positives", "split_pairs"]
 
 _BATCH_ROWS = 1 << 20
 _SORT_CHUNK = 1 << 22  # pairs sorted at a time inside users' rows
+
+
+def _split_batches(
+    dataset: str, splits: Sequence[str], columns: list[str], positives_only: bool, batch_rows: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """``columns`` of ``splits`` as numpy, read with pyarrow batch by batch; ``positives_only``
+    keeps label-1 rows."""
+    meta = read_meta(dataset)
+    read = [*columns, "label"] if positives_only and "label" not in columns else columns
+    for split in splits:
+        fs, files = split_paths(dataset, split, meta)
+        source = pads.dataset(files, filesystem=fs, format="parquet")
+        for batch in source.to_batches(columns=read, batch_size=batch_rows):
+            if positives_only:
+                batch = batch.filter(pc.equal(batch["label"], 1))
+            yield {name: batch[name].to_numpy(zero_copy_only=False) for name in columns}
 
 
 def split_pairs(
@@ -29,18 +45,8 @@ def split_pairs(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(uid, iid) batches of ``splits``, read with pyarrow batch by batch; ``positives_only``
     keeps label-1 rows."""
-    meta = read_meta(dataset)
-    columns = ["uid", "iid", "label"] if positives_only else ["uid", "iid"]
-    for split in splits:
-        fs, files = split_paths(dataset, split, meta)
-        source = pads.dataset(files, filesystem=fs, format="parquet")
-        for batch in source.to_batches(columns=columns, batch_size=batch_rows):
-            if positives_only:
-                batch = batch.filter(pc.equal(batch["label"], 1))
-            yield (
-                batch["uid"].to_numpy(zero_copy_only=False).astype(np.int64, copy=False),
-                batch["iid"].to_numpy(zero_copy_only=False).astype(np.int32, copy=False),
-            )
+    for batch in _split_batches(dataset, splits, ["uid", "iid"], positives_only, batch_rows):
+        yield batch["uid"].astype(np.int64, copy=False), batch["iid"].astype(np.int32, copy=False)
 
 
 def build_item_sets(
@@ -94,3 +100,46 @@ def _sort_rows(indptr: np.ndarray, indices: np.ndarray, distinct: bool) -> tuple
     if distinct:
         indices.resize(int(kept[-1]), refcheck=False)  # in place: no second copy of the pairs
     return (kept if distinct else indptr), indices
+
+
+def build_latest_positives(
+    dataset: str, splits: Sequence[str], num_users: int, length: int, batch_rows: int = _BATCH_ROWS
+) -> ItemSets:
+    """``latest_positives`` of the label-1 rows of ``splits``, streamed from the files."""
+    columns = ["uid", "iid", "timestamp"]
+    batches = _split_batches(dataset, splits, columns, True, batch_rows) if length else iter(())
+    return latest_positives(batches, num_users, length)
+
+
+def latest_positives(batches: Iterable[dict[str, np.ndarray]], num_users: int, length: int) -> ItemSets:
+    """Each user's ``length`` most recent items over ``batches`` (``uid``, ``iid``,
+    ``timestamp``), oldest first, ties in time ordered by item id (an item logged twice counts
+    twice): the history a scoring profile carries. One pass keeps at most ``length`` (time,
+    item) pairs per user and merges each batch into them, so memory is 12 bytes per user and
+    history slot plus one batch, whatever the number of events."""
+    times = np.zeros((num_users, length), np.int64)
+    items = np.zeros((num_users, length), np.int32)
+    counts = np.zeros(num_users, np.int64)
+    for batch in batches:
+        users = np.asarray(batch["uid"], np.int64)
+        if not len(users) or not length:
+            continue
+        touched, owner = np.unique(users, return_inverse=True)
+        kept = counts[touched]
+        old_owner = np.repeat(np.arange(len(touched)), kept)
+        old_slot = np.arange(len(old_owner)) - np.repeat(np.cumsum(kept) - kept, kept)
+        owner = np.r_[old_owner, owner]
+        when = np.r_[times[touched[old_owner], old_slot], np.asarray(batch["timestamp"], np.int64)]
+        what = np.r_[items[touched[old_owner], old_slot], np.asarray(batch["iid"], np.int32)]
+        order = np.lexsort((what, when, owner))
+        owner, when, what = owner[order], when[order], what[order]
+        ends = np.cumsum(np.bincount(owner, minlength=len(touched)))
+        newest = ends[owner] - np.arange(len(owner)) <= length  # each user's last `length`
+        owner, when, what = owner[newest], when[newest], what[newest]
+        kept = np.bincount(owner, minlength=len(touched))
+        slot = np.arange(len(owner)) - np.repeat(np.cumsum(kept) - kept, kept)
+        times[touched[owner], slot] = when
+        items[touched[owner], slot] = what
+        counts[touched] = kept
+    indptr = np.r_[0, np.cumsum(counts)].astype(np.int64)
+    return ItemSets(indptr, items[np.arange(length) < counts[:, None]], distinct=False)

@@ -146,15 +146,21 @@ class ItemSets:
             hi = np.where(active & ~below, mid, hi)
         return ranks + 1 + (lo - start)
 
+    def take(self, users: np.ndarray) -> ItemSets:
+        """The rows of ``users``, in that order (repeats allowed), as a new ``ItemSets``."""
+        users = np.asarray(users, np.int64)
+        sizes = self.sizes_of(users)
+        starts = np.repeat(self.indptr[users] - np.r_[0, np.cumsum(sizes)[:-1]], sizes)
+        indices = self.indices[starts + np.arange(int(sizes.sum()))] if len(starts) else self.indices[:0]
+        return ItemSets(np.r_[0, np.cumsum(sizes)].astype(np.int64), indices, self.distinct)
+
     def dense_rows(
         self, users: np.ndarray, num_items: int, device: torch.device | str = "cpu"
     ) -> torch.Tensor:
         """A boolean ``[len(users), num_items]`` membership matrix for the listed users."""
-        users = np.asarray(users, np.int64)
-        sizes = self.sizes_of(users)
-        rows = np.repeat(np.arange(len(users)), sizes)
-        starts = np.repeat(self.indptr[users] - np.r_[0, np.cumsum(sizes)[:-1]], sizes)
-        cols = self.indices[starts + np.arange(int(sizes.sum()))] if len(rows) else np.zeros(0, np.int64)
+        rows_of_users = self.take(users)
+        rows = np.repeat(np.arange(len(users)), np.diff(rows_of_users.indptr))
+        cols = rows_of_users.indices if len(rows) else np.zeros(0, np.int64)
         mask = torch.zeros(len(users), num_items, dtype=torch.bool, device=device)
         mask[torch.as_tensor(rows, device=device), torch.as_tensor(cols, dtype=torch.long, device=device)] = (
             True

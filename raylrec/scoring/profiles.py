@@ -2,15 +2,19 @@
 
 A profile is one row per requested user: ``user_id`` (raw), ``history`` (their most recent
 positive items, oldest first; ties in time ordered by item id) and ``seen`` (every item they
-interacted with), item ids in the dataset's dense numbering. Requested users join their
-interactions in one hash shuffle: the user table's rows go in as markers beside the events, and
-a user gets a profile only if they have a marker, so a requested user with no events still gets
-a (cold) profile and events of users nobody asked for are dropped.
+interacted with), item ids in the dataset's dense numbering. Two Ray tasks stream the splits'
+files once each and put every user's seen items and history in the object store as CSR arrays
+(``raylrec.data.item_sets``: 4 bytes per distinct (user, item) pair, 4 per history slot); the
+requested users then look theirs up in a plain Ray Data map, zero-copy. No shuffle of the events:
+a process holds at most one batch of them, whatever the size of the log (the earlier join by a
+hash shuffle grew its reduce tasks with the log). A requested user with no events in the splits
+gets a cold profile (empty lists); a user file listing someone twice gives one profile.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,14 +23,15 @@ import ray
 from raylrec import storage
 from raylrec.data.output import read_meta, read_split, read_table
 from raylrec.data.vocab import Vocabulary
+from raylrec.eval.ranking import ItemSets
 
-__all__ = ["user_profiles", "profile_partitions", "profiles_of_block", "item_popularity", "PROFILE_SCHEMA"]
+__all__ = ["user_profiles", "profile_sets", "profiles_of_users", "item_popularity", "PROFILE_SCHEMA"]
 
 PROFILE_SCHEMA = pa.schema(
     [("user_id", pa.string()), ("history", pa.list_(pa.int64())), ("seen", pa.list_(pa.int64()))]
 )
-_EVENT_COLUMNS = ["uid", "iid", "timestamp", "label"]
-_MARKER = -1
+# A user file's ids are made distinct by a hash shuffle of the ids alone (a few bytes per user).
+_DISTINCT_USER_PARTITIONS = 8
 
 
 @functools.lru_cache(maxsize=4)
@@ -34,77 +39,38 @@ def _user_vocabulary(dataset: str) -> Vocabulary:
     return Vocabulary.from_table(read_table(dataset, "users.parquet"), "user_id", "uid")
 
 
-def _events_with_raw_users(batch: pa.Table, dataset: str) -> pa.Table:
-    raw = _user_vocabulary(dataset).to_raw(batch["uid"].to_numpy())
-    return pa.table(
-        {
-            "user_id": pa.array(raw.tolist(), pa.string()),
-            "iid": batch["iid"].cast(pa.int64()),
-            "timestamp": batch["timestamp"].cast(pa.int64()),
-            "label": batch["label"].cast(pa.int8()),
-        }
+def _list_column(rows: ItemSets) -> pa.ListArray:
+    return pa.ListArray.from_arrays(
+        pa.array(rows.indptr.astype(np.int32)), pa.array(rows.indices.astype(np.int64, copy=False))
     )
 
 
-def _markers(batch: pa.Table) -> pa.Table:
-    n = batch.num_rows
+def profiles_of_users(
+    raw_users: pa.Array | pa.ChunkedArray, dense: np.ndarray, seen: ItemSets, history: ItemSets
+) -> pa.Table:
+    """The profiles of the users ``raw_users`` (dense ids ``dense``, 0 for a user the dataset
+    does not know) from every user's ``seen`` items and ``history``."""
     return pa.table(
         {
-            "user_id": batch["user_id"].cast(pa.string()),
-            "iid": pa.array(np.full(n, _MARKER, np.int64)),
-            "timestamp": pa.array(np.zeros(n, np.int64)),
-            "label": pa.array(np.zeros(n, np.int8)),
-        }
-    )
-
-
-def _offsets(owner: np.ndarray, groups: int) -> np.ndarray:
-    """List offsets for values already sorted by ``owner`` (group ids in ``[0, groups)``)."""
-    return np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=groups))]).astype(np.int32)
-
-
-def profiles_of_block(block: pa.Table, history_len: int) -> pa.Table:
-    """The profiles of the requested users in ``block``, vectorised over users. The block must
-    hold all rows of each of its users (events and markers), as a shuffle by ``user_id`` leaves
-    them; users without a marker are dropped, markers without events give cold profiles."""
-    encoded = block["user_id"].combine_chunks().dictionary_encode()
-    users = encoded.dictionary
-    user = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    iid = block["iid"].to_numpy()
-    timestamp = block["timestamp"].to_numpy()
-    label = block["label"].to_numpy()
-    requested = np.zeros(len(users), bool)
-    requested[user[iid == _MARKER]] = True
-    event = (iid != _MARKER) & requested[user]
-    user, iid, timestamp, positive = user[event], iid[event], timestamp[event], label[event] > 0
-
-    # seen: each user's distinct items, ascending
-    order = np.lexsort((iid, user))
-    seen_user, seen_item = user[order], iid[order]
-    first = np.ones(len(order), bool)
-    first[1:] = (seen_user[1:] != seen_user[:-1]) | (seen_item[1:] != seen_item[:-1])
-    seen_user, seen_item = seen_user[first], seen_item[first]
-
-    # history: each user's newest positives, oldest first; ties in time ordered by item id
-    order = np.lexsort((iid[positive], timestamp[positive], user[positive]))
-    history_user, history_item = user[positive][order], iid[positive][order]
-    ends = np.cumsum(np.bincount(history_user, minlength=len(users)))
-    keep = ends[history_user] - np.arange(len(history_user)) <= history_len
-    history_user, history_item = history_user[keep], history_item[keep]
-
-    wanted = pa.array(np.flatnonzero(requested))
-    return pa.table(
-        {
-            "user_id": users.cast(pa.string()).take(wanted),
-            "history": pa.ListArray.from_arrays(
-                _offsets(history_user, len(users)), pa.array(history_item, pa.int64())
-            ).take(wanted),
-            "seen": pa.ListArray.from_arrays(
-                _offsets(seen_user, len(users)), pa.array(seen_item, pa.int64())
-            ).take(wanted),
+            "user_id": raw_users.cast(pa.string()),
+            "history": _list_column(history.take(dense)),
+            "seen": _list_column(seen.take(dense)),
         },
         schema=PROFILE_SCHEMA,
     )
+
+
+def _profiles_task(batch: pa.Table, dataset: str, sets: list[Any]) -> pa.Table:
+    """A Ray Data task: a batch of requested users' profiles, read from the object store."""
+    seen, history = ray.get(sets)
+    raw = batch["user_id"].cast(pa.string())
+    dense = _user_vocabulary(dataset).to_dense(raw.to_numpy(zero_copy_only=False))
+    return profiles_of_users(raw, dense, seen, history)
+
+
+def _distinct_users(block: pa.Table) -> pa.Table:
+    """One row per user id of a block that holds every row of its ids (after a hash shuffle)."""
+    return pa.table({"user_id": block["user_id"].cast(pa.string()).unique()})
 
 
 def _read_users(users: str | None, dataset: str) -> ray.data.Dataset:
@@ -134,41 +100,36 @@ def known_splits(dataset: str, splits: list[str] | None) -> list[str]:
     return splits
 
 
-def _read_events(dataset: str, splits: list[str]) -> ray.data.Dataset:
-    return read_split(dataset, splits, columns=_EVENT_COLUMNS)
+def profile_sets(dataset: str, splits: list[str], history_len: int) -> list[ray.ObjectRef]:
+    """[seen, history]: every user's distinct items and ``history_len`` latest positives of
+    ``splits`` (``ItemSets``), built by two Ray tasks side by side, finished when this returns:
+    the results are in the object store, not in this process."""
+    from raylrec.data.item_sets import build_item_sets, build_latest_positives
 
-
-# Events per profile block: a block holds all rows of its users and is profiled at once, so the
-# number of blocks grows with the log and a profiling task's memory does not (~100 MB a block).
-EVENTS_PER_PROFILE_BLOCK = 1_000_000
-
-
-def profile_partitions(dataset: str, splits: list[str]) -> int:
-    """How many hash partitions the profiles of ``splits`` take: at least 8, one per
-    ``EVENTS_PER_PROFILE_BLOCK`` events."""
-    counts = read_meta(dataset)["counts"]["splits"]
-    events = sum(int(counts.get(split, 0)) for split in splits)
-    return max(8, -(-events // EVENTS_PER_PROFILE_BLOCK))
-
-
-def user_profiles(
-    dataset: str, splits: list[str], users: str | None, history_len: int, partitions: int | None = None
-) -> ray.data.Dataset:
-    """One profile row per distinct requested user (see the module docstring); ``partitions``
-    defaults to ``profile_partitions``."""
-    partitions = partitions or profile_partitions(dataset, splits)
-    events = _read_events(dataset, splits).map_batches(
-        _events_with_raw_users, batch_format="pyarrow", fn_kwargs={"dataset": dataset}
+    num_users = int(read_meta(dataset)["counts"]["num_users"])
+    seen = ray.remote(num_cpus=1, max_retries=2)(build_item_sets).remote(
+        dataset, splits, num_users, False, True
     )
-    markers = _read_users(users, dataset).map_batches(_markers, batch_format="pyarrow")
-    # One block per partition holds all rows of its users (a hash shuffle on user_id), so each
-    # block's profiles are computed at once, vectorised, instead of one Python call per user.
-    return (
-        events.union(markers)
-        .repartition(partitions, keys=["user_id"], sort=False)
-        .map_batches(
-            profiles_of_block, batch_format="pyarrow", batch_size=None, fn_kwargs={"history_len": history_len}
-        )
+    history = ray.remote(num_cpus=1, max_retries=2)(build_latest_positives).remote(
+        dataset, splits, num_users, history_len
+    )
+    # Built before the scoring actors start: actors holding every CPU while waiting on them
+    # would leave the tasks none to run on. Nothing is fetched here.
+    ray.wait([seen, history], num_returns=2, fetch_local=False)
+    return [seen, history]
+
+
+def user_profiles(dataset: str, splits: list[str], users: str | None, history_len: int) -> ray.data.Dataset:
+    """One profile row per distinct requested user (see the module docstring): every user of
+    the dataset when ``users`` is None, else the ids of that file."""
+    sets = profile_sets(dataset, splits, history_len)
+    requested = _read_users(users, dataset)
+    if users is not None:
+        requested = requested.repartition(
+            _DISTINCT_USER_PARTITIONS, keys=["user_id"], sort=False
+        ).map_batches(_distinct_users, batch_format="pyarrow", batch_size=None)
+    return requested.map_batches(
+        _profiles_task, batch_format="pyarrow", fn_kwargs={"dataset": dataset, "sets": sets}
     )
 
 
@@ -177,7 +138,7 @@ def item_popularity(dataset: str, splits: list[str], top: int) -> tuple[np.ndarr
     Counted per block by Ray, merged on the driver (one row per item)."""
     from raylrec.data.indexing import id_counts
 
-    positives = _read_events(dataset, splits).filter(expr="label > 0")
+    positives = read_split(dataset, splits, columns=["iid", "label"]).filter(expr="label > 0")
     counts = id_counts(positives, ["iid"])["iid"]
     ids = counts["id"].to_numpy(zero_copy_only=False).astype(np.int64)
     count = counts["count"].to_numpy()
