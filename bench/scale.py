@@ -99,6 +99,7 @@ class Monitor(threading.Thread):
         self.root, self.interval, self.spill_dirs = pid, interval, spill_dirs
         self.peaks: dict[int, tuple[str, int]] = {}
         self.private_peaks: dict[int, int] = {}
+        self.private_titles: dict[int, str] = {}  # the process title (a Ray task's name) at that peak
         self.shm_base = shared_memory_bytes()
         self.shm_peak = 0
         self.spilled = 0
@@ -114,7 +115,9 @@ class Monitor(threading.Thread):
                 with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                     rss = proc.memory_info().rss
                     private = rss - shared_rss(proc.pid)
-                    self.private_peaks[proc.pid] = max(self.private_peaks.get(proc.pid, 0), private)
+                    if private > self.private_peaks.get(proc.pid, 0):
+                        self.private_peaks[proc.pid] = private
+                        self.private_titles[proc.pid] = " ".join(proc.cmdline())[:80]
                     name, peak = self.peaks.get(proc.pid, ("", 0))
                     now = role(proc, self.root)
                     if rss > peak or name in ("", "ray worker", "ray system"):
@@ -130,15 +133,19 @@ class Monitor(threading.Thread):
         self.join()
         by_role: dict[str, list[int]] = {}
         private: dict[str, list[int]] = {}
+        largest = (0, "")
         for pid, (name, peak) in self.peaks.items():
             by_role.setdefault(name, []).append(peak)
             private.setdefault(name, []).append(self.private_peaks.get(pid, 0))
+            if name == "ray worker":
+                largest = max(largest, (self.private_peaks.get(pid, 0), self.private_titles.get(pid, "")))
         return {
             "driver_rss": max(by_role.get("driver", [0])),
             "train_worker_rss": sorted(by_role.get("train worker", []), reverse=True),
             "driver_private": max(private.get("driver", [0])),
             "train_worker_private": sorted(private.get("train worker", []), reverse=True),
             "ray_worker_private_max": max(private.get("ray worker", [0])),
+            "ray_worker_private_max_title": largest[1],
             "ray_worker_rss_max": max(by_role.get("ray worker", [0])),
             "ray_system_rss_max": max(by_role.get("ray system", [0])),
             "shm_peak": self.shm_peak,
