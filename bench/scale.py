@@ -27,6 +27,7 @@ table from those files.
     python bench/scale.py --sizes 5000000 20000000 50000000
     python bench/scale.py --sizes 50000000 --from-stage score   # on what a --keep run left
     python bench/scale.py --sizes 5000000 --from-stage rerank  # the rerank alone, kept data
+    python bench/scale.py --sizes 50000000 --until prepare --baselines --keep  # prepare alone
     python bench/scale.py --table
 """
 
@@ -403,6 +404,13 @@ def _scoring_row(n: int, stage: str, c: dict[str, Any] | None, rate: str, detail
     ]
 
 
+def _private(c: dict[str, Any]) -> str:
+    """The largest Ray worker's private peak and what it ran then, where recorded."""
+    if "ray_worker_private_max_title" not in c:
+        return ""
+    return f" (private {gib(c['ray_worker_private_max'])}: {c['ray_worker_private_max_title'].strip()})"
+
+
 def table(work: Path) -> str:
     rows = []
     for path in sorted(work.glob("results-*.json"), key=lambda p: int(p.stem.split("-")[1])):
@@ -424,10 +432,13 @@ def table(work: Path) -> str:
                 )
         rows.append(
             f"| {n:,} | prepare | {prep['wall_s']:.0f} | {rate:,.0f} | {gib(prep['driver_rss'])} | "
-            f"{gib(prep['ray_worker_rss_max'])} | {gib(prep['shm_peak'])} | {gib(prep['spilled'])} | "
+            f"{gib(prep['ray_worker_rss_max'])}{_private(prep)} | {gib(prep['shm_peak'])} | "
+            f"{gib(prep['spilled'])} | "
             f"{'; '.join(ratios)} |"
         )
-        t = r["train"]
+        t = r.get("train")
+        if t is None:  # --until prepare
+            continue
         if "failed" in t:
             rows.append(f"| {n:,} | train-cf | failed: {t['failed']} | | | | | | |")
             continue
@@ -487,6 +498,9 @@ def main() -> None:
     )
     parser.add_argument("--no-score", action="store_true", help="stop after train-cf")
     parser.add_argument(
+        "--until", choices=STAGES, default=STAGES[-1], help="stop after this stage (e.g. prepare alone)"
+    )
+    parser.add_argument(
         "--rerank-users", type=int, default=1000, help="users of the LLM-rerank scoring (0: none)"
     )
     parser.add_argument("--rerank-candidates", type=int, default=20, help="CF candidates reranked per user")
@@ -515,13 +529,14 @@ def main() -> None:
         if start <= 0:
             synth(logs, n, args.users, args.items)
             result["prepare"] = prepare_stage(args, n, logs, work)
-        if start <= 1:
+        last = STAGES.index(args.until)
+        if start <= 1 <= last:
             no_data = "failed" in result["prepare"].get("raylrec", {})
             result["train"] = {"failed": "no dataset"} if no_data else train_stage(args, n, work)
-        if not args.no_score and "failed" not in result["train"]:
+        if last >= 2 and not args.no_score and "failed" not in result["train"]:
             if start <= 2:
                 result["score"] = score_stage(args, n, work)
-            if args.rerank_users:
+            if args.rerank_users and last >= 3:
                 result["rerank"] = rerank_stage(args, n, work)
         (work / f"results-{n}.json").write_text(json.dumps(result, indent=1))
         if not args.keep and args.from_stage == "prepare":
