@@ -270,6 +270,13 @@ def test_profiles_match_a_per_user_reference_however_the_events_arrive(
     for row in got.to_pylist():
         mine = [e for e in events if e[0] == row["user_id"]]
         assert {"history": row["history"], "seen": row["seen"]} == _reference_profile(mine, history_len)
+    # a user file's sample keeps the histories of its users alone, the same ones
+    only = np.zeros(5, bool)
+    only[dense[dense > 0]] = True
+    sample = latest_positives(iter(batches), 5, history_len, only)
+    np.testing.assert_array_equal(sample.sizes_of(np.flatnonzero(~only)), 0)
+    np.testing.assert_array_equal(sample.take(dense).indices, history.take(dense).indices)
+    np.testing.assert_array_equal(sample.take(dense).indptr, history.take(dense).indptr)
 
 
 def test_vocabulary_maps_raw_ids_and_unknown_ones_to_zero():

@@ -80,6 +80,14 @@ def test_item_sets_from_files_equal_the_whole_array_build(tmp_path, monkeypatch,
     probe_u, probe_i = rng.integers(0, 300, 4_000), rng.integers(0, 50, 4_000)
     truth = np.array([(u, i) in pairs for u, i in zip(probe_u.tolist(), probe_i.tolist(), strict=True)])
     np.testing.assert_array_equal(built.contains(probe_u, probe_i), truth)
+    # the rows of some users only (a scoring sample): theirs as before, everyone else's empty
+    only = rng.random(300) < 0.1
+    some = build_item_sets(path, ["train", "valid"], 300, positives_only, distinct=distinct, only=only)
+    mine = np.flatnonzero(only)
+    np.testing.assert_array_equal(
+        some.sizes_of(np.arange(300)), np.where(only, built.sizes_of(np.arange(300)), 0)
+    )
+    np.testing.assert_array_equal(some.take(mine).indices, built.take(mine).indices)
 
 
 def test_the_nth_absent_item_is_the_complement_at_that_rank():

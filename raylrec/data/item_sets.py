@@ -50,21 +50,27 @@ def split_pairs(
 
 
 def build_item_sets(
-    dataset: str, splits: Sequence[str], num_users: int, positives_only: bool, distinct: bool = False
+    dataset: str,
+    splits: Sequence[str],
+    num_users: int,
+    positives_only: bool,
+    distinct: bool = False,
+    only: np.ndarray | None = None,
 ) -> ItemSets:
     """The users' items of ``splits``, each row sorted ascending so ``ItemSets.contains`` can
     search it; a (user, item) pair logged several times is kept once with ``distinct`` (what
     BPR's sampler and the evaluation masks need: on a Zipf log the heaviest users repeat most
     of theirs), every time otherwise (recall's denominators count them, as
     ``ItemSets.from_pairs``). Pass 1 counts rows per user, pass 2 writes each item at its user's
-    cursor; rows are then sorted (and de-duplicated) a few million pairs at a time."""
+    cursor; rows are then sorted (and de-duplicated) a few million pairs at a time. ``only``
+    (a boolean per user): the other users' rows stay empty and take no memory."""
     counts = np.zeros(num_users, np.int64)
-    for users, _ in split_pairs(dataset, splits, positives_only):
+    for users, _ in _kept_pairs(split_pairs(dataset, splits, positives_only), only):
         counts += np.bincount(users, minlength=num_users)
     indptr = np.r_[0, np.cumsum(counts)].astype(np.int64)
     indices = np.empty(int(indptr[-1]), np.int32)
     cursor = indptr[:-1].copy()
-    for users, items in split_pairs(dataset, splits, positives_only):
+    for users, items in _kept_pairs(split_pairs(dataset, splits, positives_only), only):
         order = np.argsort(users, kind="stable")
         ordered = users[order]
         first = np.r_[True, ordered[1:] != ordered[:-1]]
@@ -73,6 +79,16 @@ def build_item_sets(
         cursor += np.bincount(users, minlength=num_users)
     indptr, indices = _sort_rows(indptr, indices, distinct)
     return ItemSets(indptr, indices, distinct)
+
+
+def _kept_pairs(
+    pairs: Iterator[tuple[np.ndarray, np.ndarray]], only: np.ndarray | None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for users, items in pairs:
+        if only is not None:
+            kept = only[users]
+            users, items = users[kept], items[kept]
+        yield users, items
 
 
 def _sort_rows(indptr: np.ndarray, indices: np.ndarray, distinct: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -103,43 +119,58 @@ def _sort_rows(indptr: np.ndarray, indices: np.ndarray, distinct: bool) -> tuple
 
 
 def build_latest_positives(
-    dataset: str, splits: Sequence[str], num_users: int, length: int, batch_rows: int = _BATCH_ROWS
+    dataset: str,
+    splits: Sequence[str],
+    num_users: int,
+    length: int,
+    only: np.ndarray | None = None,
+    batch_rows: int = _BATCH_ROWS,
 ) -> ItemSets:
-    """``latest_positives`` of the label-1 rows of ``splits``, streamed from the files."""
+    """``latest_positives`` of the label-1 rows of ``splits``, streamed from the files; with
+    ``only`` (a boolean per user), of those users alone."""
     columns = ["uid", "iid", "timestamp"]
     batches = _split_batches(dataset, splits, columns, True, batch_rows) if length else iter(())
-    return latest_positives(batches, num_users, length)
+    return latest_positives(batches, num_users, length, only)
 
 
-def latest_positives(batches: Iterable[dict[str, np.ndarray]], num_users: int, length: int) -> ItemSets:
+def latest_positives(
+    batches: Iterable[dict[str, np.ndarray]], num_users: int, length: int, only: np.ndarray | None = None
+) -> ItemSets:
     """Each user's ``length`` most recent items over ``batches`` (``uid``, ``iid``,
     ``timestamp``), oldest first, ties in time ordered by item id (an item logged twice counts
     twice): the history a scoring profile carries. One pass keeps at most ``length`` (time,
-    item) pairs per user and merges each batch into them, so memory is 12 bytes per user and
-    history slot plus one batch, whatever the number of events."""
-    times = np.zeros((num_users, length), np.int64)
-    items = np.zeros((num_users, length), np.int32)
+    item) pairs per user and merges each batch into them, so memory is 12 bytes per history slot
+    of each user kept (every user, or those of ``only``, a boolean per user) plus one batch,
+    whatever the number of events."""
+    slot_of = np.arange(num_users) if only is None else np.cumsum(only) - 1  # user -> table row
+    rows = num_users if only is None else int(np.count_nonzero(only))
+    times = np.zeros((rows, length), np.int64)
+    items = np.zeros((rows, length), np.int32)
     counts = np.zeros(num_users, np.int64)
     for batch in batches:
         users = np.asarray(batch["uid"], np.int64)
+        kept = slice(None) if only is None else only[users]
+        users = users[kept]
         if not len(users) or not length:
             continue
         touched, owner = np.unique(users, return_inverse=True)
-        kept = counts[touched]
-        old_owner = np.repeat(np.arange(len(touched)), kept)
-        old_slot = np.arange(len(old_owner)) - np.repeat(np.cumsum(kept) - kept, kept)
+        held = counts[touched]
+        old_owner = np.repeat(np.arange(len(touched)), held)
+        old_slot = np.arange(len(old_owner)) - np.repeat(np.cumsum(held) - held, held)
         owner = np.r_[old_owner, owner]
-        when = np.r_[times[touched[old_owner], old_slot], np.asarray(batch["timestamp"], np.int64)]
-        what = np.r_[items[touched[old_owner], old_slot], np.asarray(batch["iid"], np.int32)]
+        row = slot_of[touched]
+        when = np.r_[times[row[old_owner], old_slot], np.asarray(batch["timestamp"], np.int64)[kept]]
+        what = np.r_[items[row[old_owner], old_slot], np.asarray(batch["iid"], np.int32)[kept]]
         order = np.lexsort((what, when, owner))
         owner, when, what = owner[order], when[order], what[order]
         ends = np.cumsum(np.bincount(owner, minlength=len(touched)))
         newest = ends[owner] - np.arange(len(owner)) <= length  # each user's last `length`
         owner, when, what = owner[newest], when[newest], what[newest]
-        kept = np.bincount(owner, minlength=len(touched))
-        slot = np.arange(len(owner)) - np.repeat(np.cumsum(kept) - kept, kept)
-        times[touched[owner], slot] = when
-        items[touched[owner], slot] = what
-        counts[touched] = kept
+        filled = np.bincount(owner, minlength=len(touched))
+        slot = np.arange(len(owner)) - np.repeat(np.cumsum(filled) - filled, filled)
+        times[row[owner], slot] = when
+        items[row[owner], slot] = what
+        counts[touched] = filled
     indptr = np.r_[0, np.cumsum(counts)].astype(np.int64)
-    return ItemSets(indptr, items[np.arange(length) < counts[:, None]], distinct=False)
+    table_counts = counts if only is None else counts[only]
+    return ItemSets(indptr, items[np.arange(length) < table_counts[:, None]], distinct=False)

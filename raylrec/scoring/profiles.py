@@ -25,7 +25,14 @@ from raylrec.data.output import read_meta, read_split, read_table
 from raylrec.data.vocab import Vocabulary
 from raylrec.eval.ranking import ItemSets
 
-__all__ = ["user_profiles", "profile_sets", "profiles_of_users", "item_popularity", "PROFILE_SCHEMA"]
+__all__ = [
+    "user_profiles",
+    "profile_sets",
+    "profiles_of_users",
+    "requested_users",
+    "item_popularity",
+    "PROFILE_SCHEMA",
+]
 
 PROFILE_SCHEMA = pa.schema(
     [("user_id", pa.string()), ("history", pa.list_(pa.int64())), ("seen", pa.list_(pa.int64()))]
@@ -73,18 +80,21 @@ def _distinct_users(block: pa.Table) -> pa.Table:
     return pa.table({"user_id": block["user_id"].cast(pa.string()).unique()})
 
 
+def _users_format(users: str) -> str:
+    """A user file's format by its extension, for Ray Data's and pyarrow's readers alike."""
+    lower = users.lower()
+    if lower.endswith((".csv", ".tsv")):
+        return "csv"
+    return "json" if lower.endswith((".json", ".jsonl")) else "parquet"
+
+
 def _read_users(users: str | None, dataset: str) -> ray.data.Dataset:
     if users is None:
         fs, root = storage.arrow_filesystem(dataset)
         return ray.data.read_parquet(storage.join(root, "users.parquet"), filesystem=fs, columns=["user_id"])
     fs, root = storage.arrow_filesystem(users)
-    lower = users.lower()
-    if lower.endswith((".csv", ".tsv")):
-        ds = ray.data.read_csv(root, filesystem=fs)
-    elif lower.endswith((".json", ".jsonl")):
-        ds = ray.data.read_json(root, filesystem=fs)
-    else:
-        ds = ray.data.read_parquet(root, filesystem=fs)
+    read = {"csv": ray.data.read_csv, "json": ray.data.read_json, "parquet": ray.data.read_parquet}
+    ds = read[_users_format(users)](root, filesystem=fs)
     if "user_id" not in ds.columns():
         raise ValueError(f"score.users {users}: no 'user_id' column (has {ds.columns()})")
     return ds.select_columns(["user_id"])
@@ -100,18 +110,47 @@ def known_splits(dataset: str, splits: list[str] | None) -> list[str]:
     return splits
 
 
-def profile_sets(dataset: str, splits: list[str], history_len: int) -> list[ray.ObjectRef]:
-    """[seen, history]: every user's distinct items and ``history_len`` latest positives of
-    ``splits`` (``ItemSets``), built by two Ray tasks side by side, finished when this returns:
-    the results are in the object store, not in this process."""
+def _user_file(users: str):
+    """The user file as a pyarrow dataset (nothing read but its schema), checked for a
+    ``user_id`` column."""
+    import pyarrow.dataset as pads
+
+    fs, root = storage.arrow_filesystem(users)
+    source = pads.dataset(root, filesystem=fs, format=_users_format(users))
+    if "user_id" not in source.schema.names:
+        raise ValueError(f"score.users {users}: no 'user_id' column (has {source.schema.names})")
+    return source
+
+
+def requested_users(users: str, dataset: str, num_users: int) -> np.ndarray:
+    """A boolean per dense user id: whether the user file ``users`` lists that user (read with
+    pyarrow in one process: one id per requested user, never the events)."""
+    ids = _user_file(users).to_table(columns=["user_id"])["user_id"]
+    dense = _user_vocabulary(dataset).to_dense(ids.cast(pa.string()).to_numpy(zero_copy_only=False))
+    wanted = np.zeros(num_users, bool)
+    wanted[dense[dense > 0]] = True
+    return wanted
+
+
+def profile_sets(
+    dataset: str, splits: list[str], history_len: int, users: str | None = None
+) -> list[ray.ObjectRef]:
+    """[seen, history]: the distinct items and ``history_len`` latest positives of ``splits``
+    (``ItemSets``) of every user, or of those the user file ``users`` lists (the others' rows
+    stay empty, so a sample costs what its users hold), built by Ray tasks side by side and
+    finished when this returns: the results are in the object store, not in this process."""
     from raylrec.data.item_sets import build_item_sets, build_latest_positives
 
     num_users = int(read_meta(dataset)["counts"]["num_users"])
+    only = None
+    if users is not None:
+        _user_file(users)  # a file without user ids fails here, not inside a Ray task
+        only = ray.remote(num_cpus=1, max_retries=2)(requested_users).remote(users, dataset, num_users)
     seen = ray.remote(num_cpus=1, max_retries=2)(build_item_sets).remote(
-        dataset, splits, num_users, False, True
+        dataset, splits, num_users, False, True, only
     )
     history = ray.remote(num_cpus=1, max_retries=2)(build_latest_positives).remote(
-        dataset, splits, num_users, history_len
+        dataset, splits, num_users, history_len, only
     )
     # Built before the scoring actors start: actors holding every CPU while waiting on them
     # would leave the tasks none to run on. Nothing is fetched here.
@@ -122,7 +161,7 @@ def profile_sets(dataset: str, splits: list[str], history_len: int) -> list[ray.
 def user_profiles(dataset: str, splits: list[str], users: str | None, history_len: int) -> ray.data.Dataset:
     """One profile row per distinct requested user (see the module docstring): every user of
     the dataset when ``users`` is None, else the ids of that file."""
-    sets = profile_sets(dataset, splits, history_len)
+    sets = profile_sets(dataset, splits, history_len, users)
     requested = _read_users(users, dataset)
     if users is not None:
         requested = requested.repartition(
