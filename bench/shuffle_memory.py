@@ -19,19 +19,13 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.scale import shared_rss  # noqa: E402  (RssShmem: the object store's pages)
 
 ROWS_PER_PARTITION = 400_000
-
-
-def _private_bytes(pid: int, rss: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssShmem:"):
-                    return rss - int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return rss
 
 
 def _one(rows: int, disk: bool) -> dict:
@@ -54,7 +48,7 @@ def _one(rows: int, disk: bool) -> dict:
                     title = " ".join(proc.info["cmdline"] or [])
                     if not title.startswith("ray::"):
                         continue
-                    private = _private_bytes(proc.pid, proc.memory_info().rss)
+                    private = proc.memory_info().rss - shared_rss(proc.pid)
                 except (psutil.Error, OSError):
                     continue
                 peak, names = peaks.get(proc.pid, (0, set()))

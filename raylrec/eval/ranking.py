@@ -150,9 +150,10 @@ class ItemSets:
         """The rows of ``users``, in that order (repeats allowed), as a new ``ItemSets``."""
         users = np.asarray(users, np.int64)
         sizes = self.sizes_of(users)
-        starts = np.repeat(self.indptr[users] - np.r_[0, np.cumsum(sizes)[:-1]], sizes)
-        indices = self.indices[starts + np.arange(int(sizes.sum()))] if len(starts) else self.indices[:0]
-        return ItemSets(np.r_[0, np.cumsum(sizes)].astype(np.int64), indices, self.distinct)
+        offsets = np.r_[0, np.cumsum(sizes)].astype(np.int64)
+        starts = np.repeat(self.indptr[users] - offsets[:-1], sizes)
+        indices = self.indices[starts + np.arange(offsets[-1])] if len(starts) else self.indices[:0]
+        return ItemSets(offsets, indices, self.distinct)
 
     def dense_rows(
         self, users: np.ndarray, num_items: int, device: torch.device | str = "cpu"
@@ -160,7 +161,7 @@ class ItemSets:
         """A boolean ``[len(users), num_items]`` membership matrix for the listed users."""
         rows_of_users = self.take(users)
         rows = np.repeat(np.arange(len(users)), np.diff(rows_of_users.indptr))
-        cols = rows_of_users.indices if len(rows) else np.zeros(0, np.int64)
+        cols = rows_of_users.indices
         mask = torch.zeros(len(users), num_items, dtype=torch.bool, device=device)
         mask[torch.as_tensor(rows, device=device), torch.as_tensor(cols, dtype=torch.long, device=device)] = (
             True

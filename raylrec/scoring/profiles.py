@@ -94,10 +94,8 @@ def _read_users(users: str | None, dataset: str) -> ray.data.Dataset:
         return ray.data.read_parquet(storage.join(root, "users.parquet"), filesystem=fs, columns=["user_id"])
     fs, root = storage.arrow_filesystem(users)
     read = {"csv": ray.data.read_csv, "json": ray.data.read_json, "parquet": ray.data.read_parquet}
-    ds = read[_users_format(users)](root, filesystem=fs)
-    if "user_id" not in ds.columns():
-        raise ValueError(f"score.users {users}: no 'user_id' column (has {ds.columns()})")
-    return ds.select_columns(["user_id"])
+    # the file's user_id column was checked by profile_sets (_user_file) before any Ray work
+    return read[_users_format(users)](root, filesystem=fs).select_columns(["user_id"])
 
 
 def known_splits(dataset: str, splits: list[str] | None) -> list[str]:
