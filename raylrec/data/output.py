@@ -6,6 +6,7 @@
     <out>/quarantine/      rows that failed a check, with _file, _row, _reason and _raw
     <out>/meta.json        counts, protocol, source, content hash and the file list: written last
     <out>/_RAYLREC_DATASET written first: raylrec made this directory and may clear it
+    <out>/_shuffle/        prepare's staged shuffle by user while it runs (removed before meta.json)
 
 A directory without ``meta.json`` is incomplete (an interrupted run) and is never read. A new run
 clears a directory only when it can prove raylrec wrote it (``_RAYLREC_DATASET``, or a committed
@@ -40,6 +41,7 @@ if TYPE_CHECKING:  # Ray is imported where a Ray Dataset is read or written: the
 __all__ = [
     "META_FILE",
     "OWNER_FILE",
+    "SHUFFLE_DIR",
     "OutputExistsError",
     "IncompleteDatasetError",
     "commit",
@@ -63,9 +65,20 @@ __all__ = [
 META_FILE = "meta.json"
 OWNER_FILE = "_RAYLREC_DATASET"  # written first: proof that raylrec made the directory
 FORMAT = "raylrec.processed/1"
+SHUFFLE_DIR = "_shuffle"  # prepare's staged shuffle files, removed before the commit
 # Everything a prepared dataset directory may hold; other names are the user's.
 OWN_ENTRIES = frozenset(
-    {META_FILE, OWNER_FILE, "train", "valid", "test", "quarantine", "users.parquet", "items.parquet"}
+    {
+        META_FILE,
+        OWNER_FILE,
+        SHUFFLE_DIR,
+        "train",
+        "valid",
+        "test",
+        "quarantine",
+        "users.parquet",
+        "items.parquet",
+    }
 )
 
 

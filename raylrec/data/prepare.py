@@ -1,7 +1,7 @@
 """The preparation pipeline on Ray Data:
 
     read -> validate (bad rows quarantined with a reason) -> labels -> optional k-core
-    -> vocabularies, dense ids -> shuffle by user -> de-duplicate -> split
+    -> vocabularies, dense ids -> shuffle by user (staged files) -> de-duplicate -> split
     -> point-in-time histories -> Parquet per split + vocabularies + metadata
     -> meta.json (written last: the commit)
 
@@ -34,7 +34,15 @@ from raylrec.data.hashing import row_hashes
 from raylrec.data.history import point_in_time_histories
 from raylrec.data.indexing import id_counts
 from raylrec.data.loaded import LoadedSource
-from raylrec.data.output import commit, input_paths, new_write_id, prepare_output_dir, write_dataset
+from raylrec.data.output import (
+    SHUFFLE_DIR,
+    commit,
+    input_paths,
+    new_write_id,
+    prepare_output_dir,
+    write_dataset,
+)
+from raylrec.data.shuffle import shuffle_by_key
 from raylrec.data.sources import load_source
 from raylrec.data.splits import SPLITS, assign_splits, fraction_cutoffs
 from raylrec.data.validate import RAW, REASON, validate_batch
@@ -330,29 +338,28 @@ def _split_bounds(config: DataConfig, good: ray.data.Dataset, rows: int, say: Pr
 def _events_by_user(
     config: DataConfig, checked: ray.data.Dataset, vocab_refs, rows: int, cutoffs, end, say: Progress
 ) -> ray.data.Dataset:
+    """Every good event, grouped by user (all of a user's events in one block), de-duplicated,
+    split and with its history: materialized in the object store."""
     partitions = max(1, math.ceil(rows / ROWS_PER_PARTITION))
     say(
-        f"shuffling by user into {partitions} partition(s); "
+        f"shuffling by user into {partitions} partition(s) through {SHUFFLE_DIR}/; "
         f"splitting ({config.split.protocol}) and building histories"
     )
-    return (
-        checked.map_batches(_to_dense, batch_format="pyarrow", fn_kwargs={"vocab_refs": vocab_refs})
-        # One block per partition holds all of a user's events (Ray's own map_groups relies on
-        # this); _per_user sorts inside the block, so the shuffle need not.
-        .repartition(partitions, keys=["uid"], sort=False)
-        .map_batches(
-            _per_user,
-            batch_format="pyarrow",
-            batch_size=None,
-            fn_kwargs={
-                "split_config": config.split,
-                "cutoffs": cutoffs,
-                "end": end,
-                "max_len": config.history.max_len,
-            },
-        )
-        .materialize()
-    )
+    staging = storage.join(config.output, SHUFFLE_DIR, new_write_id())
+    dense = checked.map_batches(_to_dense, batch_format="pyarrow", fn_kwargs={"vocab_refs": vocab_refs})
+    per_user_kwargs = {
+        "split_config": config.split,
+        "cutoffs": cutoffs,
+        "end": end,
+        "max_len": config.history.max_len,
+    }
+    events, staged = shuffle_by_key(dense, "uid", partitions, staging, _per_user, per_user_kwargs)
+    if staged != rows:
+        raise PipelineError(f"the shuffle staged {staged:,} rows, expected the {rows:,} valid rows")
+    events = events.materialize()
+    fs, path = storage.filesystem(config.output)
+    fs.rm(storage.join(path, SHUFFLE_DIR), recursive=True)  # the object store holds the events now
+    return events
 
 
 def _write_splits(
