@@ -152,6 +152,12 @@ def _remove_if_present(path: str) -> None:
 # fresh instance, that one failure is not a reason to fail the job.
 _STARTUP_TIMEOUT = "timed out during startup"
 _START_ATTEMPTS = 3
+# Idle worker processes a local instance keeps beyond one per CPU. Ray kills idle workers above
+# one per CPU within a second; a Ray Train run's actors push the count over that, so after every
+# fit the task workers that had imported the tokenizer path (torch, transformers: ~5 s of CPU
+# each) were gone and the next stage tokenised from cold processes: 9-12 s instead of 0.5 s
+# (docs/benchmarks.md, "Idle workers kept"). An idle worker costs its memory (~0.3 GiB with torch).
+IDLE_WORKERS_ABOVE_CPUS = 4
 
 
 def _start_local_instance(config: RayConfig, dashboard: bool) -> None:
@@ -174,6 +180,10 @@ def _start_local_instance(config: RayConfig, dashboard: bool) -> None:
                     num_cpus=config.num_cpus,
                     include_dashboard=dashboard,
                     log_to_driver=True,
+                    _system_config={
+                        "num_workers_soft_limit": (config.num_cpus or os.cpu_count() or 1)
+                        + IDLE_WORKERS_ABOVE_CPUS
+                    },
                     runtime_env={
                         "worker_process_setup_hook": f"{__name__}.configure_worker_process",
                         "env_vars": _worker_env(),
