@@ -182,14 +182,15 @@ def measure(cmd: list[str], log: Path, interval: float, temp_dir: Path) -> dict[
     return result
 
 
-def synth(logs: Path, events: int, users: int, items: int) -> None:
+def synth(logs: Path, events: int, users: int, items: int, user_zipf: float | None = None) -> None:
     if (logs / "items.parquet").exists():
         return
     shutil.rmtree(logs, ignore_errors=True)
     print(f"generating {events:,} events ({users:,} users, {items:,} items) ...", flush=True)
     subprocess.run(
         [PYTHON, "-m", "raylrec.cli", "data", "synth", "--out", str(logs), "--events", str(events)]
-        + ["--users", str(users), "--items", str(items)],
+        + ["--users", str(users), "--items", str(items)]
+        + (["--user-zipf", str(user_zipf)] if user_zipf else []),
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -471,6 +472,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[5_000_000, 20_000_000, 50_000_000])
     parser.add_argument("--users", type=int, default=200_000)
     parser.add_argument("--items", type=int, default=50_000)
+    parser.add_argument(
+        "--user-zipf",
+        type=float,
+        help="the users' Zipf exponent (default: the items', 1.1: the top user holds 13%% of the log); "
+        "use a fresh --workdir, logs are reused by size",
+    )
     parser.add_argument("--workdir", default="/tmp/raylrec-scale")
     parser.add_argument("--baselines", nargs="*", default=["pandas", "polars", "duckdb"])
     parser.add_argument(
@@ -518,6 +525,8 @@ def main() -> None:
     for n in args.sizes:
         logs = work / f"logs-{n}"
         result: dict[str, Any] = {"events": n, "users": args.users, "items": args.items}
+        if args.user_zipf:
+            result["user_zipf"] = args.user_zipf
         start = STAGES.index(args.from_stage)
         earlier = work / f"results-{n}.json"
         carried = json.loads(earlier.read_text()) if start and earlier.exists() else {}
@@ -527,7 +536,7 @@ def main() -> None:
                 raise SystemExit(f"--from-stage {args.from_stage}: no {needed} (run with --keep first)")
             result[stage] = {**carried.get(stage, {}), "carried_over": True}
         if start <= 0:
-            synth(logs, n, args.users, args.items)
+            synth(logs, n, args.users, args.items, args.user_zipf)
             result["prepare"] = prepare_stage(args, n, logs, work)
         last = STAGES.index(args.until)
         if start <= 1 <= last:

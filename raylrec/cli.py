@@ -94,6 +94,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         num_users=args.users,
         num_items=args.items,
         zipf_exponent=args.zipf,
+        user_zipf_exponent=args.user_zipf,
         seed=args.seed,
     )
     _init_ray(args, RayConfig(address=args.address))
@@ -585,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--users", type=int, default=50_000)
     synth.add_argument("--items", type=int, default=20_000)
     synth.add_argument("--zipf", type=float, default=1.1)
+    synth.add_argument("--user-zipf", type=float, help="the users' exponent (default: --zipf)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--address", help="Ray cluster (default: RAY_ADDRESS or a local instance)")
     synth.set_defaults(func=cmd_synth)

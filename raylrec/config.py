@@ -178,6 +178,12 @@ class SyntheticSource(StrictConfig):
     num_users: Int = Field(default=10_000, gt=0)
     num_items: Int = Field(default=5_000, gt=0)
     zipf_exponent: Float = Field(default=1.1, gt=0)
+    user_zipf_exponent: OptionalFloat = Field(
+        default=None,
+        gt=0,
+        description="the users' Zipf exponent when it differs from the items' (default: zipf_exponent); "
+        "1.1 over 200,000 users gives the top user 13% of the log; a lower exponent spreads it wider",
+    )
     start: Int = 1_577_836_800  # 2020-01-01
     span_days: Int = Field(default=365, gt=0)
     seed: Int = 0

@@ -119,6 +119,10 @@ def test_synthetic_generator_is_seeded_skewed_and_streams_to_files(tmp_path):
     top = np.sort(users)[::-1]
     assert top[:10].sum() > 10 * top[100:110].sum()  # Zipf: the head is far heavier than the body
     assert set(np.unique(a["rating"].to_numpy())) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+    # the users' exponent apart: the same items, a flatter spread of users
+    flatter = generate_chunk(source.model_copy(update={"user_zipf_exponent": 0.5}), 1)
+    assert flatter["item_id"].equals(a["item_id"])
+    assert np.bincount(flatter["user_id"].to_numpy()).max() < top[0] / 5
     write_synthetic(source, str(tmp_path / "synth"))
     events = pq.ParquetDataset(tmp_path / "synth" / "events").read()
     assert events.num_rows == 40_000

@@ -45,7 +45,9 @@ def generate_chunk(source: SyntheticSource, chunk: int) -> pa.Table:
     n = min(source.events_per_chunk, source.num_events - start)
     rng = np.random.default_rng([source.seed, chunk])
     users = _permutation(source.num_users, source.seed)[
-        np.searchsorted(_zipf_cdf(source.num_users, source.zipf_exponent), rng.random(n))
+        np.searchsorted(
+            _zipf_cdf(source.num_users, source.user_zipf_exponent or source.zipf_exponent), rng.random(n)
+        )
     ]
     items = _permutation(source.num_items, source.seed + 1)[
         np.searchsorted(_zipf_cdf(source.num_items, source.zipf_exponent), rng.random(n))
