@@ -45,7 +45,18 @@ def _one(dataset: str, extra_idle: int, storage: str) -> dict[str, float]:
     from raylrec.methods.config import template_text
     from raylrec.train.shards import equal_shards
 
-    raylrec.runtime.IDLE_WORKERS_ABOVE_CPUS = extra_idle
+    if extra_idle < 0:  # Ray's own default: raylrec's setting taken out of ray.init
+        import ray
+
+        ray_init = ray.init
+
+        def without_limit(*args, **kwargs):
+            kwargs.pop("_system_config", None)
+            return ray_init(*args, **kwargs)
+
+        ray.init = without_limit
+    else:
+        raylrec.runtime.IDLE_WORKERS_ABOVE_CPUS = extra_idle
     config = load_config(
         str(Path(__file__).resolve().parents[1] / "configs" / "tallrec_collm_ml1m.yaml"),
         [f"dataset={dataset}", *OVERRIDES],
@@ -82,7 +93,12 @@ def main() -> None:
     from raylrec.runtime import IDLE_WORKERS_ABOVE_CPUS
 
     rows = {}
-    for label, extra in (("Ray's default (1 per CPU)", 0), (f"raylrec (+{IDLE_WORKERS_ABOVE_CPUS})", None)):
+    configurations = (
+        ("Ray's default", -1),
+        ("1 per CPU", 0),
+        (f"raylrec: 1 per CPU + {IDLE_WORKERS_ABOVE_CPUS}", None),
+    )
+    for label, extra in configurations:
         extra = IDLE_WORKERS_ABOVE_CPUS if extra is None else extra
         out = subprocess.run(
             [sys.executable, __file__, "--work", str(work), "--one", dataset, str(extra)],
@@ -92,11 +108,11 @@ def main() -> None:
         ).stdout
         rows[label] = json.loads(out.strip().splitlines()[-1])
     labels = list(rows)
-    print(f"| tokenise 128 prompts, s | {' | '.join(labels)} | ratio |")
+    print(f"| tokenise 128 prompts, s | {' | '.join(labels)} | raylrec / Ray's default |")
     print("|---|" + "---:|" * (len(labels) + 1))
     for phase in rows[labels[0]]:
-        a, b = (rows[label][phase] for label in labels)
-        print(f"| {phase} | {a:.2f} | {b:.2f} | {b / a:.2f}x |")
+        times = [rows[label][phase] for label in labels]
+        print(f"| {phase} | {' | '.join(f'{t:.2f}' for t in times)} | {times[-1] / times[0]:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -152,11 +152,12 @@ def _remove_if_present(path: str) -> None:
 # fresh instance, that one failure is not a reason to fail the job.
 _STARTUP_TIMEOUT = "timed out during startup"
 _START_ATTEMPTS = 3
-# Idle worker processes a local instance keeps beyond one per CPU. Ray kills idle workers above
-# one per CPU within a second; a Ray Train run's actors push the count over that, so after every
-# fit the task workers that had imported the tokenizer path (torch, transformers: ~5 s of CPU
-# each) were gone and the next stage tokenised from cold processes: 9-12 s instead of 0.5 s
-# (docs/benchmarks.md, "Idle workers kept"). An idle worker costs its memory (~0.3 GiB with torch).
+# Idle worker processes a local instance keeps beyond one per CPU (Ray's num_workers_soft_limit).
+# With Ray's default, the task workers that had imported the tokenizer path (torch, transformers:
+# ~5 s of CPU each) were killed while a Ray Train run held the CPUs, so every LLM stage after the
+# first tokenised from cold processes: 10 s instead of 1 s (bench/idle_workers.py). An explicit
+# limit of one per CPU already kept them there; the 4 more are headroom, not measured apart. An
+# idle worker costs its memory (~0.3 GiB once it has imported torch).
 IDLE_WORKERS_ABOVE_CPUS = 4
 
 
