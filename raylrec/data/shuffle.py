@@ -15,7 +15,8 @@ buckets written by the mappers and pulled whole by one reducer each.
 
 The driver holds one count per bucket. A file's name is its rows' content hash, so a map task
 that Ray retries overwrites its own files instead of adding rows; each reducer checks that it
-read the rows the mappers reported for its bucket.
+read the rows the mappers reported for its bucket. Two blocks with identical rows would share a
+name and fail that check: prepare's rows carry their file and row number, so none are.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raylrec import storage
@@ -68,7 +70,7 @@ def scatter_block(batch: pa.Table, key: str, partitions: int, staging: str) -> p
 def gather_bucket(bucket: int, rows: int, staging: str) -> pa.Table:
     """Every staged row of one bucket, checked against the ``rows`` the mappers reported."""
     fs, directory = _bucket_path(staging, bucket)
-    names = sorted(info.path for info in fs.get_file_info(pa.fs.FileSelector(directory)) if info.is_file)
+    names = sorted(info.path for info in fs.get_file_info(pafs.FileSelector(directory)) if info.is_file)
     table = pa.concat_tables([pq.read_table(path, filesystem=fs) for path in names])
     if table.num_rows != rows:
         raise ShuffleError(
