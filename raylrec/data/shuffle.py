@@ -42,9 +42,9 @@ class ShuffleError(RuntimeError):
     """Staged rows went missing or appeared twice (a bug or a tampered staging directory)."""
 
 
-def _bucket_path(staging: str, bucket: int) -> tuple[Any, str]:
-    fs, root = storage.arrow_filesystem(staging)
-    return fs, f"{root.rstrip('/')}/{bucket:06d}"
+def _bucket_dir(root: str, bucket: int) -> str:
+    """A bucket's directory under the staging path ``root`` (of ``storage.arrow_filesystem``)."""
+    return f"{root.rstrip('/')}/{bucket:06d}"
 
 
 def _content_name(batch: pa.Table) -> str:
@@ -59,8 +59,9 @@ def scatter_block(batch: pa.Table, key: str, partitions: int, staging: str) -> p
     order = np.argsort(buckets, kind="stable")
     present, starts, counts = np.unique(buckets[order], return_index=True, return_counts=True)
     name = _content_name(batch)
+    fs, root = storage.arrow_filesystem(staging)
     for bucket, start, count in zip(present.tolist(), starts.tolist(), counts.tolist(), strict=True):
-        fs, directory = _bucket_path(staging, bucket)
+        directory = _bucket_dir(root, bucket)
         fs.create_dir(directory, recursive=True)
         part = batch.take(order[start : start + count])
         pq.write_table(part, f"{directory}/{name}", filesystem=fs, compression="lz4")
@@ -69,7 +70,8 @@ def scatter_block(batch: pa.Table, key: str, partitions: int, staging: str) -> p
 
 def gather_bucket(bucket: int, rows: int, staging: str) -> pa.Table:
     """Every staged row of one bucket, checked against the ``rows`` the mappers reported."""
-    fs, directory = _bucket_path(staging, bucket)
+    fs, root = storage.arrow_filesystem(staging)
+    directory = _bucket_dir(root, bucket)
     names = sorted(info.path for info in fs.get_file_info(pafs.FileSelector(directory)) if info.is_file)
     table = pa.concat_tables([pq.read_table(path, filesystem=fs) for path in names])
     if table.num_rows != rows:
