@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from raylrec import storage
+from raylrec.artifacts import ArtifactDir, ArtifactKind
 from raylrec.config import ConfigError, RaylrecConfig, build_config
+from raylrec.data.output import DATASET
 from raylrec.scoring import publish as recs
 
 if TYPE_CHECKING:
@@ -78,10 +80,15 @@ def nightly_config(config: RaylrecConfig, date: str) -> RaylrecConfig:
     return build_config(raw, f"nightly config for {date}")
 
 
-def _exists(uri: str) -> bool:
-    fs, path = storage.filesystem(uri)
-    with storage.errors(uri, "check"):
-        return fs.exists(path)
+def _committed(uri: str, kind: ArtifactKind) -> bool:
+    """Whether ``uri`` holds a committed artefact of ``kind``: what a rerun of the date keeps."""
+    return ArtifactDir(uri, kind).manifest() is not None
+
+
+def _cf_bundle_kind() -> ArtifactKind:
+    from raylrec.cf.bundle import CF_BUNDLE  # imported when the CF step runs: the module imports torch
+
+    return CF_BUNDLE
 
 
 def run_nightly(
@@ -106,7 +113,7 @@ def run_nightly(
     started = time.perf_counter()
     if config.data is None:
         summary.add("prepare", "none", 0.0, config.score.dataset or "(score.dataset)")
-    elif _exists(storage.join(config.data.output, "meta.json")):
+    elif _committed(config.data.output, DATASET):
         summary.add("prepare", "skipped", 0.0, config.data.output)
     else:
         from raylrec.data.prepare import prepare
@@ -139,7 +146,7 @@ def run_nightly(
     started = time.perf_counter()
     if not config.nightly.refresh_cf:
         summary.add("cf", "kept", 0.0, config.score.cf_bundle or "(the model bundle's CF)")
-    elif _exists(storage.join(config.output, "config.json")):
+    elif _committed(config.output, _cf_bundle_kind()):
         summary.add("cf", "skipped", 0.0, config.output)
     else:
         from raylrec.cf.train import train_cf

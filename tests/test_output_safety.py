@@ -106,14 +106,20 @@ def test_an_empty_directory_or_a_file_path(tmp_path):
 
 
 def test_a_bundle_never_replaces_a_file_raylrec_did_not_write(tmp_path):
-    from raylrec.bundle_dir import BundleDirError, claim_bundle_dir
+    from raylrec.artifacts import ArtifactDir
+    from raylrec.bundle_dir import BundleDirError
+    from raylrec.cf.bundle import CF_BUNDLE
 
-    layout = ("model.safetensors", "items.parquet")
+    def claim(directory):
+        bundle = ArtifactDir(str(directory), CF_BUNDLE)
+        bundle.claim()
+        bundle.uncommit()
+
     hf_model = tmp_path / "hf"
     hf_model.mkdir()
     (hf_model / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(BundleDirError, match="not a raylrec.cf_bundle/ bundle"):
-        claim_bundle_dir(str(hf_model), "raylrec.cf_bundle/", layout)
+    with pytest.raises(BundleDirError, match=r"raylrec did not write for a CF bundle \(format None"):
+        claim(hf_model)
     assert json.loads((hf_model / "config.json").read_text()) == {"model_type": "llama"}
 
     dataset = tmp_path / "dataset"
@@ -121,14 +127,14 @@ def test_a_bundle_never_replaces_a_file_raylrec_did_not_write(tmp_path):
     (dataset / "meta.json").write_text("{}")
     (dataset / "items.parquet").write_bytes(b"the dataset's")
     with pytest.raises(BundleDirError, match="'meta.json'"):
-        claim_bundle_dir(str(dataset), "raylrec.cf_bundle/", layout)
+        claim(dataset)
     assert (dataset / "items.parquet").read_bytes() == b"the dataset's"
 
     ours = tmp_path / "bundle"
     ours.mkdir()
     (ours / "config.json").write_text(json.dumps({"format": "raylrec.cf_bundle/1"}))
     (ours / "model.safetensors").write_bytes(b"old")
-    claim_bundle_dir(str(ours), "raylrec.cf_bundle/", layout)  # an earlier bundle: uncommitted
+    claim(ours)  # an earlier bundle: uncommitted
     assert sorted(p.name for p in ours.iterdir()) == ["model.safetensors"]
 
 

@@ -448,7 +448,7 @@ def test_profiles_round_trip_on_s3(world, s3_bucket):
 
 def test_a_directory_raylrec_did_not_make_is_refused(world, tmp_path):
     (tmp_path / "mine.txt").write_text("user data")
-    with pytest.raises(FileExistsError, match="raylrec did not make"):
+    with pytest.raises(FileExistsError, match="raylrec did not write it"):
         generate_profiles(profiles_config(world["dataset"], str(tmp_path)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
 
@@ -493,8 +493,8 @@ def test_the_profiles_reader_serves_only_the_chunks_its_manifest_lists_once(tmp_
         (tmp_path / "profiles" / chunk.path).unlink()
         (tmp_path / "profiles" / chunk.path).symlink_to(outside)
     (tmp_path / "profiles" / store.MANIFEST).write_text(json.dumps({**manifest, "files": files}))
-    match = {"twice": "more than once", "resized": "does not match", "link": "outside"}.get(
-        tamper, "not a chunk file"
+    match = {"twice": "more than once", "resized": "its manifest says", "link": "outside"}.get(
+        tamper, "lies outside this profile store's files"
     )
     for verify in (True, False):
         with pytest.raises(OSError, match=match):

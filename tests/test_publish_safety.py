@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import recs_table, stage_run
 
-from raylrec import cli, storage
+from raylrec import artifacts, cli, storage
 from raylrec.scoring import job
 from raylrec.scoring import publish as recs
 
@@ -171,7 +171,7 @@ def test_a_manifest_too_large_to_be_ours_is_refused_before_it_is_read(tmp_path, 
     root = str(tmp_path / "recs")
     _publish(root, DATE, "run1")
     _rewrite_manifest(root, DATE, padding="x" * 5_000)
-    monkeypatch.setattr(recs, "MAX_MANIFEST_BYTES", 4_096)
+    monkeypatch.setattr(artifacts, "MAX_MANIFEST_BYTES", 4_096)
     monkeypatch.setattr(storage, "read_json", lambda uri: pytest.fail(f"read {uri}"))
     with pytest.raises(
         storage.StorageError, match=r"_MANIFEST.json is [\d,]+ bytes, more than a manifest holds"

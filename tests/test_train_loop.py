@@ -86,9 +86,7 @@ def test_a_mid_epoch_checkpoint_resumes_exactly(tmp_path, request, build, train)
         request.getfixturevalue("process_group")
     config = _config(**train)
     reference = _Regression(seed=1)
-    fit(
-        reference, reference.batches, config, CheckpointingReporter(tmp_path / "a"), build(reference, config)
-    )
+    fit(reference, reference.batches, config, CheckpointingReporter(tmp_path / "a"), build(reference, config))
     expected = _weights(reference, config)
 
     first = _Regression(seed=1)

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from raylrec.bundle_dir import (
+    bundle_kind,
     check_bundle,
     fetch_files,
     parquet_file,
@@ -47,6 +48,7 @@ __all__ = [
 KIND = "CF bundle"
 FORMAT = "raylrec.cf_bundle/1"
 BUNDLE_FILES = ("model.safetensors", "embeddings.safetensors", "users.parquet", "items.parquet")
+CF_BUNDLE = bundle_kind(KIND, FORMAT, BUNDLE_FILES)
 
 
 def _latest_histories(train: Split, history_len: int) -> np.ndarray:
@@ -120,7 +122,7 @@ def save_cf_bundle(
         "dim": int(items.shape[1]),
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
     }
-    return write_bundle(out, FORMAT, files, description)
+    return write_bundle(out, CF_BUNDLE, files, description)
 
 
 class CFBundle:
@@ -137,7 +139,7 @@ class CFBundle:
 
 
 def _description(path: str) -> dict[str, Any]:
-    return read_description(path, KIND)
+    return read_description(path, CF_BUNDLE)
 
 
 def bundle_history_len(description: dict[str, Any]) -> int:
@@ -148,7 +150,7 @@ def bundle_history_len(description: dict[str, Any]) -> int:
 
 def check_cf_bundle(path: str) -> dict[str, Any]:
     """Verify every file of the bundle against its recorded checksum; returns its description."""
-    return check_bundle(path, KIND)
+    return check_bundle(path, CF_BUNDLE)
 
 
 def cf_vocabularies(path: str):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import socket
 import time
 import uuid
 from collections.abc import Iterable
@@ -33,6 +32,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raylrec import __version__, storage
+from raylrec.artifacts import ArtifactDir, ArtifactDirError, ArtifactKind, IncompleteArtifactError
 from raylrec.data.hashing import arrow_digest, json_digest
 
 if TYPE_CHECKING:  # Ray is imported where a Ray Dataset is read or written: the plain-process
@@ -66,44 +66,35 @@ META_FILE = "meta.json"
 OWNER_FILE = "_RAYLREC_DATASET"  # written first: proof that raylrec made the directory
 FORMAT = "raylrec.processed/1"
 SHUFFLE_DIR = "_shuffle"  # prepare's staged shuffle files, removed before the commit
-# Everything a prepared dataset directory may hold; other names are the user's.
-OWN_ENTRIES = frozenset(
-    {
-        META_FILE,
-        OWNER_FILE,
-        SHUFFLE_DIR,
-        "train",
-        "valid",
-        "test",
-        "quarantine",
-        "users.parquet",
-        "items.parquet",
-    }
+# Everything a prepared dataset directory may hold besides meta.json and the owner file.
+DATASET = ArtifactKind(
+    "prepared dataset",
+    FORMAT,
+    layout=(SHUFFLE_DIR, "train", "valid", "test", "quarantine", "users.parquet", "items.parquet"),
+    manifest=META_FILE,
+    owner=OWNER_FILE,
 )
 
 
-class OutputExistsError(FileExistsError):
-    pass
+OutputExistsError = ArtifactDirError  # data.output is not a directory prepare may use
+IncompleteDatasetError = IncompleteArtifactError  # no meta.json: missing or interrupted run
 
 
-class IncompleteDatasetError(FileNotFoundError):
-    pass
+_OVERWRITE_HINT = "pass data.overwrite=true to replace it"
+
+
+def _check_location(out: str, inputs: Iterable[InputPath]) -> None:
+    if not out or not out.strip():
+        raise OutputExistsError("data.output is empty: name a directory for the prepared dataset")
+    refuse_overlap(out, inputs)
+    storage.check_reachable(out)
 
 
 def check_output_dir(out: str, overwrite: bool, inputs: Iterable[InputPath] = ()) -> set[str]:
     """Raise unless ``prepare_output_dir`` may use ``out``; reads, never writes (the CLI calls it
     before Ray starts). Returns the entries ``out`` holds now."""
-    if not out or not out.strip():
-        raise OutputExistsError("data.output is empty: name a directory for the prepared dataset")
-    refuse_overlap(out, inputs)
-    storage.check_reachable(out)
-    fs, path = storage.filesystem(out)
-    if fs.isfile(path):
-        raise OutputExistsError(f"{out} is a file; data.output must name a directory")
-    entries = storage.entry_names(out)
-    if entries:
-        _check_owned(out, entries, overwrite)
-    return entries
+    _check_location(out, inputs)
+    return ArtifactDir(out, DATASET).check(overwrite, _OVERWRITE_HINT)
 
 
 def prepare_output_dir(out: str, overwrite: bool, inputs: Iterable[InputPath] = ()) -> None:
@@ -113,48 +104,11 @@ def prepare_output_dir(out: str, overwrite: bool, inputs: Iterable[InputPath] = 
     ``_RAYLREC_DATASET``, written before anything else) or, with ``overwrite``, a committed
     dataset. Anything else, a directory holding a file raylrec did not write among them, is
     refused before anything is deleted, as is an output that overlaps an input (``refuse_overlap``)."""
-    entries = check_output_dir(out, overwrite, inputs)
-    fs, path = storage.filesystem(out)
-    fs.makedirs(path, exist_ok=True)
-    # The owner file before any deletion: a crash while clearing leaves a directory the rerun
-    # can still prove is raylrec's (a dataset of an older raylrec has none yet).
-    storage.write_json(
-        storage.join(out, OWNER_FILE),
-        {"format": FORMAT, "written_by": f"raylrec {__version__}", "started_at": _now(), "host": _host()},
-    )
-    if META_FILE in entries:
-        fs.rm(storage.join(path, META_FILE))  # uncommit first: a crash below leaves it incomplete
-    for name in sorted(entries - {OWNER_FILE, META_FILE}):
-        fs.rm(storage.join(path, name), recursive=True)
-
-
-def _check_owned(out: str, entries: set[str], overwrite: bool) -> None:
-    """Raise unless every entry of the non-empty ``out`` is raylrec's own output."""
-    if META_FILE in entries:
-        meta = storage.read_json(storage.join(out, META_FILE))
-        if not (isinstance(meta, dict) and str(meta.get("format", "")).startswith("raylrec.processed/")):
-            raise OutputExistsError(f"{out} holds a {META_FILE} that raylrec did not write: not touching it")
-        if not overwrite:
-            raise OutputExistsError(
-                f"{out} already holds a prepared dataset ({META_FILE} exists); "
-                "pass data.overwrite=true to replace it"
-            )
-    elif OWNER_FILE not in entries:
-        raise OutputExistsError(
-            f"{out} is not empty and raylrec did not write it (no {OWNER_FILE} or {META_FILE}); "
-            f"it holds {_listing(entries)}: choose a new or empty directory for data.output"
-        )
-    foreign = entries - OWN_ENTRIES
-    if foreign:
-        raise OutputExistsError(
-            f"{out} holds {_listing(foreign)}, which raylrec did not write: move them or choose "
-            "another directory for data.output (nothing was deleted)"
-        )
-
-
-def _listing(names: set[str], limit: int = 5) -> str:
-    shown = ", ".join(repr(n) for n in sorted(names)[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    _check_location(out, inputs)
+    dataset = ArtifactDir(out, DATASET)
+    entries = dataset.claim(overwrite, _OVERWRITE_HINT)
+    dataset.uncommit()  # first: a crash below leaves it incomplete
+    dataset.clear(entries)
 
 
 class InputPath(NamedTuple):
@@ -210,14 +164,6 @@ def _static_prefix(uri: str) -> str:
 
 def _within(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _host() -> str:
-    return socket.gethostname()
 
 
 def new_write_id() -> str:
@@ -276,7 +222,6 @@ def commit(
         "items": arrow_digest(items),
     }
     meta = {
-        "format": FORMAT,
         "protocol": protocol,
         "counts": counts,
         "source": source,
@@ -287,8 +232,7 @@ def commit(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
-    storage.write_json(storage.join(out, META_FILE), meta)
-    return meta
+    return ArtifactDir(out, DATASET).commit(meta)
 
 
 class WholeSplitReadError(RuntimeError):
@@ -310,13 +254,8 @@ def refuse_whole_split(out: str, name: str) -> None:
 
 
 def read_meta(out: str) -> dict[str, Any]:
-    fs, path = storage.filesystem(out)
-    meta = storage.join(path, META_FILE)
-    if not fs.exists(meta):
-        raise IncompleteDatasetError(
-            f"{out} is not a prepared dataset (no {META_FILE}: missing or interrupted run)"
-        )
-    return storage.read_json(storage.join(out, META_FILE))
+    """The committed ``meta.json``; ``IncompleteDatasetError`` when there is none."""
+    return ArtifactDir(out, DATASET).read()
 
 
 def split_paths(

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from raylrec import storage
 from raylrec.bundle_dir import (
     CONFIG_FILE,
+    bundle_kind,
     check_bundle,
     fetch_files,
     parquet_file,
@@ -43,6 +44,8 @@ __all__ = ["save_model_bundle", "load_model_bundle", "check_model_bundle", "Mode
 KIND = "model bundle"
 FORMAT = "raylrec.model_bundle/1"
 WEIGHTS_FILE = "method.safetensors"
+# "cf": the CF bundle the method was trained with, copied in (a bundle of its own)
+MODEL_BUNDLE = bundle_kind(KIND, FORMAT, (WEIGHTS_FILE, "items.parquet", "users.parquet", "cf"))
 
 
 def save_model_bundle(
@@ -75,10 +78,9 @@ def save_model_bundle(
     source = config.method.cf_bundle
     return write_bundle(
         out,
-        FORMAT,
+        MODEL_BUNDLE,
         files,
         description,
-        extra_entries=("cf",),
         # the CF bundle it was trained with, copied in before the commit
         before_commit=(lambda: _copy_tree(source, storage.join(out, "cf"))) if source else None,
     )
@@ -96,13 +98,13 @@ def _copy_tree(source: str, target: str) -> None:
 
 
 def _description(path: str) -> dict[str, Any]:
-    return read_description(path, KIND)
+    return read_description(path, MODEL_BUNDLE)
 
 
 def check_model_bundle(path: str) -> dict[str, Any]:
     """Verify the bundle's files (and its CF copy) against their checksums without loading the
     model: what a job runs before it writes anything. Returns the bundle's description."""
-    description = check_bundle(path, KIND)
+    description = check_bundle(path, MODEL_BUNDLE)
     fs, root = storage.filesystem(path)
     if fs.exists(f"{root}/cf"):
         check_cf_bundle(storage.join(path, "cf"))

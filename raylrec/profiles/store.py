@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raylrec import __version__, storage
+from raylrec.artifacts import MANIFEST, ArtifactDir, ArtifactKind, IncompleteArtifactError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ __all__ = [
     "remove_unlisted",
 ]
 
-MANIFEST = "_manifest.json"
 OWNER_FILE = "_RAYLREC_PROFILES"
 FORMAT = "raylrec.profiles/1"
 KIND_DIRS = {"item": "items", "user": "users"}
@@ -72,12 +72,14 @@ PROFILE_SCHEMA = pa.schema(
     ]
 )
 _CHUNK = re.compile(r"chunk-\d{6,}-[0-9a-f]{16}\.parquet")
-# Entries of a profiles directory that raylrec writes (embeddings_* are the embed job's).
-_OWN = frozenset({MANIFEST, OWNER_FILE, *KIND_DIRS.values()})
-
-
-class IncompleteProfilesError(FileNotFoundError):
-    pass
+PROFILES = ArtifactKind(
+    "profile store",
+    FORMAT,
+    layout=(*KIND_DIRS.values(), "embeddings_*"),  # embeddings_<text>: the embed job's own directories
+    owner=OWNER_FILE,
+    files=tuple(f"{folder}/chunk-*.parquet" for folder in KIND_DIRS.values()),
+)
+IncompleteProfilesError = IncompleteArtifactError
 
 
 @dataclass
@@ -102,22 +104,10 @@ class ProfileFile:
 
 def claim_output(out: str) -> None:
     """Make ``out`` a profiles directory, or check that it is one: a non-empty directory that
-    raylrec did not make (no owner file) is refused, naming what it holds."""
+    raylrec did not make (no owner file), or one holding anything else, is refused, naming it."""
     storage.check_reachable(out)
     with storage.errors(out, "list"):
-        entries = storage.entry_names(out)
-    if OWNER_FILE in entries:
-        return
-    foreign = {e for e in entries if not e.startswith("embeddings_")} - _OWN
-    if entries and (foreign or MANIFEST in entries):
-        shown = ", ".join(sorted(entries)[:5])
-        raise FileExistsError(
-            f"{out} is not empty and raylrec did not make it a profiles directory (it holds {shown})"
-        )
-    storage.write_json(
-        storage.join(out, OWNER_FILE),
-        {"format": FORMAT, "written_by": f"raylrec {__version__}", "created_at": _now()},
-    )
+        ArtifactDir(out, PROFILES).claim()
 
 
 class DamagedChunkError(storage.StorageError):
@@ -177,10 +167,8 @@ def write_chunk(out: str, kind: str, chunk: int, table: pa.Table) -> ProfileFile
     pq.write_table(table, buffer, compression="zstd")
     data = buffer.getvalue()
     path = f"{KIND_DIRS[kind]}/chunk-{chunk:06d}-{_digest(table)}.parquet"
-    uri = storage.join(out, path)
-    with storage.errors(uri, "write"):
-        storage.write_bytes(uri, data)
-    return ProfileFile(path, kind, table, len(data), hashlib.sha256(data).hexdigest())
+    entry = ArtifactDir(out, PROFILES).write_file(path, data)
+    return ProfileFile(path, kind, table, entry["bytes"], entry["sha256"])
 
 
 def _counts(files: Iterable[ProfileFile]) -> tuple[dict[str, int], dict[str, dict[str, int]], dict[str, int]]:
@@ -202,7 +190,6 @@ def write_manifest(out: str, files: list[ProfileFile], details: dict[str, Any]) 
     parsed at the first try, parsed on the retry and unparsed, which add up to the rows)."""
     rows, parse, tokens = _counts(files)
     manifest = {
-        "format": FORMAT,
         **details,
         "rows": rows,
         "parse": parse,
@@ -211,52 +198,27 @@ def write_manifest(out: str, files: list[ProfileFile], details: dict[str, Any]) 
         "raylrec_version": __version__,
         "committed_at": _now(),
     }
-    uri = storage.join(out, MANIFEST)
-    with storage.errors(uri, "write"):
-        storage.write_json(uri, manifest)
-    return manifest
+    return ArtifactDir(out, PROFILES).commit(manifest)
 
 
 def read_manifest(out: str) -> dict[str, Any] | None:
     """The committed manifest, or None when there is none (nothing committed yet)."""
-    uri = storage.join(out, MANIFEST)
-    with storage.errors(uri, "read"):
-        try:
-            manifest = storage.read_json(uri)
-        except FileNotFoundError:
-            return None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise storage.StorageError(f"{uri} is not a raylrec profiles manifest")
-    return manifest
+    return ArtifactDir(out, PROFILES).manifest()
 
 
 def read_profiles(out: str, verify: bool = True) -> pa.Table:
-    """Every committed profile (the files the manifest lists, checked against their size and
-    sha256 unless ``verify`` is false); IncompleteProfilesError without a manifest."""
-    manifest = read_manifest(out)
-    if manifest is None:
-        raise IncompleteProfilesError(
-            f"{out} holds no committed profiles (no {MANIFEST}: missing or unfinished run)"
-        )
-    tables, seen = [], set()
-    for entry in manifest["files"]:
-        path = entry["path"]
-        # exactly <items|users>/chunk-...parquet: no absolute path, no '..', no other folder
-        folder, _, name = path.partition("/") if isinstance(path, str) else ("", "", "")
-        if folder not in KIND_DIRS.values() or not _CHUNK.fullmatch(name):
-            raise storage.StorageError(
-                f"{out}/{MANIFEST} names {path!r}, which is not a chunk file of this directory "
-                f"({'|'.join(KIND_DIRS.values())}/chunk-*.parquet)"
-            )
-        if path in seen:
-            raise storage.StorageError(f"{out}/{MANIFEST} lists {path} more than once")
-        seen.add(path)
-        storage.check_inside(out, storage.join(out, path))  # nor a link out of it
-        table, size, sha = _read(storage.join(out, path))
-        # the size always (free), the hash unless ``verify`` is off
-        if size != entry["bytes"] or (verify and sha != entry["sha256"]):
-            raise storage.StorageError(f"{out}/{path} does not match its checksum in {MANIFEST}")
-        tables.append(table.cast(PROFILE_SCHEMA))
+    """Every committed profile: the files the manifest lists (each once, inside ``out``), checked
+    against their size and sha256 unless ``verify`` is false; IncompleteProfilesError without a
+    manifest."""
+    profiles = ArtifactDir(out, PROFILES)
+    manifest = profiles.read()
+    tables = []
+    for entry in profiles.entries(manifest):
+        data = profiles.read_file(entry, verify)
+        try:
+            tables.append(pq.read_table(pa.BufferReader(data)).cast(PROFILE_SCHEMA))
+        except Exception as e:  # listed and of the right size, yet not a profiles chunk
+            raise DamagedChunkError(f"{out}/{entry['path']} is not a profiles chunk: {e}") from None
     return pa.concat_tables(tables) if tables else PROFILE_SCHEMA.empty_table()
 
 

@@ -54,6 +54,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raylrec import storage
+from raylrec.artifacts import check_entries, load_manifest, read_listed
 
 __all__ = [
     "MANIFEST",
@@ -80,7 +81,6 @@ MANIFEST = "_MANIFEST.json"
 RUN_MARKER = "_RUN.json"
 # A manifest lists a date's files (about 200 bytes each): 16 MiB is some 80,000 files. A larger
 # one is not ours, and reading it whole would cost memory before any check could refuse it.
-MAX_MANIFEST_BYTES = 16 * 2**20
 # How long a run may go without a heartbeat before other runs may delete its files (the
 # default of score.run_lease_s).
 RUN_LEASE_S = 600.0
@@ -163,22 +163,7 @@ def read_manifest(root: str, date: str) -> dict[str, Any] | None:
     ``MAX_MANIFEST_BYTES``, its run id, its date, and that every file it names lies in its own
     run's staging prefix, once."""
     uri = _manifest_uri(root, date)
-    fs, path = storage.filesystem(uri)
-    with storage.errors(uri, "read"):
-        try:
-            size = fs.size(path)
-        except FileNotFoundError:
-            return None
-    storage.check_inside(root, uri)  # a date directory linked to elsewhere is not this root's
-    if size > MAX_MANIFEST_BYTES:
-        raise storage.StorageError(
-            f"{uri} is {size:,} bytes, more than a manifest holds ({MAX_MANIFEST_BYTES:,}): "
-            "refusing to read it"
-        )
-    try:
-        manifest = _read_json_if_exists(uri)
-    except ValueError as e:  # not JSON
-        raise storage.StorageError(f"{uri} is not a manifest: {e}") from None
+    manifest = load_manifest(uri, root)  # at most MAX_MANIFEST_BYTES, not a link out of the root
     if manifest is None:
         return None
     return _checked_manifest(manifest, date, uri)
@@ -196,23 +181,16 @@ def _checked_manifest(manifest: Any, date: str, uri: str) -> dict[str, Any]:
         raise refuse(str(e)) from None
     if manifest.get("date") != date:
         raise refuse(f"it is the manifest of date {manifest.get('date')!r}, not {date}")
+
+    def in_run(path: str) -> bool:
+        parts = path.split("/")
+        return len(parts) == 3 and parts[:2] == ["_runs", run_id] and bool(_FILE.fullmatch(parts[2]))
+
+    check_entries(manifest["files"], uri, in_run, f"run {run_id}'s files (_runs/{run_id}/*.parquet)")
     for entry in manifest["files"]:
-        _check_entry(entry, run_id, refuse)
-    paths = [entry["path"] for entry in manifest["files"]]
-    if len(set(paths)) != len(paths):
-        twice = sorted({p for p in paths if paths.count(p) > 1})
-        raise refuse(f"it lists {', '.join(twice)} more than once")
+        if not isinstance(entry.get("rows"), int):
+            raise refuse(f"file entry {entry['path']} has no row count")
     return manifest
-
-
-def _check_entry(entry: Any, run_id: str, refuse) -> None:
-    """A file entry names ``_runs/<run_id>/<name>.parquet`` and its rows, bytes and sha256."""
-    if not isinstance(entry, dict) or not {"path", "rows", "bytes", "sha256"} <= entry.keys():
-        raise refuse(f"file entry {entry!r} lacks path, rows, bytes or sha256")
-    path = entry["path"]
-    parts = path.split("/") if isinstance(path, str) else []
-    if len(parts) != 3 or parts[:2] != ["_runs", run_id] or not _FILE.fullmatch(parts[2]):
-        raise refuse(f"file {path!r} lies outside run {run_id}'s files (_runs/{run_id}/*.parquet)")
 
 
 def _published_run_id(root: str, date: str) -> str | None:
@@ -589,26 +567,9 @@ def _is_date(date: str) -> bool:
 
 def _read_file(root: str, base: str, entry: dict[str, Any], verify: bool) -> pa.Table:
     """One manifest file, checked against its entry on the bytes that are parsed."""
-    uri = storage.join(base, entry["path"])  # a checked entry: _runs/<run>/<name>.parquet
-    storage.check_inside(root, uri)  # nor a link out of the root (file or date directory)
-    fs, path = storage.filesystem(uri)
-    with storage.errors(uri, "read"):
-        try:
-            data = fs.cat_file(path)
-        except FileNotFoundError:
-            raise storage.StorageError(
-                f"recommendations {base} are incomplete: {entry['path']} is missing"
-            ) from None
-    # The size is checked always (it costs nothing); the hash only with ``verify``.
-    if len(data) != entry["bytes"]:
-        raise storage.StorageError(
-            f"recommendations {base} are corrupted: {entry['path']} holds {len(data):,} bytes, "
-            f"its manifest says {entry['bytes']:,}"
-        )
-    if verify and hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise storage.StorageError(
-            f"recommendations {base} are corrupted: {entry['path']} does not match its recorded checksum"
-        )
+    # a checked entry (_runs/<run>/<name>.parquet), not a link out of the root (file or date directory)
+    data = read_listed(base, entry, what=f"recommendation partition {base}", verify=verify, root=root)
+    uri = storage.join(base, entry["path"])
     try:
         table = pq.read_table(pa.BufferReader(data), schema=RECS_SCHEMA)
     except (pa.ArrowException, ValueError) as e:

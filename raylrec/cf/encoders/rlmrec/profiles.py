@@ -25,10 +25,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raylrec import storage
+from raylrec.artifacts import MANIFEST
 
 __all__ = ["MANIFEST", "ProfileEmbeddings", "read_profile_embeddings"]
 
-MANIFEST = "_manifest.json"
 KINDS = ("user", "item")
 
 
