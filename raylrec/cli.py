@@ -55,7 +55,8 @@ def _init_ray(args: argparse.Namespace, ray_config: RayConfig) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)  # fails here, before Ray starts
+    overrides = [*args.overrides, *(["data.append=true"] if args.append else [])]
+    config = load_config(args.config, overrides)  # fails here, before Ray starts
     if config.data is None:
         where = args.config or "the command line (no --config given)"
         raise ConfigError(
@@ -64,8 +65,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         )
     from raylrec.data.output import check_output_dir, input_paths
 
-    # A refused output (a user's files, an input) fails here, before Ray starts.
-    check_output_dir(config.data.output, config.data.overwrite, input_paths(config.data.source))
+    # A refused output (a user's files, an input, a dataset that takes no append) fails here,
+    # before Ray starts.
+    if config.data.append:
+        from raylrec.data.append import check_appendable
+
+        check_appendable(config.data)
+    else:
+        check_output_dir(config.data.output, config.data.overwrite, input_paths(config.data.source))
     _init_ray(args, config.ray)
     from raylrec.data.prepare import prepare
     from raylrec.data.stats import dataset_stats, format_stats
@@ -572,6 +579,12 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--config", "-c", help="YAML config (see configs/)")
     prep.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. data.kcore=5")
     prep.add_argument("--quiet", "-q", action="store_true", help="skip the statistics at the end")
+    prep.add_argument(
+        "--append",
+        action="store_true",
+        help="add the source's (new) rows to the committed rolling_days dataset at data.output as "
+        "its next version (the same as data.append=true)",
+    )
     prep.set_defaults(func=cmd_prepare)
 
     stats = data.add_parser("stats", help="statistics of a prepared dataset")

@@ -304,6 +304,24 @@ class TemporalWindowSplit(StrictConfig):
         return _to_seconds(self.valid_start), _to_seconds(self.test_start), end
 
 
+DAY = 86_400  # seconds: the unit of rolling_days and of an appended dataset's day files
+
+
+class RollingDaysSplit(StrictConfig):
+    """Global temporal split by whole UTC days counted back from the log's last day: its last
+    ``test_days`` days are test, the ``valid_days`` before them valid, everything earlier train.
+    The split an appended day moves forward (``raylrec data prepare --append``)."""
+
+    protocol: Literal["rolling_days"] = "rolling_days"
+    valid_days: Int = Field(default=1, ge=1, description="days of validation before the test days")
+    test_days: Int = Field(default=1, ge=1, description="the log's last days, held out for test")
+
+    def cutoffs(self, last_timestamp: int) -> tuple[int, int]:
+        """(valid_start, test_start) in seconds for a log whose latest event is at ``last_timestamp``."""
+        test_start = (last_timestamp // DAY - self.test_days + 1) * DAY
+        return test_start - self.valid_days * DAY, test_start
+
+
 class LeaveLastOutSplit(StrictConfig):
     """Per user: the last event is test, the one before valid, the rest train."""
 
@@ -328,6 +346,7 @@ class GivenSplit(StrictConfig):
 SplitConfig = Annotated[
     Annotated[TemporalFractionSplit, Tag("temporal_fraction")]
     | Annotated[TemporalWindowSplit, Tag("temporal_window")]
+    | Annotated[RollingDaysSplit, Tag("rolling_days")]
     | Annotated[LeaveLastOutSplit, Tag("leave_last_out")]
     | Annotated[RandomRatioSplit, Tag("random_ratio")]
     | Annotated[GivenSplit, Tag("given")],
@@ -335,7 +354,8 @@ SplitConfig = Annotated[
         _tag("protocol", "random_ratio"),
         custom_error_type="split_protocol",
         custom_error_message=(
-            "set 'protocol' to one of temporal_fraction, temporal_window, leave_last_out, random_ratio, given"
+            "set 'protocol' to one of temporal_fraction, temporal_window, rolling_days, leave_last_out, "
+            "random_ratio, given"
         ),
     ),
 ]
@@ -354,6 +374,11 @@ class DataConfig(StrictConfig):
     history: HistoryConfig = HistoryConfig()
     output: OutputPath = Field(description="local path or s3:// URI of the processed dataset")
     overwrite: Bool = False
+    append: Bool = Field(
+        default=False,
+        description="add the source's rows to the committed dataset at output as its next version "
+        "(ids kept, histories continued; rolling_days split only)",
+    )
 
     @model_validator(mode="after")
     def _split_fits_source(self) -> DataConfig:
@@ -361,6 +386,14 @@ class DataConfig(StrictConfig):
         given_split = isinstance(self.split, GivenSplit)
         if given_source != given_split:
             raise ValueError("split.protocol 'given' goes with source.type 'collm_ml1m' (and only with it)")
+        if self.append:
+            if not isinstance(self.split, RollingDaysSplit):
+                raise ValueError(
+                    "append needs split.protocol rolling_days (the only split an appended day moves "
+                    f"forward without rewriting earlier rows), not {self.split.protocol}"
+                )
+            if self.kcore or self.overwrite:
+                raise ValueError("append keeps every committed row: it goes with neither kcore nor overwrite")
         return self
 
 
@@ -708,6 +741,7 @@ _UNION_TAGS = {
     "synthetic",
     "temporal_fraction",
     "temporal_window",
+    "rolling_days",
     "leave_last_out",
     "random_ratio",
     "given",

@@ -57,6 +57,7 @@ __all__ = [
     "read_meta",
     "read_split",
     "read_table",
+    "table_path",
     "refuse_whole_split",
     "FORBID_WHOLE_SPLITS",
     "WholeSplitReadError",
@@ -70,7 +71,20 @@ SHUFFLE_DIR = "_shuffle"  # prepare's staged shuffle files, removed before the c
 DATASET = ArtifactKind(
     "prepared dataset",
     FORMAT,
-    layout=(SHUFFLE_DIR, "train", "valid", "test", "quarantine", "users.parquet", "items.parquet"),
+    layout=(
+        SHUFFLE_DIR,
+        "train",
+        "valid",
+        "test",
+        "quarantine",
+        "users.parquet",
+        "items.parquet",
+        # a rolling_days dataset's day files, users' tails, versioned id tables and past versions
+        "days",
+        "tails",
+        "tables",
+        "versions",
+    ),
     manifest=META_FILE,
     owner=OWNER_FILE,
 )
@@ -191,7 +205,9 @@ def write_dataset(ds: ray.data.Dataset, out: str, name: str, write_id: str, **op
 
 def write_table(table: pa.Table, out: str, name: str) -> None:
     fs, path = storage.arrow_filesystem(out)
-    pq.write_table(table, storage.join(path, name), filesystem=fs, compression="zstd")
+    target = storage.join(path, name)
+    fs.create_dir(posixpath.dirname(target), recursive=True)  # tables/ of an appended version
+    pq.write_table(table, target, filesystem=fs, compression="zstd")
 
 
 def commit(
@@ -206,13 +222,16 @@ def commit(
     columns: list[str],
     files: dict[str, list[str]],
     started: float,
+    extra: dict[str, Any] | None = None,
+    tables: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write the vocabularies, then ``meta.json`` last: the dataset exists from that moment.
 
     The content hash covers what a model would see (protocol, counts, every row of every split,
     the vocabularies and metadata), not where it came from or when it was made."""
-    write_table(users, out, "users.parquet")
-    write_table(items, out, "items.parquet")
+    tables = tables or {}  # an appended version's id tables: under tables/, named by its write id
+    write_table(users, out, tables.get("users.parquet", "users.parquet"))
+    write_table(items, out, tables.get("items.parquet", "items.parquet"))
     content = {
         "format": FORMAT,
         "protocol": protocol,
@@ -231,6 +250,8 @@ def commit(
         "raylrec_version": __version__,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "elapsed_s": round(time.perf_counter() - started, 2),
+        **(extra or {}),
+        **({"tables": tables} if tables else {}),
     }
     return ArtifactDir(out, DATASET).commit(meta)
 
@@ -270,7 +291,10 @@ def split_paths(
     fs, path = storage.arrow_filesystem(out)
     if listed is None:
         return fs, [storage.join(path, split)]
-    return fs, [storage.join(path, split, name) for name in listed]
+    # a name: a file of the split's folder; a path (days/<date>/...): relative to the dataset
+    return fs, [
+        storage.join(path, name) if "/" in name else storage.join(path, split, name) for name in listed
+    ]
 
 
 def read_split(out: str, split: str | list[str], **options: Any) -> ray.data.Dataset:
@@ -295,4 +319,12 @@ def read_table(out: str, name: str, columns: list[str] | None = None) -> pa.Tabl
         fs, files = split_paths(out, name, meta)
         return pads.dataset(files, filesystem=fs, format="parquet").to_table(columns=columns)
     fs, path = storage.arrow_filesystem(out)
-    return pq.read_table(storage.join(path, name), filesystem=fs, columns=columns)
+    return pq.read_table(table_path(out, name, meta), filesystem=fs, columns=columns)
+
+
+def table_path(out: str, name: str, meta: dict[str, Any] | None = None) -> str:
+    """Where the committed table ``name`` (``users.parquet``, ``items.parquet``) of the dataset
+    lives, as a path of its pyarrow filesystem: an appended version names its own."""
+    meta = meta or read_meta(out)
+    _, path = storage.arrow_filesystem(out)
+    return storage.join(path, meta.get("tables", {}).get(name, name))

@@ -27,7 +27,15 @@ import ray
 from ray.exceptions import RayError
 
 from raylrec import storage
-from raylrec.config import CoLLMSource, DataConfig, TemporalFractionSplit, TemporalWindowSplit
+from raylrec.config import (
+    DAY,
+    CoLLMSource,
+    DataConfig,
+    RollingDaysSplit,
+    TemporalFractionSplit,
+    TemporalWindowSplit,
+)
+from raylrec.data.days import BULK, assemble, day_name
 from raylrec.data.files import FILE_COLUMN, RAW_COLUMN, REASON_COLUMN, ROW_COLUMN, SourceError
 from raylrec.data.given import prepare_given
 from raylrec.data.hashing import row_hashes
@@ -45,6 +53,7 @@ from raylrec.data.output import (
 from raylrec.data.shuffle import shuffle_by_key
 from raylrec.data.sources import load_source
 from raylrec.data.splits import SPLITS, assign_splits, fraction_cutoffs
+from raylrec.data.tails import CARRIED, DENSE_SCHEMA, user_tails
 from raylrec.data.validate import RAW, REASON, validate_batch
 from raylrec.data.vocab import Vocabulary
 
@@ -124,7 +133,9 @@ def _to_dense(batch: pa.Table, vocab_refs: tuple[ray.ObjectRef, ray.ObjectRef]) 
             "uid": uid.cast(pa.int64()),
             "iid": iid.cast(pa.int64()),
             **{c: good[c] for c in ("timestamp", "rating", "label", FILE_COLUMN, ROW_COLUMN)},
-        }
+            CARRIED: pa.array(np.zeros(good.num_rows, np.int8)),
+        },
+        schema=DENSE_SCHEMA,
     )
 
 
@@ -154,6 +165,8 @@ def _per_user(
 
     split = np.full(n, -1, np.int8)
     split[keep] = assign_splits(split_config, u[keep], i[keep], t[keep], cutoffs)
+    # an appended day's carried tail (raylrec.data.tails): history for the rows, never a row
+    split[table[CARRIED].to_numpy(zero_copy_only=False) == 1] = -1
     label = table["label"].to_numpy(zero_copy_only=False)
     history_kept = point_in_time_histories(u[keep], t[keep], i[keep], label[keep] == 1, max_len)
     # Scatter kept rows' histories back; rows that leave (duplicates) get an empty history.
@@ -202,25 +215,44 @@ def _name_files(batch: pa.Table, files: list[str]) -> pa.Table:
     return batch.set_column(batch.schema.get_field_index(RAW), RAW, pa.array(raw, pa.string()))
 
 
-def _one_split(batch: pa.Table, split: str) -> pa.Table:
+def _one_split(batch: pa.Table, split: str, day: int = BULK, day_cut: int | None = None) -> pa.Table:
+    """The rows of ``split``: of one UTC ``day``, or (``BULK``) those before ``day_cut``."""
     mask = pc.and_(pc.is_null(batch[REASON]), pc.equal(batch["split"], split))
+    if day_cut is not None:
+        days = pc.divide(batch["timestamp"], DAY)
+        mask = pc.and_(mask, pc.equal(days, day) if day != BULK else pc.less(batch["timestamp"], day_cut))
     return batch.filter(mask).select(OUTPUT_COLUMNS)
 
 
-def _summarise(batch: pa.Table) -> pa.Table:
-    """Per block and split: rows, positives and the order-independent content hash."""
+def _summarise(batch: pa.Table, day_cut: int | None) -> pa.Table:
+    """Per block, split and day: rows, positives and the order-independent content hash. Rows
+    at or after ``day_cut`` are counted per UTC day (the day files of a rolling_days dataset),
+    the rest as one bulk part (``BULK``)."""
     good = batch.filter(pc.is_null(batch[REASON]))
     rows = []
     for split in SPLITS:
         part = good.filter(pc.equal(good["split"], split)).select(OUTPUT_COLUMNS)
-        with np.errstate(over="ignore"):
-            digest = np.sum(row_hashes(part), dtype=np.uint64) if part.num_rows else np.uint64(0)
-        rows.append((split, part.num_rows, int(pc.sum(part["label"]).as_py() or 0), int(digest)))
-    names = ["split", "rows", "positives", "hash"]
+        ts = part["timestamp"].to_numpy()
+        days = np.where(ts >= day_cut, ts // DAY, BULK) if day_cut is not None else np.full(len(ts), BULK)
+        for day in np.unique(days) if len(days) else [BULK]:
+            rows_of_day = part.filter(pa.array(days == day)) if len(days) else part
+            with np.errstate(over="ignore"):
+                digest = (
+                    np.sum(row_hashes(rows_of_day), dtype=np.uint64) if rows_of_day.num_rows else np.uint64(0)
+                )
+            positives = int(pc.sum(rows_of_day["label"]).as_py() or 0)
+            rows.append((split, int(day), rows_of_day.num_rows, positives, int(digest)))
+    names = ["split", "day", "rows", "positives", "hash"]
     return pa.table(
         {k: [r[j] for r in rows] for j, k in enumerate(names)},
         schema=pa.schema(
-            [("split", pa.string()), ("rows", pa.int64()), ("positives", pa.int64()), ("hash", pa.uint64())]
+            [
+                ("split", pa.string()),
+                ("day", pa.int64()),
+                ("rows", pa.int64()),
+                ("positives", pa.int64()),
+                ("hash", pa.uint64()),
+            ]
         ),
     )
 
@@ -332,14 +364,30 @@ def _split_bounds(config: DataConfig, good: ray.data.Dataset, rows: int, say: Pr
         return cutoffs, None
     if isinstance(config.split, TemporalWindowSplit):
         return None, config.split.cutoffs()[2]
+    if isinstance(config.split, RollingDaysSplit):
+        cutoffs = config.split.cutoffs(int(good.max("timestamp")))
+        say(
+            f"rolling days: valid from {day_name(cutoffs[0] // DAY)}, test from {day_name(cutoffs[1] // DAY)}"
+        )
+        return cutoffs, None
     return None, None
 
 
 def _events_by_user(
-    config: DataConfig, checked: ray.data.Dataset, vocab_refs, rows: int, cutoffs, end, say: Progress
+    config: DataConfig,
+    checked: ray.data.Dataset,
+    vocab_refs,
+    rows: int,
+    cutoffs,
+    end,
+    say: Progress,
+    carried: ray.data.Dataset | None = None,
+    carried_rows: int = 0,
 ) -> ray.data.Dataset:
     """Every good event, grouped by user (all of a user's events in one block), de-duplicated,
-    split and with its history: materialized in the object store."""
+    split and with its history: materialized in the object store. ``carried``: an append's
+    tails (``raylrec.data.tails.carried_rows``), shuffled with the events as their history."""
+    rows += carried_rows
     partitions = max(1, math.ceil(rows / ROWS_PER_PARTITION))
     say(
         f"shuffling by user into {partitions} partition(s) through {SHUFFLE_DIR}/; "
@@ -347,6 +395,8 @@ def _events_by_user(
     )
     staging = storage.join(config.output, SHUFFLE_DIR, new_write_id())
     dense = checked.map_batches(_to_dense, batch_format="pyarrow", fn_kwargs={"vocab_refs": vocab_refs})
+    if carried is not None:
+        dense = dense.union(carried)
     per_user_kwargs = {
         "split_config": config.split,
         "cutoffs": cutoffs,
@@ -355,41 +405,60 @@ def _events_by_user(
     }
     events, staged = shuffle_by_key(dense, "uid", partitions, staging, _per_user, per_user_kwargs)
     if staged != rows:
-        raise PipelineError(f"the shuffle staged {staged:,} rows, expected the {rows:,} valid rows")
+        raise PipelineError(
+            f"the shuffle staged {staged:,} rows, expected {rows:,} (valid rows and carried tails)"
+        )
     events = events.materialize()
     fs, path = storage.filesystem(config.output)
     fs.rm(storage.join(path, SHUFFLE_DIR), recursive=True)  # the object store holds the events now
     return events
 
 
-def _write_splits(
-    events: ray.data.Dataset, out: str, write_id: str, say: Progress
-) -> dict[str, dict[str, Any]]:
-    """Parquet per split; returns rows, positives, the content hash and the files of each split."""
-    summary = pa.concat_tables(
-        list(
-            events.map_batches(_summarise, batch_format="pyarrow", batch_size=None).iter_batches(
-                batch_format="pyarrow", batch_size=None
+def write_parts(
+    events: ray.data.Dataset, out: str, write_id: str, day_cut: int | None, say: Progress
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Parquet per split, and per UTC day from ``day_cut`` on (``days/<YYYY-MM-DD>/``); returns
+    the rows, positives, content hash and files of each (split, day) part (``BULK``: the rows of
+    the split written to ``<split>/``, whose files are listed by name; a day's by path)."""
+    summary = (
+        pa.concat_tables(
+            list(
+                events.map_batches(
+                    _summarise, batch_format="pyarrow", batch_size=None, fn_kwargs={"day_cut": day_cut}
+                ).iter_batches(batch_format="pyarrow", batch_size=None)
             )
         )
+        .group_by(["split", "day"], use_threads=False)
+        .aggregate([("rows", "sum"), ("positives", "sum"), ("hash", "list")])
     )
-    splits: dict[str, dict[str, Any]] = {}
-    for split in SPLITS:
-        part = summary.filter(pc.equal(summary["split"], split))
-        rows = int(pc.sum(part["rows"]).as_py() or 0)
-        if not rows:
+    parts: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in sorted(summary.to_pylist(), key=lambda r: (SPLITS.index(r["split"]), r["day"])):
+        if not row["rows_sum"]:
             continue
+        split, day = row["split"], int(row["day"])
         with np.errstate(over="ignore"):
-            digest = f"{int(np.sum(part['hash'].to_numpy(), dtype=np.uint64)):016x}"
-        splits[split] = {
-            "rows": rows,
-            "positives": int(pc.sum(part["positives"]).as_py() or 0),
+            digest = f"{int(np.sum(np.array(row['hash_list'], np.uint64), dtype=np.uint64)):016x}"
+        where = split if day == BULK else f"days/{day_name(day)}"
+        say(f"writing {split}{'' if day == BULK else ' ' + day_name(day)}: {row['rows_sum']:,} rows")
+        rows = events.map_batches(
+            _one_split, batch_format="pyarrow", fn_kwargs={"split": split, "day": day, "day_cut": day_cut}
+        )
+        names = write_dataset(rows, out, where, write_id, min_rows_per_file=100_000)
+        parts[split, day] = {
+            "rows": row["rows_sum"],
+            "positives": row["positives_sum"],
             "hash": digest,
+            "files": names if day == BULK else [f"{where}/{name}" for name in names],
         }
-        say(f"writing {split}: {rows:,} rows")
-        one_split = events.map_batches(_one_split, batch_format="pyarrow", fn_kwargs={"split": split})
-        splits[split]["files"] = write_dataset(one_split, out, split, write_id, min_rows_per_file=100_000)
-    return splits
+    return parts
+
+
+def write_tails(events: ray.data.Dataset, out: str, write_id: str, max_len: int) -> list[str]:
+    """Each user's tail (``raylrec.data.tails``) under ``tails/``; returns the files' paths."""
+    tails = events.map_batches(
+        user_tails, batch_format="pyarrow", batch_size=None, fn_kwargs={"max_len": max_len}
+    )
+    return [f"tails/{name}" for name in write_dataset(tails, out, "tails", write_id)]
 
 
 def _write_quarantine(
@@ -460,6 +529,10 @@ def prepare(config: DataConfig, progress: Progress | None = None) -> dict[str, A
 def _prepare(config: DataConfig, progress: Progress | None) -> dict[str, Any]:
     say = progress or log.info
     started = time.perf_counter()
+    if config.append:
+        from raylrec.data.append import append
+
+        return append(config, say)
     if isinstance(config.source, CoLLMSource):
         return prepare_given(config, say)
 
@@ -480,7 +553,21 @@ def _prepare(config: DataConfig, progress: Progress | None) -> dict[str, Any]:
     vocab_refs = (ray.put(users.ids), ray.put(items.ids))
     events = _events_by_user(config, checked, vocab_refs, good_rows, cutoffs, end, say)
     write_id = new_write_id()
-    splits = _write_splits(events, out, write_id, say)
+    rolling = isinstance(config.split, RollingDaysSplit)
+    parts = write_parts(events, out, write_id, cutoffs[0] if rolling else None, say)
+    versioning: dict[str, Any] = {}
+    if rolling:  # appendable: day files, and the users' tails the next day's histories continue
+        days = {day_name(day): record for (_, day), record in parts.items() if day != BULK}
+        splits = assemble(parts.get(("train", BULK)), days, cutoffs)
+        versioning = {
+            "version": 1,
+            "watermark": int(good.max("timestamp")),
+            "bulk": parts.get(("train", BULK)),
+            "days": days,
+            "tails": write_tails(events, out, write_id, config.history.max_len),
+        }
+    else:
+        splits = {split: record for (split, _), record in parts.items()}
     rows_quarantined, reasons, quarantine_files = _write_quarantine(
         checked, events, vocab_refs, source.files, out, write_id, say
     )
@@ -522,6 +609,7 @@ def _prepare(config: DataConfig, progress: Progress | None) -> dict[str, Any]:
         files={s: v["files"] for s, v in splits.items()}
         | ({"quarantine": quarantine_files} if quarantine_files else {}),
         started=started,
+        extra=versioning,
     )
     say(f"committed {out} (content hash {meta['content_hash'][:16]}…) in {meta['elapsed_s']} s")
     return meta

@@ -1,4 +1,4 @@
-"""Split protocols: global temporal (fractions or fixed instants), per-user leave-last-out and
+"""Split protocols: global temporal (fractions, fixed instants or rolling days), per-user leave-last-out and
 per-user random ratio. Per-user rules run vectorised over blocks of complete users."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import numpy as np
 from raylrec.config import (
     LeaveLastOutSplit,
     RandomRatioSplit,
+    RollingDaysSplit,
     TemporalFractionSplit,
     TemporalWindowSplit,
 )
@@ -83,8 +84,8 @@ def assign_splits(
     first = starts[group]
     count = np.diff(np.r_[starts, n])[group]
     position = np.arange(n) - first
-    if isinstance(config, TemporalFractionSplit):
-        assert cutoffs is not None, "temporal_fraction needs cutoffs from fraction_cutoffs()"
+    if isinstance(config, (TemporalFractionSplit, RollingDaysSplit)):
+        assert cutoffs is not None, f"{config.protocol} needs the log's cutoffs"
         return _by_time(timestamp, *cutoffs)
     if isinstance(config, TemporalWindowSplit):
         valid_start, test_start, _ = config.cutoffs()

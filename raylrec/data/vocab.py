@@ -53,6 +53,18 @@ class Vocabulary:
         raw = raw.take(pa.array(_sort_key(raw)))
         return cls(raw, np.arange(1, len(raw) + 1, dtype=np.int64))
 
+    def extended(self, raw_ids: pa.Array | pa.ChunkedArray) -> tuple[Vocabulary, pa.Array]:
+        """This vocabulary with the ids of ``raw_ids`` it lacks appended (the next dense ids, in
+        the order ``from_counts`` would give them), and those new raw ids: every id it had keeps
+        its dense id (an appended dataset version)."""
+        raw = _strings(raw_ids)
+        new = raw.filter(pc.invert(pc.is_in(raw, value_set=self.ids)))
+        new = pc.unique(new)
+        new = new.take(pa.array(_sort_key(new)))
+        start = int(self._dense[-1]) + 1 if len(self._dense) else 1
+        dense = np.r_[self._dense, np.arange(start, start + len(new), dtype=np.int64)]
+        return Vocabulary(pa.concat_arrays([self.ids, new]), dense), new
+
     @classmethod
     def from_table(cls, table: pa.Table, raw_column: str, dense_column: str) -> Vocabulary:
         """A vocabulary as ``to_table`` wrote it (a dataset's or a bundle's users/items table)."""

@@ -21,7 +21,7 @@ import pyarrow as pa
 import ray
 
 from raylrec import storage
-from raylrec.data.output import read_meta, read_split, read_table
+from raylrec.data.output import read_meta, read_split, read_table, table_path
 from raylrec.data.vocab import Vocabulary
 from raylrec.eval.ranking import ItemSets
 
@@ -90,8 +90,8 @@ def _users_format(users: str) -> str:
 
 def _read_users(users: str | None, dataset: str) -> ray.data.Dataset:
     if users is None:
-        fs, root = storage.arrow_filesystem(dataset)
-        return ray.data.read_parquet(storage.join(root, "users.parquet"), filesystem=fs, columns=["user_id"])
+        fs, _ = storage.arrow_filesystem(dataset)
+        return ray.data.read_parquet(table_path(dataset, "users.parquet"), filesystem=fs, columns=["user_id"])
     fs, root = storage.arrow_filesystem(users)
     read = {"csv": ray.data.read_csv, "json": ray.data.read_json, "parquet": ray.data.read_parquet}
     # the file's user_id column was checked by profile_sets (_user_file) before any Ray work

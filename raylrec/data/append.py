@@ -1,0 +1,269 @@
+"""``raylrec data prepare --append``: the next version of a ``rolling_days`` dataset, made from
+the source's new rows only.
+
+A nightly job's log grows by a day at a time; re-preparing all of it every night costs the whole
+history. An append reads only what ``data.source`` names (the new date partitions), and:
+
+- validates and quarantines its rows as a full preparation does, and quarantines a **late event**
+  (a timestamp at or before the dataset's last committed event, its *watermark*): it would
+  change histories and splits already committed;
+- keeps every user's and item's dense id, and gives new ones the next ids (in the order a full
+  preparation would sort them among themselves);
+- continues each user's point-in-time histories from the **tails** the previous version wrote
+  (``raylrec.data.tails``): the new rows' histories are exactly those a full preparation of the
+  whole log computes;
+- writes the new rows as day files (``days/<YYYY-MM-DD>/``) and moves the split forward by
+  listing the days under their new splits (``raylrec.data.days``), copying nothing;
+- commits a new ``meta.json`` (version n+1) that lists the previous version's files plus the new
+  ones, after saving the previous one as ``versions/<n>.json``. Until that write, readers see
+  version n whole; a crash leaves unlisted files that no reader opens and the rerun ignores.
+
+What differs from a full preparation of the same log: dense ids of users and items that first
+appear in an appended day follow every earlier id (a full run sorts all ids together), so
+content hashes differ while rows, histories and splits agree once mapped to raw ids
+(``tests/test_append.py``); and the quarantine keeps late events a full run would have placed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from raylrec import storage
+from raylrec.artifacts import ArtifactDir
+from raylrec.config import DAY, DataConfig
+from raylrec.data.days import add_hash, assemble, day_name
+from raylrec.data.files import SourceError
+from raylrec.data.indexing import id_counts
+from raylrec.data.output import (
+    DATASET,
+    commit,
+    input_paths,
+    new_write_id,
+    read_table,
+    refuse_overlap,
+)
+from raylrec.data.sources import load_source
+from raylrec.data.tails import carried_rows
+from raylrec.data.validate import REASON
+from raylrec.data.vocab import Vocabulary
+
+__all__ = ["AppendError", "append", "check_appendable"]
+
+Progress = Callable[[str], None]
+# What must be equal between the committed dataset and the append's config: the rows of the two
+# would otherwise not be one dataset.
+_SAME = ("split", "label", "history", "validation")
+
+
+class AppendError(ValueError):
+    """The dataset cannot take an append of this config (named, with the difference)."""
+
+
+def check_appendable(config: DataConfig) -> dict[str, Any]:
+    """The committed ``meta.json`` of ``config.output``, checked to take this append; reads only
+    (the CLI calls it before Ray starts)."""
+    refuse_overlap(config.output, input_paths(config.source))
+    storage.check_reachable(config.output)
+    meta = ArtifactDir(config.output, DATASET).read()
+    if "watermark" not in meta:
+        raise AppendError(
+            f"{config.output} was prepared with split.protocol {meta['protocol']['split']['protocol']!r}: "
+            "only a rolling_days dataset takes appends (prepare it once with that split)"
+        )
+    for key in _SAME:
+        committed = meta["protocol"][key]
+        asked = getattr(config, key).model_dump(mode="json")
+        if committed != asked:
+            raise AppendError(
+                f"{config.output}: data.{key} is {asked}, the committed dataset was prepared with "
+                f"{committed}; an append must use the same"
+            )
+    return meta
+
+
+def _mark_late(batch: pa.Table, watermark: int) -> pa.Table:
+    """A valid row at or before the watermark gets the late-event reason."""
+    late = pc.and_(pc.is_null(batch[REASON]), pc.less_equal(batch["timestamp"], watermark))
+    if not pc.any(late).as_py():
+        return batch
+    reason = f"late event: at or before the dataset's last committed event ({_iso(watermark)})"
+    reasons = pc.if_else(late, pa.scalar(reason), batch[REASON])
+    return batch.set_column(batch.schema.get_field_index(REASON), REASON, reasons)
+
+
+def _iso(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _merge_days(previous: dict[str, dict], new: dict[str, dict]) -> dict[str, dict]:
+    """Day records of both versions; a day in both (rows after the watermark on its own day)
+    is one record whose files and sums are both parts'."""
+    days = {name: dict(record) for name, record in previous.items()}
+    for name, record in new.items():
+        if name not in days:
+            days[name] = record
+            continue
+        old = days[name]
+        days[name] = {
+            "rows": old["rows"] + record["rows"],
+            "positives": old["positives"] + record["positives"],
+            "hash": add_hash(old["hash"], record["hash"]),
+            "files": old["files"] + record["files"],
+        }
+    return days
+
+
+def _extended_table(committed: pa.Table, vocab: Vocabulary, new: pa.Array, raw: str, dense: str) -> pa.Table:
+    """The committed id table with a row per new id (its metadata columns null)."""
+    if not len(new):
+        return committed
+    ids = vocab.to_dense(new)
+    added = pa.table({raw: new, dense: pa.array(ids, pa.int64())})
+    return pa.concat_tables([committed, added], promote_options="default")
+
+
+def append(config: DataConfig, say: Progress) -> dict[str, Any]:
+    """Append the source's rows to the dataset at ``config.output``; returns the new meta."""
+    from raylrec.data.prepare import (
+        OUTPUT_COLUMNS,
+        PipelineError,
+        _events_by_user,
+        _good,
+        _validated,
+        _write_quarantine,
+        write_parts,
+        write_tails,
+    )
+
+    started = time.perf_counter()
+    out = config.output
+    previous = check_appendable(config)
+    version = previous["version"] + 1
+    watermark = int(previous["watermark"])
+    say(
+        f"appending to {out} (version {previous['version']}, last event {_iso(watermark)}) "
+        f"as version {version}"
+    )
+    source = load_source(config.source, config.validation)
+    checked, rows_in = _validated(config, source, say)
+    checked = checked.map_batches(_mark_late, batch_format="pyarrow", fn_kwargs={"watermark": watermark})
+    checked = checked.materialize()
+
+    good = checked.map_batches(_good, batch_format="pyarrow")
+    counts = id_counts(good, ["user_id", "item_id"])
+    good_rows = int(pc.sum(counts["user_id"]["count"]).as_py() or 0)
+    if good_rows == 0:
+        raise SourceError(
+            f"{config.source.type}: no valid rows after {_iso(watermark)} to append (nothing was written)"
+        )
+    committed_users, committed_items = read_table(out, "users.parquet"), read_table(out, "items.parquet")
+    users, new_users = Vocabulary.from_table(committed_users, "user_id", "uid").extended(
+        counts["user_id"]["id"]
+    )
+    items, new_items = Vocabulary.from_table(committed_items, "item_id", "iid").extended(
+        counts["item_id"]["id"]
+    )
+    say(f"{good_rows:,} new valid rows; {len(new_users):,} new users, {len(new_items):,} new items")
+
+    last = max(watermark, int(good.max("timestamp")))
+    cutoffs = config.split.cutoffs(last)
+    say(f"rolling days: valid from {day_name(cutoffs[0] // DAY)}, test from {day_name(cutoffs[1] // DAY)}")
+    fs, root = storage.arrow_filesystem(out)
+    tails = ray.data.read_parquet([storage.join(root, p) for p in previous["tails"]], filesystem=fs)
+    carried = tails.map_batches(carried_rows, batch_format="pyarrow").materialize()
+    vocab_refs = (ray.put(users.ids), ray.put(items.ids))
+    events = _events_by_user(
+        config,
+        checked,
+        vocab_refs,
+        good_rows,
+        cutoffs,
+        None,
+        say,
+        carried=carried,
+        carried_rows=carried.count(),
+    )
+    write_id = new_write_id()
+    parts = write_parts(events, out, write_id, 0, say)  # day 0 on: every appended row is in a day file
+    days = _merge_days(previous["days"], {day_name(day): record for (_, day), record in parts.items()})
+    splits = assemble(previous["bulk"], days, cutoffs)
+    new_tails = write_tails(events, out, write_id, config.history.max_len)
+    rows_quarantined, reasons, quarantine_files = _write_quarantine(
+        checked, events, vocab_refs, source.files, out, write_id, say
+    )
+    rows_out = sum(record["rows"] for record in parts.values())
+    if rows_in != rows_out + rows_quarantined:
+        raise PipelineError(f"rows in {rows_in} != rows out {rows_out} + quarantined {rows_quarantined}")
+
+    before = previous["counts"]
+    all_reasons = dict(before.get("quarantine_reasons", {}))
+    for reason, n in reasons.items():
+        all_reasons[reason] = all_reasons.get(reason, 0) + n
+    counts_meta = {
+        "rows_in": before["rows_in"] + rows_in,
+        "rows_out": before["rows_out"] + rows_out,
+        "rows_quarantined": before["rows_quarantined"] + rows_quarantined,
+        "quarantine_reasons": all_reasons,
+        "splits": {s: v["rows"] for s, v in splits.items()},
+        "positives": {s: v["positives"] for s, v in splits.items()},
+        "users": len(users),
+        "items": len(items),
+        "num_users": users.size,
+        "num_items": items.size,
+    }
+    appended = {
+        "version": version,
+        "write_id": write_id,
+        "source": source.description,
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "rows_quarantined": rows_quarantined,
+        "days": sorted({day_name(day) for (_, day) in parts}),
+    }
+    # the previous version, kept for lineage, before the commit replaces it
+    storage.write_json(storage.join(out, "versions", f"{previous['version']:06d}.json"), previous)
+    meta = commit(
+        out,
+        protocol={**previous["protocol"], "temporal_cutoffs": list(cutoffs)},
+        counts=counts_meta,
+        split_hashes={s: v["hash"] for s, v in splits.items()},
+        users=_extended_table(committed_users, users, new_users, "user_id", "uid"),
+        items=_extended_table(committed_items, items, new_items, "item_id", "iid"),
+        source=previous["source"],
+        columns=OUTPUT_COLUMNS,
+        files={s: v["files"] for s, v in splits.items()}
+        | {"quarantine": previous["files"].get("quarantine", []) + quarantine_files},
+        started=started,
+        extra={
+            "version": version,
+            "watermark": last,
+            "bulk": previous["bulk"],
+            "days": days,
+            "tails": new_tails,
+            "appended": [*previous.get("appended", []), appended],
+        },
+        tables={
+            "users.parquet": f"tables/{write_id}-users.parquet",
+            "items.parquet": f"tables/{write_id}-items.parquet",
+        },
+    )
+    _remove(out, [p for p in previous["tails"] if p not in new_tails])  # O(users x max_len) each: not kept
+    say(
+        f"committed version {version} of {out}: +{rows_out:,} rows, {rows_quarantined:,} quarantined "
+        f"(content hash {meta['content_hash'][:16]}…) in {meta['elapsed_s']} s"
+    )
+    return meta
+
+
+def _remove(out: str, paths: list[str]) -> None:
+    fs, root = storage.filesystem(out)
+    for path in paths:
+        target = storage.join(root, path)
+        if fs.exists(target):
+            fs.rm(target)

@@ -1,0 +1,175 @@
+"""`raylrec data prepare --append` (issue 38, part 1): appending days one by one gives the rows,
+histories and splits a full preparation of the same days gives, ids stay stable, late events
+are quarantined, and a dataset or config that cannot take an append is refused up front."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from helpers import data_config, read_all
+
+from raylrec.data.append import AppendError, check_appendable
+from raylrec.data.output import read_meta, read_table
+from raylrec.data.prepare import prepare
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+DAY = 86_400
+START = int(dt.datetime(2026, 11, 20, tzinfo=dt.UTC).timestamp())
+SPLIT = {"protocol": "rolling_days", "valid_days": 1, "test_days": 1}
+HISTORY = {"max_len": 3}  # short: most rows' histories are cut, so the carried tails matter
+
+
+def _day_log(day: int, rng: np.random.Generator, users: list[str], items: list[str], n: int) -> pa.Table:
+    ts = START + day * DAY + np.sort(rng.integers(0, DAY // 8, n)) * 8  # shared instants: ties
+    table = pa.table(
+        {
+            "user_id": rng.choice(users, n),
+            "item_id": rng.choice(items, n),
+            "timestamp": ts.astype(np.int64),
+            "rating": rng.integers(1, 6, n).astype(np.float64),
+        }
+    )
+    return pa.concat_tables([table, table.slice(0, 3)])  # three duplicate events per day
+
+
+@pytest.fixture(scope="module")
+def days(tmp_path_factory):
+    """Five days of a log, one Parquet file per day (a date-partitioned log). Day 3 brings a new
+    user and a new item whose raw ids sort before every earlier one."""
+    root = tmp_path_factory.mktemp("log")
+    rng = np.random.default_rng(7)
+    users = [f"u{i:02d}" for i in range(12)]
+    items = [f"i{i:02d}" for i in range(15)]
+    paths = []
+    for day in range(5):
+        if day == 3:
+            users, items = ["a-new-user", *users], ["a-new-item", *items]
+        path = root / f"date={dt.date(2026, 11, 20) + dt.timedelta(days=day)}" / "events.parquet"
+        path.parent.mkdir()
+        pq.write_table(_day_log(day, rng, users, items, 60), path)
+        paths.append(str(path))
+    return paths
+
+
+def _config(paths: list[str], out: str, **data):
+    source = {"type": "logs", "paths": paths}
+    return data_config(source, out, split=SPLIT, history=HISTORY, **data)
+
+
+def _by_raw_ids(out: str) -> list[tuple]:
+    """Every row with users and items (history too) as raw ids, sorted: what must not depend on
+    how the dense ids were assigned."""
+    table = read_all(out)
+    users = dict(
+        zip(*(read_table(out, "users.parquet")[c].to_pylist() for c in ("uid", "user_id")), strict=True)
+    )
+    items = dict(
+        zip(*(read_table(out, "items.parquet")[c].to_pylist() for c in ("iid", "item_id")), strict=True)
+    )
+    rows = []
+    for r in table.to_pylist():
+        history = tuple(items[i] for i in r["history"])
+        rows.append(
+            (users[r["uid"]], items[r["iid"]], r["timestamp"], r["rating"], r["label"], history, r["split"])
+        )
+    return sorted(rows)
+
+
+def test_appending_day_by_day_equals_one_full_preparation(days, tmp_path):
+    full = str(tmp_path / "full")
+    full_meta = prepare(_config(days, full))
+    appended = str(tmp_path / "appended")
+    first = prepare(_config(days[:2], appended))
+    metas = [first]
+    for day in days[2:]:
+        metas.append(prepare(_config([day], appended, append=True)))
+
+    assert _by_raw_ids(appended) == _by_raw_ids(full)
+    meta = read_meta(appended)
+    assert meta["version"] == 4 and [m["version"] for m in metas] == [1, 2, 3, 4]
+    for key in ("splits", "positives", "rows_in", "rows_out", "rows_quarantined", "users", "items"):
+        assert meta["counts"][key] == full_meta["counts"][key], key
+    assert meta["watermark"] == full_meta["watermark"]
+    assert meta["counts"]["quarantine_reasons"] == full_meta["counts"]["quarantine_reasons"]
+    # the split moved forward: the last day is test, the one before valid, the rest train
+    assert sorted(meta["days"]) == [f"2026-11-{d}" for d in range(20, 25)]  # each appended as a day
+    assert all(p.startswith("days/2026-11-24/") for p in meta["files"]["test"])
+    assert all(p.startswith("days/2026-11-23/") for p in meta["files"]["valid"])
+    # the first version's day files (its valid and test days) are train now, listed, not rewritten
+    assert sorted(first["files"]) == ["quarantine", "test", "valid"]  # the duplicates quarantined
+    assert set(first["files"]["valid"] + first["files"]["test"]) <= set(meta["files"]["train"])
+
+
+def test_ids_stay_stable_and_new_ones_follow(days, tmp_path):
+    out = str(tmp_path / "d")
+    prepare(_config(days[:3], out))
+    before = read_table(out, "users.parquet").select(["user_id", "uid"]).to_pylist()
+    items_before = len(read_table(out, "items.parquet"))
+    prepare(_config(days[3:4], out, append=True))
+    after = read_table(out, "users.parquet").select(["user_id", "uid"]).to_pylist()
+    assert after[: len(before)] == before
+    assert after[len(before) :] == [{"user_id": "a-new-user", "uid": len(before) + 1}]
+    items = read_table(out, "items.parquet")
+    assert items["item_id"].to_pylist()[items_before:] == ["a-new-item"]
+    assert read_meta(out)["counts"]["num_users"] == len(before) + 2
+    saved = json.loads((tmp_path / "d" / "versions" / "000001.json").read_text())
+    assert saved["version"] == 1 and "tables" not in saved  # the version it replaced, kept
+
+
+def test_a_late_event_is_quarantined_with_its_reason_and_nothing_is_lost(days, tmp_path):
+    out = str(tmp_path / "d")
+    prepare(_config(days[:2], out))
+    late_and_new = tmp_path / "late.parquet"
+    table = pq.read_table(days[2])
+    late = pa.table(
+        {
+            "user_id": ["u01"],
+            "item_id": ["i01"],
+            "timestamp": pa.array([START + DAY], pa.int64()),
+            "rating": [5.0],
+        }
+    )
+    pq.write_table(pa.concat_tables([table, late]), late_and_new)
+    before = read_meta(out)["counts"]
+    meta = prepare(_config([str(late_and_new)], out, append=True))
+    reasons = meta["counts"]["quarantine_reasons"]
+    late_reason = [r for r in reasons if r.startswith("late event")]
+    assert len(late_reason) == 1 and reasons[late_reason[0]] == 1
+    added = meta["appended"][-1]
+    assert added["rows_in"] == table.num_rows + 1 == added["rows_out"] + added["rows_quarantined"]
+    counts = meta["counts"]
+    assert counts["rows_in"] == before["rows_in"] + added["rows_in"]
+    assert counts["rows_in"] == counts["rows_out"] + counts["rows_quarantined"]
+    quarantine = read_table(out, "quarantine")
+    assert "late event" in " ".join(quarantine["_reason"].to_pylist())
+
+
+def test_a_dataset_or_config_that_cannot_take_an_append_is_refused_before_ray(days, tmp_path):
+    ratio = str(tmp_path / "ratio")
+    prepare(data_config({"type": "logs", "paths": days[:2]}, ratio))
+    with pytest.raises(ValueError, match="append needs split.protocol rolling_days"):
+        data_config({"type": "logs", "paths": days[2:3]}, ratio, append=True)
+    rolling = str(tmp_path / "rolling")
+    prepare(_config(days[:2], rolling))
+    other = data_config(
+        {"type": "logs", "paths": days[2:3]}, rolling, split=SPLIT, history={"max_len": 5}, append=True
+    )
+    with pytest.raises(
+        AppendError, match=r"data.history is \{'max_len': 5\}.*prepared with \{'max_len': 3\}"
+    ):
+        check_appendable(other)
+    with pytest.raises(FileNotFoundError, match="holds no committed prepared dataset"):
+        check_appendable(_config(days[2:3], str(tmp_path / "nothing"), append=True))
+    fake = read_meta(ratio)
+    assert "watermark" not in fake
+    wrong = data_config(
+        {"type": "logs", "paths": days[2:3]}, ratio, split=SPLIT, history=HISTORY, append=True
+    )
+    with pytest.raises(AppendError, match="only a rolling_days dataset takes appends"):
+        check_appendable(wrong)
