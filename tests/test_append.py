@@ -41,7 +41,8 @@ def _day_log(day: int, rng: np.random.Generator, users: list[str], items: list[s
 @pytest.fixture(scope="module")
 def days(tmp_path_factory):
     """Five days of a log, one Parquet file per day (a date-partitioned log). Day 3 brings a new
-    user and a new item whose raw ids sort before every earlier one."""
+    user and a new item whose raw ids sort before every earlier one, and lacks four users who
+    come back on day 4 (their tails must pass through day 3's append untouched)."""
     root = tmp_path_factory.mktemp("log")
     rng = np.random.default_rng(7)
     users = [f"u{i:02d}" for i in range(12)]
@@ -52,7 +53,8 @@ def days(tmp_path_factory):
             users, items = ["a-new-user", *users], ["a-new-item", *items]
         path = root / f"date={dt.date(2026, 11, 20) + dt.timedelta(days=day)}" / "events.parquet"
         path.parent.mkdir()
-        pq.write_table(_day_log(day, rng, users, items, 60), path)
+        present = [u for u in users if u not in ("u00", "u01", "u02", "u03")] if day == 3 else users
+        pq.write_table(_day_log(day, rng, present, items, 60), path)
         paths.append(str(path))
     return paths
 

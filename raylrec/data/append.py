@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
@@ -49,7 +50,7 @@ from raylrec.data.output import (
     refuse_overlap,
 )
 from raylrec.data.sources import load_source
-from raylrec.data.tails import carried_rows
+from raylrec.data.tails import carried_rows, of_users
 from raylrec.data.validate import REASON
 from raylrec.data.vocab import Vocabulary
 
@@ -174,9 +175,19 @@ def append(config: DataConfig, say: Progress) -> dict[str, Any]:
     last = max(watermark, int(good.max("timestamp")))
     cutoffs = config.split.cutoffs(last)
     say(f"rolling days: valid from {day_name(cutoffs[0] // DAY)}, test from {day_name(cutoffs[1] // DAY)}")
+    # Only the users of the new rows need their tails in the shuffle; the others' tails are
+    # written again unchanged (O(users), streamed), so the shuffle moves the day, not the users.
+    touched = ray.put(np.unique(users.to_dense(counts["user_id"]["id"].to_numpy(zero_copy_only=False))))
     fs, root = storage.arrow_filesystem(out)
     tails = ray.data.read_parquet([storage.join(root, p) for p in previous["tails"]], filesystem=fs)
-    carried = tails.map_batches(carried_rows, batch_format="pyarrow").materialize()
+    carried = (
+        tails.map_batches(of_users, batch_format="pyarrow", fn_kwargs={"users_ref": touched, "keep": True})
+        .map_batches(carried_rows, batch_format="pyarrow")
+        .materialize()
+    )
+    kept = tails.map_batches(
+        of_users, batch_format="pyarrow", fn_kwargs={"users_ref": touched, "keep": False}
+    )
     vocab_refs = (ray.put(users.ids), ray.put(items.ids))
     events = _events_by_user(
         config,
@@ -193,7 +204,7 @@ def append(config: DataConfig, say: Progress) -> dict[str, Any]:
     parts = write_parts(events, out, write_id, 0, say)  # day 0 on: every appended row is in a day file
     days = _merge_days(previous["days"], {day_name(day): record for (_, day), record in parts.items()})
     splits = assemble(previous["bulk"], days, cutoffs)
-    new_tails = write_tails(events, out, write_id, config.history.max_len)
+    new_tails = write_tails(events, out, write_id, config.history.max_len, kept=kept)
     rows_quarantined, reasons, quarantine_files = _write_quarantine(
         checked, events, vocab_refs, source.files, out, write_id, say
     )

@@ -453,11 +453,16 @@ def write_parts(
     return parts
 
 
-def write_tails(events: ray.data.Dataset, out: str, write_id: str, max_len: int) -> list[str]:
-    """Each user's tail (``raylrec.data.tails``) under ``tails/``; returns the files' paths."""
+def write_tails(
+    events: ray.data.Dataset, out: str, write_id: str, max_len: int, kept: ray.data.Dataset | None = None
+) -> list[str]:
+    """Each user's tail (``raylrec.data.tails``) under ``tails/``, and the tails of ``kept``
+    (users an append did not touch) as they were; returns the files' paths."""
     tails = events.map_batches(
         user_tails, batch_format="pyarrow", batch_size=None, fn_kwargs={"max_len": max_len}
     )
+    if kept is not None:
+        tails = tails.union(kept)
     return [f"tails/{name}" for name in write_dataset(tails, out, "tails", write_id)]
 
 

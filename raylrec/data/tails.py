@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from raylrec.data.files import FILE_COLUMN, ROW_COLUMN
 from raylrec.data.validate import REASON
 
-__all__ = ["CARRIED", "DENSE_SCHEMA", "TAIL_SCHEMA", "carried_rows", "user_tails"]
+__all__ = ["CARRIED", "DENSE_SCHEMA", "TAIL_SCHEMA", "carried_rows", "of_users", "user_tails"]
 
 CARRIED = "_carried"  # 1 on a tail's positive carried into an append: it is history, not a row
 DENSE_SCHEMA = pa.schema(
@@ -65,6 +65,16 @@ def user_tails(batch: pa.Table, max_len: int) -> pa.Table:
         },
         schema=TAIL_SCHEMA,
     )
+
+
+def of_users(batch: pa.Table, users_ref, keep: bool) -> pa.Table:
+    """The tails of the users in the object-store array ``users_ref`` (``keep``), or of the
+    others: an append carries only the tails of the users its day touches through the
+    shuffle, and writes the others' again as they were."""
+    import ray
+
+    inside = pc.is_in(batch["uid"], value_set=pa.array(ray.get(users_ref), pa.int64()))
+    return batch.filter(inside if keep else pc.invert(inside))
 
 
 def carried_rows(batch: pa.Table) -> pa.Table:
