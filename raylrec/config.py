@@ -611,7 +611,9 @@ class NightlyConfig(StrictConfig):
     """
 
     root: str | None = Field(
-        default=None, description="dated outputs: <root>/datasets/date=D, <root>/cf/date=D"
+        default=None,
+        description="dated outputs: <root>/datasets/date=D (rolling_days: one appended <root>/dataset), "
+        "<root>/cf/date=D",
     )
     refresh_cf: Bool = Field(default=False, description="retrain the retrieval CF encoder on D's data")
     profiles: str | None = Field(

@@ -2,6 +2,11 @@
 score and publish. Each step is skipped when its committed output for the date exists
 (``meta.json``, a CF bundle's ``config.json``, the partition's ``_MANIFEST.json``), so a rerun
 after a failure continues where it stopped and a second run of a finished date does nothing.
+
+With a ``rolling_days`` split the dataset is one, ``<nightly.root>/dataset``, and each date
+appends its partition to it (``raylrec data prepare --append``): the first date prepares it,
+a later one appends, a date the dataset already holds (its last event is on or after that
+day) is skipped. Other splits prepare a dataset per date, ``<nightly.root>/datasets/date=...``.
 """
 
 from __future__ import annotations
@@ -14,14 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from raylrec import storage
 from raylrec.artifacts import ArtifactDir, ArtifactKind
-from raylrec.config import ConfigError, RaylrecConfig, build_config
+from raylrec.config import DAY, ConfigError, DataConfig, RaylrecConfig, RollingDaysSplit, build_config
+from raylrec.data.days import day_name
 from raylrec.data.output import DATASET
 from raylrec.scoring import publish as recs
 
 if TYPE_CHECKING:
     from raylrec.profiles.config import ProfilesConfig
 
-__all__ = ["run_nightly", "NightlySummary", "nightly_config"]
+__all__ = ["run_nightly", "NightlySummary", "nightly_config", "prepare_for_date"]
 
 
 @dataclass
@@ -67,10 +73,13 @@ def nightly_config(config: RaylrecConfig, date: str) -> RaylrecConfig:
         raise ConfigError("set score.output (where recommendations are published)")
     root = storage.absolute(config.nightly.root)
     raw = config.model_dump(mode="json", exclude_none=True)
-    dataset = storage.join(root, "datasets", f"date={date}")
+    appended = config.data is not None and isinstance(config.data.split, RollingDaysSplit)
+    dataset = storage.join(root, "dataset") if appended else storage.join(root, "datasets", f"date={date}")
     if config.data is not None:
         raw["data"] = {**raw["data"], "source": _substitute(raw["data"]["source"], date), "output": dataset}
-        raw["data"]["overwrite"] = True  # only ever replaces an uncommitted attempt (see run_nightly)
+        # a dataset per date: only ever replaces an uncommitted attempt (see prepare_for_date);
+        # the appended one: never replaced
+        raw["data"]["overwrite"] = not appended
         raw["dataset"] = dataset
     if config.nightly.refresh_cf:
         raw["output"] = storage.join(root, "cf", f"date={date}")
@@ -89,6 +98,34 @@ def _cf_bundle_kind() -> ArtifactKind:
     from raylrec.cf.bundle import CF_BUNDLE  # imported when the CF step runs: the module imports torch
 
     return CF_BUNDLE
+
+
+def prepare_for_date(
+    config: RaylrecConfig, date: str, summary: NightlySummary, say: Callable[[str], None] = print
+) -> None:
+    """The prepare step of ``config`` (a ``nightly_config``) for ``date``: prepare the dataset,
+    append the date's partition to it (a ``rolling_days`` dataset that does not hold the date
+    yet), or skip it; recorded in ``summary``."""
+    started = time.perf_counter()
+    data = config.data
+    if data is None:
+        summary.add("prepare", "none", 0.0, config.score.dataset or "(score.dataset)")
+        return
+    meta = ArtifactDir(data.output, DATASET).manifest()
+    status, verb = "ran", "preparing"
+    if meta is not None:
+        holds = "watermark" not in meta or day_name(int(meta["watermark"]) // DAY) >= date
+        if holds or not isinstance(data.split, RollingDaysSplit):
+            summary.add("prepare", "skipped", 0.0, data.output)
+            return
+        data = DataConfig.model_validate({**data.model_dump(), "append": True, "overwrite": False})
+        status, verb = "appended", f"appending {date} to"
+    from raylrec.data.prepare import prepare
+
+    say(f"[{date}] {verb} {data.output}")
+    meta = prepare(data, say)
+    rows = meta["appended"][-1]["rows_out"] if data.append else meta["counts"]["rows_out"]
+    summary.add("prepare", status, time.perf_counter() - started, data.output, rows=rows)
 
 
 def run_nightly(
@@ -110,23 +147,7 @@ def run_nightly(
         profiles = load_profiles_config(config.nightly.profiles)  # its errors before any step
     summary = NightlySummary(date)
 
-    started = time.perf_counter()
-    if config.data is None:
-        summary.add("prepare", "none", 0.0, config.score.dataset or "(score.dataset)")
-    elif _committed(config.data.output, DATASET):
-        summary.add("prepare", "skipped", 0.0, config.data.output)
-    else:
-        from raylrec.data.prepare import prepare
-
-        say(f"[{date}] preparing {config.data.output}")
-        meta = prepare(config.data, say)
-        summary.add(
-            "prepare",
-            "ran",
-            time.perf_counter() - started,
-            config.data.output,
-            rows=meta["counts"]["rows_out"],
-        )
+    prepare_for_date(config, date, summary, say)
 
     if profiles is not None:
         from raylrec.profiles.refresh import refresh_profiles

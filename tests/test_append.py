@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from helpers import data_config, read_all
@@ -56,11 +59,15 @@ def days(tmp_path_factory):
         present = [u for u in users if u not in ("u00", "u01", "u02", "u03")] if day == 3 else users
         pq.write_table(_day_log(day, rng, present, items, 60), path)
         paths.append(str(path))
+    pq.write_table(
+        pa.table({"item_id": items, "title": [f"Title of {i}" for i in items]}), root / "items.parquet"
+    )
     return paths
 
 
 def _config(paths: list[str], out: str, **data):
-    source = {"type": "logs", "paths": paths}
+    items = str(Path(paths[0]).parents[1] / "items.parquet")  # the log's item titles
+    source = {"type": "logs", "paths": paths, "items": {"path": items}}
     return data_config(source, out, split=SPLIT, history=HISTORY, **data)
 
 
@@ -83,15 +90,23 @@ def _by_raw_ids(out: str) -> list[tuple]:
     return sorted(rows)
 
 
-def test_appending_day_by_day_equals_one_full_preparation(days, tmp_path):
-    full = str(tmp_path / "full")
+@pytest.fixture(scope="module")
+def runs(days, tmp_path_factory):
+    """The five days prepared in one run, and prepared as days 0-1 then appended one by one
+    (version 1 to 4), with each version's meta and users table: what several tests check."""
+    root = tmp_path_factory.mktemp("runs")
+    full, appended = str(root / "full"), str(root / "appended")
     full_meta = prepare(_config(days, full))
-    appended = str(tmp_path / "appended")
-    first = prepare(_config(days[:2], appended))
-    metas = [first]
+    metas = [prepare(_config(days[:2], appended))]
+    users = [read_table(appended, "users.parquet").select(["user_id", "uid"]).to_pylist()]
     for day in days[2:]:
         metas.append(prepare(_config([day], appended, append=True)))
+        users.append(read_table(appended, "users.parquet").select(["user_id", "uid"]).to_pylist())
+    return {"full": full, "full_meta": full_meta, "appended": appended, "metas": metas, "users": users}
 
+
+def test_appending_day_by_day_equals_one_full_preparation(runs):
+    full, full_meta, appended, metas = (runs[k] for k in ("full", "full_meta", "appended", "metas"))
     assert _by_raw_ids(appended) == _by_raw_ids(full)
     meta = read_meta(appended)
     assert meta["version"] == 4 and [m["version"] for m in metas] == [1, 2, 3, 4]
@@ -104,31 +119,34 @@ def test_appending_day_by_day_equals_one_full_preparation(days, tmp_path):
     assert all(p.startswith("days/2026-11-24/") for p in meta["files"]["test"])
     assert all(p.startswith("days/2026-11-23/") for p in meta["files"]["valid"])
     # the first version's day files (its valid and test days) are train now, listed, not rewritten
+    first = metas[0]
     assert sorted(first["files"]) == ["quarantine", "test", "valid"]  # the duplicates quarantined
     assert set(first["files"]["valid"] + first["files"]["test"]) <= set(meta["files"]["train"])
 
 
-def test_ids_stay_stable_and_new_ones_follow(days, tmp_path):
-    out = str(tmp_path / "d")
-    prepare(_config(days[:3], out))
-    before = read_table(out, "users.parquet").select(["user_id", "uid"]).to_pylist()
-    items_before = len(read_table(out, "items.parquet"))
-    prepare(_config(days[3:4], out, append=True))
-    after = read_table(out, "users.parquet").select(["user_id", "uid"]).to_pylist()
-    assert after[: len(before)] == before
-    assert after[len(before) :] == [{"user_id": "a-new-user", "uid": len(before) + 1}]
-    items = read_table(out, "items.parquet")
-    assert items["item_id"].to_pylist()[items_before:] == ["a-new-item"]
-    assert read_meta(out)["counts"]["num_users"] == len(before) + 2
-    saved = json.loads((tmp_path / "d" / "versions" / "000001.json").read_text())
+def test_ids_stay_stable_and_new_ones_follow(runs, tmp_path):
+    users = runs["users"]
+    for before, after in zip(users, users[1:], strict=False):
+        assert after[: len(before)] == before  # every version keeps every earlier id
+    assert users[2][len(users[1]) :] == [{"user_id": "a-new-user", "uid": len(users[1]) + 1}]  # day 3
+    table = read_table(runs["appended"], "items.parquet")
+    items = table["item_id"].to_pylist()
+    assert items.count("a-new-item") == 1
+    # an appended item's metadata comes from the source as in a full run
+    titles = dict(zip(items, table["title"].to_pylist(), strict=True))
+    full = read_table(runs["full"], "items.parquet")
+    assert titles == dict(zip(full["item_id"].to_pylist(), full["title"].to_pylist(), strict=True))
+    assert items.index("a-new-item") >= runs["metas"][0]["counts"]["items"]  # after version 1's ids
+    assert read_meta(runs["appended"])["counts"]["num_users"] == len(users[-1]) + 1
+    saved = json.loads((Path(runs["appended"]) / "versions" / "000001.json").read_text())
     assert saved["version"] == 1 and "tables" not in saved  # the version it replaced, kept
 
 
-def test_a_late_event_is_quarantined_with_its_reason_and_nothing_is_lost(days, tmp_path):
+def test_a_late_event_is_quarantined_with_its_reason_and_nothing_is_lost(runs, days, tmp_path):
     out = str(tmp_path / "d")
-    prepare(_config(days[:2], out))
-    late_and_new = tmp_path / "late.parquet"
-    table = pq.read_table(days[2])
+    shutil.copytree(runs["appended"], out)
+    next_day = pq.read_table(days[4])
+    next_day = next_day.set_column(2, "timestamp", pc.add(next_day["timestamp"], DAY))
     late = pa.table(
         {
             "user_id": ["u01"],
@@ -137,14 +155,16 @@ def test_a_late_event_is_quarantined_with_its_reason_and_nothing_is_lost(days, t
             "rating": [5.0],
         }
     )
-    pq.write_table(pa.concat_tables([table, late]), late_and_new)
+    late_path = Path(days[0]).parents[1] / "late" / "events.parquet"  # beside the log's days
+    late_path.parent.mkdir()
+    pq.write_table(pa.concat_tables([next_day, late]), late_path)
     before = read_meta(out)["counts"]
-    meta = prepare(_config([str(late_and_new)], out, append=True))
+    meta = prepare(_config([str(late_path)], out, append=True))
     reasons = meta["counts"]["quarantine_reasons"]
     late_reason = [r for r in reasons if r.startswith("late event")]
     assert len(late_reason) == 1 and reasons[late_reason[0]] == 1
     added = meta["appended"][-1]
-    assert added["rows_in"] == table.num_rows + 1 == added["rows_out"] + added["rows_quarantined"]
+    assert added["rows_in"] == next_day.num_rows + 1 == added["rows_out"] + added["rows_quarantined"]
     counts = meta["counts"]
     assert counts["rows_in"] == before["rows_in"] + added["rows_in"]
     assert counts["rows_in"] == counts["rows_out"] + counts["rows_quarantined"]
@@ -152,15 +172,17 @@ def test_a_late_event_is_quarantined_with_its_reason_and_nothing_is_lost(days, t
     assert "late event" in " ".join(quarantine["_reason"].to_pylist())
 
 
-def test_a_dataset_or_config_that_cannot_take_an_append_is_refused_before_ray(days, tmp_path):
+def test_a_dataset_or_config_that_cannot_take_an_append_is_refused_before_ray(runs, days, tmp_path):
     ratio = str(tmp_path / "ratio")
-    prepare(data_config({"type": "logs", "paths": days[:2]}, ratio))
+    prepare(data_config({"type": "logs", "paths": days[:1]}, ratio))
     with pytest.raises(ValueError, match="append needs split.protocol rolling_days"):
         data_config({"type": "logs", "paths": days[2:3]}, ratio, append=True)
-    rolling = str(tmp_path / "rolling")
-    prepare(_config(days[:2], rolling))
     other = data_config(
-        {"type": "logs", "paths": days[2:3]}, rolling, split=SPLIT, history={"max_len": 5}, append=True
+        {"type": "logs", "paths": days[2:3]},
+        runs["appended"],
+        split=SPLIT,
+        history={"max_len": 5},
+        append=True,
     )
     with pytest.raises(
         AppendError, match=r"data.history is \{'max_len': 5\}.*prepared with \{'max_len': 3\}"
@@ -168,8 +190,7 @@ def test_a_dataset_or_config_that_cannot_take_an_append_is_refused_before_ray(da
         check_appendable(other)
     with pytest.raises(FileNotFoundError, match="holds no committed prepared dataset"):
         check_appendable(_config(days[2:3], str(tmp_path / "nothing"), append=True))
-    fake = read_meta(ratio)
-    assert "watermark" not in fake
+    assert "watermark" not in read_meta(ratio)
     wrong = data_config(
         {"type": "logs", "paths": days[2:3]}, ratio, split=SPLIT, history=HISTORY, append=True
     )

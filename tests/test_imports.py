@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "methods.config": 0,
     "storage": 0,
     "bundle_dir": 0,
+    "artifacts": 0,  # the artefact-directory protocol every writer and reader of a directory uses
     "wheels": 0,
     "runtime": 0,
     "timeline": 0,  # RAYLREC_TIMELINE start-up marks: stdlib only, imported by every layer

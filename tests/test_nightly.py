@@ -4,10 +4,16 @@ run that failed after preparing continues from the CF step."""
 
 from __future__ import annotations
 
+import datetime as dt
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from raylrec.config import build_config
-from raylrec.nightly import run_nightly
+from raylrec.data.output import read_meta
+from raylrec.nightly import NightlySummary, nightly_config, prepare_for_date, run_nightly
 from raylrec.scoring import publish as recs
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -15,12 +21,14 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 DATE = "2026-11-24"
 
 
-def _config(tmp_path, source: dict | None = None, train: dict | None = None, **nightly):
+def _config(
+    tmp_path, source: dict | None = None, train: dict | None = None, split: dict | None = None, **nightly
+):
     return build_config(
         {
             "data": {
                 "source": source or {"type": "movielens_100k"},
-                "split": {"protocol": "random_ratio", "ratios": [0.8, 0.1, 0.1], "seed": 2020},
+                "split": split or {"protocol": "random_ratio", "ratios": [0.8, 0.1, 0.1], "seed": 2020},
                 "output": "replaced-by-nightly",
             },
             "cf": {"model": "mf", "dim": 16, "loss": "bpr", "implicit": True},
@@ -67,6 +75,43 @@ def test_nightly_runs_each_step_once_and_resumes(tmp_path, capsys, s3_server):
     assert recs.read_manifest(str(tmp_path / "recs"), DATE)["run_id"] == manifest["run_id"]
     out = capsys.readouterr().out
     assert f"nightly {DATE}:" in out and "skipped" in out
+
+
+def test_a_rolling_days_nightly_appends_each_date_to_one_dataset(tmp_path):
+    """With a rolling_days split the nightly's prepare step prepares one dataset on the first
+    date, appends each later date's partition to it, and skips a date it already holds."""
+    rng = np.random.default_rng(3)
+    dates = ["2026-11-22", "2026-11-23", "2026-11-24"]
+    rows = 0
+    for date in dates:
+        start = int(dt.datetime.fromisoformat(date).replace(tzinfo=dt.UTC).timestamp())
+        n = 80
+        path = tmp_path / "logs" / f"date={date}" / "events.parquet"
+        path.parent.mkdir(parents=True)
+        pq.write_table(
+            pa.table(
+                {
+                    "user_id": rng.integers(0, 15, n).astype(str),
+                    "item_id": rng.integers(0, 25, n).astype(str),
+                    "timestamp": start + np.sort(rng.integers(0, 86_400, n)),
+                    "rating": rng.integers(1, 6, n).astype(float),
+                }
+            ),
+            path,
+        )
+        rows += n
+    source = {"type": "logs", "paths": [str(tmp_path / "logs" / "date={date}")]}
+    config = _config(tmp_path, source=source, split={"protocol": "rolling_days"}, refresh_cf=False)
+    statuses = []
+    for date in [*dates, dates[1]]:
+        summary = NightlySummary(date)
+        prepare_for_date(nightly_config(config, date), date, summary, say=lambda message: None)
+        statuses.append(summary.steps[0]["status"])
+    assert statuses == ["ran", "appended", "appended", "skipped"]
+    meta = read_meta(str(tmp_path / "nightly" / "dataset"))
+    assert meta["version"] == 3 and meta["counts"]["rows_in"] == rows
+    assert [a["days"] for a in meta["appended"]] == [[dates[1]], [dates[2]]]
+    assert not (tmp_path / "nightly" / "datasets").exists()
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import pytest
 from helpers import assert_point_in_time, data_config, read_all, wait_for
 
 from raylrec.config import load_config
-from raylrec.data import prepare as prepare_module
+from raylrec.data import pipeline
 from raylrec.data.files import SourceError
 from raylrec.data.hashing import table_digest
 from raylrec.data.output import IncompleteDatasetError, OutputExistsError, read_meta, read_split, read_table
@@ -130,7 +130,7 @@ def test_same_input_same_hash_whatever_the_partitioning(tmp_path, monkeypatch):
         "events_per_chunk": 7_000,
     }
     first = prepare(data_config(source, str(tmp_path / "a")))
-    monkeypatch.setattr(prepare_module, "ROWS_PER_PARTITION", 4_000)  # 8 shuffle partitions
+    monkeypatch.setattr(pipeline, "ROWS_PER_PARTITION", 4_000)  # 8 shuffle partitions
     second = prepare(data_config(source, str(tmp_path / "b")))
     assert first["content_hash"] == second["content_hash"]
     assert table_digest(read_all(str(tmp_path / "a"))) == table_digest(read_all(str(tmp_path / "b")))

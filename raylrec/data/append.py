@@ -49,6 +49,17 @@ from raylrec.data.output import (
     read_table,
     refuse_overlap,
 )
+from raylrec.data.pipeline import (
+    OUTPUT_COLUMNS,
+    PipelineError,
+    events_by_user,
+    keep_valid,
+    validated,
+    with_metadata,
+    write_parts,
+    write_quarantine,
+    write_tails,
+)
 from raylrec.data.sources import load_source
 from raylrec.data.tails import carried_rows, of_users
 from raylrec.data.validate import REASON
@@ -120,28 +131,19 @@ def _merge_days(previous: dict[str, dict], new: dict[str, dict]) -> dict[str, di
     return days
 
 
-def _extended_table(committed: pa.Table, vocab: Vocabulary, new: pa.Array, raw: str, dense: str) -> pa.Table:
-    """The committed id table with a row per new id (its metadata columns null)."""
+def _extended_table(
+    committed: pa.Table, vocab: Vocabulary, new: pa.Array, raw: str, dense: str, metadata: pa.Table | None
+) -> pa.Table:
+    """The committed id table with a row per new id, with its metadata when the source has it
+    (an item's title, say; null otherwise)."""
     if not len(new):
         return committed
-    ids = vocab.to_dense(new)
-    added = pa.table({raw: new, dense: pa.array(ids, pa.int64())})
-    return pa.concat_tables([committed, added], promote_options="default")
+    added = with_metadata(Vocabulary(new, vocab.to_dense(new)), raw, dense, metadata)
+    return pa.concat_tables([committed, added], promote_options="permissive")
 
 
 def append(config: DataConfig, say: Progress) -> dict[str, Any]:
     """Append the source's rows to the dataset at ``config.output``; returns the new meta."""
-    from raylrec.data.prepare import (
-        OUTPUT_COLUMNS,
-        PipelineError,
-        _events_by_user,
-        _good,
-        _validated,
-        _write_quarantine,
-        write_parts,
-        write_tails,
-    )
-
     started = time.perf_counter()
     out = config.output
     previous = check_appendable(config)
@@ -152,11 +154,11 @@ def append(config: DataConfig, say: Progress) -> dict[str, Any]:
         f"as version {version}"
     )
     source = load_source(config.source, config.validation)
-    checked, rows_in = _validated(config, source, say)
+    checked, rows_in = validated(config, source, say)
     checked = checked.map_batches(_mark_late, batch_format="pyarrow", fn_kwargs={"watermark": watermark})
     checked = checked.materialize()
 
-    good = checked.map_batches(_good, batch_format="pyarrow")
+    good = checked.map_batches(keep_valid, batch_format="pyarrow")
     counts = id_counts(good, ["user_id", "item_id"])
     good_rows = int(pc.sum(counts["user_id"]["count"]).as_py() or 0)
     if good_rows == 0:
@@ -189,7 +191,7 @@ def append(config: DataConfig, say: Progress) -> dict[str, Any]:
         of_users, batch_format="pyarrow", fn_kwargs={"users_ref": touched, "keep": False}
     )
     vocab_refs = (ray.put(users.ids), ray.put(items.ids))
-    events = _events_by_user(
+    events = events_by_user(
         config,
         checked,
         vocab_refs,
@@ -205,7 +207,7 @@ def append(config: DataConfig, say: Progress) -> dict[str, Any]:
     days = _merge_days(previous["days"], {day_name(day): record for (_, day), record in parts.items()})
     splits = assemble(previous["bulk"], days, cutoffs)
     new_tails = write_tails(events, out, write_id, config.history.max_len, kept=kept)
-    rows_quarantined, reasons, quarantine_files = _write_quarantine(
+    rows_quarantined, reasons, quarantine_files = write_quarantine(
         checked, events, vocab_refs, source.files, out, write_id, say
     )
     rows_out = sum(record["rows"] for record in parts.values())
@@ -244,8 +246,8 @@ def append(config: DataConfig, say: Progress) -> dict[str, Any]:
         protocol={**previous["protocol"], "temporal_cutoffs": list(cutoffs)},
         counts=counts_meta,
         split_hashes={s: v["hash"] for s, v in splits.items()},
-        users=_extended_table(committed_users, users, new_users, "user_id", "uid"),
-        items=_extended_table(committed_items, items, new_items, "item_id", "iid"),
+        users=_extended_table(committed_users, users, new_users, "user_id", "uid", source.users),
+        items=_extended_table(committed_items, items, new_items, "item_id", "iid", source.items),
         source=previous["source"],
         columns=OUTPUT_COLUMNS,
         files={s: v["files"] for s, v in splits.items()}
