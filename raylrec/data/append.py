@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -131,15 +132,68 @@ def _merge_days(previous: dict[str, dict], new: dict[str, dict]) -> dict[str, di
     return days
 
 
-def _extended_table(
-    committed: pa.Table, vocab: Vocabulary, new: pa.Array, raw: str, dense: str, metadata: pa.Table | None
-) -> pa.Table:
-    """The committed id table with a row per new id, with its metadata when the source has it
-    (an item's title, say; null otherwise)."""
-    if not len(new):
-        return committed
-    added = with_metadata(Vocabulary(new, vocab.to_dense(new)), raw, dense, metadata)
-    return pa.concat_tables([committed, added], promote_options="permissive")
+@dataclass
+class _Ids:
+    """One id table of an append: the committed table, its vocabulary extended by the ids the
+    new rows bring, and those new raw ids."""
+
+    committed: pa.Table
+    vocab: Vocabulary
+    new: pa.Array
+
+    @classmethod
+    def extended(cls, out: str, name: str, raw: str, dense: str, seen: pa.ChunkedArray) -> _Ids:
+        committed = read_table(out, name)
+        vocab, new = Vocabulary.from_table(committed, raw, dense).extended(seen)
+        return cls(committed, vocab, new)
+
+    def table(self, raw: str, dense: str, metadata: pa.Table | None) -> pa.Table:
+        """The committed table with a row per new id, with its metadata when the source has it
+        (an item's title, say; null otherwise)."""
+        if not len(self.new):
+            return self.committed
+        added = with_metadata(Vocabulary(self.new, self.vocab.to_dense(self.new)), raw, dense, metadata)
+        return pa.concat_tables([self.committed, added], promote_options="permissive")
+
+
+def _carried_tails(
+    out: str, tails: list[str], users: Vocabulary, seen: pa.ChunkedArray
+) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+    """(carried, kept): the tails of the users the new rows touch, as carried rows for the
+    shuffle (materialized), and the other users' tails, to be written again as they are. Only
+    the touched users' tails go through the shuffle, so it moves the day, not the user base."""
+    touched = ray.put(np.unique(users.to_dense(seen.to_numpy(zero_copy_only=False))))
+    fs, root = storage.arrow_filesystem(out)
+    read = ray.data.read_parquet([storage.join(root, p) for p in tails], filesystem=fs)
+    carried = read.map_batches(
+        of_users, batch_format="pyarrow", fn_kwargs={"users_ref": touched, "keep": True}
+    ).map_batches(carried_rows, batch_format="pyarrow")
+    kept = read.map_batches(of_users, batch_format="pyarrow", fn_kwargs={"users_ref": touched, "keep": False})
+    return carried.materialize(), kept
+
+
+def _counts(
+    before: dict[str, Any],
+    added: dict[str, Any],
+    reasons: dict[str, int],
+    splits: dict[str, dict[str, Any]],
+    users: Vocabulary,
+    items: Vocabulary,
+) -> dict[str, Any]:
+    """The dataset's counts after the append: the committed ones plus the appended rows'."""
+    all_reasons = dict(before.get("quarantine_reasons", {}))
+    for reason, n in reasons.items():
+        all_reasons[reason] = all_reasons.get(reason, 0) + n
+    return {
+        **{key: before[key] + added[key] for key in ("rows_in", "rows_out", "rows_quarantined")},
+        "quarantine_reasons": all_reasons,
+        "splits": {s: v["rows"] for s, v in splits.items()},
+        "positives": {s: v["positives"] for s, v in splits.items()},
+        "users": len(users),
+        "items": len(items),
+        "num_users": users.size,  # embedding-table sizes, padding row 0 included
+        "num_items": items.size,
+    }
 
 
 def append(config: DataConfig, say: Progress) -> dict[str, Any]:
@@ -165,32 +219,15 @@ def append(config: DataConfig, say: Progress) -> dict[str, Any]:
         raise SourceError(
             f"{config.source.type}: no valid rows after {_iso(watermark)} to append (nothing was written)"
         )
-    committed_users, committed_items = read_table(out, "users.parquet"), read_table(out, "items.parquet")
-    users, new_users = Vocabulary.from_table(committed_users, "user_id", "uid").extended(
-        counts["user_id"]["id"]
-    )
-    items, new_items = Vocabulary.from_table(committed_items, "item_id", "iid").extended(
-        counts["item_id"]["id"]
-    )
-    say(f"{good_rows:,} new valid rows; {len(new_users):,} new users, {len(new_items):,} new items")
+    users = _Ids.extended(out, "users.parquet", "user_id", "uid", counts["user_id"]["id"])
+    items = _Ids.extended(out, "items.parquet", "item_id", "iid", counts["item_id"]["id"])
+    say(f"{good_rows:,} new valid rows; {len(users.new):,} new users, {len(items.new):,} new items")
 
     last = max(watermark, int(good.max("timestamp")))
     cutoffs = config.split.cutoffs(last)
     say(f"rolling days: valid from {day_name(cutoffs[0] // DAY)}, test from {day_name(cutoffs[1] // DAY)}")
-    # Only the users of the new rows need their tails in the shuffle; the others' tails are
-    # written again unchanged (O(users), streamed), so the shuffle moves the day, not the users.
-    touched = ray.put(np.unique(users.to_dense(counts["user_id"]["id"].to_numpy(zero_copy_only=False))))
-    fs, root = storage.arrow_filesystem(out)
-    tails = ray.data.read_parquet([storage.join(root, p) for p in previous["tails"]], filesystem=fs)
-    carried = (
-        tails.map_batches(of_users, batch_format="pyarrow", fn_kwargs={"users_ref": touched, "keep": True})
-        .map_batches(carried_rows, batch_format="pyarrow")
-        .materialize()
-    )
-    kept = tails.map_batches(
-        of_users, batch_format="pyarrow", fn_kwargs={"users_ref": touched, "keep": False}
-    )
-    vocab_refs = (ray.put(users.ids), ray.put(items.ids))
+    carried, kept = _carried_tails(out, previous["tails"], users.vocab, counts["user_id"]["id"])
+    vocab_refs = (ray.put(users.vocab.ids), ray.put(items.vocab.ids))
     events = events_by_user(
         config,
         checked,
@@ -214,22 +251,6 @@ def append(config: DataConfig, say: Progress) -> dict[str, Any]:
     if rows_in != rows_out + rows_quarantined:
         raise PipelineError(f"rows in {rows_in} != rows out {rows_out} + quarantined {rows_quarantined}")
 
-    before = previous["counts"]
-    all_reasons = dict(before.get("quarantine_reasons", {}))
-    for reason, n in reasons.items():
-        all_reasons[reason] = all_reasons.get(reason, 0) + n
-    counts_meta = {
-        "rows_in": before["rows_in"] + rows_in,
-        "rows_out": before["rows_out"] + rows_out,
-        "rows_quarantined": before["rows_quarantined"] + rows_quarantined,
-        "quarantine_reasons": all_reasons,
-        "splits": {s: v["rows"] for s, v in splits.items()},
-        "positives": {s: v["positives"] for s, v in splits.items()},
-        "users": len(users),
-        "items": len(items),
-        "num_users": users.size,
-        "num_items": items.size,
-    }
     appended = {
         "version": version,
         "write_id": write_id,
@@ -244,10 +265,10 @@ def append(config: DataConfig, say: Progress) -> dict[str, Any]:
     meta = commit(
         out,
         protocol={**previous["protocol"], "temporal_cutoffs": list(cutoffs)},
-        counts=counts_meta,
+        counts=_counts(previous["counts"], appended, reasons, splits, users.vocab, items.vocab),
         split_hashes={s: v["hash"] for s, v in splits.items()},
-        users=_extended_table(committed_users, users, new_users, "user_id", "uid", source.users),
-        items=_extended_table(committed_items, items, new_items, "item_id", "iid", source.items),
+        users=users.table("user_id", "uid", source.users),
+        items=items.table("item_id", "iid", source.items),
         source=previous["source"],
         columns=OUTPUT_COLUMNS,
         files={s: v["files"] for s, v in splits.items()}
