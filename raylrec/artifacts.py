@@ -40,6 +40,7 @@ __all__ = [
     "ArtifactDir",
     "ArtifactDirError",
     "ArtifactKind",
+    "CommitConflict",
     "DamagedArtifactError",
     "IncompleteArtifactError",
     "check_entries",
@@ -58,6 +59,11 @@ class ArtifactDirError(FileExistsError):
 
 class IncompleteArtifactError(FileNotFoundError):
     """No committed manifest: a missing directory, or an interrupted or unfinished run."""
+
+
+class CommitConflict(storage.StorageError):
+    """Another writer committed the artefact after this one read it (``commit_if``): this
+    writer's files are not listed, and what the other committed stands."""
 
 
 class DamagedArtifactError(storage.StorageError):
@@ -222,6 +228,27 @@ class ArtifactDir:
         manifest = {"format": self.kind.format, **record}
         with storage.errors(self.manifest_uri, "write"):
             storage.write_json(self.manifest_uri, manifest)
+        return manifest
+
+    def version(self) -> str | None:
+        """A token of the committed manifest (None: there is none), for ``commit_if``."""
+        with storage.errors(self.manifest_uri, "read"):
+            return storage.version(self.manifest_uri)
+
+    def commit_if(self, record: dict[str, Any], expected: str | None) -> dict[str, Any]:
+        """``commit``, only if the manifest is still the one ``version`` returned ``expected``
+        (a compare-and-swap: ``If-Match`` on S3, a ``flock``-guarded compare on local disk);
+        ``CommitConflict`` otherwise. A writer that extends the committed artefact (an append)
+        uses it so that two at once cannot both commit and lose one's rows."""
+        manifest = {"format": self.kind.format, **record}
+        with storage.errors(self.manifest_uri, "write"):
+            written = storage.write_if(self.manifest_uri, storage.json_bytes(manifest), expected)
+        if not written:
+            raise CommitConflict(
+                f"{self.uri}: its {self.kind.manifest} was committed by another writer after this one "
+                f"read it; this {self.kind.name}'s new files are not listed (nothing of the other was "
+                "changed): run it again"
+            )
         return manifest
 
     # --- reading ------------------------------------------------------------------------------

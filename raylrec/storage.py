@@ -214,8 +214,13 @@ def write_bytes(uri: str, data: bytes) -> None:
     os.replace(partial, path)
 
 
+def json_bytes(obj: Any) -> bytes:
+    """How raylrec writes JSON: indented, keys sorted, a final newline."""
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
 def write_json(uri: str, obj: Any) -> None:
-    write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes(uri, json_bytes(obj))
 
 
 def sha256(uri: str) -> str:

@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import data_config, read_all
 
+from raylrec.artifacts import ArtifactDir, CommitConflict
 from raylrec.data.append import AppendError, check_appendable
-from raylrec.data.output import read_meta, read_table
+from raylrec.data.output import DATASET, read_meta, read_table
 from raylrec.data.prepare import prepare
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -170,6 +171,36 @@ def test_a_late_event_is_quarantined_with_its_reason_and_nothing_is_lost(runs, d
     assert counts["rows_in"] == counts["rows_out"] + counts["rows_quarantined"]
     quarantine = read_table(out, "quarantine")
     assert "late event" in " ".join(quarantine["_reason"].to_pylist())
+
+
+def test_two_appends_at_once_cannot_both_commit(runs, days, tmp_path, monkeypatch):
+    """Two appends to one dataset at once, their interleaving made deterministic: the other
+    append's commit lands while this one writes its day files (a stand-in for the second
+    process: it rewrites meta.json as that commit would). This one's compare-and-swap commit
+    then fails, naming why, and the other's version stands: neither's rows are lost silently."""
+    from raylrec.data import append as append_module
+
+    out = str(tmp_path / "d")
+    shutil.copytree(runs["appended"], out)
+    next_day = pq.read_table(days[4])
+    next_day = next_day.set_column(2, "timestamp", pc.add(next_day["timestamp"], DAY))
+    path = Path(days[0]).parents[1] / "concurrent" / "events.parquet"
+    path.parent.mkdir()
+    pq.write_table(next_day, path)
+    write_parts = append_module.write_parts
+
+    def write_parts_while_another_commits(*args, **kwargs):
+        parts = write_parts(*args, **kwargs)
+        other = {**read_meta(out), "elapsed_s": -1.0}  # the other append's commit
+        other.pop("format")
+        ArtifactDir(out, DATASET).commit(other)
+        return parts
+
+    monkeypatch.setattr(append_module, "write_parts", write_parts_while_another_commits)
+    with pytest.raises(CommitConflict, match="committed by another writer after this one read it"):
+        prepare(_config([str(path)], out, append=True))
+    meta = read_meta(out)
+    assert meta["elapsed_s"] == -1.0 and meta["version"] == 4  # the other's commit stands
 
 
 def test_a_dataset_or_config_that_cannot_take_an_append_is_refused_before_ray(runs, days, tmp_path):

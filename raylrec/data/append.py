@@ -200,6 +200,9 @@ def append(config: DataConfig, say: Progress) -> dict[str, Any]:
     """Append the source's rows to the dataset at ``config.output``; returns the new meta."""
     started = time.perf_counter()
     out = config.output
+    # the committed version's token first: if another append commits after it, this one's
+    # commit fails (CommitConflict) instead of replacing that version and losing its rows
+    replaces = ArtifactDir(out, DATASET).version()
     previous = check_appendable(config)
     version = previous["version"] + 1
     watermark = int(previous["watermark"])
@@ -286,6 +289,7 @@ def append(config: DataConfig, say: Progress) -> dict[str, Any]:
             "users.parquet": f"tables/{write_id}-users.parquet",
             "items.parquet": f"tables/{write_id}-items.parquet",
         },
+        replaces=replaces,
     )
     _remove(out, [p for p in previous["tails"] if p not in new_tails])  # O(users x max_len) each: not kept
     say(

@@ -79,11 +79,13 @@ DATASET = ArtifactKind(
         "quarantine",
         "users.parquet",
         "items.parquet",
-        # a rolling_days dataset's day files, users' tails, versioned id tables and past versions
+        # a rolling_days dataset's day files, users' tails, versioned id tables, past versions,
+        # and the lock an append's compare-and-swap commit of meta.json takes on local disk
         "days",
         "tails",
         "tables",
         "versions",
+        f"{META_FILE}.lock",
     ),
     manifest=META_FILE,
     owner=OWNER_FILE,
@@ -224,6 +226,7 @@ def commit(
     started: float,
     extra: dict[str, Any] | None = None,
     tables: dict[str, str] | None = None,
+    replaces: str | None = None,
 ) -> dict[str, Any]:
     """Write the vocabularies, then ``meta.json`` last: the dataset exists from that moment.
 
@@ -253,7 +256,9 @@ def commit(
         **(extra or {}),
         **({"tables": tables} if tables else {}),
     }
-    return ArtifactDir(out, DATASET).commit(meta)
+    dataset = ArtifactDir(out, DATASET)
+    # an append replaces the version it read, or fails (ArtifactDir.commit_if): never another's
+    return dataset.commit_if(meta, replaces) if replaces is not None else dataset.commit(meta)
 
 
 class WholeSplitReadError(RuntimeError):
