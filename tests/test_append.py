@@ -20,6 +20,7 @@ from raylrec.artifacts import ArtifactDir, CommitConflict
 from raylrec.data.append import AppendError, check_appendable
 from raylrec.data.output import DATASET, read_meta, read_table
 from raylrec.data.prepare import prepare
+from raylrec.data.stats import dataset_stats, format_stats
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -123,6 +124,10 @@ def test_appending_day_by_day_equals_one_full_preparation(runs):
     first = metas[0]
     assert sorted(first["files"]) == ["quarantine", "test", "valid"]  # the duplicates quarantined
     assert set(first["files"]["valid"] + first["files"]["test"]) <= set(meta["files"]["train"])
+    # `raylrec data stats` says which version it is and when its last event was
+    stats = format_stats(dataset_stats(appended))
+    assert "version   4 (3 append(s); last event 2026-11-24T" in stats
+    assert "version" not in format_stats(dataset_stats(full)).split("hash")[0]
 
 
 def test_ids_stay_stable_and_new_ones_follow(runs, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -19,11 +20,24 @@ _HISTORY_BINS = np.array([0, 1, 5, 10, 20, 50, 100, 200, np.iinfo(np.int64).max]
 _COLUMNS = ["timestamp", "label", "history"]
 
 
-def _block_stats(batch: pa.Table, splits: list[str]) -> pa.Table:
+def _split_of(path: str, file_splits: dict[str, str]) -> str:
+    """The split ``meta.json`` lists the file under (by its path relative to the dataset: a
+    split folder's ``<split>/<name>``, or a day file's ``days/<date>/<name>``); a dataset
+    written before the lists existed: its parent folder's name."""
+    parts = path.split("/")
+    for depth in (2, 3):
+        found = file_splits.get("/".join(parts[-depth:]))
+        if found:
+            return found
+    return parts[-2]
+
+
+def _block_stats(batch: pa.Table, splits: list[str], file_splits: dict[str, str]) -> pa.Table:
     """One row per split present in the block (a read task may combine files of two splits)."""
-    # ".../<split>/<file>.parquet": the split is the parent directory's name.
     paths = batch["path"].combine_chunks()
-    split_of_row = pc.extract_regex(paths, r"(?P<split>[^/]+)/[^/]+$").field("split")
+    files = pc.unique(paths)
+    named = pa.array([_split_of(p, file_splits) for p in files.to_pylist()], pa.string())
+    split_of_row = named.take(pc.index_in(paths, value_set=files))
     lengths = pc.list_value_length(batch["history"]).to_numpy(zero_copy_only=False)
     rows = []
     for split in pc.unique(split_of_row).to_pylist():
@@ -53,10 +67,20 @@ def dataset_stats(path: str) -> dict[str, Any]:
     Every split is read in one Ray Data pass (one job start, not one per split)."""
     meta = read_meta(path)
     names = sorted(meta["counts"]["splits"], key=SPLITS.index)
+    file_splits = {
+        (name if "/" in name else f"{split}/{name}"): split
+        for split in names
+        for name in meta.get("files", {}).get(split, [])
+    }
     parts = pa.concat_tables(
         list(
             read_split(path, names, columns=_COLUMNS, include_paths=True)
-            .map_batches(_block_stats, batch_format="pyarrow", batch_size=None, fn_kwargs={"splits": names})
+            .map_batches(
+                _block_stats,
+                batch_format="pyarrow",
+                batch_size=None,
+                fn_kwargs={"splits": names, "file_splits": file_splits},
+            )
             .iter_batches(batch_format="pyarrow", batch_size=None)
         )
     )
@@ -91,6 +115,14 @@ def dataset_stats(path: str) -> dict[str, Any]:
         "events_per_user": events / max(users, 1),
         "events_per_item": events / max(items, 1),
         "splits": splits,
+        # an appendable (rolling_days) dataset: which version, how many appends, its last event
+        "version": {
+            "version": meta["version"],
+            "appends": len(meta.get("appended", [])),
+            "watermark": meta["watermark"],
+        }
+        if "watermark" in meta
+        else None,
     }
 
 
@@ -107,6 +139,14 @@ def format_stats(stats: dict[str, Any]) -> str:
         f"dataset   {stats['path']}",
         f"source    {stats['source'].get('type')}   split: {stats['protocol'].get('protocol')}",
         f"hash      {stats['content_hash']}",
+        *(
+            [
+                f"version   {v['version']} ({v['appends']} append(s); last event "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(v['watermark']))})"
+            ]
+            if (v := stats.get("version"))
+            else []
+        ),
         f"rows      in {stats['rows_in']:,} = out {stats['rows_out']:,}"
         f" + quarantined {stats['rows_quarantined']:,}",
     ]
