@@ -38,7 +38,7 @@ import ray
 
 from raylrec import storage
 from raylrec.artifacts import ArtifactDir
-from raylrec.config import DAY, DataConfig
+from raylrec.config import DataConfig
 from raylrec.data.days import add_hash, assemble, day_name
 from raylrec.data.files import SourceError
 from raylrec.data.indexing import id_counts
@@ -53,8 +53,10 @@ from raylrec.data.output import (
 from raylrec.data.pipeline import (
     OUTPUT_COLUMNS,
     PipelineError,
+    dataset_counts,
     events_by_user,
     keep_valid,
+    split_bounds,
     validated,
     with_metadata,
     write_parts,
@@ -184,16 +186,10 @@ def _counts(
     all_reasons = dict(before.get("quarantine_reasons", {}))
     for reason, n in reasons.items():
         all_reasons[reason] = all_reasons.get(reason, 0) + n
-    return {
-        **{key: before[key] + added[key] for key in ("rows_in", "rows_out", "rows_quarantined")},
-        "quarantine_reasons": all_reasons,
-        "splits": {s: v["rows"] for s, v in splits.items()},
-        "positives": {s: v["positives"] for s, v in splits.items()},
-        "users": len(users),
-        "items": len(items),
-        "num_users": users.size,  # embedding-table sizes, padding row 0 included
-        "num_items": items.size,
-    }
+    rows_in, rows_out, rows_quarantined = (
+        before[key] + added[key] for key in ("rows_in", "rows_out", "rows_quarantined")
+    )
+    return dataset_counts(rows_in, rows_out, rows_quarantined, all_reasons, splits, users, items)
 
 
 def append(config: DataConfig, say: Progress) -> dict[str, Any]:
@@ -227,8 +223,7 @@ def append(config: DataConfig, say: Progress) -> dict[str, Any]:
     say(f"{good_rows:,} new valid rows; {len(users.new):,} new users, {len(items.new):,} new items")
 
     last = max(watermark, int(good.max("timestamp")))
-    cutoffs = config.split.cutoffs(last)
-    say(f"rolling days: valid from {day_name(cutoffs[0] // DAY)}, test from {day_name(cutoffs[1] // DAY)}")
+    cutoffs, _ = split_bounds(config, good, good_rows, say, last)
     carried, kept = _carried_tails(out, previous["tails"], users.vocab, counts["user_id"]["id"])
     vocab_refs = (ray.put(users.vocab.ids), ray.put(items.vocab.ids))
     events = events_by_user(

@@ -323,7 +323,7 @@ def read_table(out: str, name: str, columns: list[str] | None = None) -> pa.Tabl
         refuse_whole_split(out, name)
         fs, files = split_paths(out, name, meta)
         return pads.dataset(files, filesystem=fs, format="parquet").to_table(columns=columns)
-    fs, path = storage.arrow_filesystem(out)
+    fs, _ = storage.arrow_filesystem(out)
     return pq.read_table(table_path(out, name, meta), filesystem=fs, columns=columns)
 
 

@@ -47,6 +47,7 @@ from raylrec.data.vocab import Vocabulary
 __all__ = [
     "OUTPUT_COLUMNS",
     "PipelineError",
+    "dataset_counts",
     "events_by_user",
     "keep_valid",
     "split_bounds",
@@ -213,31 +214,34 @@ def _name_files(batch: pa.Table, files: list[str]) -> pa.Table:
     return batch.set_column(batch.schema.get_field_index(RAW), RAW, pa.array(raw, pa.string()))
 
 
+def _day_codes(timestamp: np.ndarray, day_cut: int | None) -> np.ndarray:
+    """Each row's part: its UTC day number at or after ``day_cut`` (a day file of a rolling_days
+    dataset), ``BULK`` before it or when there is no cut."""
+    if day_cut is None:
+        return np.full(len(timestamp), BULK)
+    return np.where(timestamp >= day_cut, timestamp // DAY, BULK)
+
+
 def _one_split(batch: pa.Table, split: str, day: int = BULK, day_cut: int | None = None) -> pa.Table:
-    """The rows of ``split``: of one UTC ``day``, or (``BULK``) those before ``day_cut``."""
+    """The rows of ``split`` in part ``day`` (``_day_codes``)."""
     mask = pc.and_(pc.is_null(batch[REASON]), pc.equal(batch["split"], split))
     if day_cut is not None:
-        days = pc.divide(batch["timestamp"], DAY)
-        mask = pc.and_(mask, pc.equal(days, day) if day != BULK else pc.less(batch["timestamp"], day_cut))
+        mask = pc.and_(mask, pa.array(_day_codes(batch["timestamp"].to_numpy(), day_cut) == day))
     return batch.filter(mask).select(OUTPUT_COLUMNS)
 
 
 def _summarise(batch: pa.Table, day_cut: int | None) -> pa.Table:
-    """Per block, split and day: rows, positives and the order-independent content hash. Rows
-    at or after ``day_cut`` are counted per UTC day (the day files of a rolling_days dataset),
-    the rest as one bulk part (``BULK``)."""
+    """Per block, split and part (``_day_codes``): rows, positives and the order-independent
+    content hash; parts with no rows are left out."""
     good = batch.filter(pc.is_null(batch[REASON]))
     rows = []
     for split in SPLITS:
         part = good.filter(pc.equal(good["split"], split)).select(OUTPUT_COLUMNS)
-        ts = part["timestamp"].to_numpy()
-        days = np.where(ts >= day_cut, ts // DAY, BULK) if day_cut is not None else np.full(len(ts), BULK)
-        for day in np.unique(days) if len(days) else [BULK]:
-            rows_of_day = part.filter(pa.array(days == day)) if len(days) else part
+        days = _day_codes(part["timestamp"].to_numpy(), day_cut)
+        for day in np.unique(days):
+            rows_of_day = part.filter(pa.array(days == day))
             with np.errstate(over="ignore"):
-                digest = (
-                    np.sum(row_hashes(rows_of_day), dtype=np.uint64) if rows_of_day.num_rows else np.uint64(0)
-                )
+                digest = np.sum(row_hashes(rows_of_day), dtype=np.uint64)
             positives = int(pc.sum(rows_of_day["label"]).as_py() or 0)
             rows.append((split, int(day), rows_of_day.num_rows, positives, int(digest)))
     names = ["split", "day", "rows", "positives", "hash"]
@@ -354,8 +358,12 @@ def validated(config: DataConfig, source: LoadedSource, say: Progress) -> tuple[
     return checked, rows_in
 
 
-def split_bounds(config: DataConfig, good: ray.data.Dataset, rows: int, say: Progress):
-    """(cutoffs, end): global time bounds where the split protocol needs them."""
+def split_bounds(
+    config: DataConfig, good: ray.data.Dataset, rows: int, say: Progress, last: int | None = None
+):
+    """(cutoffs, end): global time bounds where the split protocol needs them. ``last``: the
+    log's latest timestamp, which rolling_days counts back from (the caller computes it once:
+    it is also the dataset's watermark)."""
     if isinstance(config.split, TemporalFractionSplit):
         cutoffs = fraction_cutoffs(_kth_timestamp(good, rows), rows, config.split.fractions)
         say(f"temporal cutoffs: valid from {cutoffs[0]}, test from {cutoffs[1]}")
@@ -363,7 +371,8 @@ def split_bounds(config: DataConfig, good: ray.data.Dataset, rows: int, say: Pro
     if isinstance(config.split, TemporalWindowSplit):
         return None, config.split.cutoffs()[2]
     if isinstance(config.split, RollingDaysSplit):
-        cutoffs = config.split.cutoffs(int(good.max("timestamp")))
+        assert last is not None, "rolling_days counts back from the log's last timestamp"
+        cutoffs = config.split.cutoffs(last)
         say(
             f"rolling days: valid from {day_name(cutoffs[0] // DAY)}, test from {day_name(cutoffs[1] // DAY)}"
         )
@@ -431,8 +440,6 @@ def write_parts(
     )
     parts: dict[tuple[str, int], dict[str, Any]] = {}
     for row in sorted(summary.to_pylist(), key=lambda r: (SPLITS.index(r["split"]), r["day"])):
-        if not row["rows_sum"]:
-            continue
         split, day = row["split"], int(row["day"])
         with np.errstate(over="ignore"):
             digest = f"{int(np.sum(np.array(row['hash_list'], np.uint64), dtype=np.uint64)):016x}"
@@ -449,6 +456,31 @@ def write_parts(
             "files": names if day == BULK else [f"{where}/{name}" for name in names],
         }
     return parts
+
+
+def dataset_counts(
+    rows_in: int,
+    rows_out: int,
+    rows_quarantined: int,
+    reasons: dict[str, int],
+    splits: dict[str, dict[str, Any]],
+    users: Vocabulary,
+    items: Vocabulary,
+) -> dict[str, Any]:
+    """``meta.json``'s counts: rows in, out and quarantined (with the count per reason), each
+    split's rows and positives, and the users and items."""
+    return {
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "rows_quarantined": rows_quarantined,
+        "quarantine_reasons": reasons,
+        "splits": {s: v["rows"] for s, v in splits.items()},
+        "positives": {s: v["positives"] for s, v in splits.items()},
+        "users": len(users),
+        "items": len(items),
+        "num_users": users.size,  # embedding-table sizes, padding row 0 included
+        "num_items": items.size,
+    }
 
 
 def write_tails(

@@ -36,6 +36,7 @@ from raylrec.data.pipeline import (
     OUTPUT_COLUMNS,
     PipelineError,
     Progress,
+    dataset_counts,
     events_by_user,
     keep_valid,
     split_bounds,
@@ -116,20 +117,22 @@ def _prepare(config: DataConfig, progress: Progress | None) -> dict[str, Any]:
     if good_rows == 0:
         raise SourceError(f"{config.source.type}: no valid rows (see the quarantine reasons)")
 
-    cutoffs, end = split_bounds(config, good, good_rows, say)
+    rolling = isinstance(config.split, RollingDaysSplit)
+    last = int(good.max("timestamp")) if rolling else None  # one pass: cutoffs and watermark
+    cutoffs, end = split_bounds(config, good, good_rows, say, last)
     vocab_refs = (ray.put(users.ids), ray.put(items.ids))
     events = events_by_user(config, checked, vocab_refs, good_rows, cutoffs, end, say)
     write_id = new_write_id()
-    rolling = isinstance(config.split, RollingDaysSplit)
     parts = write_parts(events, out, write_id, cutoffs[0] if rolling else None, say)
     versioning: dict[str, Any] = {}
     if rolling:  # appendable: day files, and the users' tails the next day's histories continue
+        bulk = parts.get(("train", BULK))
         days = {day_name(day): record for (_, day), record in parts.items() if day != BULK}
-        splits = assemble(parts.get(("train", BULK)), days, cutoffs)
+        splits = assemble(bulk, days, cutoffs)
         versioning = {
             "version": 1,
-            "watermark": int(good.max("timestamp")),
-            "bulk": parts.get(("train", BULK)),
+            "watermark": last,
+            "bulk": bulk,
             "days": days,
             "tails": write_tails(events, out, write_id, config.history.max_len),
         }
@@ -152,18 +155,7 @@ def _prepare(config: DataConfig, progress: Progress | None) -> dict[str, Any]:
         "validation": config.validation.model_dump(mode="json"),
         "temporal_cutoffs": list(cutoffs) if cutoffs else None,
     }
-    counts_meta = {
-        "rows_in": rows_in,
-        "rows_out": rows_out,
-        "rows_quarantined": rows_quarantined,
-        "quarantine_reasons": reasons,
-        "splits": {s: v["rows"] for s, v in splits.items()},
-        "positives": {s: v["positives"] for s, v in splits.items()},
-        "users": len(users),
-        "items": len(items),
-        "num_users": users.size,  # embedding-table sizes, padding row 0 included
-        "num_items": items.size,
-    }
+    counts_meta = dataset_counts(rows_in, rows_out, rows_quarantined, reasons, splits, users, items)
     meta = commit(
         out,
         protocol=protocol,
