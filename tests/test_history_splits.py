@@ -37,10 +37,12 @@ def _reference_history(rows, i, max_len):
 
 
 @settings(max_examples=200, deadline=None)
-@given(events, st.integers(1, 5))
-def test_histories_match_reference_and_never_see_the_future(rows, max_len):
+@given(events, st.integers(1, 5), st.integers(1, 12))
+def test_histories_match_reference_and_never_see_the_future(rows, max_len, elements_per_slice):
+    # elements_per_slice: the gather runs in slices of rows (a few rows each here), whose
+    # boundaries fall inside users and inside same-timestamp runs
     rows, user, ts, item, pos = _sorted_arrays(rows)
-    histories = point_in_time_histories(user, ts, item, pos, max_len).to_pylist()
+    histories = point_in_time_histories(user, ts, item, pos, max_len, elements_per_slice).to_pylist()
     assert len(histories) == len(rows)
     for i, history in enumerate(histories):
         assert history == _reference_history(rows, i, max_len)

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["splitmix64", "row_hashes", "table_digest", "json_digest", "arrow_digest"]
+__all__ = ["ROWS_PER_SLICE", "splitmix64", "row_hashes", "table_digest", "json_digest", "arrow_digest"]
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -67,8 +67,19 @@ def _list_words(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return splitmix64(sums ^ lengths.astype(np.uint64)) if n else np.zeros(0, np.uint64)
 
 
-def row_hashes(table: pa.Table) -> np.ndarray:
-    """A 64-bit hash per row over all columns (column order fixed by name)."""
+ROWS_PER_SLICE = 1 << 15  # rows hashed per step: a list column's temporaries cost ~56 bytes per element
+
+
+def row_hashes(table: pa.Table, rows_per_slice: int = ROWS_PER_SLICE) -> np.ndarray:
+    """A 64-bit hash per row over all columns (column order fixed by name), computed a slice of
+    rows at a time so that the temporaries stay bounded however large the table."""
+    hashes = np.empty(table.num_rows, np.uint64)
+    for start in range(0, table.num_rows, rows_per_slice):
+        hashes[start : start + rows_per_slice] = _slice_hashes(table.slice(start, rows_per_slice))
+    return hashes
+
+
+def _slice_hashes(table: pa.Table) -> np.ndarray:
     h = np.full(table.num_rows, np.uint64(len(table.schema)), dtype=np.uint64)
     for name in sorted(table.schema.names):
         column = table[name]

@@ -230,20 +230,28 @@ def _one_split(batch: pa.Table, split: str, day: int = BULK, day_cut: int | None
     return batch.filter(mask).select(OUTPUT_COLUMNS)
 
 
+def _numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return column.to_numpy(zero_copy_only=False) if isinstance(column, pa.Array) else column.to_numpy()
+
+
 def _summarise(batch: pa.Table, day_cut: int | None) -> pa.Table:
     """Per block, split and part (``_day_codes``): rows, positives and the order-independent
-    content hash; parts with no rows are left out."""
-    good = batch.filter(pc.is_null(batch[REASON]))
+    content hash; parts with no rows are left out. Rows are hashed where they lie (no filtered
+    copies of the block: a heavy user's block is millions of rows with their histories)."""
+    split_code = pc.index_in(batch["split"], value_set=pa.array(SPLITS)).fill_null(-1)
+    dropped = pc.is_valid(batch[REASON])  # quarantined by the per-user step: no split's row
+    split = np.where(_numpy(dropped), -1, _numpy(split_code))
+    days = _day_codes(_numpy(batch["timestamp"]), day_cut)
+    hashes = row_hashes(batch.select(OUTPUT_COLUMNS))
+    label = _numpy(batch["label"].fill_null(0))
     rows = []
-    for split in SPLITS:
-        part = good.filter(pc.equal(good["split"], split)).select(OUTPUT_COLUMNS)
-        days = _day_codes(part["timestamp"].to_numpy(), day_cut)
-        for day in np.unique(days):
-            rows_of_day = part.filter(pa.array(days == day))
+    for code, name in enumerate(SPLITS):
+        in_split = split == code
+        for day in np.unique(days[in_split]):
+            part = in_split & (days == day)
             with np.errstate(over="ignore"):
-                digest = np.sum(row_hashes(rows_of_day), dtype=np.uint64)
-            positives = int(pc.sum(rows_of_day["label"]).as_py() or 0)
-            rows.append((split, int(day), rows_of_day.num_rows, positives, int(digest)))
+                digest = np.sum(hashes[part], dtype=np.uint64)
+            rows.append((name, int(day), int(part.sum()), int(label[part].sum()), int(digest)))
     names = ["split", "day", "rows", "positives", "hash"]
     return pa.table(
         {k: [r[j] for r in rows] for j, k in enumerate(names)},

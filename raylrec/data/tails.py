@@ -43,7 +43,7 @@ def user_tails(batch: pa.Table, max_len: int) -> pa.Table:
     """The tail of every user of ``batch`` (rows of whole users, sorted by user, timestamp and
     item, as the per-user step leaves them): kept positives, carried ones included."""
     keep = pc.and_(pc.is_null(batch[REASON]), pc.equal(batch["label"], 1))
-    positives = batch.filter(keep)
+    positives = batch.select(["uid", "iid", "timestamp"]).filter(keep)  # not the histories
     uid = positives["uid"].to_numpy()
     n = len(uid)
     if n == 0:
