@@ -62,6 +62,9 @@ def shared_memory_bytes() -> int:
     return 0
 
 
+ROLE_RANK = {"": 0, "gone": 0, "ray system": 1, "ray worker": 2, "train worker": 3, "driver": 4}
+
+
 def role(proc: psutil.Process, root: int) -> str:
     if proc.pid == root:
         return "driver"
@@ -120,11 +123,11 @@ class Monitor(threading.Thread):
                         self.private_peaks[proc.pid] = private
                         self.private_titles[proc.pid] = " ".join(proc.cmdline())[:80]
                     name, peak = self.peaks.get(proc.pid, ("", 0))
-                    now = role(proc, self.root)
-                    if rss > peak or name in ("", "ray worker", "ray system"):
-                        # a pooled worker takes its most telling role (a train worker stays one)
-                        name = now if name in ("", "ray system", "ray worker") else name
-                        self.peaks[proc.pid] = (name, max(rss, peak))
+                    # a process keeps its most telling role: a pooled worker seen once as a train
+                    # worker stays one, and a Ray worker stays one when, exiting, its command
+                    # line reads empty (that once filed every prepare worker as "ray system")
+                    name = max(name, role(proc, self.root), key=ROLE_RANK.get)
+                    self.peaks[proc.pid] = (name, max(rss, peak))
             self.shm_peak = max(self.shm_peak, shared_memory_bytes() - self.shm_base)
             self.spilled = max(self.spilled, sum(_size(d) for d in self.spill_dirs))
             self._halt.wait(self.interval)

@@ -4,7 +4,7 @@ raylrec demo                                   the main job on the embedded defa
 raylrec data prepare --config FILE [k=v ...]   prepare a dataset (dotted overrides)
 raylrec data stats PATH                        statistics of a prepared dataset
 raylrec data synth --out PATH [--events N]     write a synthetic interaction log
-raylrec train-cf --config FILE [--local]       train a CF encoder, export its CF bundle
+raylrec train-cf --config FILE [--local] [--init-from BUNDLE]  train a CF encoder, export its CF bundle
 raylrec train --config FILE [--local]          train an LLM method, export its model bundle
 raylrec tune --space FILE --config FILE        a Ray Tune sweep (ASHA; re-run the name to resume)
 raylrec tune report EXPERIMENT                 draw a finished sweep to PNG files
@@ -115,7 +115,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train_cf(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
+    overrides = [*args.overrides, *([f"warm_start.bundle={args.init_from}"] if args.init_from else [])]
+    config = load_config(args.config, overrides)
     config.dataset_path()  # fails before any work when neither dataset nor data is set
     if not args.local:
         _init_ray(args, config.ray)
@@ -415,6 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=5"
     )
     train_cf.add_argument("--local", action="store_true", help="a plain process, no Ray (same training code)")
+    train_cf.add_argument(
+        "--init-from",
+        metavar="BUNDLE",
+        help="warm start from this CF bundle of an earlier version of the dataset (warm_start.bundle)",
+    )
     train_cf.set_defaults(func=cmd_train_cf)
 
     train = sub.add_parser(

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from raylrec.cf.config import ENCODERS, CFConfig
+from raylrec.cf.config import ENCODERS, CFConfig, WarmStartConfig
 from raylrec.config_types import (
     NO_BOOL,
     Bool,
@@ -616,6 +616,11 @@ class NightlyConfig(StrictConfig):
         "<root>/cf/date=D",
     )
     refresh_cf: Bool = Field(default=False, description="retrain the retrieval CF encoder on D's data")
+    warm_start_cf: Bool = Field(
+        default=True,
+        description="rolling_days: the CF refresh starts from the newest earlier date's CF bundle "
+        "(warm_start) instead of from scratch; the first date trains from scratch",
+    )
     profiles: str | None = Field(
         default=None,
         description="a profiles YAML (raylrec profiles): after prepare, RLMRec's profiles of D's new "
@@ -638,6 +643,7 @@ class RaylrecConfig(StrictConfig):
     data: DataConfig | None = None
     dataset: str | None = Field(default=None, description="a prepared dataset (default: data.output)")
     cf: CFSection = Field(default_factory=lambda: ENCODERS.get("mf")())
+    warm_start: WarmStartConfig = WarmStartConfig()
     backbone: BackboneConfig = BackboneConfig()
     method: MethodSection | None = None
     prompt: PromptConfig = PromptConfig()

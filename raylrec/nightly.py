@@ -6,7 +6,9 @@ after a failure continues where it stopped and a second run of a finished date d
 With a ``rolling_days`` split the dataset is one, ``<nightly.root>/dataset``, and each date
 appends its partition to it (``raylrec data prepare --append``): the first date prepares it,
 a later one appends, a date the dataset already holds (its last event is on or after that
-day) is skipped. Other splits prepare a dataset per date, ``<nightly.root>/datasets/date=...``.
+day) is skipped, and the CF refresh (``nightly.refresh_cf``) warm-starts from the newest earlier
+date's CF bundle (``nightly.warm_start_cf``; ``raylrec.cf.warm_start``). Other splits prepare a
+dataset per date, ``<nightly.root>/datasets/date=...``, and retrain the CF encoder from scratch.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from raylrec.scoring import publish as recs
 if TYPE_CHECKING:
     from raylrec.profiles.config import ProfilesConfig
 
-__all__ = ["run_nightly", "NightlySummary", "nightly_config", "prepare_for_date"]
+__all__ = ["run_nightly", "NightlySummary", "nightly_config", "prepare_for_date", "previous_cf_bundle"]
 
 
 @dataclass
@@ -85,8 +87,29 @@ def nightly_config(config: RaylrecConfig, date: str) -> RaylrecConfig:
         raw["output"] = storage.join(root, "cf", f"date={date}")
         raw["train"] = {**raw.get("train", {}), "run_name": f"nightly-cf-{date}"}
         raw["score"] = {**raw["score"], "cf_bundle": raw["output"]}
+        if appended and config.nightly.warm_start_cf and not config.warm_start.bundle:
+            previous = previous_cf_bundle(root, date)
+            if previous is not None:  # the first date, or none committed before it: from scratch
+                raw["warm_start"] = {**raw.get("warm_start", {}), "bundle": previous}
     raw["score"] = {**raw["score"], "dataset": raw.get("dataset") or raw["score"].get("dataset")}
     return build_config(raw, f"nightly config for {date}")
+
+
+def previous_cf_bundle(root: str, date: str) -> str | None:
+    """The newest committed CF bundle of a date before ``date`` under ``<root>/cf/``: what a
+    ``rolling_days`` nightly warm-starts its CF refresh from (an uncommitted one, a crashed
+    date's, is passed over)."""
+    fs, path = storage.filesystem(storage.join(root, "cf"))
+    if not fs.isdir(path):
+        return None
+    dates = sorted(
+        (name.rsplit("/", 1)[-1].removeprefix("date=") for name in fs.ls(path, detail=False)), reverse=True
+    )
+    for earlier in (d for d in dates if d < date):
+        bundle = storage.join(root, "cf", f"date={earlier}")
+        if _committed(bundle, _cf_bundle_kind()):
+            return bundle
+    return None
 
 
 def _committed(uri: str, kind: ArtifactKind) -> bool:
@@ -172,9 +195,12 @@ def run_nightly(
     else:
         from raylrec.cf.train import train_cf
 
-        say(f"[{date}] refreshing the CF encoder -> {config.output}")
+        warm = config.warm_start.bundle
+        say(f"[{date}] refreshing the CF encoder -> {config.output}" + (f" (from {warm})" if warm else ""))
         train_cf(config, say)
-        summary.add("cf", "ran", time.perf_counter() - started, config.output)
+        summary.add(
+            "cf", "ran", time.perf_counter() - started, config.output, **({"from": warm} if warm else {})
+        )
 
     started = time.perf_counter()
     partition = recs.partition(config.score.output, date)

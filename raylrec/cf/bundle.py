@@ -33,7 +33,7 @@ from raylrec.cf.config import CFConfig, encoder_config
 from raylrec.cf.data import Split
 from raylrec.cf.models import CFEncoder
 from raylrec.config import RaylrecConfig
-from raylrec.data.output import read_table
+from raylrec.data.output import read_table, train_cutoff
 
 __all__ = [
     "save_cf_bundle",
@@ -97,9 +97,11 @@ def save_cf_bundle(
     metrics: dict[str, float],
     train: Split,
     histories: np.ndarray | None = None,
+    started_from: dict[str, Any] | None = None,
 ) -> str:
     """``histories``: each user's latest training history, when the caller streamed it (the Ray
-    path); otherwise read from ``train``'s rows (sequential encoders only)."""
+    path); otherwise read from ``train``'s rows (sequential encoders only). ``started_from``: a
+    warm start's record (``raylrec.cf.warm_start.WarmStart.record``)."""
     users, items = _tables(model, train, config.cf, histories)
     state = {
         k: v.contiguous()
@@ -121,6 +123,9 @@ def save_cf_bundle(
         "num_items": train.num_items,
         "dim": int(items.shape[1]),
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        # where its training rows ended: what a warm start from this bundle has not seen
+        "training": {"train_cutoff": train_cutoff(meta), "dataset_version": meta.get("version")},
+        **({"warm_start": started_from} if started_from else {}),
     }
     return write_bundle(out, CF_BUNDLE, files, description)
 

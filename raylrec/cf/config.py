@@ -17,7 +17,7 @@ from raylrec.config_types import Bool, Float, Int, StrictConfig
 from raylrec.metric_names import ctr_metric_names, ranking_metric_names
 from raylrec.registry import Registry, import_object
 
-__all__ = ["CFConfig", "ENCODERS", "register_encoder", "encoder_config"]
+__all__ = ["CFConfig", "ENCODERS", "WarmStartConfig", "register_encoder", "encoder_config"]
 
 ENCODERS: Registry = Registry("CF encoder", "model", "raylrec.cf.encoders", "raylrec.cf_encoders")
 register_encoder = ENCODERS.register
@@ -68,6 +68,29 @@ class CFConfig(StrictConfig):
     def build(self, train: Any) -> Any:
         """A fresh ``CFEncoder`` for the users and items of ``train`` (a ``cf.data.Split``)."""
         return self.encoder_class().from_config(self, train)
+
+
+class WarmStartConfig(StrictConfig):
+    """``train-cf`` from an earlier CF bundle of the same growing dataset (``raylrec.cf.warm_start``):
+    its tables extended for new users and items, trained on the rows it has not seen plus a
+    replay sample of the older ones."""
+
+    bundle: str | None = Field(
+        default=None,
+        description=(
+            "a CF bundle to start from (`train-cf --init-from`), trained on an earlier version of this "
+            "dataset (ids kept by `data prepare --append`); unset: a fresh model"
+        ),
+    )
+    replay: Float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description=(
+            "each training row from before the bundle's training cutoff is trained on again with this "
+            "probability (a seeded hash of the row); the rows after it always are"
+        ),
+    )
 
 
 def encoder_config(raw: dict[str, Any]) -> CFConfig:

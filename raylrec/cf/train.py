@@ -4,6 +4,7 @@ runs it (fingerprint, resume, result, export hook)."""
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable
 from functools import cached_property
@@ -36,8 +37,9 @@ from raylrec.cf.task import (
     evaluate_ranking,
     seen_pairs,
 )
+from raylrec.cf.warm_start import WarmStart, extended_state, plan_warm_start, replay_mask, replayed_rows
 from raylrec.config import RaylrecConfig
-from raylrec.data.output import read_meta, read_split
+from raylrec.data.output import read_meta, read_split, read_table
 from raylrec.eval import ItemSets, RankingAccumulator, format_report
 from raylrec.train.engines import TorchEngine
 from raylrec.train.loop import TrainState
@@ -65,6 +67,7 @@ class CFDefinition(TaskDefinition):
         # positives_only), which the final evaluation reuses; a graph encoder's shared graph
         self.item_sets: dict[tuple[tuple[str, ...], bool], Any] = {}
         self.graph_ref: Any = None
+        self.warm: WarmStart | None = None  # set by initial_weights when warm_start.bundle is
 
     @cached_property
     def meta(self) -> dict[str, Any]:
@@ -101,7 +104,26 @@ class CFDefinition(TaskDefinition):
         return [StagePlan(self.config.cf.model, self.config.train, suffix=False)]
 
     def identity(self, stage: StagePlan) -> dict[str, Any]:
-        return {"cf": self.config.cf.model_dump()}
+        warm = self.config.warm_start
+        started = {"warm_start": warm.model_dump()} if warm.bundle else {}
+        return {"cf": self.config.cf.model_dump(), **started}
+
+    def initial_weights(self, say) -> dict[str, torch.Tensor]:
+        """A warm start's bundle weights (``raylrec.cf.warm_start``), checked against the dataset;
+        every worker extends them over its freshly built encoder."""
+        warm, config = self.config.warm_start, self.config
+        if not warm.bundle:
+            return {}
+        bundle = storage.absolute(warm.bundle)
+        self.warm = plan_warm_start(bundle, warm.replay, config.cf.model, config.dataset_path(), self.meta)
+        (old_users, old_items), (num_users, num_items) = self.warm.sizes, self.sizes
+        new_users, new_items = num_users - old_users, num_items - old_items
+        say(
+            f"warm start from {bundle}: {new_users:,} new user rows and {new_items:,} new item rows "
+            f"initialised fresh; training on the rows from {_iso(self.warm.since)} on, and "
+            f"{warm.replay:.0%} of the older ones"
+        )
+        return self.warm.state
 
     def announce(self, run_name: str, stages: list[StagePlan], say) -> None:
         if "valid" not in self.held_out_names:
@@ -121,8 +143,12 @@ class CFDefinition(TaskDefinition):
         config, path = self.config, self.config.dataset_path()
         cf, (num_users, num_items) = config.cf, self.sizes
         bpr = cf.loss == "bpr"
+        rows = read_split(path, "train")
+        if self.warm is not None:
+            kept = {"since": self.warm.since, "replay": self.warm.replay, "seed": config.train.seed}
+            rows = rows.map_batches(replayed_rows, batch_format="pyarrow", fn_kwargs=kept)
         datasets, rows_per_rank = training_shards(
-            read_split(path, "train"),
+            rows,
             config.train.num_workers,
             cf.history_len,
             positives_only=bpr and not cf.implicit,
@@ -165,6 +191,7 @@ class CFDefinition(TaskDefinition):
         inputs: StreamedInputs = self.worker_data["inputs"]
         num_users, num_items = self.sizes
         model = build_encoder(cf, InteractionSplit(config.dataset_path(), num_users, num_items, inputs.graph))
+        _warm_start(model, init, config)
         bpr = cf.loss == "bpr"
         if bpr:
             known, target = ray.get([inputs.known, inputs.target])
@@ -197,14 +224,17 @@ class CFDefinition(TaskDefinition):
         # train.use_gpu in a plain process: the encoder and its batches on the GPU (as the LLM
         # methods' plain path does); the exported weights come back to the CPU (engine.weights).
         device = torch.device("cuda" if torch.cuda.is_available() and config.train.use_gpu else "cpu")
-        model = build_encoder(config.cf, train).to(device)
+        model = build_encoder(config.cf, train)
+        _warm_start(model, init, config)
+        model = model.to(device)
         task = CFTask(model, config.cf, config.eval, train, self.held_out["valid"])
-        steps_per_epoch = len(train) // config.train.batch_size
-        seen = seen_pairs(train, config.cf)
+        seen = seen_pairs(train, config.cf)  # every training pair: BPR's negatives are unseen ones
+        rows = self._warm_rows(train)
+        steps_per_epoch = len(rows) // config.train.batch_size
         size, seed = config.train.batch_size, config.train.seed
 
         def batches(epoch: int):
-            for batch in epoch_batches(train, size, seed, epoch, config.cf, seen=seen):
+            for batch in epoch_batches(rows, size, seed, epoch, config.cf, seen=seen):
                 yield {k: v.to(device) for k, v in batch.items()}
 
         return Fitting(
@@ -213,6 +243,21 @@ class CFDefinition(TaskDefinition):
             TorchEngine(model, config.train, config.train.epochs * steps_per_epoch),
             steps_per_epoch,
         )
+
+    def _warm_rows(self, train: Split) -> Split:
+        """The training rows a warm start trains on (all of them for a fresh model)."""
+        if self.warm is None:
+            return train
+        table = read_table(self.config.dataset_path(), "train")
+        keep = replay_mask(
+            train.arrays["uid"],
+            train.arrays["iid"],
+            table["timestamp"].to_numpy(),
+            self.warm.since,
+            self.warm.replay,
+            self.config.train.seed,
+        )
+        return Split({k: v[keep] for k, v in train.arrays.items()}, train.num_users, train.num_items)
 
     def final_metrics(self, states: dict[str, TrainState], weights: dict[str, torch.Tensor], say):
         config = self.config
@@ -255,7 +300,10 @@ class CFDefinition(TaskDefinition):
     def export(self, weights: dict[str, torch.Tensor], metrics: dict[str, float], run_name: str) -> str:
         config = self.config
         if not self.use_ray:
-            return save_cf_bundle(config.output, self.model, config, self.meta, metrics, self.train)
+            started_from = self._started_from()
+            return save_cf_bundle(
+                config.output, self.model, config, self.meta, metrics, self.train, started_from=started_from
+            )
         num_users, num_items = self.sizes
         train = InteractionSplit(config.dataset_path(), num_users, num_items, self.graph_ref)
         histories = (
@@ -263,7 +311,23 @@ class CFDefinition(TaskDefinition):
             if config.cf.history_len
             else None
         )
-        return save_cf_bundle(config.output, self.model, config, self.meta, metrics, train, histories)
+        return save_cf_bundle(
+            config.output, self.model, config, self.meta, metrics, train, histories, self._started_from()
+        )
+
+    def _started_from(self) -> dict[str, Any] | None:
+        return self.warm.record() if self.warm is not None else None
+
+
+def _warm_start(model: CFEncoder, init: dict[str, torch.Tensor], config: RaylrecConfig) -> None:
+    """A warm start's weights over the freshly built ``model`` (its new rows keep their seeded
+    initialisation); nothing for a fresh run."""
+    if init:
+        model.load_state_dict(extended_state(model.state_dict(), init, config.warm_start.bundle))
+
+
+def _iso(timestamp: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
 
 
 def _final_metrics(

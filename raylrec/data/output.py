@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # Ray is imported where a Ray Dataset is read or written: the
 
 __all__ = [
     "META_FILE",
+    "train_cutoff",
     "OWNER_FILE",
     "SHUFFLE_DIR",
     "OutputExistsError",
@@ -277,6 +278,13 @@ def refuse_whole_split(out: str, name: str) -> None:
             f"split {name!r} of {out} read whole in pid {os.getpid()} while {FORBID_WHOLE_SPLITS}=1: "
             "on the Ray path a split reaches a process through Ray Data, batch by batch"
         )
+
+
+def train_cutoff(meta: dict[str, Any]) -> int | None:
+    """The instant a dataset's training rows end (its ``valid`` start), for a time split; None
+    for splits without one (random ratio, leave-last-out, a given split)."""
+    cutoffs = meta.get("protocol", {}).get("temporal_cutoffs")
+    return int(cutoffs[0]) if cutoffs else None
 
 
 def read_meta(out: str) -> dict[str, Any]:
