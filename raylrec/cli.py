@@ -115,7 +115,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train_cf(args: argparse.Namespace) -> int:
-    overrides = [*args.overrides, *([f"warm_start.bundle={args.init_from}"] if args.init_from else [])]
+    # quoted: an override's value is YAML, and a path such as 2026-11-24 would read as a date
+    init_from = [f"warm_start.bundle={json.dumps(args.init_from)}"] if args.init_from else []
+    overrides = [*args.overrides, *init_from]
     config = load_config(args.config, overrides)
     config.dataset_path()  # fails before any work when neither dataset nor data is set
     if not args.local:

@@ -194,10 +194,19 @@ def run_nightly(
         summary.add("cf", "skipped", 0.0, config.output)
     else:
         from raylrec.cf.train import train_cf
+        from raylrec.cf.warm_start import WarmStartError
 
         warm = config.warm_start.bundle
         say(f"[{date}] refreshing the CF encoder -> {config.output}" + (f" (from {warm})" if warm else ""))
-        train_cf(config, say)
+        try:
+            train_cf(config, say)
+        except WarmStartError as refused:  # raised before anything trains or is written
+            say(f"[{date}] the warm start was refused, training from scratch: {refused}")
+            config = config.model_copy(
+                update={"warm_start": config.warm_start.model_copy(update={"bundle": None})}
+            )
+            warm = None
+            train_cf(config, say)
         summary.add(
             "cf", "ran", time.perf_counter() - started, config.output, **({"from": warm} if warm else {})
         )

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from helpers import data_config, read_all
+from helpers import data_config, read_all, wait_for
 
 from raylrec.artifacts import ArtifactDir, CommitConflict
+from raylrec.config import load_config
 from raylrec.data.append import AppendError, check_appendable
 from raylrec.data.output import DATASET, read_meta, read_table
 from raylrec.data.prepare import prepare
@@ -232,3 +237,62 @@ def test_a_dataset_or_config_that_cannot_take_an_append_is_refused_before_ray(ru
     )
     with pytest.raises(AppendError, match="only a rolling_days dataset takes appends"):
         check_appendable(wrong)
+
+
+@pytest.mark.kill
+def test_an_append_killed_before_its_commit_leaves_the_version_before_and_the_rerun_completes(days, tmp_path):
+    """Over 60 s alone: a real `raylrec data prepare --append` process with its own Ray
+    instance, SIGKILLed (driver and Ray) once its first day file is written, before the commit:
+    the dataset still reads as the version before it, whole, and the same command then commits
+    the next version with every row of the day."""
+    out = tmp_path / "dataset"
+    prepare(_config(days[:2], str(out)))
+    rng = np.random.default_rng(5)
+    big = tmp_path / "log" / "date=2026-11-22" / "events.parquet"
+    big.parent.mkdir(parents=True)
+    n = 400_000  # a day large enough that the commit is many seconds after the first day file
+    users, items = [f"u{i:05d}" for i in range(20_000)], [f"i{i:04d}" for i in range(2_000)]
+    pq.write_table(_day_log(2, rng, users, items, n), big)
+    config = tmp_path / "append.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "data": {
+                    "source": {"type": "logs", "paths": [str(big)]},
+                    "split": SPLIT,
+                    "history": HISTORY,
+                    "output": str(out),
+                    "append": True,
+                },
+                "ray": {"num_cpus": 1},
+            }
+        )
+    )
+    before = read_meta(str(out))
+    before_rows = {s: read_table(str(out), s).num_rows for s in before["counts"]["splits"]}
+    cmd = [sys.executable, "-m", "raylrec.cli", "data", "prepare", "--config", str(config), "-q"]
+    log = tmp_path / "killed.log"  # a file: a pipe nobody reads while waiting could block the run
+    with log.open("w") as output:
+        proc = subprocess.Popen(
+            cmd, stdout=output, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    day_dir = out / "days" / "2026-11-22"
+    try:
+        wait_for(lambda: list(day_dir.glob("*.parquet")), f"a day file in {day_dir}", 900, proc, log)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # the version before, whole: its meta, every listed file, its rows
+    after_kill = read_meta(str(out))
+    assert after_kill["version"] == before["version"] == 1
+    assert {s: read_table(str(out), s).num_rows for s in before["counts"]["splits"]} == before_rows
+    assert format_stats(dataset_stats(str(out)))  # what `data stats` prints reads it too
+
+    meta = prepare(load_config(config).data)
+    assert meta["version"] == 2
+    appended = meta["appended"][-1]
+    assert appended["rows_in"] == n + 3 == appended["rows_out"] + appended["rows_quarantined"]
+    # the killed attempt's day files are not listed: each split holds exactly its counted rows
+    for split, rows in meta["counts"]["splits"].items():
+        assert read_table(str(out), split).num_rows == rows, split

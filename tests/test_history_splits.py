@@ -122,3 +122,18 @@ def test_row_hash_is_order_independent_and_content_sensitive():
     shifted = table.set_column(2, "history", pa.array([[1], [2], [3]], pa.list_(pa.int32())))
     assert table_digest(shifted) != table_digest(table)
     assert len(set(row_hashes(table).tolist())) == 3
+
+
+@settings(max_examples=50, deadline=None)
+@given(events, st.integers(1, 7))
+def test_row_hashes_are_the_same_whatever_the_slices(rows, rows_per_slice):
+    rows, user, ts, item, _ = _sorted_arrays(rows)
+    table = pa.table(
+        {
+            "uid": user,
+            "rating": pa.array([None if i % 3 == 0 else float(i) for i in range(len(rows))], pa.float64()),
+            "history": pa.array([list(range(i % 4)) for i in range(len(rows))], pa.list_(pa.int32())),
+            "split": pa.array(["train" if i % 2 else None for i in range(len(rows))], pa.string()),
+        }
+    )
+    assert np.array_equal(row_hashes(table, rows_per_slice), row_hashes(table, 1 << 30))

@@ -19,6 +19,8 @@ from safetensors.torch import load_file
 
 from raylrec import storage
 from raylrec.cf.bundle import check_cf_bundle
+from raylrec.cf.config import encoder_config
+from raylrec.cf.data import Split
 from raylrec.cf.train import CFDefinition, train_cf
 from raylrec.cf.warm_start import WarmStartError, extended_state, replay_mask
 from raylrec.config import build_config
@@ -33,24 +35,68 @@ START = int(dt.datetime(2026, 11, 20, tzinfo=dt.UTC).timestamp())
 # --- the pieces, no Ray -------------------------------------------------------------------------
 
 
-def test_a_grown_table_keeps_the_bundles_rows_and_fresh_rows_below():
-    fresh = {"users.weight": torch.randn(7, 4), "items.weight": torch.randn(5, 4), "bias": torch.randn(4)}
-    old = {"users.weight": torch.randn(5, 4), "items.weight": torch.randn(5, 4), "bias": torch.randn(4)}
-    state = extended_state(fresh, old, "yesterday")
-    assert torch.equal(state["users.weight"][:5], old["users.weight"])  # the trained users
-    assert torch.equal(state["users.weight"][5:], fresh["users.weight"][5:])  # new: as a fresh model
-    assert torch.equal(state["items.weight"], old["items.weight"])
-    assert torch.equal(state["bias"], old["bias"])
+def _encoder(cf: dict, num_users: int, num_items: int, seed: int):
+    rng = np.random.default_rng(seed)
+    n = 40
+    arrays = {
+        "uid": rng.integers(1, num_users, n),
+        "iid": rng.integers(1, num_items, n),
+        "label": np.ones(n, np.float32),
+        "history": rng.integers(0, num_items, (n, 5)),
+    }
+    torch.manual_seed(seed)
+    return encoder_config(cf).build(Split(arrays, num_users, num_items))
 
 
-def test_a_changed_shape_or_a_missing_weight_is_refused():
-    fresh = {"users.weight": torch.zeros(7, 8)}
-    with pytest.raises(WarmStartError, match=r"users.weight is \(5, 4\) there and \(7, 8\) here"):
-        extended_state(fresh, {"users.weight": torch.zeros(5, 4)}, "b")
-    with pytest.raises(WarmStartError, match=r"is \(9, 8\) there and \(7, 8\) here"):
-        extended_state(fresh, {"users.weight": torch.zeros(9, 8)}, "b")
-    with pytest.raises(WarmStartError, match=r"lacks \['users.weight'\]"):
-        extended_state(fresh, {}, "b")
+# Where each encoder's rows of old users and items must be after the tables grew from (5 users,
+# 4 items) to (7, 6), as (key, rows in the new table, rows in the old one): MF and SASRec keep a
+# table per side, LightGCN one table of users then items, so its old items move down by the
+# two new users.
+GROWN = {
+    "mf": [("users.weight", slice(0, 5), slice(0, 5)), ("items.weight", slice(0, 4), slice(0, 4))],
+    "lightgcn": [
+        ("embedding.weight", slice(0, 5), slice(0, 5)),
+        ("embedding.weight", slice(7, 11), slice(5, 9)),
+    ],
+    "sasrec": [("items.weight", slice(0, 4), slice(0, 4))],
+}
+ENCODER_CONFIGS = {
+    "mf": {"model": "mf", "dim": 4},
+    "lightgcn": {"model": "lightgcn", "dim": 4},
+    "sasrec": {"model": "sasrec", "dim": 4, "max_len": 5, "blocks": 1, "heads": 1},
+}
+
+
+@pytest.mark.parametrize("model", sorted(GROWN))
+def test_each_encoder_keeps_every_trained_row_where_its_ids_are_now(model):
+    cf = ENCODER_CONFIGS[model]
+    old = _encoder(cf, 5, 4, seed=1).state_dict()
+    fresh_model = _encoder(cf, 7, 6, seed=2)
+    fresh = {k: v.clone() for k, v in fresh_model.state_dict().items()}
+    state = extended_state(fresh_model, old, (5, 4), "yesterday")
+    moved = torch.zeros_like(state[GROWN[model][0][0]], dtype=torch.bool)
+    for key, new_rows, old_rows in GROWN[model]:
+        assert torch.equal(state[key][new_rows], old[key][old_rows]), key  # what yesterday learned
+        if key == GROWN[model][0][0]:
+            moved[new_rows] = True
+    key = GROWN[model][0][0]
+    assert torch.equal(state[key][~moved.all(dim=1)], fresh[key][~moved.all(dim=1)])  # new ids: fresh
+    for name, tensor in state.items():  # every other weight: yesterday's, whole
+        if name not in {k for k, _, _ in GROWN[model]}:
+            assert torch.equal(tensor, old[name]), name
+
+
+def test_a_changed_shape_or_an_unknown_weight_is_refused():
+    fresh = _encoder(ENCODER_CONFIGS["sasrec"], 7, 6, seed=2)
+    longer = _encoder({**ENCODER_CONFIGS["sasrec"], "max_len": 8}, 5, 4, seed=1).state_dict()
+    with pytest.raises(WarmStartError, match=r"positions.weight is \(8, 4\) there and \(5, 4\) here"):
+        extended_state(fresh, longer, (5, 4), "b")
+    extra = {**_encoder(ENCODER_CONFIGS["sasrec"], 5, 4, seed=1).state_dict(), "mask_token": torch.zeros(4)}
+    with pytest.raises(WarmStartError, match=r"mask_token"):
+        extended_state(fresh, extra, (5, 4), "b")
+    with pytest.raises(WarmStartError, match=r"more rows"):
+        mf = ENCODER_CONFIGS["mf"]
+        extended_state(_encoder(mf, 5, 4, seed=1), _encoder(mf, 7, 6, seed=2).state_dict(), (7, 6), "b")
 
 
 def test_replay_keeps_every_new_row_and_a_seeded_share_of_the_old():
@@ -67,6 +113,11 @@ def test_replay_keeps_every_new_row_and_a_seeded_share_of_the_old():
     assert not np.array_equal(keep, replay_mask(uid, iid, ts, since, 0.25, seed=4))
     assert np.array_equal(replay_mask(uid, iid, ts, since, 0.0, seed=3), new)
     assert replay_mask(uid, iid, ts, since, 1.0, seed=3).all()
+    # another night (another cutoff) replays another sample of the rows both see as old
+    older = ts < since
+    tomorrow = replay_mask(uid, iid, ts, since + 50, 0.25, seed=3)
+    assert not np.array_equal(keep[older], tomorrow[older])
+    assert abs(tomorrow[older].mean() - 0.25) < 0.01
 
 
 # --- on prepared datasets -----------------------------------------------------------------------
@@ -173,6 +224,8 @@ def test_it_trains_on_the_new_rows_and_the_replayed_share_and_records_its_start(
     )
     rows = definition._warm_rows(definition.train)
     assert len(rows) == int(expected.sum())
+    fitting = definition.local_fitting(definition.stages()[0], {}, lambda _: None)
+    assert fitting.steps_per_epoch == len(rows) // config.train.batch_size  # what the loop trains on
     assert 0 < int((ts >= since).sum()) < len(rows) < len(ts)  # new rows, plus some old ones
 
     result = train_cf(config, lambda _: None, use_ray=False)
@@ -231,6 +284,13 @@ def test_a_bundle_that_does_not_fit_is_refused_before_training(lineage, tmp_path
     untimed = _config(random_split, tmp_path, warm_start={"bundle": yesterday})
     with pytest.raises(WarmStartError, match="has no time split"):
         CFDefinition(untimed).initial_weights(lambda _: None)
+    wider = _config(lineage["dataset"], tmp_path, cf={"dim": 16}, warm_start={"bundle": yesterday})
+    with pytest.raises(WarmStartError, match=r"cf.dim 8 there, 16 here"):
+        CFDefinition(wider).initial_weights(lambda _: None)
+    today = train_cf(_config(lineage["dataset"], tmp_path / "today"), lambda _: None, use_ray=False).bundle
+    again = _config(lineage["dataset"], tmp_path, warm_start={"bundle": today})
+    with pytest.raises(WarmStartError, match="has seen every training row of"):
+        CFDefinition(again).initial_weights(lambda _: None)
     scratch = train_cf(_config(random_split, tmp_path / "scratch"), lambda _: None, use_ray=False).bundle
     from_untimed = _config(lineage["dataset"], tmp_path, warm_start={"bundle": scratch})
     with pytest.raises(WarmStartError, match="records no training cutoff"):

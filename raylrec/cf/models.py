@@ -54,6 +54,14 @@ class CFEncoder(nn.Module):
         an encoder that computes users from their history rebuilds itself from ``state``."""
         return FixedTables(tables["users"], tables["items"])
 
+    def id_tables(self) -> dict[str, tuple[str, ...]]:
+        """The state-dict entries whose rows are indexed by dense ids, with the sides their rows
+        hold in order (``("users",)``, ``("items",)``, or both in one table): what a warm start
+        grows for new users and items (``raylrec.cf.warm_start``). By default the tables named
+        ``users`` and ``items``."""
+        names = self.state_dict().keys()
+        return {key: (side,) for side in ("users", "items") if (key := f"{side}.weight") in names}
+
     def user_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 

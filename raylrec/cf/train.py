@@ -37,7 +37,14 @@ from raylrec.cf.task import (
     evaluate_ranking,
     seen_pairs,
 )
-from raylrec.cf.warm_start import WarmStart, extended_state, plan_warm_start, replay_mask, replayed_rows
+from raylrec.cf.warm_start import (
+    WarmStart,
+    WarmStartError,
+    extended_state,
+    plan_warm_start,
+    replay_mask,
+    replayed_rows,
+)
 from raylrec.config import RaylrecConfig
 from raylrec.data.output import read_meta, read_split, read_table
 from raylrec.eval import ItemSets, RankingAccumulator, format_report
@@ -114,16 +121,16 @@ class CFDefinition(TaskDefinition):
         warm, config = self.config.warm_start, self.config
         if not warm.bundle:
             return {}
-        bundle = storage.absolute(warm.bundle)
-        self.warm = plan_warm_start(bundle, warm.replay, config.cf.model, config.dataset_path(), self.meta)
+        cf = config.cf.model_dump(mode="json")
+        self.warm, state = plan_warm_start(warm.bundle, warm.replay, cf, config.dataset_path(), self.meta)
         (old_users, old_items), (num_users, num_items) = self.warm.sizes, self.sizes
         new_users, new_items = num_users - old_users, num_items - old_items
         say(
-            f"warm start from {bundle}: {new_users:,} new user rows and {new_items:,} new item rows "
+            f"warm start from {warm.bundle}: {new_users:,} new user rows and {new_items:,} new item rows "
             f"initialised fresh; training on the rows from {_iso(self.warm.since)} on, and "
             f"{warm.replay:.0%} of the older ones"
         )
-        return self.warm.state
+        return state
 
     def announce(self, run_name: str, stages: list[StagePlan], say) -> None:
         if "valid" not in self.held_out_names:
@@ -175,8 +182,10 @@ class CFDefinition(TaskDefinition):
         if graph_key is not None:
             self.graph_ref = shared_graph_ref(refs[graph_key], num_items)
             say(f"{cf.model}'s interaction graph built once, kept in the object store for every process")
+        if self.warm is not None:
+            _check_warm_rows(rows_per_rank, config.train.batch_size, "per rank")
         inputs = StreamedInputs(rows_per_rank, seen, known, target, users, self.graph_ref)
-        self.worker_data = {"inputs": inputs}
+        self.worker_data = {"inputs": inputs, "warm_sizes": self.warm.sizes if self.warm else None}
         # the final evaluation's masks and targets for valid are these same sets
         self.item_sets = {(("train",), not cf.implicit): known, (("valid",), not cf.implicit): target}
         say(f"streaming {rows_per_rank:,} training rows per rank to {config.train.num_workers} workers")
@@ -191,7 +200,7 @@ class CFDefinition(TaskDefinition):
         inputs: StreamedInputs = self.worker_data["inputs"]
         num_users, num_items = self.sizes
         model = build_encoder(cf, InteractionSplit(config.dataset_path(), num_users, num_items, inputs.graph))
-        _warm_start(model, init, config)
+        _warm_start(model, init, self.worker_data.get("warm_sizes"), config)
         bpr = cf.loss == "bpr"
         if bpr:
             known, target = ray.get([inputs.known, inputs.target])
@@ -225,11 +234,13 @@ class CFDefinition(TaskDefinition):
         # methods' plain path does); the exported weights come back to the CPU (engine.weights).
         device = torch.device("cuda" if torch.cuda.is_available() and config.train.use_gpu else "cpu")
         model = build_encoder(config.cf, train)
-        _warm_start(model, init, config)
+        _warm_start(model, init, self.warm.sizes if self.warm else None, config)
         model = model.to(device)
         task = CFTask(model, config.cf, config.eval, train, self.held_out["valid"])
         seen = seen_pairs(train, config.cf)  # every training pair: BPR's negatives are unseen ones
         rows = self._warm_rows(train)
+        if self.warm is not None:
+            _check_warm_rows(len(rows), config.train.batch_size, "")
         steps_per_epoch = len(rows) // config.train.batch_size
         size, seed = config.train.batch_size, config.train.seed
 
@@ -248,7 +259,7 @@ class CFDefinition(TaskDefinition):
         """The training rows a warm start trains on (all of them for a fresh model)."""
         if self.warm is None:
             return train
-        table = read_table(self.config.dataset_path(), "train")
+        table = read_table(self.config.dataset_path(), "train", columns=["timestamp"])
         keep = replay_mask(
             train.arrays["uid"],
             train.arrays["iid"],
@@ -319,11 +330,21 @@ class CFDefinition(TaskDefinition):
         return self.warm.record() if self.warm is not None else None
 
 
-def _warm_start(model: CFEncoder, init: dict[str, torch.Tensor], config: RaylrecConfig) -> None:
+def _warm_start(
+    model: CFEncoder, init: dict[str, torch.Tensor], sizes: tuple[int, int] | None, config: RaylrecConfig
+) -> None:
     """A warm start's weights over the freshly built ``model`` (its new rows keep their seeded
-    initialisation); nothing for a fresh run."""
+    initialisation; ``sizes``: the bundle's users and items); nothing for a fresh run."""
     if init:
-        model.load_state_dict(extended_state(model.state_dict(), init, config.warm_start.bundle))
+        model.load_state_dict(extended_state(model, init, sizes, config.warm_start.bundle))
+
+
+def _check_warm_rows(rows: int, batch_size: int, where: str) -> None:
+    if rows < batch_size:
+        raise WarmStartError(
+            f"the warm start keeps {rows:,} training rows{' ' + where if where else ''}, fewer than one "
+            f"batch (train.batch_size {batch_size}): lower train.batch_size or raise warm_start.replay"
+        )
 
 
 def _iso(timestamp: int) -> str:
@@ -371,7 +392,12 @@ def train_cf(
     """Train ``config.cf`` on ``config.dataset_path()``; evaluate the best weights on valid (and
     test when the dataset has it); export the CF bundle to ``config.output`` if set. ``trial``:
     this run is a Ray Tune trial (every epoch's metrics go to Tune)."""
-    config = config.model_copy(update={"dataset": storage.absolute(config.dataset_path())})
+    update: dict[str, Any] = {"dataset": storage.absolute(config.dataset_path())}
+    if config.warm_start.bundle:  # absolute: the workers and the run's fingerprint see one spelling
+        update["warm_start"] = config.warm_start.model_copy(
+            update={"bundle": storage.absolute(config.warm_start.bundle)}
+        )
+    config = config.model_copy(update=update)
     return run_pipeline(CFDefinition(config), say, use_ray, trial)
 
 

@@ -25,7 +25,7 @@ import ray
 from ray.exceptions import RayError
 
 from raylrec import storage
-from raylrec.config import CoLLMSource, DataConfig, RollingDaysSplit
+from raylrec.config import CoLLMSource, DataConfig, RollingDaysSplit, TemporalWindowSplit
 from raylrec.data.append import append
 from raylrec.data.days import BULK, assemble, day_name
 from raylrec.data.files import SourceError
@@ -153,7 +153,8 @@ def _prepare(config: DataConfig, progress: Progress | None) -> dict[str, Any]:
         "history": config.history.model_dump(mode="json"),
         "kcore": config.kcore,
         "validation": config.validation.model_dump(mode="json"),
-        "temporal_cutoffs": list(cutoffs) if cutoffs else None,
+        # where train ends and test starts, for every time split (a warm start's "new rows")
+        "temporal_cutoffs": list(cutoffs) if cutoffs else _window_cutoffs(config.split),
     }
     counts_meta = dataset_counts(rows_in, rows_out, rows_quarantined, reasons, splits, users, items)
     meta = commit(
@@ -172,3 +173,7 @@ def _prepare(config: DataConfig, progress: Progress | None) -> dict[str, Any]:
     )
     say(f"committed {out} (content hash {meta['content_hash'][:16]}…) in {meta['elapsed_s']} s")
     return meta
+
+
+def _window_cutoffs(split: Any) -> list[int] | None:
+    return list(split.cutoffs()[:2]) if isinstance(split, TemporalWindowSplit) else None

@@ -55,6 +55,9 @@ class LightGCN(CFEncoder):
             self._dropout_seed = torch.initial_seed()
             self.register_buffer("dropout_draws", torch.zeros((), dtype=torch.int64))
 
+    def id_tables(self) -> dict[str, tuple[str, ...]]:
+        return {"embedding.weight": ("users", "items")}  # one table: every user, then every item
+
     @classmethod
     def graph_rows(cls, config: LightGCNConfig) -> GraphRows:
         # The graph of a BCE encoder holds every training interaction; a BPR one, its positives.

@@ -141,6 +141,9 @@ class RLMRec(CFEncoder):
         users, table = self._pinned  # this training step's tables (one propagation, maybe masked)
         return (users[batch["uid"]], *(table if i is None else table[i] for i in items))
 
+    def id_tables(self) -> dict[str, tuple[str, ...]]:
+        return {f"base.{key}": sides for key, sides in self.base.id_tables().items()}
+
     def user_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.base.user_vectors(batch)
 
