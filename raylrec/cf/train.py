@@ -4,7 +4,6 @@ runs it (fingerprint, resume, result, export hook)."""
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable
 from functools import cached_property
@@ -123,13 +122,7 @@ class CFDefinition(TaskDefinition):
             return {}
         cf = config.cf.model_dump(mode="json")
         self.warm, state = plan_warm_start(warm.bundle, warm.replay, cf, config.dataset_path(), self.meta)
-        (old_users, old_items), (num_users, num_items) = self.warm.sizes, self.sizes
-        new_users, new_items = num_users - old_users, num_items - old_items
-        say(
-            f"warm start from {warm.bundle}: {new_users:,} new user rows and {new_items:,} new item rows "
-            f"initialised fresh; training on the rows from {_iso(self.warm.since)} on, and "
-            f"{warm.replay:.0%} of the older ones"
-        )
+        say(self.warm.describe(*self.sizes))
         return state
 
     def announce(self, run_name: str, stages: list[StagePlan], say) -> None:
@@ -345,10 +338,6 @@ def _check_warm_rows(rows: int, batch_size: int, where: str) -> None:
             f"the warm start keeps {rows:,} training rows{' ' + where if where else ''}, fewer than one "
             f"batch (train.batch_size {batch_size}): lower train.batch_size or raise warm_start.replay"
         )
-
-
-def _iso(timestamp: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
 
 
 def _final_metrics(

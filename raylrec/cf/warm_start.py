@@ -68,6 +68,15 @@ class WarmStart:
     replay: float
     sizes: tuple[int, int]  # the bundle's (num_users, num_items)
 
+    def describe(self, num_users: int, num_items: int) -> str:
+        """The progress line of a run that starts here, on tables of ``num_users`` and ``num_items``."""
+        new_users, new_items = num_users - self.sizes[0], num_items - self.sizes[1]
+        return (
+            f"warm start from {self.bundle}: {new_users:,} new user rows and {new_items:,} new item rows "
+            f"initialised fresh; training on the rows from {_iso(self.since)} on, and {self.replay:.0%} "
+            "of the older ones"
+        )
+
     def record(self) -> dict[str, Any]:
         """What the new bundle's ``config.json`` says of its start."""
         return {
@@ -117,7 +126,8 @@ def plan_warm_start(
     if cutoff is None:
         raise WarmStartError(
             f"{dataset} has no time split (its split: {_split_name(meta)}): a warm start trains on the rows "
-            "after the bundle's cutoff, which needs one (data.split: rolling_days or temporal_fraction)"
+            "after the bundle's cutoff, which needs one (data.split: rolling_days, temporal_fraction or "
+            "temporal_window)"
         )
     if since >= cutoff:
         raise WarmStartError(

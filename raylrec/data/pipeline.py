@@ -230,20 +230,16 @@ def _one_split(batch: pa.Table, split: str, day: int = BULK, day_cut: int | None
     return batch.filter(mask).select(OUTPUT_COLUMNS)
 
 
-def _numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    return column.to_numpy(zero_copy_only=False) if isinstance(column, pa.Array) else column.to_numpy()
-
-
 def _summarise(batch: pa.Table, day_cut: int | None) -> pa.Table:
     """Per block, split and part (``_day_codes``): rows, positives and the order-independent
     content hash; parts with no rows are left out. Rows are hashed where they lie (no filtered
     copies of the block: a heavy user's block is millions of rows with their histories)."""
     split_code = pc.index_in(batch["split"], value_set=pa.array(SPLITS)).fill_null(-1)
     dropped = pc.is_valid(batch[REASON])  # quarantined by the per-user step: no split's row
-    split = np.where(_numpy(dropped), -1, _numpy(split_code))
-    days = _day_codes(_numpy(batch["timestamp"]), day_cut)
+    split = np.where(dropped.to_numpy(), -1, split_code.to_numpy())
+    days = _day_codes(batch["timestamp"].to_numpy(), day_cut)
     hashes = row_hashes(batch.select(OUTPUT_COLUMNS))
-    label = _numpy(batch["label"].fill_null(0))
+    label = batch["label"].fill_null(0).to_numpy()
     rows = []
     for code, name in enumerate(SPLITS):
         in_split = split == code
