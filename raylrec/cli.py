@@ -30,7 +30,8 @@ import time
 from collections.abc import Callable
 
 from raylrec import __version__, storage
-from raylrec.config import ConfigError, RayConfig, SyntheticSource, load_config
+from raylrec.config import ConfigError, RayConfig, load_config
+from raylrec.data.sources.synthetic import SyntheticSource
 
 __all__ = ["main"]
 

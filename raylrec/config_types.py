@@ -22,6 +22,7 @@ __all__ = [
     "OptionalOutputPath",
     "OutputPath",
     "StrictConfig",
+    "custom_resources",
 ]
 
 
@@ -77,3 +78,13 @@ def _a_usable_path(value: str) -> str:
 
 OutputPath = Annotated[str, AfterValidator(_a_usable_path)]
 OptionalOutputPath = Annotated[str, AfterValidator(_a_usable_path)] | None
+
+
+def custom_resources(resources: dict[str, float]) -> dict[str, float]:
+    """Custom Ray resources: positive amounts, and never CPU/GPU (they have their own fields)."""
+    for name, amount in resources.items():
+        if name in ("CPU", "GPU", "memory", "object_store_memory"):
+            raise ValueError(f"{name!r} has its own field; list only custom resources here")
+        if amount <= 0:
+            raise ValueError(f"resource {name!r} must be a positive amount, got {amount}")
+    return resources

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from raylrec import storage
 from raylrec.artifacts import ArtifactDir, ArtifactKind
-from raylrec.config import DAY, ConfigError, DataConfig, RaylrecConfig, RollingDaysSplit, build_config
+from raylrec.config import ConfigError, DataConfig, RaylrecConfig, build_config
+from raylrec.data.config import DAY
 from raylrec.data.days import day_name
 from raylrec.data.output import DATASET
 from raylrec.scoring import publish as recs
@@ -75,7 +76,7 @@ def nightly_config(config: RaylrecConfig, date: str) -> RaylrecConfig:
         raise ConfigError("set score.output (where recommendations are published)")
     root = storage.absolute(config.nightly.root)
     raw = config.model_dump(mode="json", exclude_none=True)
-    appended = config.data is not None and isinstance(config.data.split, RollingDaysSplit)
+    appended = config.data is not None and config.data.split.appendable
     dataset = storage.join(root, "dataset") if appended else storage.join(root, "datasets", f"date={date}")
     if config.data is not None:
         raw["data"] = {**raw["data"], "source": _substitute(raw["data"]["source"], date), "output": dataset}
@@ -138,7 +139,7 @@ def prepare_for_date(
     status, verb = "ran", "preparing"
     if meta is not None:
         holds = "watermark" not in meta or day_name(int(meta["watermark"]) // DAY) >= date
-        if holds or not isinstance(data.split, RollingDaysSplit):
+        if holds or not data.split.appendable:
             summary.add("prepare", "skipped", 0.0, data.output)
             return
         data = DataConfig.model_validate({**data.model_dump(), "append": True, "overwrite": False})

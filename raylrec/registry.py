@@ -1,12 +1,14 @@
-"""Registries of models: one for CF encoders, one for LLM methods (DESIGN.md, "Models are
-plugins").
+"""Registries of plugins: CF encoders and LLM methods (DESIGN.md, "Models are plugins"), and the
+data section's sources and split protocols (``raylrec.data.config``).
 
 A registry maps a name to the model's config class. The config class is torch-free and
 declares everything the rest of raylrec needs to know about the model (its capabilities,
 stages, templates, metrics) plus the dotted path of its implementation, imported only when a
 model is built. Registries fill themselves on first use by importing every subpackage of their
-home package (``raylrec.cf.encoders``, ``raylrec.methods``) and every entry point of their
-group, so a new model is a new folder (or an installed package), never an edit to a list.
+home package (``raylrec.cf.encoders``, ``raylrec.methods``; every module of
+``raylrec.data.sources`` and ``raylrec.data.splits``) and every entry point of their group, so a
+new model, source or split is a new folder or file (or an installed package), never an edit to a
+list.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ class Registry(Generic[C]):
     encoders, ``name`` for methods); ``package`` is searched for models on first use, and the
     ``raylrec.<group>`` entry points after it."""
 
-    def __init__(self, kind: str, key: str, package: str, group: str):
+    def __init__(self, kind: str, key: str, package: str, group: str, modules: bool = False):
         self.kind, self.key, self.package, self.group = kind, key, package, group
+        self.modules = modules  # plugins are modules of the package, not only subpackages
         self._classes: dict[str, C] = {}
         self._discovered = False
 
@@ -60,7 +63,7 @@ class Registry(Generic[C]):
         self._discovered = True
         package = importlib.import_module(self.package)
         for info in pkgutil.iter_modules(package.__path__):
-            if info.ispkg:
+            if info.ispkg or (self.modules and not info.name.startswith("_")):
                 importlib.import_module(f"{self.package}.{info.name}")
         for entry in importlib.metadata.entry_points(group=self.group):
             entry.load()

@@ -20,8 +20,8 @@ from helpers import data_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from raylrec.config import ValidationConfig
 from raylrec.data import files
+from raylrec.data.config import ValidationConfig
 from raylrec.data.datasource import TabularFilesDatasource
 from raylrec.data.files import ROW_COLUMN, SourceError, TabularFile, read_batches
 from raylrec.data.output import read_table

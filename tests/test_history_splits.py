@@ -7,10 +7,12 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raylrec.config import LeaveLastOutSplit, RandomRatioSplit, TemporalWindowSplit
 from raylrec.data.hashing import row_hashes, table_digest
 from raylrec.data.history import point_in_time_histories
-from raylrec.data.splits import TEST, TRAIN, VALID, assign_splits, fraction_cutoffs, ratio_counts
+from raylrec.data.splits import TEST, TRAIN, VALID, assign_splits, fraction_cutoffs
+from raylrec.data.splits.leave_last_out import LeaveLastOutSplit
+from raylrec.data.splits.random_ratio import RandomRatioSplit, ratio_counts
+from raylrec.data.splits.temporal_window import TemporalWindowSplit
 
 events = st.lists(
     st.tuples(

@@ -17,12 +17,12 @@ from helpers import assert_point_in_time, data_config, read_all
 
 from raylrec import storage
 from raylrec.cli import main
-from raylrec.config import SyntheticSource
 from raylrec.data.files import SourceError
 from raylrec.data.given import strip_padding
 from raylrec.data.hashing import table_digest
 from raylrec.data.output import read_meta, read_table
 from raylrec.data.prepare import prepare
+from raylrec.data.sources.synthetic import SyntheticSource
 from raylrec.data.synthetic import generate_chunk, write_synthetic
 
 pytestmark = pytest.mark.usefixtures("ray_session")

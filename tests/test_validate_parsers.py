@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from raylrec.config import CsvOptions, ValidationConfig
+from raylrec.data.config import CsvOptions, ValidationConfig
 from raylrec.data.files import ROW_COLUMN, SourceError, TabularFile, read_batches
 from raylrec.data.validate import RAW, REASON, validate_batch
 

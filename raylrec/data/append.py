@@ -63,7 +63,6 @@ from raylrec.data.pipeline import (
     write_quarantine,
     write_tails,
 )
-from raylrec.data.sources import load_source
 from raylrec.data.tails import carried_rows, of_users
 from raylrec.data.validate import REASON
 from raylrec.data.vocab import Vocabulary
@@ -206,7 +205,7 @@ def append(config: DataConfig, say: Progress) -> dict[str, Any]:
         f"appending to {out} (version {previous['version']}, last event {_iso(watermark)}) "
         f"as version {version}"
     )
-    source = load_source(config.source, config.validation)
+    source = config.source.load(config.validation)
     checked, rows_in = validated(config, source, say)
     checked = checked.map_batches(_mark_late, batch_format="pyarrow", fn_kwargs={"watermark": watermark})
     checked = checked.materialize()

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from raylrec.config import DAY
-from raylrec.data.splits import SPLITS, TEST, TRAIN, VALID
+from raylrec.data.config import DAY
+from raylrec.data.splits import SPLIT_NAMES, TEST, TRAIN, VALID
 
 __all__ = ["BULK", "add_hash", "assemble", "day_name", "day_number", "day_split"]
 
@@ -37,7 +37,7 @@ def day_number(name: str) -> int:
 def day_split(day: int, cutoffs: tuple[int, int]) -> str:
     """The split of a whole day under (valid_start, test_start), both at midnight."""
     start = day * DAY
-    return SPLITS[TRAIN if start < cutoffs[0] else VALID if start < cutoffs[1] else TEST]
+    return SPLIT_NAMES[TRAIN if start < cutoffs[0] else VALID if start < cutoffs[1] else TEST]
 
 
 def add_hash(a: str, b: str) -> str:
@@ -60,4 +60,4 @@ def assemble(
         into["positives"] += part["positives"]
         into["hash"] = add_hash(into["hash"], part["hash"])
         into["files"] += part["files"]
-    return {s: splits[s] for s in SPLITS if s in splits}
+    return {s: splits[s] for s in SPLIT_NAMES if s in splits}

@@ -37,7 +37,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from raylrec import storage
-from raylrec.config import CsvOptions
+from raylrec.data.config import CsvOptions
 
 __all__ = [
     "CSV_BLOCK_BYTES",

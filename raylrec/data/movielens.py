@@ -14,9 +14,10 @@ import pyarrow as pa
 from filelock import FileLock
 
 from raylrec import storage
-from raylrec.config import CsvOptions, MovieLens1MSource, MovieLens100KSource
+from raylrec.data.config import CsvOptions, ValidationConfig
 from raylrec.data.files import SourceError, TabularFile
 from raylrec.data.loaded import LoadedSource, read_events
+from raylrec.data.sources.movielens import MovieLens1MSource, MovieLens100KSource
 from raylrec.wheels import fetch_wheel
 
 __all__ = ["cache_dir", "recbole_ml100k_dir", "load_ml100k", "load_ml1m"]
@@ -165,7 +166,7 @@ def _load(root: str, layout: _Layout, description: dict[str, str]) -> LoadedSour
     return LoadedSource(events, items=items, users=users, files=[ratings], description=description)
 
 
-def load_ml100k(source: MovieLens100KSource) -> LoadedSource:
+def load_ml100k(source: MovieLens100KSource, validation: ValidationConfig | None = None) -> LoadedSource:
     if source.path is None:
         root = str(recbole_ml100k_dir())
         return _load(
@@ -177,6 +178,6 @@ def load_ml100k(source: MovieLens100KSource) -> LoadedSource:
     )
 
 
-def load_ml1m(source: MovieLens1MSource) -> LoadedSource:
+def load_ml1m(source: MovieLens1MSource, validation: ValidationConfig | None = None) -> LoadedSource:
     storage.check_reachable(source.path)
     return _load(source.path, GROUPLENS_1M, {"type": "movielens_1m", "path": source.path})

@@ -8,6 +8,7 @@ per-block summaries.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -20,13 +21,8 @@ import pyarrow.compute as pc
 import ray
 
 from raylrec import storage
-from raylrec.config import (
-    DAY,
-    DataConfig,
-    RollingDaysSplit,
-    TemporalFractionSplit,
-    TemporalWindowSplit,
-)
+from raylrec.config import DataConfig
+from raylrec.data.config import DAY
 from raylrec.data.days import BULK, day_name
 from raylrec.data.files import FILE_COLUMN, RAW_COLUMN, REASON_COLUMN, ROW_COLUMN, SourceError
 from raylrec.data.hashing import row_hashes
@@ -39,7 +35,7 @@ from raylrec.data.output import (
     write_dataset,
 )
 from raylrec.data.shuffle import shuffle_by_key
-from raylrec.data.splits import SPLITS, assign_splits, fraction_cutoffs
+from raylrec.data.splits import SPLIT_NAMES, assign_splits
 from raylrec.data.tails import CARRIED, DENSE_SCHEMA, user_tails
 from raylrec.data.validate import RAW, REASON, validate_batch
 from raylrec.data.vocab import Vocabulary
@@ -173,7 +169,7 @@ def _per_user(
     lengths[keep] = np.diff(history_kept.offsets.to_numpy())
     offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32)
     history = pa.ListArray.from_arrays(pa.array(offsets), history_kept.values)
-    split_names = np.array([None, *SPLITS], dtype=object)[split.astype(np.int64) + 1]
+    split_names = np.array([None, *SPLIT_NAMES], dtype=object)[split.astype(np.int64) + 1]
     return (
         table.append_column("history", history)
         .append_column("split", pa.array(split_names, pa.string()))
@@ -234,14 +230,14 @@ def _summarise(batch: pa.Table, day_cut: int | None) -> pa.Table:
     """Per block, split and part (``_day_codes``): rows, positives and the order-independent
     content hash; parts with no rows are left out. Rows are hashed where they lie (no filtered
     copies of the block: a heavy user's block is millions of rows with their histories)."""
-    split_code = pc.index_in(batch["split"], value_set=pa.array(SPLITS)).fill_null(-1)
+    split_code = pc.index_in(batch["split"], value_set=pa.array(SPLIT_NAMES)).fill_null(-1)
     dropped = pc.is_valid(batch[REASON])  # quarantined by the per-user step: no split's row
     split = np.where(dropped.to_numpy(), -1, split_code.to_numpy())
     days = _day_codes(batch["timestamp"].to_numpy(), day_cut)
     hashes = row_hashes(batch.select(OUTPUT_COLUMNS))
     label = batch["label"].fill_null(0).to_numpy()
     rows = []
-    for code, name in enumerate(SPLITS):
+    for code, name in enumerate(SPLIT_NAMES):
         in_split = split == code
         for day in np.unique(days[in_split]):
             part = in_split & (days == day)
@@ -365,23 +361,15 @@ def validated(config: DataConfig, source: LoadedSource, say: Progress) -> tuple[
 def split_bounds(
     config: DataConfig, good: ray.data.Dataset, rows: int, say: Progress, last: int | None = None
 ):
-    """(cutoffs, end): global time bounds where the split protocol needs them. ``last``: the
-    log's latest timestamp, which rolling_days counts back from (the caller computes it once:
-    it is also the dataset's watermark)."""
-    if isinstance(config.split, TemporalFractionSplit):
-        cutoffs = fraction_cutoffs(_kth_timestamp(good, rows), rows, config.split.fractions)
-        say(f"temporal cutoffs: valid from {cutoffs[0]}, test from {cutoffs[1]}")
-        return cutoffs, None
-    if isinstance(config.split, TemporalWindowSplit):
-        return None, config.split.cutoffs()[2]
-    if isinstance(config.split, RollingDaysSplit):
-        assert last is not None, "rolling_days counts back from the log's last timestamp"
-        cutoffs = config.split.cutoffs(last)
-        say(
-            f"rolling days: valid from {day_name(cutoffs[0] // DAY)}, test from {day_name(cutoffs[1] // DAY)}"
-        )
-        return cutoffs, None
-    return None, None
+    """(cutoffs, end): global time bounds where the split protocol needs them (its ``bounds``).
+    ``last``: the log's latest timestamp, which rolling_days counts back from (the caller
+    computes it once: it is also the dataset's watermark)."""
+    histogram = functools.cache(lambda: _kth_timestamp(good, rows))  # two passes, only if asked
+
+    cutoffs, end, message = config.split.bounds(lambda k: histogram()(k), rows, last)
+    if message:
+        say(message)
+    return cutoffs, end
 
 
 def events_by_user(
@@ -443,7 +431,7 @@ def write_parts(
         .aggregate([("rows", "sum"), ("positives", "sum"), ("hash", "list")])
     )
     parts: dict[tuple[str, int], dict[str, Any]] = {}
-    for row in sorted(summary.to_pylist(), key=lambda r: (SPLITS.index(r["split"]), r["day"])):
+    for row in sorted(summary.to_pylist(), key=lambda r: (SPLIT_NAMES.index(r["split"]), r["day"])):
         split, day = row["split"], int(row["day"])
         with np.errstate(over="ignore"):
             digest = f"{int(np.sum(np.array(row['hash_list'], np.uint64), dtype=np.uint64)):016x}"

@@ -25,11 +25,10 @@ import ray
 from ray.exceptions import RayError
 
 from raylrec import storage
-from raylrec.config import CoLLMSource, DataConfig, RollingDaysSplit, TemporalWindowSplit
+from raylrec.config import DataConfig
 from raylrec.data.append import append
 from raylrec.data.days import BULK, assemble, day_name
 from raylrec.data.files import SourceError
-from raylrec.data.given import prepare_given
 from raylrec.data.indexing import id_counts
 from raylrec.data.output import commit, input_paths, new_write_id, prepare_output_dir
 from raylrec.data.pipeline import (
@@ -46,8 +45,8 @@ from raylrec.data.pipeline import (
     write_quarantine,
     write_tails,
 )
-from raylrec.data.sources import load_source
 from raylrec.data.vocab import Vocabulary
+from raylrec.registry import import_object
 
 __all__ = ["PipelineError", "prepare", "OUTPUT_COLUMNS"]
 
@@ -101,12 +100,12 @@ def _prepare(config: DataConfig, progress: Progress | None) -> dict[str, Any]:
     started = time.perf_counter()
     if config.append:
         return append(config, say)
-    if isinstance(config.source, CoLLMSource):
-        return prepare_given(config, say)
+    if config.source.carries_splits:  # its files hold train/valid/test already (the CoLLM split)
+        return import_object(config.source.prepare)(config, say)
 
     out = config.output
     prepare_output_dir(out, config.overwrite, input_paths(config.source))
-    source = load_source(config.source, config.validation)
+    source = config.source.load(config.validation)
     checked, rows_in = validated(config, source, say)
 
     good = checked.map_batches(keep_valid, batch_format="pyarrow")
@@ -117,7 +116,7 @@ def _prepare(config: DataConfig, progress: Progress | None) -> dict[str, Any]:
     if good_rows == 0:
         raise SourceError(f"{config.source.type}: no valid rows (see the quarantine reasons)")
 
-    rolling = isinstance(config.split, RollingDaysSplit)
+    rolling = config.split.appendable
     last = int(good.max("timestamp")) if rolling else None  # one pass: cutoffs and watermark
     cutoffs, end = split_bounds(config, good, good_rows, say, last)
     vocab_refs = (ray.put(users.ids), ray.put(items.ids))
@@ -154,7 +153,7 @@ def _prepare(config: DataConfig, progress: Progress | None) -> dict[str, Any]:
         "kcore": config.kcore,
         "validation": config.validation.model_dump(mode="json"),
         # where train ends and test starts, for every time split (a warm start's "new rows")
-        "temporal_cutoffs": list(cutoffs) if cutoffs else _window_cutoffs(config.split),
+        "temporal_cutoffs": config.split.recorded_cutoffs(cutoffs),
     }
     counts_meta = dataset_counts(rows_in, rows_out, rows_quarantined, reasons, splits, users, items)
     meta = commit(
@@ -173,7 +172,3 @@ def _prepare(config: DataConfig, progress: Progress | None) -> dict[str, Any]:
     )
     say(f"committed {out} (content hash {meta['content_hash'][:16]}…) in {meta['elapsed_s']} s")
     return meta
-
-
-def _window_cutoffs(split: Any) -> list[int] | None:
-    return list(split.cutoffs()[:2]) if isinstance(split, TemporalWindowSplit) else None

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raylrec.data.output import read_meta, read_split
-from raylrec.data.splits import SPLITS
+from raylrec.data.splits import SPLIT_NAMES
 
 __all__ = ["dataset_stats", "format_stats"]
 
@@ -66,7 +66,7 @@ def dataset_stats(path: str) -> dict[str, Any]:
     """Per split: rows, positive rate, time range, history lengths; plus meta.json's counts.
     Every split is read in one Ray Data pass (one job start, not one per split)."""
     meta = read_meta(path)
-    names = sorted(meta["counts"]["splits"], key=SPLITS.index)
+    names = sorted(meta["counts"]["splits"], key=SPLIT_NAMES.index)
     file_splits = {
         (name if "/" in name else f"{split}/{name}"): split
         for split in names

@@ -13,9 +13,10 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from raylrec import storage
-from raylrec.config import SyntheticSource
+from raylrec.data.config import ValidationConfig
 from raylrec.data.files import FILE_COLUMN, ROW_COLUMN
 from raylrec.data.loaded import LoadedSource
+from raylrec.data.sources.synthetic import SyntheticSource
 
 __all__ = ["SyntheticDatasource", "generate_chunk", "item_titles", "load_synthetic", "write_synthetic"]
 
@@ -116,7 +117,7 @@ class SyntheticDatasource(Datasource):
         return read
 
 
-def load_synthetic(source: SyntheticSource) -> LoadedSource:
+def load_synthetic(source: SyntheticSource, validation: ValidationConfig | None = None) -> LoadedSource:
     return LoadedSource(
         events=ray.data.read_datasource(SyntheticDatasource(source)),
         items=item_titles(source.num_items, source.seed),

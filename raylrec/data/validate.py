@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raylrec.config import ValidationConfig
+from raylrec.data.config import ValidationConfig
 from raylrec.data.files import FILE_COLUMN, RAW_COLUMN, REASON_COLUMN, ROW_COLUMN, wrong_type
 
 __all__ = ["REASON", "RAW", "VALID_SCHEMA", "validate_batch"]

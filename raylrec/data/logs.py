@@ -1,28 +1,20 @@
-"""Sources of interaction logs, each turned into one Ray Dataset of raw events with canonical
-columns (``user_id``, ``item_id``, ``timestamp``, ``rating`` and/or ``label``, ``_file``,
-``_row``) plus small metadata tables for items and users."""
+"""The loader of the ``logs`` source (``raylrec.data.sources.logs``): the configured paths
+expanded into files, read as one Ray Dataset of raw events with canonical columns, plus the
+items' and users' metadata tables."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import pyarrow as pa
 
 from raylrec import storage
-from raylrec.config import (
-    LogSource,
-    MetadataFile,
-    MovieLens1MSource,
-    MovieLens100KSource,
-    SyntheticSource,
-    ValidationConfig,
-)
-from raylrec.data import movielens, synthetic
+from raylrec.data.config import MetadataFile, ValidationConfig
 from raylrec.data.files import SourceError, TabularFile, infer_format, read_batches, read_table
 from raylrec.data.loaded import LoadedSource, read_events
+from raylrec.data.sources.logs import LogSource
 
-__all__ = ["load_source", "log_files"]
+__all__ = ["load_logs", "log_files", "read_metadata"]
 
 log = logging.getLogger(__name__)
 _LOG_EXTENSIONS = (
@@ -78,7 +70,7 @@ def read_metadata(meta: MetadataFile, id_name: str) -> pa.Table:
     return table.set_column(0, id_name, table[id_name].cast(pa.string()))
 
 
-def _load_logs(source: LogSource, validation: ValidationConfig) -> LoadedSource:
+def load_logs(source: LogSource, validation: ValidationConfig) -> LoadedSource:
     files = log_files(source, validation)
     # Read the first batch of the first file here, so a wrong column mapping (or, validated by
     # the pipeline, a wrong column type) fails at once with one clear line instead of from
@@ -93,16 +85,3 @@ def _load_logs(source: LogSource, validation: ValidationConfig) -> LoadedSource:
         files=[f.uri for f in files],
         description={"type": "logs", "paths": source.paths, "files": len(files)},
     )
-
-
-def load_source(source: Any, validation: ValidationConfig) -> LoadedSource:
-    """Dispatch on the source config's type. (The CoLLM split has its own path: see given.py.)"""
-    if isinstance(source, LogSource):
-        return _load_logs(source, validation)
-    if isinstance(source, MovieLens100KSource):
-        return movielens.load_ml100k(source)
-    if isinstance(source, MovieLens1MSource):
-        return movielens.load_ml1m(source)
-    if isinstance(source, SyntheticSource):
-        return synthetic.load_synthetic(source)
-    raise SourceError(f"no loader for source type {getattr(source, 'type', source)!r}")
