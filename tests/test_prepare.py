@@ -130,7 +130,7 @@ def test_same_input_same_hash_whatever_the_partitioning(tmp_path, monkeypatch):
         "events_per_chunk": 7_000,
     }
     first = prepare(data_config(source, str(tmp_path / "a")))
-    monkeypatch.setattr(pipeline, "ROWS_PER_PARTITION", 4_000)  # 8 shuffle partitions
+    monkeypatch.setattr(pipeline, "BYTES_PER_PARTITION", 1 << 20)  # ~10 shuffle partitions, not 1
     second = prepare(data_config(source, str(tmp_path / "b")))
     assert first["content_hash"] == second["content_hash"]
     assert table_digest(read_all(str(tmp_path / "a"))) == table_digest(read_all(str(tmp_path / "b")))

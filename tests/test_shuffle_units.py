@@ -62,3 +62,29 @@ def test_a_bucket_holding_rows_the_mappers_did_not_report_fails_naming_it(tmp_pa
     pq.write_table(pa.table({"uid": [0], "row": [0]}), tmp_path / "000000" / "stray.parquet")
     with pytest.raises(ShuffleError, match=r"000000: read 6 rows from 2 file\(s\), the map step wrote 5"):
         gather_bucket(0, counts[0], str(tmp_path))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 80), min_size=0, max_size=30), st.integers(1, 25))
+def test_the_history_bound_is_the_histories_of_an_all_positive_log(events_per_user, max_len):
+    """``history_items_bound`` equals the history items ``point_in_time_histories`` builds when
+    every event is positive and has its own instant: the most a log of these users can hold."""
+    from raylrec.data.history import point_in_time_histories
+    from raylrec.data.pipeline import history_items_bound
+
+    user = np.repeat(np.arange(len(events_per_user)), events_per_user)
+    timestamp = np.concatenate([np.arange(n) for n in events_per_user]) if events_per_user else np.zeros(0)
+    items = np.arange(len(user))
+    histories = point_in_time_histories(user, timestamp, items, np.ones(len(user), bool), max_len)
+    assert history_items_bound(np.array(events_per_user), max_len) == len(histories.flatten())
+
+
+def test_wider_histories_make_more_and_smaller_partitions():
+    """The shuffle's partitions are sized by bytes: the same rows with fuller histories are cut
+    into more partitions, so a reduce task holds about the same bytes as the log grows."""
+    from raylrec.data.pipeline import BYTES_PER_PARTITION, ROW_BYTES, shuffle_partitions
+
+    rows = 10 * BYTES_PER_PARTITION // ROW_BYTES
+    assert shuffle_partitions(rows, 0) == 10
+    assert shuffle_partitions(rows, rows * 4) > shuffle_partitions(rows, rows) > 10
+    assert shuffle_partitions(1, 0) == 1

@@ -11,6 +11,7 @@ import shutil
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -324,3 +325,40 @@ def test_a_rolling_days_nightly_refreshes_cf_from_the_newest_committed_earlier_b
     assert nightly_config(build_config(off), "2026-11-25").warm_start.bundle is None
     per_date = {**raw, "data": {**raw["data"], "split": {"protocol": "random_ratio"}}}
     assert nightly_config(build_config(per_date), "2026-11-25").warm_start.bundle is None
+
+
+def test_users_first_seen_in_the_held_out_days_get_the_popular_fallback(lineage, tmp_path):
+    """Issue 38, item 4: a user who appeared today (only in the held-out days, so without a
+    training row) has an embedding nothing trained. The bundle records which users training saw
+    (``users.parquet``'s ``trained``, from the train split), and the scoring actor serves the
+    others the popularity fallback instead of a ranking by an untrained vector."""
+    from raylrec.cf.bundle import trained_users
+    from raylrec.scoring.recommender import Recommender, ScoringPlan
+
+    dataset = lineage["dataset"]
+    bundle = train_cf(_config(dataset, tmp_path), lambda _: None, use_ray=False).bundle
+    users = read_table(dataset, "users.parquet")
+    train_users = set(read_table(dataset, "train", columns=["uid"])["uid"].to_numpy().tolist())
+    flags = trained_users(bundle, read_meta(dataset)["counts"]["num_users"])
+    uid = dict(zip(users["user_id"].to_pylist(), users["uid"].to_pylist(), strict=True))
+    assert {u for u in range(len(flags)) if flags[u]} == train_users
+    assert not flags[uid["a-new-user"]] and not flags[uid["a-second-user"]] and flags[uid["u000"]]
+
+    popular = tuple(read_table(dataset, "items.parquet")["item_id"].to_pylist()[:5])
+    plan = ScoringPlan(
+        dataset=dataset, cf_bundle=bundle, retriever_bundle=None, model_bundle=None, model_name="mf",
+        run_id="r", k=3, candidates=3, exclude_seen=True, index="exact", item_chunk=16, rerank_rows=8,
+        rerank_pack_tokens=64, popular_items=popular, popular_scores=(5.0, 4.0, 3.0, 2.0, 1.0),
+    )  # fmt: skip
+    batch = pa.table(
+        {
+            "user_id": ["a-new-user", "u000"],
+            "history": pa.array([[], [1, 2]], pa.list_(pa.int64())),
+            "seen": pa.array([[], [1, 2]], pa.list_(pa.int64())),
+        }
+    )
+    rows = Recommender(plan, device="cpu")._recommend(batch)
+    source = dict(zip(rows["user_id"].to_pylist(), rows["source"].to_pylist(), strict=False))
+    assert source == {"a-new-user": "popular", "u000": "cf"}
+    newcomer = rows.filter(pc.equal(rows["user_id"], "a-new-user"))
+    assert newcomer["item_id"].to_pylist() == list(popular[:3])

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -42,6 +43,7 @@ __all__ = [
     "check_finite",
     "bundle_history_len",
     "cf_vocabularies",
+    "trained_users",
     "CFBundle",
 ]
 
@@ -89,6 +91,14 @@ def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
             )
 
 
+def _users_table(dataset: str, train: Split) -> pa.Table:
+    """The dataset's users (raw id, dense id) and whether each had a training row (``trained``):
+    a user who appeared only in the held-out days has an embedding nothing trained."""
+    users = read_table(dataset, "users.parquet").select(["user_id", "uid"])
+    trained = train.users_with_rows()
+    return users.append_column("trained", pa.array(trained[users["uid"].to_numpy()]))
+
+
 def save_cf_bundle(
     out: str,
     model: CFEncoder,
@@ -113,7 +123,7 @@ def save_cf_bundle(
     files = {
         "model.safetensors": lambda p: save_file(state, p),
         "embeddings.safetensors": lambda p: save_file({"users": users, "items": items}, p),
-        "users.parquet": parquet_file(read_table(dataset, "users.parquet").select(["user_id", "uid"])),
+        "users.parquet": parquet_file(_users_table(dataset, train)),
         "items.parquet": parquet_file(read_table(dataset, "items.parquet").select(["item_id", "iid"])),
     }
     description = {
@@ -167,6 +177,17 @@ def cf_vocabularies(path: str):
         dataset = _description(path)["dataset"]["path"]
         users, items = read_table(dataset, "users.parquet"), read_table(dataset, "items.parquet")
     return Vocabulary.from_table(users, "user_id", "uid"), Vocabulary.from_table(items, "item_id", "iid")
+
+
+def trained_users(path: str, num_users: int) -> np.ndarray:
+    """One flag per dense user id of the bundle: whether training saw a row of that user. A
+    bundle written before the flag was recorded counts every user as trained."""
+    users = read_parquet(path, "users.parquet")
+    if users is None or "trained" not in users.column_names:
+        return np.ones(num_users, bool)
+    flags = np.zeros(num_users, bool)
+    flags[users["uid"].to_numpy()] = users["trained"].to_numpy(zero_copy_only=False)
+    return flags
 
 
 def load_cf_bundle(path: str) -> CFBundle:

@@ -80,6 +80,12 @@ class Split:
     def __len__(self) -> int:
         return len(self.arrays["uid"])
 
+    def users_with_rows(self) -> np.ndarray:
+        """One flag per dense user id: whether the user has a row in this split (a CF bundle's
+        users without training rows hold an untrained embedding: scoring serves them the
+        popularity fallback instead)."""
+        return np.bincount(self.arrays["uid"], minlength=self.num_users)[: self.num_users] > 0
+
     def graph(self, rows: GraphRows) -> torch.Tensor:
         """The normalised interaction graph of this split's pairs (``rows``: every row, or the
         label-1 ones), for a graph encoder (``CFEncoder.graph_rows``)."""

@@ -163,6 +163,21 @@ class InteractionSplit(Split):
             "held in one process (use raylrec.cf.data.load_split in a plain process)"
         )
 
+    def users_with_rows(self) -> np.ndarray:
+        """One flag per dense user id (``Split.users_with_rows``), from the split's ``uid``
+        column read batch by batch in this process: one bool per user is held, never the rows."""
+        import pyarrow.dataset as pads
+
+        from raylrec.data.output import read_meta, split_paths
+
+        found = np.zeros(self.num_users, bool)
+        fs, files = split_paths(self.dataset, "train", read_meta(self.dataset))
+        for batch in pads.dataset(files, filesystem=fs, format="parquet").to_batches(
+            columns=["uid"], batch_size=1 << 20
+        ):
+            found[batch["uid"].to_numpy(zero_copy_only=False)] = True
+        return found
+
     def graph(self, rows: GraphRows) -> torch.Tensor:
         from raylrec.cf.graph import graph_from_item_sets
 

@@ -45,6 +45,8 @@ __all__ = [
     "PipelineError",
     "dataset_counts",
     "events_by_user",
+    "history_items_bound",
+    "shuffle_partitions",
     "keep_valid",
     "split_bounds",
     "validated",
@@ -67,7 +69,15 @@ QUARANTINE_COLUMNS = [
     "rating",
     "label",
 ]
-ROWS_PER_PARTITION = 400_000
+# The by-user shuffle's partitions are sized by what one reduce task holds, not by rows alone: a
+# row's own columns and its history, whose width grows with the log (histories fill to max_len
+# as users gather events: 7.2 items per row on average at 5M events of 200k users, 17.3 at 50M).
+# The weights are what a reduce task holds per row and per history item at its peak (the rows,
+# their sort, the histories, their Parquet write), with some room: stop 49 measured ~300 bytes
+# per row with full histories of 20.
+BYTES_PER_PARTITION = 96 * 2**20
+ROW_BYTES = 64
+HISTORY_ITEM_BYTES = 16
 DUPLICATE = "duplicate event (same user, item and timestamp as an earlier row)"
 
 
@@ -372,6 +382,21 @@ def split_bounds(
     return cutoffs, end
 
 
+def history_items_bound(events_per_user: np.ndarray, max_len: int) -> int:
+    """History items of all rows if every event were positive: a user's k-th event (0-based)
+    sees at most ``min(k, max_len)`` earlier ones."""
+    n = np.asarray(events_per_user, np.int64)
+    full = np.minimum(n, max_len + 1)
+    return int((full * (full - 1) // 2 + (n - full) * max_len).sum())
+
+
+def shuffle_partitions(rows: int, history_items: int) -> int:
+    """Partitions of the by-user shuffle: one per ``BYTES_PER_PARTITION`` of estimated rows and
+    history items, so a reduce task's memory stays flat as the log (and its histories) grows."""
+    estimated = rows * ROW_BYTES + history_items * HISTORY_ITEM_BYTES
+    return max(1, math.ceil(estimated / BYTES_PER_PARTITION))
+
+
 def events_by_user(
     config: DataConfig,
     checked: ray.data.Dataset,
@@ -382,15 +407,20 @@ def events_by_user(
     say: Progress,
     carried: ray.data.Dataset | None = None,
     carried_rows: int = 0,
+    history_items: int | None = None,
 ) -> ray.data.Dataset:
     """Every good event, grouped by user (all of a user's events in one block), de-duplicated,
     split and with its history: materialized in the object store. ``carried``: an append's
-    tails (``raylrec.data.tails.carried_rows``), shuffled with the events as their history."""
+    tails (``raylrec.data.tails.carried_rows``), shuffled with the events as their history.
+    ``history_items``: a bound on the history items of all rows (``history_items_bound``;
+    default: every history full), which sizes the shuffle's partitions."""
     rows += carried_rows
-    partitions = max(1, math.ceil(rows / ROWS_PER_PARTITION))
+    if history_items is None:  # every row's history full: an upper bound
+        history_items = rows * config.history.max_len
+    partitions = shuffle_partitions(rows, history_items)
     say(
-        f"shuffling by user into {partitions} partition(s) through {SHUFFLE_DIR}/; "
-        f"splitting ({config.split.protocol}) and building histories"
+        f"shuffling by user into {partitions} partition(s) of ~{rows // partitions:,} rows through "
+        f"{SHUFFLE_DIR}/; splitting ({config.split.protocol}) and building histories"
     )
     staging = storage.join(config.output, SHUFFLE_DIR, new_write_id())
     dense = checked.map_batches(_to_dense, batch_format="pyarrow", fn_kwargs={"vocab_refs": vocab_refs})

@@ -37,6 +37,7 @@ from raylrec.data.pipeline import (
     Progress,
     dataset_counts,
     events_by_user,
+    history_items_bound,
     keep_valid,
     split_bounds,
     validated,
@@ -120,7 +121,9 @@ def _prepare(config: DataConfig, progress: Progress | None) -> dict[str, Any]:
     last = int(good.max("timestamp")) if rolling else None  # one pass: cutoffs and watermark
     cutoffs, end = split_bounds(config, good, good_rows, say, last)
     vocab_refs = (ray.put(users.ids), ray.put(items.ids))
-    events = events_by_user(config, checked, vocab_refs, good_rows, cutoffs, end, say)
+    per_user = counts["user_id"]["count"].to_numpy()
+    bound = history_items_bound(per_user, config.history.max_len)
+    events = events_by_user(config, checked, vocab_refs, good_rows, cutoffs, end, say, history_items=bound)
     write_id = new_write_id()
     parts = write_parts(events, out, write_id, cutoffs[0] if rolling else None, say)
     versioning: dict[str, Any] = {}

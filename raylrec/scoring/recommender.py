@@ -4,10 +4,10 @@ Per user: retrieval of ``candidates`` items (seen items excluded) by the CF bund
 full-catalog method (CLLM4Rec: one forward pass ranks every item), then, with a pointwise model
 bundle, the LLM reranks them (shared-prefix scoring) and the top ``k`` by its logit are kept;
 without one, the top ``k`` by retrieval score (``source`` "cf", or the method's name). Users
-the retriever cannot rank (unknown to MF/LightGCN or to the method's ID tables, or no history
-for SASRec) get the fallback: the most popular items they have not seen (``source =
-"popular"``; a user who has seen all of them gets them anyway, so nobody is left without
-rows). Every row says which of these produced it.
+the retriever cannot rank (unknown to MF/LightGCN or to the method's ID tables, without a
+training row in the CF bundle, or no history for SASRec) get the fallback: the most popular
+items they have not seen (``source = "popular"``; a user who has seen all of them gets them
+anyway, so nobody is left without rows). Every row says which of these produced it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pyarrow as pa
 import torch
 
 from raylrec import storage
-from raylrec.cf.bundle import bundle_history_len, cf_vocabularies, load_cf_bundle
+from raylrec.cf.bundle import bundle_history_len, cf_vocabularies, load_cf_bundle, trained_users
 from raylrec.data.arrays import list_rows
 from raylrec.data.output import read_table
 from raylrec.data.vocab import Vocabulary
@@ -117,6 +117,9 @@ class Recommender:
         if plan.cf_bundle:
             self.cf = load_cf_bundle(plan.cf_bundle)
             self.cf_users, self.cf_items = cf_vocabularies(plan.cf_bundle)
+            # a user with no training row (first seen in the held-out days) has an embedding
+            # nothing trained: it gets the popularity fallback, not a ranking by noise
+            self.cf_trained = trained_users(plan.cf_bundle, self.cf.config["num_users"])
             self.cf_history = bundle_history_len(self.cf.config)
             self.cf.encoder.to(self.device)
             self.item_table = self.cf.items.to(self.device)
@@ -162,7 +165,7 @@ class Recommender:
             with torch.no_grad():
                 return self.cf.encoder.user_vectors({"history": padded.to(self.device)}), has
         uid = self.cf_users.to_dense(users)
-        has = uid > 0
+        has = (uid > 0) & self.cf_trained[uid]
         return self.cf.users[torch.from_numpy(uid[has])].to(self.device), has
 
     def _candidates(
