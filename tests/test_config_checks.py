@@ -334,10 +334,10 @@ def test_an_empty_profiles_output_is_refused_at_load():
 def test_score_and_stats_check_their_inputs_before_starting_ray(tmp_path, monkeypatch, capsys):
     """A missing bundle, an output on a bucket that does not exist, a missing dataset: each is
     named, and no Ray instance is started to find out."""
-    from raylrec import cli
+    from raylrec.commands import common
 
     monkeypatch.setattr(
-        cli, "_init_ray", lambda *a, **k: pytest.fail("Ray started before the inputs were checked")
+        common, "init_ray", lambda *a, **k: pytest.fail("Ray started before the inputs were checked")
     )
     config = tmp_path / "score.yaml"
     config.write_text(f"score: {{model_bundle: {tmp_path / 'no-bundle'}, output: {tmp_path / 'recs'}}}\n")

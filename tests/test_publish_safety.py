@@ -30,6 +30,7 @@ import pytest
 from helpers import recs_table, stage_run
 
 from raylrec import artifacts, cli, storage
+from raylrec.commands import common
 from raylrec.scoring import job
 from raylrec.scoring import publish as recs
 
@@ -386,7 +387,7 @@ def _fake_scoring(monkeypatch, gate: threading.Barrier | None = None, before_pub
 
     monkeypatch.setattr(job, "run_scoring", run_scoring)
     monkeypatch.setattr(job, "check_scoring", lambda *a, **k: None)  # no bundles to check here
-    monkeypatch.setattr(cli, "_init_ray", lambda *a, **k: None)
+    monkeypatch.setattr(common, "init_ray", lambda *a, **k: None)
 
 
 def test_two_score_commands_at_once_one_publishes_the_other_exits_non_zero(
@@ -487,6 +488,6 @@ def test_a_storage_failure_ray_wrapped_is_one_line_not_a_traceback(tmp_path, mon
 
     monkeypatch.setattr(job, "run_scoring", run_scoring)
     monkeypatch.setattr(job, "check_scoring", lambda *a, **k: None)  # no bundles to check here
-    monkeypatch.setattr(cli, "_init_ray", lambda *a, **k: None)
+    monkeypatch.setattr(common, "init_ray", lambda *a, **k: None)
     assert cli.main(["score", "--config", _score_config(tmp_path, str(tmp_path / "recs"))]) == 1
     assert url in _one_line_error(capsys)

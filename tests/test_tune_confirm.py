@@ -124,7 +124,7 @@ def test_a_sweep_whose_best_trial_is_noise_reports_that_the_default_stands(no_te
     retrained with seeds 0, 1, 2 against the default, in-process, selected on the earlier half of
     valid and scored on the later half. The gain is inside the seeds' spread: the default stands,
     the tuned config is not written outside the experiment, and the experiment says why."""
-    from raylrec.cli import _confirm_sweep
+    from raylrec.tune.confirm import confirm_sweep
     from raylrec.tune.sweep import SweepResult
 
     config = tmp_path / "mf_tiny.yaml"
@@ -141,7 +141,9 @@ def test_a_sweep_whose_best_trial_is_noise_reports_that_the_default_stands(no_te
         space=str(space), config=str(config), overrides=[], confirm_override=[], seeds=[0, 1, 2]
     )
 
-    _confirm_sweep(args, result, str(tuned), print)
+    confirm_sweep(
+        result, args.space, args.config, args.overrides, args.confirm_override, args.seeds, str(tuned)
+    )
 
     record = json.loads((experiment / "confirmation.json").read_text())
     default, trained = record["arms"]["default"], record["arms"]["tuned"]
@@ -169,7 +171,7 @@ def test_a_clear_gain_is_confirmed_and_the_tuned_config_written(no_test_split, t
     """The other branch of ``raylrec tune --confirm``: a default that cannot learn (lr 1e-6)
     against a best trial that does (lr 0.05) is confirmed, and the tuned config is written with
     the confirmation's numbers in its header."""
-    from raylrec.cli import _confirm_sweep
+    from raylrec.tune.confirm import confirm_sweep
     from raylrec.tune.sweep import SweepResult
 
     config = tmp_path / "mf_tiny.yaml"
@@ -186,7 +188,9 @@ def test_a_clear_gain_is_confirmed_and_the_tuned_config_written(no_test_split, t
         space=str(space), config=str(config), overrides=[], confirm_override=[], seeds=[0, 1]
     )
 
-    _confirm_sweep(args, result, str(tuned), print)
+    confirm_sweep(
+        result, args.space, args.config, args.overrides, args.confirm_override, args.seeds, str(tuned)
+    )
 
     record = json.loads((experiment / "confirmation.json").read_text())
     assert record["confirmed"] and record["verdict"] == CONFIRMED and record["seeds"] == [0, 1]
@@ -196,11 +200,26 @@ def test_a_clear_gain_is_confirmed_and_the_tuned_config_written(no_test_split, t
 
 
 def test_tune_confirm_is_a_cli_command():
-    from raylrec.cli import build_parser, main
+    from raylrec.cli import main, parse_args
+    from raylrec.commands.tune import cmd_confirm, cmd_report, cmd_tune
 
     with pytest.raises(SystemExit) as done:
         main(["tune", "confirm", "--help"])
     assert done.value.code == 0
-    args = build_parser().parse_args(["tune-confirm", "-c", "a.yaml", "-t", "b.yaml", "train.epochs=5"])
-    assert (args.config, args.tuned, args.seeds) == ("a.yaml", "b.yaml", [0, 1, 2])
-    assert args.overrides == ["train.epochs=5"]
+    for verb in (["tune", "confirm"], ["tune-confirm"]):  # the sub-verb, and its earlier name
+        args = parse_args([*verb, "-c", "a.yaml", "-t", "b.yaml", "train.epochs=5", "--set", "eval.ks=[5]"])
+        assert (args.config, args.tuned, args.seeds, args.func) == (
+            "a.yaml",
+            "b.yaml",
+            [0, 1, 2],
+            cmd_confirm,
+        )
+        assert args.overrides == ["train.epochs=5", "eval.ks=[5]"]
+    args = parse_args(["tune", "report", "out/sweep"])
+    assert (args.experiment, args.func) == ("out/sweep", cmd_report)
+    # the sweep itself: bare overrides beside --confirm-override's own key=value
+    args = parse_args(
+        ["tune", "-s", "s.yaml", "-c", "c.yaml", "train.epochs=4", "--confirm-override", "train.lr=0.1"]
+    )
+    assert (args.space, args.func, args.overrides) == ("s.yaml", cmd_tune, ["train.epochs=4"])
+    assert args.confirm_override == ["train.lr=0.1"]

@@ -33,7 +33,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from raylrec import storage
-from raylrec.config import ConfigError, build_config, load_raw_config
+from raylrec.config import ConfigError, build_config, load_config, load_raw_config
 from raylrec.data.hashing import arrow_digest
 from raylrec.data.output import (
     InputPath,
@@ -53,6 +53,7 @@ __all__ = [
     "Confirmation",
     "changed_params",
     "compare_configs",
+    "confirm_sweep",
     "confirm_tuning",
     "confirmation_header",
     "format_confirmation",
@@ -332,6 +333,54 @@ def confirm_tuning(
     ``compare_configs`` and ``Confirmation`` for the rule."""
     raw = load_raw_config(config_path, overrides)
     return compare_configs(raw, apply_params(raw, params), seeds, held_out_dir, overrides, say, verbose)
+
+
+def confirm_sweep(
+    result: Any,
+    space_path: str,
+    config_path: str,
+    overrides: list[str],
+    confirm_overrides: list[str],
+    seeds: Sequence[int],
+    best: str | None,
+    say: Callable[[str], None] = print,
+) -> Confirmation:
+    """``raylrec tune --confirm``: retrain a finished sweep's best trial (``result``, a
+    ``SweepResult``) and the default with each of ``seeds`` on held-out data; the best config
+    goes to ``best`` (``"auto"``: configs/<config>_tuned.yaml; None: nowhere outside the
+    experiment) only if confirmed. The record and its table stay in the experiment."""
+    from raylrec.tune.results import best_params, default_tuned_path, write_text
+    from raylrec.tune.space import load_space
+
+    space = load_space(
+        space_path, load_config(config_path, overrides), load_raw_config(config_path, overrides)
+    )
+    confirmation = confirm_tuning(
+        config_path,
+        best_params(result.best, space),
+        confirm_overrides,
+        seeds=tuple(seeds),
+        held_out_dir=storage.join(result.path, "confirm_data"),
+        say=say,
+    )
+    table = format_confirmation(confirmation)
+    storage.write_json(storage.join(result.path, "confirmation.json"), confirmation.to_dict())
+    write_text(storage.join(result.path, "confirmation.md"), table + "\n")
+    say("confirmation:\n" + table)
+    best_yaml = storage.join(result.path, "best_config.yaml")
+    if not confirmation.confirmed:
+        say(f"the default stands: {config_path} is kept; the sweep's best config stays in {best_yaml}")
+        return confirmation
+    if best == "auto":
+        best = default_tuned_path(config_path)
+    if best is None:
+        say(f"tuned config confirmed; it stays in {best_yaml} (--best-config none)")
+        return confirmation
+    fs, path = storage.filesystem(best_yaml)
+    text = "\n".join(confirmation_header(confirmation)) + "\n" + fs.cat_file(path).decode()
+    write_text(best, text)
+    say(f"tuned config confirmed: written to {best}")
+    return confirmation
 
 
 # --- reporting ------------------------------------------------------------------------------------
