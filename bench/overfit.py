@@ -95,7 +95,7 @@ def main() -> None:
     )
     parser.add_argument("--backbone", default="smollm2-135m-instruct")
     parser.add_argument(
-        "--methods", nargs="+", default=[n for n in METHODS.names() if METHODS.get(n).role == "pointwise"]
+        "--methods", nargs="+", default=list(METHODS.names_where(lambda c: c.role == "pointwise"))
     )
     parser.add_argument("--scores", nargs="+", default=["yes_logit", "yes_no"])
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 5e-3])

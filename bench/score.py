@@ -109,9 +109,9 @@ def main() -> None:
     parser.add_argument("--dataset", default="out/demo/ml100k")
     parser.add_argument("--cf-bundle", default="out/demo/bundles/mf_bpr_ml100k")
     parser.add_argument("--backbone", default="smollm2-135m-instruct")
-    pointwise = [n for n in METHODS.names() if METHODS.get(n).role == "pointwise"]
+    pointwise = list(METHODS.names_where(lambda c: c.role == "pointwise"))
     parser.add_argument("--methods", nargs="+", default=["collm", "reclora", "cora"], choices=pointwise)
-    catalog = [n for n in METHODS.names() if METHODS.get(n).role == "full_catalog"]
+    catalog = list(METHODS.names_where(lambda c: c.role == "full_catalog"))
     parser.add_argument("--catalog-methods", nargs="*", default=["cllm4rec"], choices=catalog)
     parser.add_argument("--k", type=int, default=10, help="a full-catalog method's top k")
     parser.add_argument("--item-chunk", type=int, default=65_536, help="items per item-head matmul")

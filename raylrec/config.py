@@ -82,15 +82,15 @@ class DataConfig(StrictConfig):
     @model_validator(mode="after")
     def _split_fits_source(self) -> DataConfig:
         if self.source.carries_splits != self.split.from_source:
-            carriers = [c.model_fields["type"].default for c in SOURCES.classes() if c.carries_splits]
-            given = [c.model_fields["protocol"].default for c in SPLITS.classes() if c.from_source]
+            carriers = SOURCES.names_where(lambda c: c.carries_splits)
+            given = SPLITS.names_where(lambda c: c.from_source)
             raise ValueError(
                 f"split.protocol {' or '.join(map(repr, given))} goes with source.type "
                 f"{' or '.join(map(repr, carriers))} (and only with it)"
             )
         if self.append:
             if not self.split.appendable:
-                appendable = [c.model_fields["protocol"].default for c in SPLITS.classes() if c.appendable]
+                appendable = SPLITS.names_where(lambda c: c.appendable)
                 raise ValueError(
                     f"append needs split.protocol {' or '.join(appendable)} (the only split an appended "
                     f"day moves forward without rewriting earlier rows), not {self.split.protocol}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import pkgutil
+from collections.abc import Callable
 from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import Discriminator, Tag
@@ -81,9 +82,13 @@ class Registry(Generic[C]):
             raise ConfigError(f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())}")
         return self._classes[name]
 
+    def names_where(self, predicate: Callable[[C], bool]) -> tuple[str, ...]:
+        """The names whose config class satisfies ``predicate`` (e.g. a capability it declares)."""
+        return tuple(n for n, c in zip(self.names(), self.classes(), strict=True) if predicate(c))
+
     def owners(self, field: str) -> tuple[str, ...]:
         """The models whose config has ``field`` (for errors naming where a key belongs)."""
-        return tuple(n for n, c in zip(self.names(), self.classes(), strict=True) if field in c.model_fields)
+        return self.names_where(lambda c: field in c.model_fields)
 
     def union(self, default: str | None = None) -> Any:
         """A pydantic discriminated union over every registered config class (``default``: the

@@ -16,7 +16,7 @@ from raylrec.config import build_config
 from raylrec.methods import METHODS
 from raylrec.methods.overfit import overfit_check
 
-POINTWISE = [name for name in METHODS.names() if METHODS.get(name).role == "pointwise"]
+POINTWISE = METHODS.names_where(lambda c: c.role == "pointwise")
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,6 @@ def test_every_pointwise_method_fits_its_training_rows(name, inputs):
 
 
 def test_the_check_refuses_a_method_that_is_not_pointwise(inputs):
-    full_catalog = next(n for n in METHODS.names() if METHODS.get(n).role != "pointwise")
+    full_catalog = METHODS.names_where(lambda c: c.role != "pointwise")[0]
     with pytest.raises(ValueError, match="pointwise"):
         overfit_check(_config(full_catalog, *inputs))

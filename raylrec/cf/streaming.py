@@ -166,15 +166,8 @@ class InteractionSplit(Split):
     def users_with_rows(self) -> np.ndarray:
         """One flag per dense user id (``Split.users_with_rows``), from the split's ``uid``
         column read batch by batch in this process: one bool per user is held, never the rows."""
-        import pyarrow.dataset as pads
-
-        from raylrec.data.output import read_meta, split_paths
-
         found = np.zeros(self.num_users, bool)
-        fs, files = split_paths(self.dataset, "train", read_meta(self.dataset))
-        for batch in pads.dataset(files, filesystem=fs, format="parquet").to_batches(
-            columns=["uid"], batch_size=1 << 20
-        ):
+        for batch in train_batches(self.dataset, ["uid"], 1 << 20):
             found[batch["uid"].to_numpy(zero_copy_only=False)] = True
         return found
 
@@ -189,19 +182,27 @@ class InteractionSplit(Split):
         return graph_from_item_sets(sets, self.num_items).tensor()
 
 
+def train_batches(dataset: str, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+    """``columns`` of the dataset's training split, batch by batch in file order, in this
+    process (never the split whole)."""
+    import pyarrow.dataset as pads
+
+    from raylrec.data.output import read_meta, split_paths
+
+    fs, files = split_paths(dataset, "train", read_meta(dataset))
+    return pads.dataset(files, filesystem=fs, format="parquet").to_batches(
+        columns=columns, batch_size=batch_size
+    )
+
+
 def latest_histories(dataset: str, history_len: int, num_users: int) -> np.ndarray:
     """Each user's most recent training history (``[num_users, history_len]``), read batch by
     batch in file order: a later row of a user replaces an earlier one, as the plain path's
     ``raylrec.cf.bundle`` takes each user's last row."""
-    import pyarrow.dataset as pads
-
     from raylrec.data.arrays import pad_histories
-    from raylrec.data.output import read_meta, split_paths
 
     histories = np.zeros((num_users, history_len), np.int64)
-    fs, files = split_paths(dataset, "train", read_meta(dataset))
-    source = pads.dataset(files, filesystem=fs, format="parquet")
-    for batch in source.to_batches(columns=["uid", "history"], batch_size=1 << 18):
+    for batch in train_batches(dataset, ["uid", "history"], 1 << 18):
         users = batch["uid"].to_numpy(zero_copy_only=False).astype(np.int64)
         if not len(users):
             continue

@@ -3,7 +3,6 @@ appended day moves forward (``raylrec data prepare --append``)."""
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 import numpy as np
@@ -11,13 +10,10 @@ from pydantic import Field
 
 from raylrec.config_types import Int
 from raylrec.data.config import DAY, SplitProtocol, register_split
+from raylrec.data.days import day_name
 from raylrec.data.splits import UserRows, by_time
 
 __all__ = ["RollingDaysSplit"]
-
-
-def _day(seconds: int) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(seconds))
 
 
 @register_split
@@ -40,7 +36,8 @@ class RollingDaysSplit(SplitProtocol):
     def bounds(self, kth_timestamp: Any, rows: int, last: int | None) -> tuple[Any, int | None, str | None]:
         assert last is not None, "rolling_days counts back from the log's last timestamp"
         cutoffs = self.cutoffs(last)
-        return cutoffs, None, f"rolling days: valid from {_day(cutoffs[0])}, test from {_day(cutoffs[1])}"
+        valid, test = (day_name(cutoff // DAY) for cutoff in cutoffs)
+        return cutoffs, None, f"rolling days: valid from {valid}, test from {test}"
 
     def assign(self, rows: UserRows, cutoffs: tuple[int, int] | None) -> np.ndarray:
         assert cutoffs is not None, "rolling_days needs the log's cutoffs"
